@@ -1,0 +1,231 @@
+"""Settings: ``config.yml`` + ``auth.yml`` + ``RATEWIRE_<SECTION>__<KEY>`` environment overrides.
+
+The layout is the original guide's (``modules.websocket``, ``topics.rating``, ``jwt``) plus the
+sections ratewire added. Every value is validated at start; a bad one stops the start with one
+line that names where it came from (file or environment variable), the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "RATEWIRE_"
+#: Sections that live in auth.yml; everything else lives in config.yml.
+AUTH_SECTIONS = frozenset({"jwt"})
+GUIDE_TOPIC_TEMPLATES = ["rating.global", "rating.game.{game_id}", "rating.user.{user_id}"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line shown to the operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class WebSocketModuleSettings(_Section):
+    enabled: bool = True
+    port: int = Field(8081, ge=0, le=65535)
+
+
+class ModulesSettings(_Section):
+    websocket: WebSocketModuleSettings = WebSocketModuleSettings()
+
+
+class TopicsSettings(_Section):
+    rating: list[str] = Field(default_factory=lambda: list(GUIDE_TOPIC_TEMPLATES))
+
+    @field_validator("rating")
+    @classmethod
+    def _only_the_three_rating_topics(cls, value: list[str]) -> list[str]:
+        # The guide let operators list topic templates; ratewire publishes on exactly these three,
+        # so anything else would silently never receive events.
+        unknown = [t for t in value if t not in GUIDE_TOPIC_TEMPLATES]
+        if unknown:
+            raise ValueError(f"unknown topic template {unknown[0]!r}; allowed: {GUIDE_TOPIC_TEMPLATES}")
+        return value
+
+
+StorageBackend = Literal["memory", "sqlite", "postgresql", "mysql", "redis"]
+
+
+class StorageSettings(_Section):
+    backend: StorageBackend = "sqlite"
+    url: str | None = None
+
+    def resolved_url(self) -> str:
+        """The database URL, with the backend's default when none is configured."""
+        if self.url:
+            return self.url
+        return {
+            "memory": "memory://",
+            "sqlite": "sqlite:///./ratewire.db",
+            "postgresql": "postgresql://127.0.0.1:5432/ratewire",
+            "mysql": "mysql://root@127.0.0.1:3306/ratewire",
+            "redis": "redis://127.0.0.1:6379/0",
+        }[self.backend]
+
+
+class BrokerSettings(_Section):
+    backend: Literal["local", "redis"] = "local"
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class TlsSettings(_Section):
+    cert: str | None = None
+    key: str | None = None
+
+
+class LimitsSettings(_Section):
+    ws_connections_per_ip_per_second: float = Field(10, gt=0)
+    ws_messages_per_client_per_second: float = Field(20, gt=0)
+    rest_requests_per_client_per_minute: float = Field(600, gt=0)
+    max_message_bytes: int = Field(65536, ge=128)
+    max_body_bytes: int = Field(65536, ge=128)
+    send_buffer_bytes: int = Field(1_048_576, ge=1024)
+    auth_timeout_seconds: float = Field(5, gt=0)
+    ping_interval_seconds: float = Field(20, gt=0)
+
+
+class HistorySettings(_Section):
+    """How much of each topic's history is kept for ``since`` resume and the events endpoint."""
+
+    max_events_per_topic: int = Field(10_000, ge=1)
+    max_age_seconds: float = Field(86_400, gt=0)
+    prune_interval_seconds: float = Field(60, gt=0)
+
+
+class RatingsSettings(_Section):
+    """The Bayesian prior used for ``bayesianMean`` and the top-games ranking."""
+
+    bayesian_prior_mean: float = Field(3.0, ge=1, le=5)
+    bayesian_prior_weight: float = Field(10, ge=0)
+
+
+class JwtSettings(_Section):
+    secret: str = "YOUR_SUPER_SECRET"
+    algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    expiry_seconds: int = Field(3600, gt=0)
+    leeway_seconds: float = Field(5, ge=0)
+
+
+class Settings(_Section):
+    """Everything ratewire reads at start."""
+
+    server: ServerSettings = ServerSettings()
+    modules: ModulesSettings = ModulesSettings()
+    topics: TopicsSettings = TopicsSettings()
+    storage: StorageSettings = StorageSettings()
+    broker: BrokerSettings = BrokerSettings()
+    tls: TlsSettings = TlsSettings()
+    limits: LimitsSettings = LimitsSettings()
+    history: HistorySettings = HistorySettings()
+    ratings: RatingsSettings = RatingsSettings()
+    jwt: JwtSettings = JwtSettings()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(
+    target: dict[str, Any],
+    source: Mapping[str, Any],
+    origin: str,
+    origins: dict[tuple[str, ...], str],
+    prefix: tuple[str, ...] = (),
+) -> None:
+    for key, value in source.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value, origin, origins, path)
+        else:
+            target[key] = dict(value) if isinstance(value, Mapping) else value
+        origins[path] = origin
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    overrides = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if len(path) < 2 or not all(path):
+            continue  # RATEWIRE_FOO (no section) is not ours to interpret
+        try:
+            value: Any = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        nested: dict[str, Any] = {path[-1]: value}
+        for part in reversed(path[:-1]):
+            nested = {part: nested}
+        overrides.append((f"environment {name}", nested))
+    return overrides
+
+
+def _origin_of(loc: tuple[str, ...], origins: Mapping[tuple[str, ...], str]) -> str:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origins:
+            return origins[loc[:end]]
+    return "defaults"
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    auth_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load and validate settings.
+
+    Explicit paths must exist; without them ``./config.yml`` and ``./auth.yml`` are read when
+    present. Environment variables override both files. Raises :class:`ConfigError` with one
+    line naming the source, the key and the problem.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for given, default_name in ((config_path, "config.yml"), (auth_path, "auth.yml")):
+        path = Path(given) if given is not None else Path(default_name)
+        if given is None and not path.exists():
+            continue
+        if not path.exists():
+            raise ConfigError(f"{path}: file not found")
+        _merge(merged, _read_yaml(path), str(path), origins)
+    for origin, override in _env_overrides(environ):
+        _merge(merged, override, origin, origins)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in error and error["type"] not in ("missing",):
+            message = f"{message} (got {error['input']!r})"
+        raise ConfigError(f"{_origin_of(loc, origins)}: {key}: {message}") from None

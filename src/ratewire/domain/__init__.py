@@ -1,0 +1,52 @@
+"""Pure domain code (no I/O): ratings, their events, topics and summaries."""
+
+from ratewire.domain.rating import (
+    COMMENT_MAX_CHARS,
+    EventKind,
+    Rating,
+    RatingChanges,
+    RatingDraft,
+    RatingEvent,
+    format_timestamp,
+    new_rating_id,
+    utc_now,
+    validate_identifier,
+)
+from ratewire.domain.summary import GameSummary, SummaryDelta
+from ratewire.domain.topics import (
+    GAME_WILDCARD,
+    GLOBAL_TOPIC,
+    Topic,
+    TopicKind,
+    event_belongs_to,
+    event_offset,
+    event_topics,
+    game_topic,
+    parse_topic,
+    user_topic,
+)
+
+__all__ = [
+    "COMMENT_MAX_CHARS",
+    "GAME_WILDCARD",
+    "GLOBAL_TOPIC",
+    "EventKind",
+    "GameSummary",
+    "Rating",
+    "RatingChanges",
+    "RatingDraft",
+    "RatingEvent",
+    "SummaryDelta",
+    "Topic",
+    "TopicKind",
+    "event_belongs_to",
+    "event_offset",
+    "event_topics",
+    "format_timestamp",
+    "game_topic",
+    "new_rating_id",
+    "parse_topic",
+    "user_topic",
+    "utc_now",
+    "validate_identifier",
+]

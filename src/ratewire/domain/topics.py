@@ -1,0 +1,90 @@
+"""Topic names, parsing and the default subscribe permissions (PROTOCOL.md section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ratewire.domain.rating import IDENTIFIER_RE, RatingEvent
+
+GLOBAL_TOPIC = "rating.global"
+GAME_PREFIX = "rating.game."
+USER_PREFIX = "rating.user."
+GAME_WILDCARD = "rating.game.*"
+
+
+class TopicKind(Enum):
+    GLOBAL = "global"
+    GAME = "game"
+    USER = "user"
+    ALL_GAMES = "all_games"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed topic name. ``key`` is the game or user id (empty for global / all games)."""
+
+    kind: TopicKind
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.kind is TopicKind.GLOBAL:
+            return GLOBAL_TOPIC
+        if self.kind is TopicKind.ALL_GAMES:
+            return GAME_WILDCARD
+        prefix = GAME_PREFIX if self.kind is TopicKind.GAME else USER_PREFIX
+        return prefix + self.key
+
+    @property
+    def has_history(self) -> bool:
+        """Whether the topic has its own offset sequence (the wildcard has none)."""
+        return self.kind is not TopicKind.ALL_GAMES
+
+
+def game_topic(game_id: str) -> str:
+    return GAME_PREFIX + game_id
+
+
+def user_topic(user_id: str) -> str:
+    return USER_PREFIX + user_id
+
+
+def parse_topic(name: str) -> Topic | None:
+    """The topic named ``name``, or ``None`` if ratewire has no such topic."""
+    if name == GLOBAL_TOPIC:
+        return Topic(TopicKind.GLOBAL)
+    if name == GAME_WILDCARD:
+        return Topic(TopicKind.ALL_GAMES)
+    for prefix, kind in ((GAME_PREFIX, TopicKind.GAME), (USER_PREFIX, TopicKind.USER)):
+        if name.startswith(prefix):
+            key = name[len(prefix) :]
+            return Topic(kind, key) if IDENTIFIER_RE.match(key) else None
+    return None
+
+
+def event_offset(event: RatingEvent, topic: Topic) -> int:
+    """The event's offset on ``topic`` (one of the three it was published on)."""
+    if topic.kind is TopicKind.GLOBAL:
+        return event.seq
+    if topic.kind is TopicKind.USER:
+        return event.user_offset
+    return event.game_offset
+
+
+def event_topics(event: RatingEvent) -> tuple[tuple[str, int], ...]:
+    """The three (topic name, offset) pairs the event is published on."""
+    return (
+        (GLOBAL_TOPIC, event.seq),
+        (GAME_PREFIX + event.game_id, event.game_offset),
+        (USER_PREFIX + event.user_id, event.user_offset),
+    )
+
+
+def event_belongs_to(event: RatingEvent, topic: Topic) -> bool:
+    """Whether ``event`` was published on ``topic`` (the wildcard matches every game event)."""
+    if topic.kind is TopicKind.GAME:
+        return event.game_id == topic.key
+    if topic.kind is TopicKind.USER:
+        return event.user_id == topic.key
+    return True

@@ -1,0 +1,118 @@
+"""The ``RatingStore`` protocol every backend implements, and the errors it raises.
+
+A store owns three things that change together in one transaction per write: the rating
+row, its game's summary counters, and the change's event (the outbox) with its offset on each
+of the three topics. The event log doubles as each topic's history on a single node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, RatingEvent, Topic
+
+
+class StorageError(Exception):
+    """Base of every error a store raises on purpose."""
+
+
+class NotFound(StorageError):
+    """No rating with that id."""
+
+    def __init__(self, rating_id: str) -> None:
+        super().__init__(f"rating {rating_id!r} not found")
+        self.rating_id = rating_id
+
+
+class AlreadyExists(StorageError):
+    """A rating for that (game_id, user_id) exists already."""
+
+    def __init__(self, game_id: str, user_id: str, existing_id: str | None) -> None:
+        super().__init__(f"user {user_id!r} has already rated game {game_id!r}")
+        self.game_id, self.user_id, self.existing_id = game_id, user_id, existing_id
+
+
+class VersionMismatch(StorageError):
+    """``If-Match`` named a version that is not the current one."""
+
+    def __init__(self, rating_id: str, expected: int, current: int | None) -> None:
+        super().__init__(f"rating {rating_id!r} is at version {current}, not {expected}")
+        self.rating_id, self.expected, self.current = rating_id, expected, current
+
+
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A write's outcome. ``event`` is None when the write changed nothing (an idempotent repeat)."""
+
+    rating: Rating
+    event: RatingEvent | None
+    created: bool = False
+
+
+class RatingStore(Protocol):
+    """Storage of ratings, summaries and the event log. Every method is safe to call
+    concurrently; writes are atomic and their events get gapless per-topic offsets in commit
+    order."""
+
+    #: Identifies this store's history; changes only if the history was lost (a new database).
+    epoch: str
+
+    async def start(self) -> None:
+        """Connect, and create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` if the backend does not answer."""
+
+    async def create(self, draft: RatingDraft, now: datetime) -> WriteResult:
+        """Store a new rating; :class:`AlreadyExists` if (game, user) has one."""
+
+    async def upsert(
+        self, draft: RatingDraft, expected_version: int | None, now: datetime
+    ) -> WriteResult:
+        """Create or replace the (game, user) rating; ``created`` tells which."""
+
+    async def get(self, rating_id: str) -> Rating:
+        """The rating, or :class:`NotFound`."""
+
+    async def update(
+        self, rating_id: str, changes: RatingChanges, expected_version: int | None, now: datetime
+    ) -> WriteResult:
+        """Apply ``changes``; :class:`NotFound` / :class:`VersionMismatch`."""
+
+    async def delete(self, rating_id: str, expected_version: int | None, now: datetime) -> WriteResult:
+        """Remove the rating; the event carries it as it was."""
+
+    async def list_ratings(
+        self, game_id: str | None, user_id: str | None, limit: int, before_id: str | None
+    ) -> list[Rating]:
+        """Up to ``limit`` ratings, newest (highest id) first, with ids below ``before_id``."""
+
+    async def summary(self, game_id: str) -> GameSummary:
+        """The game's counters (all zero for a game nobody rated)."""
+
+    async def top_games(
+        self, limit: int, min_count: int, prior_mean: float, prior_weight: float
+    ) -> list[GameSummary]:
+        """Games with at least ``min_count`` ratings, best Bayesian mean first."""
+
+    async def events_after(self, seq: int, limit: int) -> list[RatingEvent]:
+        """Events with ``seq`` above ``seq``, in order (what the relay reads)."""
+
+    async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
+        """The topic's retained events with offset above ``since``, in offset order."""
+
+    async def topic_head(self, topic: Topic) -> int:
+        """The topic's last offset (0 if it never had an event)."""
+
+    async def prune_history(self, keep_per_topic: int, older_than: datetime) -> int:
+        """Drop events that are older than ``older_than`` or outside the last ``keep_per_topic``
+        of every topic they belong to; returns how many went."""

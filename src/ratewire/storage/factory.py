@@ -1,0 +1,26 @@
+"""Build the configured store."""
+
+from __future__ import annotations
+
+from ratewire.config import StorageSettings
+from ratewire.storage.base import RatingStore
+
+
+class UnsupportedBackend(ValueError):
+    """The configured storage backend is not available in this build."""
+
+
+def open_store(settings: StorageSettings) -> RatingStore:
+    """The store ``settings`` describe (not started: call ``await store.start()``)."""
+    if settings.backend == "memory":
+        from ratewire.storage.memory import MemoryStore
+
+        return MemoryStore()
+    if settings.backend in ("sqlite", "postgresql", "mysql"):
+        from ratewire.storage.sql import SqlStore
+
+        return SqlStore(settings.resolved_url())
+    raise UnsupportedBackend(
+        f"storage.backend: {settings.backend!r} is not available yet; "
+        "use memory, sqlite, postgresql or mysql"
+    )
