@@ -53,7 +53,9 @@ class TopicsSettings(_Section):
         # so anything else would silently never receive events.
         unknown = [t for t in value if t not in GUIDE_TOPIC_TEMPLATES]
         if unknown:
-            raise ValueError(f"unknown topic template {unknown[0]!r}; allowed: {GUIDE_TOPIC_TEMPLATES}")
+            raise ValueError(
+                f"unknown topic template {unknown[0]!r}; allowed: {GUIDE_TOPIC_TEMPLATES}"
+            )
         return value
 
 

@@ -40,7 +40,9 @@ def utc_now() -> datetime:
 
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z``, as in the guide."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 class _MonotonicUlid:
@@ -104,7 +106,9 @@ class RatingChanges:
             comment = rating.comment
         if score == rating.score and comment == rating.comment:
             return None
-        return replace(rating, score=score, comment=comment, updated_at=now, version=rating.version + 1)
+        return replace(
+            rating, score=score, comment=comment, updated_at=now, version=rating.version + 1
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,9 @@ class SummaryDelta:
             histogram[new_score - 1] += 1
             count += 1
             total += new_score
-        return cls(count, total, (histogram[0], histogram[1], histogram[2], histogram[3], histogram[4]))
+        return cls(
+            count, total, (histogram[0], histogram[1], histogram[2], histogram[3], histogram[4])
+        )
 
     def applied_to(self, summary: GameSummary, offset: int) -> GameSummary:
         """``summary`` after this delta, at game-topic ``offset``."""

@@ -48,7 +48,7 @@ class StorageUnavailable(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """A write's outcome. ``event`` is None when the write changed nothing (an idempotent repeat)."""
+    """A write's outcome; ``event`` is None when the write changed nothing (a repeat)."""
 
     rating: Rating
     event: RatingEvent | None
@@ -88,7 +88,9 @@ class RatingStore(Protocol):
     ) -> WriteResult:
         """Apply ``changes``; :class:`NotFound` / :class:`VersionMismatch`."""
 
-    async def delete(self, rating_id: str, expected_version: int | None, now: datetime) -> WriteResult:
+    async def delete(
+        self, rating_id: str, expected_version: int | None, now: datetime
+    ) -> WriteResult:
         """Remove the rating; the event carries it as it was."""
 
     async def list_ratings(

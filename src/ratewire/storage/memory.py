@@ -68,7 +68,9 @@ class MemoryStore:
             self._ratings[new.id] = new
             self._by_pair[(new.game_id, new.user_id)] = new.id
         game_offset = self._next(game_topic(current.game_id))
-        delta = SummaryDelta.between(old and old.score, new and new.score)
+        delta = SummaryDelta.between(
+            None if old is None else old.score, None if new is None else new.score
+        )
         summary = self._summaries.get(current.game_id) or GameSummary.empty(current.game_id)
         self._summaries[current.game_id] = delta.applied_to(summary, game_offset)
         event = RatingEvent(
@@ -109,7 +111,9 @@ class MemoryStore:
             if expected_version is not None:
                 raise VersionMismatch(f"{draft.game_id}/{draft.user_id}", expected_version, None)
             return await self.create(draft, now)
-        changes = RatingChanges(score=draft.score, comment=draft.comment, clear_comment=draft.comment is None)
+        changes = RatingChanges(
+            score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
+        )
         return await self.update(existing_id, changes, expected_version, now)
 
     async def update(
@@ -121,7 +125,9 @@ class MemoryStore:
             return WriteResult(old, None)
         return WriteResult(new, self._commit("updated", old, new, now))
 
-    async def delete(self, rating_id: str, expected_version: int | None, now: datetime) -> WriteResult:
+    async def delete(
+        self, rating_id: str, expected_version: int | None, now: datetime
+    ) -> WriteResult:
         old = self._current(rating_id, expected_version)
         return WriteResult(old, self._commit("deleted", old, None, now))
 

@@ -261,7 +261,9 @@ class SqlStore:
                     await conn.scalar(select(store_meta.c.value).where(store_meta.c.key == "epoch"))
                 )
         except (OSError, DBAPIError) as exc:
-            raise StorageUnavailable(f"{self.dialect}: cannot open {self._safe_url()}: {exc}") from exc
+            raise StorageUnavailable(
+                f"{self.dialect}: cannot open {self._safe_url()}: {exc}"
+            ) from exc
         if int(version or 0) > SCHEMA_VERSION:
             raise StorageUnavailable(
                 f"{self.dialect}: schema version {version} is newer than this ratewire "
@@ -315,7 +317,11 @@ class SqlStore:
         raise AssertionError("unreachable")
 
     async def _upsert_returning(
-        self, conn: AsyncConnection, table: Table, key: dict[str, Any], first: dict[str, Any],
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        key: dict[str, Any],
+        first: dict[str, Any],
         increments: dict[str, Any],
     ) -> int:
         """Insert ``key + first`` or add ``increments`` to the existing row; return last_offset."""
@@ -328,24 +334,34 @@ class SqlStore:
                 )
             )
             key_col, key_value = next(iter(key.items()))
-            offset = await conn.scalar(select(table.c.last_offset).where(table.c[key_col] == key_value))
-            return int(offset)
-        dialect_insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
-        upsert = dialect_insert(table).values(**values)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=list(key),
-            set_={name: table.c[name] + amount for name, amount in increments.items()},
-        ).returning(table.c.last_offset)
+            offset = await conn.scalar(
+                select(table.c.last_offset).where(table.c[key_col] == key_value)
+            )
+            return int(offset or 0)
+        dialect_insert = (
+            pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
+        )
+        upsert = (
+            dialect_insert(table)
+            .values(**values)
+            .on_conflict_do_update(
+                index_elements=list(key),
+                set_={name: table.c[name] + amount for name, amount in increments.items()},
+            )
+            .returning(table.c.last_offset)
+        )
         return int((await conn.execute(upsert)).scalar_one())
 
     async def _next_seq(self, conn: AsyncConnection) -> int:
-        bump = update(global_head).where(global_head.c.id == 1).values(
-            last_offset=global_head.c.last_offset + 1
+        bump = (
+            update(global_head)
+            .where(global_head.c.id == 1)
+            .values(last_offset=global_head.c.last_offset + 1)
         )
         if self.dialect == "mysql":
             await conn.execute(bump)
             seq = await conn.scalar(select(global_head.c.last_offset).where(global_head.c.id == 1))
-            return int(seq)
+            return int(seq or 0)
         return int((await conn.execute(bump.returning(global_head.c.last_offset))).scalar_one())
 
     async def _record(
@@ -359,7 +375,9 @@ class SqlStore:
         """Move the counters and append the event; the rating row is already written."""
         current = new or old
         assert current is not None
-        delta = SummaryDelta.between(old and old.score, new and new.score)
+        delta = SummaryDelta.between(
+            None if old is None else old.score, None if new is None else new.score
+        )
         histogram = dict(zip((c.name for c in _HISTOGRAM), delta.histogram, strict=True))
         game_offset = await self._upsert_returning(
             conn,
@@ -439,13 +457,17 @@ class SqlStore:
     async def upsert(
         self, draft: RatingDraft, expected_version: int | None, now: datetime
     ) -> WriteResult:
-        changes = RatingChanges(score=draft.score, comment=draft.comment, clear_comment=draft.comment is None)
+        changes = RatingChanges(
+            score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
+        )
         for _ in range(3):
             async with self._reader.connect() as conn:
                 existing_id = await self._existing_id(conn, draft.game_id, draft.user_id)
             if existing_id is None:
                 if expected_version is not None:
-                    raise VersionMismatch(f"{draft.game_id}/{draft.user_id}", expected_version, None)
+                    raise VersionMismatch(
+                        f"{draft.game_id}/{draft.user_id}", expected_version, None
+                    )
                 try:
                     return await self.create(draft, now)
                 except AlreadyExists:
@@ -481,7 +503,9 @@ class SqlStore:
         except _NoChange as unchanged:
             return WriteResult(unchanged.rating, None)
 
-    async def delete(self, rating_id: str, expected_version: int | None, now: datetime) -> WriteResult:
+    async def delete(
+        self, rating_id: str, expected_version: int | None, now: datetime
+    ) -> WriteResult:
         async def body(conn: AsyncConnection) -> WriteResult:
             old = await self._locked(conn, rating_id, expected_version)
             await conn.execute(delete(ratings).where(ratings.c.id == rating_id))
@@ -514,7 +538,9 @@ class SqlStore:
     async def summary(self, game_id: str) -> GameSummary:
         async with self._reader.connect() as conn:
             row = (
-                await conn.execute(select(game_summaries).where(game_summaries.c.game_id == game_id))
+                await conn.execute(
+                    select(game_summaries).where(game_summaries.c.game_id == game_id)
+                )
             ).first()
         return _summary_from_row(game_id, row)
 
@@ -565,7 +591,9 @@ class SqlStore:
         if topic.kind is TopicKind.GLOBAL:
             query = select(global_head.c.last_offset).where(global_head.c.id == 1)
         elif topic.kind is TopicKind.GAME:
-            query = select(game_summaries.c.last_offset).where(game_summaries.c.game_id == topic.key)
+            query = select(game_summaries.c.last_offset).where(
+                game_summaries.c.game_id == topic.key
+            )
         elif topic.kind is TopicKind.USER:
             query = select(user_heads.c.last_offset).where(user_heads.c.user_id == topic.key)
         else:
@@ -586,9 +614,12 @@ class SqlStore:
         )
         async with self._writer.begin() as conn:
             seq_head = int(
-                await conn.scalar(select(global_head.c.last_offset).where(global_head.c.id == 1)) or 0
+                await conn.scalar(select(global_head.c.last_offset).where(global_head.c.id == 1))
+                or 0
             )
-            expired = await conn.execute(delete(events).where(events.c.occurred_at < _ms(older_than)))
+            expired = await conn.execute(
+                delete(events).where(events.c.occurred_at < _ms(older_than))
+            )
             outside = await conn.execute(
                 delete(events).where(
                     and_(

@@ -1,0 +1,3 @@
+from ratewire.cli import main
+
+main()

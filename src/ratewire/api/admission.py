@@ -1,0 +1,135 @@
+"""Admission of HTTP requests, before routing: who is asking (bearer token), whether they are
+over their rate limit, and whether the body is JSON of an acceptable size.
+
+A pure ASGI middleware: it runs on every request, so it avoids BaseHTTPMiddleware's extra
+task and copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ratewire.api.problems import problem_response
+from ratewire.security.ratelimit import RequestRateLimiter
+from ratewire.security.tokens import InvalidToken, TokenService
+
+AUTH_STATE_KEY = "auth"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class AdmissionMiddleware:
+    """Verifies any bearer token (result in ``scope["state"]["auth"]``), applies the REST rate
+    limit per token ``sub`` (else per IP), and rejects bodies that are too large (413) or not
+    JSON (415)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenService,
+        limiter: RequestRateLimiter,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        auth: Any = None
+        authorization = _header(scope, b"authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                auth = InvalidToken("Authorization header must be 'Bearer <token>'")
+            else:
+                try:
+                    auth = self.tokens.verify(token.strip())
+                except InvalidToken as exc:
+                    auth = exc
+        scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
+
+        if scope["path"] not in _UNLIMITED_PATHS:
+            sub = getattr(auth, "sub", None)
+            client = scope.get("client")
+            key = f"sub:{sub}" if sub else f"ip:{client[0] if client else 'unknown'}"
+            decision = await self.limiter.check(key)
+            if not decision.allowed:
+                reset = str(decision.reset_seconds)
+                response = problem_response(
+                    429,
+                    f"rate limit of {decision.limit} requests per minute exceeded; "
+                    f"retry in {reset} s",
+                    headers={
+                        "Retry-After": reset,
+                        "RateLimit-Limit": str(decision.limit),
+                        "RateLimit-Remaining": str(max(decision.remaining, 0)),
+                        "RateLimit-Reset": reset,
+                    },
+                )
+                await response(scope, receive, send)
+                return
+
+        if scope["method"] in _BODY_METHODS:
+            length = _header(scope, b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            has_body = (length is not None and length != "0") or _header(
+                scope, b"transfer-encoding"
+            ) is not None
+            if has_body and not _is_json(_header(scope, b"content-type")):
+                response = problem_response(
+                    415,
+                    "request body must be JSON (Content-Type: application/json), got "
+                    f"{_header(scope, b'content-type') or 'no Content-Type'}",
+                )
+                await response(scope, receive, send)
+                return
+            receive = self._limited(receive)
+        await self.app(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413, f"request body exceeds {self.max_body_bytes} bytes", slug="too-large"
+        )
+        await response(scope, receive, send)
+
+    def _limited(self, receive: Receive) -> Receive:
+        received = 0
+        limit = self.max_body_bytes
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI re-raises HTTPException from body reading as is.
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
+            return message
+
+        return limited_receive

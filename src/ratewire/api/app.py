@@ -1,0 +1,48 @@
+"""The FastAPI application: routes, problem handlers and admission, wired to one service."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from fastapi import APIRouter, FastAPI
+
+from ratewire import __version__
+from ratewire.api.admission import AdmissionMiddleware
+from ratewire.api.problems import install_problem_handlers
+from ratewire.api.routes import router
+from ratewire.config import Settings
+from ratewire.security.ratelimit import RequestRateLimiter
+from ratewire.security.tokens import TokenService
+from ratewire.service import RatingService
+
+DESCRIPTION = """
+Users score games from 1 to 5; every change is pushed in real time to WebSocket
+subscribers of `rating.global`, `rating.game.{id}` and `rating.user.{id}`.
+Writes need `Authorization: Bearer <JWT>` (`ratewire token SUB` prints one).
+"""
+
+
+def create_app(
+    settings: Settings,
+    service: RatingService,
+    tokens: TokenService,
+    *,
+    limiter: RequestRateLimiter | None = None,
+    extra_routers: tuple[APIRouter, ...] = (),
+    readiness_probes: Mapping[str, Callable[[], Awaitable[object]]] | None = None,
+) -> FastAPI:
+    """An ASGI app serving the REST API over ``service`` (which the caller starts and stops)."""
+    app = FastAPI(title="ratewire", version=__version__, description=DESCRIPTION)
+    app.state.service = service
+    app.state.readiness_probes = dict(readiness_probes or {})
+    install_problem_handlers(app)
+    app.include_router(router)
+    for extra in extra_routers:
+        app.include_router(extra)
+    app.add_middleware(
+        AdmissionMiddleware,
+        tokens=tokens,
+        limiter=limiter or RequestRateLimiter(settings.limits.rest_requests_per_client_per_minute),
+        max_body_bytes=settings.limits.max_body_bytes,
+    )
+    return app

@@ -1,0 +1,1 @@
+"""Authentication (JWT), revocation and rate limiting."""

@@ -1,0 +1,46 @@
+"""REST rate limiting on the ``limits`` library (sliding-window counter: O(1) per request).
+
+The storage is in-memory on a single node; a ``limits`` Redis URI shares counters across a
+cluster without changing callers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """Whether a request may go on, and the numbers for ``RateLimit-*`` / ``Retry-After``."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+
+class RequestRateLimiter:
+    """``per_minute`` requests per key (a token's ``sub``, else the client IP)."""
+
+    def __init__(self, per_minute: float, storage_uri: str | None = None) -> None:
+        storage = storage_from_string(storage_uri) if storage_uri else MemoryStorage()
+        if not isinstance(storage, Storage):
+            raise ValueError(f"rate-limit storage {storage_uri!r} is not an async (async+) URI")
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._item = RateLimitItemPerMinute(max(1, int(per_minute)))
+
+    async def check(self, key: str) -> RateDecision:
+        """Count one request for ``key``; the decision says if it is over the limit."""
+        allowed = await self._limiter.hit(self._item, key)
+        if allowed:
+            return RateDecision(True, self._item.amount, -1, 0)
+        stats = await self._limiter.get_window_stats(self._item, key)
+        reset = max(1, math.ceil(stats.reset_time - time.time()))
+        return RateDecision(False, self._item.amount, stats.remaining, reset)

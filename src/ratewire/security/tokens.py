@@ -1,0 +1,119 @@
+"""JWT issue and verification (PyJWT, algorithm pinned, ``exp`` required)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+from ratewire.config import JwtSettings
+
+# The guide's example secret is shorter than RFC 7518 recommends; ratewire warns once at start
+# (TokenService) instead of on every signature.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+log = logging.getLogger("ratewire.tokens")
+
+SCOPE_ADMIN = "ratings:admin"
+SCOPE_WRITE_ANY = "ratings:write:any"
+
+
+class InvalidToken(Exception):
+    """The token cannot be used. ``reason`` is the text clients see (PROTOCOL.md section 3)."""
+
+    def __init__(self, reason: str = "Invalid token") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TokenExpired(InvalidToken):
+    def __init__(self) -> None:
+        super().__init__("Token expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    sub: str
+    jti: str | None
+    scopes: frozenset[str]
+    expires_at: float
+    topics: tuple[str, ...] | None = None  # allowed topic patterns, if the token limits them
+
+    @property
+    def is_admin(self) -> bool:
+        return SCOPE_ADMIN in self.scopes
+
+    def may_write_for(self, user_id: str) -> bool:
+        """The ownership rule: own ratings only, unless admin or ``ratings:write:any``."""
+        return user_id == self.sub or self.is_admin or SCOPE_WRITE_ANY in self.scopes
+
+
+class TokenService:
+    """Issues and verifies the HS* JWTs configured in ``auth.yml``."""
+
+    def __init__(self, settings: JwtSettings) -> None:
+        self._settings = settings
+        self._algorithms = [settings.algorithm]
+        if len(settings.secret.encode()) < 32:
+            log.warning(
+                "jwt.secret is shorter than 32 bytes; set a long random secret in auth.yml "
+                "or RATEWIRE_JWT__SECRET before exposing this server"
+            )
+
+    def issue(
+        self,
+        sub: str,
+        *,
+        scope: str | None = None,
+        ttl_seconds: int | None = None,
+        topics: list[str] | None = None,
+    ) -> str:
+        """A signed token for ``sub`` that expires after ``ttl_seconds`` (default: configured)."""
+        now = int(time.time())
+        claims: dict[str, object] = {
+            "sub": sub,
+            "iat": now,
+            "exp": now + (ttl_seconds or self._settings.expiry_seconds),
+            "jti": uuid.uuid4().hex,
+        }
+        if scope:
+            claims["scope"] = scope
+        if topics is not None:
+            claims["topics"] = topics
+        return jwt.encode(claims, self._settings.secret, algorithm=self._settings.algorithm)
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; :class:`InvalidToken` / :class:`TokenExpired` else."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._settings.secret,
+                algorithms=self._algorithms,
+                options={"require": ["exp", "sub"]},
+                leeway=self._settings.leeway_seconds,
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired() from None
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        sub, scope, topics = claims.get("sub"), claims.get("scope", ""), claims.get("topics")
+        if not isinstance(sub, str) or not sub or not isinstance(scope, str):
+            raise InvalidToken()
+        if topics is not None and not (
+            isinstance(topics, list) and all(isinstance(t, str) for t in topics)
+        ):
+            raise InvalidToken()
+        jti = claims.get("jti")
+        return Principal(
+            sub=sub,
+            jti=jti if isinstance(jti, str) else None,
+            scopes=frozenset(scope.split()),
+            expires_at=float(claims["exp"]),
+            topics=tuple(topics) if topics is not None else None,
+        )

@@ -1,0 +1,137 @@
+"""The use cases: the only writer of ratings. Checks rights, applies the change through the
+store, and hands each committed event to whoever listens (the relay)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ratewire.config import RatingsSettings
+from ratewire.domain import (
+    GameSummary,
+    Rating,
+    RatingChanges,
+    RatingDraft,
+    RatingEvent,
+    utc_now,
+)
+from ratewire.security.tokens import Principal
+from ratewire.storage.base import RatingStore, WriteResult
+
+EventListener = Callable[[RatingEvent], None]
+
+
+class Forbidden(Exception):
+    """The principal may not do this."""
+
+
+class BadCursor(ValueError):
+    """A list cursor that this service did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class RatingPage:
+    items: list[Rating]
+    next_cursor: str | None
+
+
+def encode_cursor(rating_id: str) -> str:
+    return base64.urlsafe_b64encode(rating_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise BadCursor(f"cursor {cursor!r} is not one this server handed out") from None
+    if not decoded.startswith("r_"):
+        raise BadCursor(f"cursor {cursor!r} is not one this server handed out")
+    return decoded
+
+
+class RatingService:
+    """Create, read, change and delete ratings; summaries and rankings."""
+
+    def __init__(self, store: RatingStore, settings: RatingsSettings) -> None:
+        self.store = store
+        self._settings = settings
+        self._listeners: list[EventListener] = []
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener`` with every event this service commits (after the commit)."""
+        self._listeners.append(listener)
+
+    def _committed(self, result: WriteResult) -> WriteResult:
+        if result.event is not None:
+            for listener in self._listeners:
+                listener(result.event)
+        return result
+
+    @staticmethod
+    def _check_owner(principal: Principal, user_id: str) -> None:
+        if not principal.may_write_for(user_id):
+            raise Forbidden(
+                f"token of user {principal.sub!r} may not write ratings of user {user_id!r} "
+                "(needs scope ratings:admin or ratings:write:any)"
+            )
+
+    async def create(self, principal: Principal, draft: RatingDraft) -> WriteResult:
+        self._check_owner(principal, draft.user_id)
+        return self._committed(await self.store.create(draft, utc_now()))
+
+    async def upsert(
+        self, principal: Principal, draft: RatingDraft, expected_version: int | None
+    ) -> WriteResult:
+        self._check_owner(principal, draft.user_id)
+        return self._committed(await self.store.upsert(draft, expected_version, utc_now()))
+
+    async def get(self, rating_id: str) -> Rating:
+        return await self.store.get(rating_id)
+
+    async def update(
+        self,
+        principal: Principal,
+        rating_id: str,
+        changes: RatingChanges,
+        expected_version: int | None,
+    ) -> WriteResult:
+        current = await self.store.get(rating_id)
+        self._check_owner(principal, current.user_id)
+        return self._committed(
+            await self.store.update(rating_id, changes, expected_version, utc_now())
+        )
+
+    async def delete(
+        self, principal: Principal, rating_id: str, expected_version: int | None
+    ) -> WriteResult:
+        current = await self.store.get(rating_id)
+        self._check_owner(principal, current.user_id)
+        return self._committed(await self.store.delete(rating_id, expected_version, utc_now()))
+
+    async def list_ratings(
+        self, game_id: str | None, user_id: str | None, limit: int, cursor: str | None
+    ) -> RatingPage:
+        before = decode_cursor(cursor) if cursor else None
+        items = await self.store.list_ratings(game_id, user_id, limit + 1, before)
+        more = len(items) > limit
+        items = items[:limit]
+        return RatingPage(items, encode_cursor(items[-1].id) if more else None)
+
+    async def summary(self, game_id: str) -> GameSummary:
+        return await self.store.summary(game_id)
+
+    def summary_wire(self, summary: GameSummary) -> dict[str, object]:
+        """The summary as sent over REST and in WebSocket snapshots."""
+        return summary.to_wire(
+            self._settings.bayesian_prior_mean, self._settings.bayesian_prior_weight
+        )
+
+    async def top_games(self, limit: int, min_count: int) -> list[GameSummary]:
+        return await self.store.top_games(
+            limit,
+            min_count,
+            self._settings.bayesian_prior_mean,
+            self._settings.bayesian_prior_weight,
+        )
