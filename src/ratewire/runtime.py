@@ -1,4 +1,9 @@
-"""The composition root: builds every part from settings, runs the servers, stops cleanly."""
+"""The composition root: builds every part from settings, runs the servers, stops cleanly.
+
+Shutdown order (SIGTERM): stop taking new WebSocket connections, let the relay publish
+everything committed, close every WebSocket with 1001 (clients reconnect and resume), then let
+uvicorn finish in-flight HTTP requests, and close storage last.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import uvicorn
 from fastapi import FastAPI
 
 from ratewire.api import create_app
+from ratewire.broker import Broker, LocalBroker
 from ratewire.config import Settings
+from ratewire.realtime.asgi import make_ws_endpoint
+from ratewire.realtime.hub import Hub
+from ratewire.realtime.picows_server import start_module_server
+from ratewire.realtime.session import CLOSE_GOING_AWAY, RealtimeContext, Session
+from ratewire.relay import Relay
+from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
 from ratewire.storage import open_store
@@ -21,8 +35,7 @@ log = logging.getLogger("ratewire")
 
 
 class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the runtime owns SIGTERM/SIGINT so it can close
-    WebSocket connections (1001) and drain the relay before the HTTP server stops."""
+    """uvicorn without its own signal handling: the runtime owns SIGTERM/SIGINT (see above)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -30,26 +43,103 @@ class _UvicornServer(uvicorn.Server):
 
 
 class Runtime:
-    """One ratewire instance: storage, service, API (and, when enabled, the realtime parts)."""
+    """One ratewire instance: storage, service, relay, hub, REST and WebSocket servers."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tokens = TokenService(settings.jwt)
         self.store = open_store(settings.storage)
         self.service = RatingService(self.store, settings.ratings)
-        self.app: FastAPI = create_app(settings, self.service, self.tokens)
+        self.hub = Hub()
+        self.broker: Broker = LocalBroker()
+        self.relay = Relay(self.store, self.broker)
+        self.service.add_listener(self.relay.notify)
+        self.sessions: set[Session] = set()
+        self.realtime = RealtimeContext(
+            hub=self.hub,
+            store=self.store,
+            tokens=self.tokens,
+            limits=settings.limits,
+            summary_wire=self.service.summary_wire,  # type: ignore[arg-type]
+            sessions=self.sessions,
+        )
+        self.connection_limiter = ConnectionRateLimiter(
+            settings.limits.ws_connections_per_ip_per_second
+        )
+        self.app: FastAPI = create_app(
+            settings,
+            self.service,
+            self.tokens,
+            readiness_probes={"broker": self.broker.ping},
+        )
+        self.app.add_api_websocket_route(
+            "/ws", make_ws_endpoint(self.realtime, self.connection_limiter)
+        )
+        self._module_server: asyncio.Server | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
+    # -- lifecycle -------------------------------------------------------------------------
+
     async def start(self) -> None:
-        """Open storage (creating or migrating its schema)."""
+        """Open storage, start the relay (at the store's head) and the history pruner."""
         await self.store.start()
+        await self.broker.start(self.hub.publish)
+        await self.relay.start()
+        self.hub.published_seq = self.relay.cursor
+        self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
+
+    async def start_module_server(self) -> None:
+        """Listen on ``modules.websocket.port`` (if enabled)."""
+        module = self.settings.modules.websocket
+        if module.enabled:
+            self._module_server = await start_module_server(
+                self.realtime,
+                self.connection_limiter,
+                self.settings.server.host,
+                module.port,
+                self._ssl_context(),
+            )
 
     async def stop(self) -> None:
+        """Drain the relay, close every WebSocket with 1001, close storage."""
+        if self._module_server is not None:
+            self._module_server.close()
+        await self.relay.stop()
+        for session in list(self.sessions):
+            session.close(CLOSE_GOING_AWAY, "Server shutting down")
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+        await asyncio.sleep(0.05)  # let the close frames go out
+        await self.broker.close()
         await self.store.close()
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stopping.set()
+
+    async def _prune_forever(self) -> None:
+        history = self.settings.history
+        while True:
+            await asyncio.sleep(history.prune_interval_seconds)
+            cutoff = datetime.now(UTC) - timedelta(seconds=history.max_age_seconds)
+            try:
+                removed = await self.store.prune_history(history.max_events_per_topic, cutoff)
+            except Exception:
+                log.exception("history pruning failed; will retry")
+                continue
+            if removed:
+                log.info("pruned %d events from history", removed)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.tls
+        if not tls.cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert, tls.key)
+        return context
 
     def _uvicorn_config(self) -> uvicorn.Config:
         settings = self.settings
@@ -61,12 +151,15 @@ class Runtime:
             ws="websockets-sansio",
             ws_per_message_deflate=False,
             ws_max_size=settings.limits.max_message_bytes,
+            ws_ping_interval=settings.limits.ping_interval_seconds,
+            ws_ping_timeout=settings.limits.ping_interval_seconds,
             lifespan="off",
             log_config=None,
             access_log=False,
             ssl_certfile=settings.tls.cert,
             ssl_keyfile=settings.tls.key,
             server_header=False,
+            backlog=4096,
         )
 
     async def serve(self) -> None:
@@ -76,8 +169,9 @@ class Runtime:
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         http_server = _UvicornServer(self._uvicorn_config())
-        http_task = asyncio.create_task(http_server.serve(), name="http-server")
         try:
+            await self.start_module_server()
+            http_task = asyncio.create_task(http_server.serve(), name="http-server")
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
                 {http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
@@ -87,8 +181,10 @@ class Runtime:
                 http_task.result()  # a failed start (port in use) surfaces here
                 return
             log.info("shutting down")
+            await self.stop()
             http_server.should_exit = True
             await http_task
         finally:
-            await self.stop()
+            if not self._stopping.is_set():
+                await self.stop()
             log.info("stopped")

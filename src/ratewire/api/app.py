@@ -10,6 +10,7 @@ from ratewire import __version__
 from ratewire.api.admission import AdmissionMiddleware
 from ratewire.api.problems import install_problem_handlers
 from ratewire.api.routes import router
+from ratewire.api.topic_history import router as topic_history_router
 from ratewire.config import Settings
 from ratewire.security.ratelimit import RequestRateLimiter
 from ratewire.security.tokens import TokenService
@@ -37,6 +38,7 @@ def create_app(
     app.state.readiness_probes = dict(readiness_probes or {})
     install_problem_handlers(app)
     app.include_router(router)
+    app.include_router(topic_history_router)
     for extra in extra_routers:
         app.include_router(extra)
     app.add_middleware(

@@ -44,3 +44,36 @@ class RequestRateLimiter:
         stats = await self._limiter.get_window_stats(self._item, key)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
         return RateDecision(False, self._item.amount, stats.remaining, reset)
+
+
+class ConnectionRateLimiter:
+    """New WebSocket connections per IP per second: a token bucket per address.
+
+    Hand-written rather than ``limits``: it runs inside the accept callback, which is
+    synchronous, and costs well under a microsecond per connection.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = per_second
+        self._burst = max(1.0, per_second)
+        self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
+        self._calls = 0
+
+    def acquire(self, ip: str) -> int:
+        """0 if ``ip`` may connect now (and counts it), else the seconds to wait."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(ip, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        self._calls += 1
+        if self._calls % 4096 == 0:
+            self._forget_idle(now)
+        if tokens >= 1:
+            self._buckets[ip] = (tokens - 1, now)
+            return 0
+        self._buckets[ip] = (tokens, now)
+        return max(1, math.ceil((1 - tokens) / self._rate))
+
+    def _forget_idle(self, now: float) -> None:
+        full_after = self._burst / self._rate
+        for ip in [ip for ip, (_, at) in self._buckets.items() if now - at > full_after]:
+            del self._buckets[ip]

@@ -1,0 +1,35 @@
+"""Server -> client frames, encoded once as bytes.
+
+``rating_update`` is on the hot path: its data is encoded once per event and spliced into one
+frame per topic, and that one frame is written to every subscriber. Topic names are validated
+identifiers, so they need no JSON escaping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def rating_update(topic: str, offset: int, kind: str, data_json: bytes) -> bytes:
+    """``{"type":"rating_update","topic":T,"offset":N,"event":K,"data":{...}}``."""
+    return b'{"type":"rating_update","topic":"%s","offset":%d,"event":"%s","data":%s}' % (
+        topic.encode(),
+        offset,
+        kind.encode(),
+        data_json,
+    )
+
+
+def control(frame_type: str, message_id: Any = None, **fields: Any) -> bytes:
+    """A reply or notice frame; ``message_id`` (the client's ``id``) is echoed when given."""
+    body: dict[str, Any] = {"type": frame_type, **fields}
+    if message_id is not None:
+        body["id"] = message_id
+    return orjson.dumps(body)
+
+
+def error(code: str, message: str, message_id: Any = None) -> bytes:
+    """``{"type":"error","code":...,"message":...}``; the connection stays open."""
+    return control("error", message_id, code=code, message=message)

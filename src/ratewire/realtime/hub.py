@@ -1,0 +1,134 @@
+"""Topic -> subscribers, and the fan-out of each published event.
+
+A subscription starts *pending*: frames for its topic are buffered while the session reads
+history (snapshot, head or replay) from the store. It goes *live* once the hub has published
+every event that history read could have seen (``published_seq >= min_seq``); buffered frames
+at or below the point history reached are dropped then. So a subscriber never sees a gap or a
+duplicate, and live delivery needs no per-subscriber offset check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from ratewire.domain import GAME_WILDCARD, GLOBAL_TOPIC, RatingEvent, game_topic, user_topic
+from ratewire.realtime import frames
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a connection: a non-blocking send of one encoded frame."""
+
+    def send(self, frame: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    buffer: list[tuple[int, int, bytes]] = field(default_factory=list)  # (seq, offset, frame)
+    ready: bool = False
+    after_offset: int = 0
+    min_seq: int = 0
+
+
+class Hub:
+    """Delivers each published event to the subscribers of its three topics (and of
+    ``rating.game.*`` for game topics), encoding it once per topic."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, set[Subscriber]] = {}
+        self._pending: dict[str, dict[Subscriber, _Pending]] = {}
+        self._waiting: set[tuple[str, Subscriber]] = set()
+        #: The ``seq`` of the last event published; history reads compare against it.
+        self.published_seq = 0
+        self.deliveries = 0
+
+    # -- subscription lifecycle ------------------------------------------------------------
+
+    def begin(self, topic: str, subscriber: Subscriber) -> None:
+        """Start buffering ``topic`` for ``subscriber`` (before reading its history)."""
+        self._pending.setdefault(topic, {})[subscriber] = _Pending()
+
+    def ready(self, topic: str, subscriber: Subscriber, after_offset: int, min_seq: int) -> None:
+        """History reached ``after_offset`` (read when the store's global head was ``min_seq``):
+        go live as soon as the hub has published up to ``min_seq``."""
+        pending = self._pending.get(topic, {}).get(subscriber)
+        if pending is None:
+            return
+        pending.ready, pending.after_offset, pending.min_seq = True, after_offset, min_seq
+        if self.published_seq >= min_seq:
+            self._promote(topic, subscriber)
+        else:
+            self._waiting.add((topic, subscriber))
+
+    def drop(self, topic: str, subscriber: Subscriber) -> None:
+        """Stop delivering ``topic`` to ``subscriber`` (unsubscribe, close)."""
+        live = self._live.get(topic)
+        if live is not None:
+            live.discard(subscriber)
+            if not live:
+                del self._live[topic]
+        pending = self._pending.get(topic)
+        if pending is not None and pending.pop(subscriber, None) is not None:
+            self._waiting.discard((topic, subscriber))
+            if not pending:
+                del self._pending[topic]
+
+    def subscriber_count(self, topic: str) -> int:
+        return len(self._live.get(topic, ())) + len(self._pending.get(topic, ()))
+
+    def _promote(self, topic: str, subscriber: Subscriber) -> None:
+        pending = self._pending[topic].pop(subscriber)
+        if not self._pending[topic]:
+            del self._pending[topic]
+        self._waiting.discard((topic, subscriber))
+        wildcard = topic == GAME_WILDCARD
+        for seq, offset, frame in pending.buffer:
+            if (seq > pending.min_seq) if wildcard else (offset > pending.after_offset):
+                subscriber.send(frame)
+        self._live.setdefault(topic, set()).add(subscriber)
+
+    # -- fan-out ---------------------------------------------------------------------------
+
+    def publish(self, event: RatingEvent) -> None:
+        """Deliver ``event`` on its three topics. Never awaits: a slow subscriber's send only
+        grows its own buffer (and is cut when that overflows)."""
+        data: bytes | None = None
+        game = game_topic(event.game_id)
+        for topic, offset in (
+            (GLOBAL_TOPIC, event.seq),
+            (game, event.game_offset),
+            (user_topic(event.user_id), event.user_offset),
+        ):
+            live = self._live.get(topic)
+            pending = self._pending.get(topic)
+            wild_live = wild_pending = None
+            if topic is game:
+                wild_live = self._live.get(GAME_WILDCARD)
+                wild_pending = self._pending.get(GAME_WILDCARD)
+            if not (live or pending or wild_live or wild_pending):
+                continue
+            if data is None:
+                data = orjson.dumps(event.data)
+            frame = frames.rating_update(topic, offset, event.kind, data)
+            # Iterate over copies: a send may lead to the subscriber being dropped.
+            if live:
+                for subscriber in tuple(live):
+                    subscriber.send(frame)
+                self.deliveries += len(live)
+            if wild_live:
+                for subscriber in tuple(wild_live):
+                    if live is None or subscriber not in live:
+                        subscriber.send(frame)
+                        self.deliveries += 1
+            for buffered in (pending, wild_pending):
+                if buffered:
+                    for entry in buffered.values():
+                        entry.buffer.append((event.seq, offset, frame))
+        self.published_seq = event.seq
+        if self._waiting:
+            for topic, subscriber in tuple(self._waiting):
+                waiting = self._pending.get(topic, {}).get(subscriber)
+                if waiting is not None and self.published_seq >= waiting.min_seq:
+                    self._promote(topic, subscriber)

@@ -1,0 +1,231 @@
+"""The WebSocket module's own port, served by picows (Cython framing on asyncio/uvloop).
+
+picows won the measurement in bench/ws_impls (see the README's table). Two things it does not
+give us are added here:
+- the peer address at upgrade time, which the per-IP connection limit needs: an accept gate
+  protocol looks at the address, answers HTTP 429 itself when the IP is over its rate, and
+  otherwise hands the transport to picows (``transport.set_protocol``; no cost afterwards);
+- a per-connection send-buffer limit: the transport's high-water mark is set to
+  ``limits.send_buffer_bytes`` and crossing it (``pause_writing``) closes with 4009.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+)
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+
+from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.security.ratelimit import ConnectionRateLimiter
+
+log = logging.getLogger("ratewire.ws")
+_PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+def token_from_request(path: str, authorization: str | None) -> str | None:
+    """The JWT of an upgrade request: ``?token=`` (the guide's way) or a Bearer header."""
+    _, _, query = path.partition("?")
+    if query:
+        values = parse_qs(query).get("token")
+        if values and values[0]:
+            return values[0]
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None
+
+
+class PicowsPeer(WSListener):
+    """One picows connection, adapting it to a :class:`Session`."""
+
+    __slots__ = ("_ctx", "_fragments", "_token", "session", "transport")
+
+    def __init__(self, ctx: RealtimeContext, token: str | None) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._token = token
+        self._fragments: bytearray | None = None
+        self.transport: WSTransport | None = None
+        self.session: Session | None = None
+
+    # picows callbacks ----------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        transport.underlying_transport.set_write_buffer_limits(
+            high=self._ctx.limits.send_buffer_bytes
+        )
+        self.session = Session(self, self._ctx)
+        self.session.opened(self._token)
+        self._token = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        session = self.session
+        if session is None:
+            return
+        msg_type = frame.msg_type
+        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
+            if frame.fin:
+                session.received(frame.get_payload_as_bytes())
+            else:
+                self._fragments = bytearray(frame.get_payload_as_memoryview())
+        elif msg_type == WSMsgType.CONTINUATION and self._fragments is not None:
+            self._fragments += frame.get_payload_as_memoryview()
+            if len(self._fragments) > self._ctx.limits.max_message_bytes:
+                self._fragments = None
+                self.close(CLOSE_MESSAGE_TOO_BIG, "Message too big")
+            elif frame.fin:
+                payload, self._fragments = bytes(self._fragments), None
+                session.received(payload)
+        elif msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.session is not None:
+            self.session.closed_by_peer()
+
+    def pause_writing(self) -> None:
+        # The kernel and transport buffers hold send_buffer_bytes already: this client cannot
+        # keep up. Cut it; it resumes with `since` and loses nothing.
+        if self.session is not None:
+            self.session.close(CLOSE_TOO_SLOW, "Client too slow")
+
+    def resume_writing(self) -> None:
+        return None
+
+    # Peer ------------------------------------------------------------------------------------
+
+    def send_text(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.send(WSMsgType.TEXT, data)
+
+    def close(self, code: int, reason: str) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.send_close(WSCloseCode(code), reason.encode())
+        transport.disconnect(graceful=True)
+        # A peer that stops reading would hold the socket open forever.
+        asyncio.get_running_loop().call_later(10, transport.disconnect, False)
+
+    async def drain(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        low = self._ctx.limits.send_buffer_bytes // 4
+        underlying = transport.underlying_transport
+        # Polled: the transport only signals crossing the high-water mark, which here means
+        # "too slow" (4009); replay pages need the lower threshold.
+        while underlying.get_write_buffer_size() > low and not transport.is_disconnected:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+class _AcceptGate(asyncio.Protocol):
+    """Decides, at TCP accept, whether the peer's IP may open another connection now."""
+
+    def __init__(self, make_ws_protocol: Callable[[], Any], limiter: ConnectionRateLimiter) -> None:
+        self._make_ws_protocol = make_ws_protocol
+        self._limiter = limiter
+        self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
+        self._head = bytearray()
+        self._retry_after = 1
+
+    def connection_made(self, transport: Any) -> None:
+        peer = transport.get_extra_info("peername")
+        retry_after = self._limiter.acquire(peer[0] if peer else "unknown")
+        if retry_after == 0:
+            ws_protocol = self._make_ws_protocol()
+            transport.set_protocol(ws_protocol)
+            ws_protocol.connection_made(transport)
+            return
+        # Read the request head before answering, so closing does not reset the connection
+        # under a client that is still sending.
+        self._transport, self._retry_after = transport, retry_after
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" in self._head or len(self._head) > 16384:
+            self._reject()
+
+    def eof_received(self) -> bool | None:
+        self._reject()
+        return None
+
+    def _reject(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        body = b"too many new connections from this address; retry later\n"
+        transport.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (self._retry_after, len(body), body)
+        )
+        transport.close()
+
+
+async def start_module_server(
+    ctx: RealtimeContext,
+    limiter: ConnectionRateLimiter,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> asyncio.Server:
+    """Listen for WebSocket connections at ``ws[s]://host:port/``."""
+    limits = ctx.limits
+
+    def listener_for(request: WSUpgradeRequest) -> PicowsPeer | None:
+        raw_path = (
+            request.path.decode("latin-1") if isinstance(request.path, bytes) else request.path
+        )
+        if raw_path.partition("?")[0] not in ("", "/"):
+            return None  # picows answers 404
+        return PicowsPeer(ctx, token_from_request(raw_path, request.headers.get("authorization")))
+
+    def make_ws_protocol() -> Any:
+        # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
+        # can sit in front of it.
+        return WSProtocol(
+            None,
+            None,
+            False,
+            listener_for,
+            _PICOWS_LOGGER,
+            True,
+            limits.auth_timeout_seconds,
+            True,
+            limits.ping_interval_seconds,
+            limits.ping_interval_seconds,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,
+            limits.max_message_bytes,
+            None,
+            2048,  # initial read buffer: client frames are small; grows when needed
+        )
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _AcceptGate(make_ws_protocol, limiter),
+        host=host,
+        port=port,
+        ssl=ssl_context,
+        backlog=4096,
+    )

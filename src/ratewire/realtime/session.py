@@ -1,0 +1,393 @@
+"""One WebSocket connection's protocol logic (PROTOCOL.md section 3), independent of the
+WebSocket library: an adapter feeds it text payloads and gives it a :class:`Peer` to write to.
+
+Messages are handled in arrival order. Those that need the store (subscribe) run in a
+short-lived task per burst, so an idle connection holds no task at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+
+from ratewire.config import LimitsSettings
+from ratewire.domain import Topic, TopicKind, event_offset, parse_topic
+from ratewire.realtime import frames
+from ratewire.realtime.hub import Hub
+from ratewire.realtime.messages import BadMessage, ClientMessage, decode
+from ratewire.security.permissions import may_subscribe
+from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
+from ratewire.storage.base import RatingStore
+
+PROTOCOL_VERSION = 1
+REPLAY_PAGE = 256
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_AUTH_FAILED = 4001
+CLOSE_TOKEN_EXPIRED = 4002
+CLOSE_RATE_LIMITED = 4008
+CLOSE_TOO_SLOW = 4009
+
+
+class Peer(Protocol):
+    """The transport side of one connection, provided by an adapter."""
+
+    def send_text(self, data: bytes) -> None:
+        """Queue a text frame; never blocks. Overflowing the send buffer closes with 4009."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame and disconnect."""
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is low again (used between replay pages)."""
+
+
+@dataclass(slots=True)
+class RealtimeContext:
+    """What every session shares."""
+
+    hub: Hub
+    store: RatingStore
+    tokens: TokenService
+    limits: LimitsSettings
+    summary_wire: Callable[[object], dict[str, object]]
+    sessions: set[Session]
+
+    def now(self) -> float:
+        return time.time()
+
+
+class Session:
+    """Protocol state of one connection: auth, subscriptions, message throttling."""
+
+    __slots__ = (
+        "_auth_timer",
+        "_bucket",
+        "_bucket_at",
+        "_ctx",
+        "_denied",
+        "_expiry_timer",
+        "_inbox",
+        "_worker",
+        "client_id",
+        "closed",
+        "peer",
+        "principal",
+        "send",
+        "topics",
+    )
+
+    def __init__(self, peer: Peer, ctx: RealtimeContext) -> None:
+        self.peer = peer
+        self.send = peer.send_text  # what the hub calls, once per delivered frame
+        self._ctx = ctx
+        self.principal: Principal | None = None
+        self.client_id = ""
+        self.topics: dict[str, Topic] = {}
+        self.closed = False
+        self._inbox: deque[ClientMessage | bytes] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._bucket = ctx.limits.ws_messages_per_client_per_second
+        self._bucket_at = time.monotonic()
+        self._denied = 0
+
+    # -- lifecycle (called by the adapter) -------------------------------------------------
+
+    def opened(self, token: str | None) -> None:
+        """The WebSocket is open. With a token (query or header), authenticate now; without,
+        wait for an ``auth`` frame for ``limits.auth_timeout_seconds``."""
+        self._ctx.sessions.add(self)
+        if token is not None:
+            self._authenticate(token, None)
+            return
+        loop = asyncio.get_running_loop()
+        self._auth_timer = loop.call_later(
+            self._ctx.limits.auth_timeout_seconds, self.close, CLOSE_AUTH_FAILED, "Invalid token"
+        )
+
+    def closed_by_peer(self) -> None:
+        """The connection is gone: release everything it held."""
+        if self.closed and self not in self._ctx.sessions:
+            return
+        self.closed = True
+        self._ctx.sessions.discard(self)
+        for name in self.topics:
+            self._ctx.hub.drop(name, self)
+        self.topics.clear()
+        for timer in (self._auth_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        self._inbox.clear()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection from the server side."""
+        if self.closed:
+            return
+        self.closed = True
+        for name in self.topics:
+            self._ctx.hub.drop(name, self)
+        self.peer.close(code, reason)
+
+    # -- incoming frames -------------------------------------------------------------------
+
+    def received(self, payload: bytes) -> None:
+        """One complete client text frame."""
+        if self.closed or not self._admit_message():
+            return
+        try:
+            message: ClientMessage | bytes = decode(payload)
+        except BadMessage as exc:
+            message = frames.error("bad_request", str(exc))
+        if self._inbox or self._worker is not None:
+            self._enqueue(message)  # replies keep the order of the requests
+            return
+        if isinstance(message, bytes):
+            self.send(message)
+            return
+        if self.principal is None:
+            if message.action != "auth" or not message.token:
+                self.close(CLOSE_AUTH_FAILED, "Invalid token")
+                return
+            self._authenticate(message.token, message.id)
+            return
+        if message.action != "subscribe":
+            self._handle_now(message)  # the common case needs no task
+            return
+        self._enqueue(message)
+
+    def _enqueue(self, message: ClientMessage | bytes) -> None:
+        self._inbox.append(message)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain_inbox())
+
+    def _admit_message(self) -> bool:
+        """Token bucket per connection: over the rate, error frames; keep going, 4008."""
+        rate = self._ctx.limits.ws_messages_per_client_per_second
+        now = time.monotonic()
+        self._bucket = min(rate, self._bucket + (now - self._bucket_at) * rate)
+        self._bucket_at = now
+        if self._bucket >= 1:
+            self._bucket -= 1
+            self._denied = 0
+            return True
+        self._denied += 1
+        if self._denied > rate:
+            self.close(CLOSE_RATE_LIMITED, "Message rate exceeded")
+        else:
+            self.send(
+                frames.error("rate_limited", f"more than {rate:g} messages per second; slow down")
+            )
+        return False
+
+    async def _drain_inbox(self) -> None:
+        try:
+            while self._inbox and not self.closed:
+                message = self._inbox.popleft()
+                if isinstance(message, bytes):
+                    self.send(message)
+                elif message.action == "subscribe":
+                    await self._subscribe(message)
+                else:
+                    self._handle_now(message)
+        finally:
+            self._worker = None
+
+    def _handle_now(self, message: ClientMessage) -> None:
+        action = message.action
+        if action == "ping":
+            self.send(frames.control("pong", message.id))
+        elif action == "unsubscribe":
+            self._unsubscribe(message)
+        elif action == "refresh":
+            self._refresh(message)
+        elif action == "auth":
+            self.send(frames.error("bad_request", "already authenticated", message.id))
+        else:
+            self.send(
+                frames.error(
+                    "bad_request",
+                    f"unknown action {action!r}; expected subscribe, unsubscribe, refresh or ping",
+                    message.id,
+                )
+            )
+
+    # -- auth --------------------------------------------------------------------------------
+
+    def _authenticate(self, token: str, message_id: object) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        try:
+            principal = self._ctx.tokens.verify(token)
+        except InvalidToken as exc:
+            self.close(CLOSE_AUTH_FAILED, exc.reason)
+            return
+        self.principal = principal
+        self.client_id = uuid.uuid4().hex
+        self._arm_expiry(principal)
+        self.send(
+            frames.control(
+                "connection_success",
+                message_id,
+                clientId=self.client_id,
+                userId=principal.sub,
+                protocol=PROTOCOL_VERSION,
+            )
+        )
+
+    def _arm_expiry(self, principal: Principal) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, principal.expires_at - self._ctx.now())
+        self._expiry_timer = loop.call_later(
+            delay, self.close, CLOSE_TOKEN_EXPIRED, "Token expired"
+        )
+
+    def _refresh(self, message: ClientMessage) -> None:
+        assert self.principal is not None
+        if not message.token:
+            self.send(frames.error("bad_request", "refresh needs a token", message.id))
+            return
+        try:
+            principal = self._ctx.tokens.verify(message.token)
+        except TokenExpired:
+            self.send(frames.error("forbidden", "Token expired", message.id))
+            return
+        except InvalidToken as exc:
+            self.send(frames.error("forbidden", exc.reason, message.id))
+            return
+        if principal.sub != self.principal.sub:
+            self.send(frames.error("forbidden", "refresh token is for another user", message.id))
+            return
+        self.principal = principal
+        self._arm_expiry(principal)
+        expires = datetime.fromtimestamp(principal.expires_at, UTC)
+        self.send(
+            frames.control(
+                "refreshed", message.id, expiresAt=expires.isoformat().replace("+00:00", "Z")
+            )
+        )
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def _checked_topic(self, message: ClientMessage) -> Topic | None:
+        if not message.topic:
+            self.send(frames.error("bad_request", f"{message.action} needs a topic", message.id))
+            return None
+        topic = parse_topic(message.topic)
+        if topic is None:
+            self.send(
+                frames.error(
+                    "unknown_topic",
+                    f"no topic {message.topic!r}; topics are rating.global, "
+                    "rating.game.{gameId}, rating.game.* and rating.user.{userId}",
+                    message.id,
+                )
+            )
+            return None
+        assert self.principal is not None
+        if not may_subscribe(self.principal, topic):
+            self.send(
+                frames.error(
+                    "forbidden", f"this token may not subscribe to {topic.name}", message.id
+                )
+            )
+            return None
+        return topic
+
+    def _unsubscribe(self, message: ClientMessage) -> None:
+        if not message.topic:
+            self.send(frames.error("bad_request", "unsubscribe needs a topic", message.id))
+            return
+        if self.topics.pop(message.topic, None) is not None:
+            self._ctx.hub.drop(message.topic, self)
+        self.send(frames.control("unsubscribed", message.id, topic=message.topic))
+
+    async def _subscribe(self, message: ClientMessage) -> None:
+        topic = self._checked_topic(message)
+        if topic is None:
+            return
+        hub, store = self._ctx.hub, self._ctx.store
+        if topic.name in self.topics:
+            hub.drop(topic.name, self)  # subscribing again restarts it (e.g. to resume)
+        self.topics[topic.name] = topic
+        hub.begin(topic.name, self)
+        try:
+            recovered: dict[str, bool] = {}
+            if message.since is not None:
+                after, recovered["recovered"] = await self._replay(
+                    topic, message.since, message.epoch
+                )
+            elif message.snapshot and topic.kind is TopicKind.GAME:
+                summary = await store.summary(topic.key)
+                after = summary.offset
+                self.send(
+                    frames.control(
+                        "snapshot",
+                        message.id,
+                        topic=topic.name,
+                        offset=after,
+                        data=self._ctx.summary_wire(summary),
+                    )
+                )
+            else:
+                after = await store.topic_head(topic)
+            # Read last: every event history could have seen has seq <= this.
+            min_seq = await store.topic_head(Topic(TopicKind.GLOBAL))
+        except BaseException:
+            self.topics.pop(topic.name, None)
+            hub.drop(topic.name, self)
+            raise
+        if self.closed:
+            return
+        self.send(
+            frames.control(
+                "subscribed",
+                message.id,
+                topic=topic.name,
+                offset=after,
+                epoch=store.epoch,
+                **recovered,
+            )
+        )
+        hub.ready(topic.name, self, after, min_seq)
+
+    async def _replay(self, topic: Topic, since: int, epoch: str | None) -> tuple[int, bool]:
+        """Send every event after ``since`` if history still reaches it.
+
+        Returns (the last offset sent or the head, whether the replay was complete)."""
+        store = self._ctx.store
+        head = await store.topic_head(topic)
+        if not topic.has_history or (epoch is not None and epoch != store.epoch) or since > head:
+            return head, False
+        if since == head:
+            return head, True
+        page = await store.topic_events(topic, since, REPLAY_PAGE)
+        if not page or event_offset(page[0], topic) != since + 1:
+            return head, False  # history no longer reaches since: no partial replay
+        last = since
+        while page:
+            for event in page:
+                offset = event_offset(event, topic)
+                self.send(
+                    frames.rating_update(topic.name, offset, event.kind, orjson.dumps(event.data))
+                )
+                last = offset
+            await self.peer.drain()
+            if self.closed or len(page) < REPLAY_PAGE:
+                break
+            page = await store.topic_events(topic, last, REPLAY_PAGE)
+        return last, True

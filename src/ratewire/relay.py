@@ -1,0 +1,115 @@
+"""The relay: hands committed events from the store's outbox to the broker, in commit order.
+
+Fast path: the service tells the relay about each event it committed, so publishing needs no
+read. Events the relay was not told about (committed by another process, or by a request that
+was cancelled between commit and notify) are found by reading the outbox after a short grace
+period, and by a periodic poll. ``seq`` is gapless and in commit order (see storage.sql), so
+"the next seq" is always well defined. On start the relay resumes at the store's head: earlier
+events are served from history (resume with ``since``), never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ratewire.broker.base import Broker
+from ratewire.domain import RatingEvent, Topic, TopicKind
+from ratewire.storage.base import RatingStore
+
+log = logging.getLogger("ratewire.relay")
+READ_BATCH = 500
+
+
+class Relay:
+    """Publishes every committed event exactly once, in ``seq`` order."""
+
+    def __init__(
+        self,
+        store: RatingStore,
+        broker: Broker,
+        *,
+        poll_interval: float = 0.5,
+        gap_grace: float = 0.005,
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._poll_interval = poll_interval
+        self._gap_grace = gap_grace
+        self._told: dict[int, RatingEvent] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        #: The ``seq`` of the last event published.
+        self.cursor = 0
+
+    async def start(self, cursor: int | None = None) -> None:
+        """Begin relaying after ``cursor`` (default: the store's current head)."""
+        if cursor is None:
+            cursor = await self._store.topic_head(Topic(TopicKind.GLOBAL))
+        self.cursor = cursor
+        self._task = asyncio.create_task(self._run(), name="relay")
+
+    def notify(self, event: RatingEvent) -> None:
+        """Called by the service right after it committed ``event``."""
+        if event.seq > self.cursor:
+            self._told[event.seq] = event
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Publish everything committed so far, then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drain(read_store=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                woken = await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._drain(read_store=not woken)
+            except Exception:
+                # The store or broker failed: keep the cursor, retry on the next tick.
+                log.exception("relay: publishing failed; retrying")
+                await asyncio.sleep(self._poll_interval)
+
+    async def _drain(self, *, read_store: bool) -> None:
+        while True:
+            batch: list[RatingEvent] = []
+            while (event := self._told.pop(self.cursor + 1 + len(batch), None)) is not None:
+                batch.append(event)
+            if batch:
+                await self._publish(batch)
+                continue
+            if self._told and not read_store:
+                # A later event arrived first; give the earlier one's notify a moment.
+                await asyncio.sleep(self._gap_grace)
+                if self.cursor + 1 in self._told:
+                    continue
+                read_store = True
+            if not (read_store or self._told):
+                return
+            events = await self._store.events_after(self.cursor, READ_BATCH)
+            if not events:
+                self._forget_published()
+                return
+            await self._publish(events)
+            if len(events) < READ_BATCH:
+                read_store = False
+
+    async def _publish(self, events: list[RatingEvent]) -> None:
+        await self._broker.publish(events)
+        self.cursor = events[-1].seq
+        self._forget_published()
+
+    def _forget_published(self) -> None:
+        for seq in [s for s in self._told if s <= self.cursor]:
+            del self._told[seq]
