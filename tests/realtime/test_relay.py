@@ -1,0 +1,52 @@
+"""The relay publishes every committed event once, in commit order."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ratewire.broker import LocalBroker
+from ratewire.domain import RatingEvent
+from ratewire.relay import Relay
+from tests.realtime.harness import Harness
+
+
+async def _relay(harness: Harness, published: list[int]) -> Relay:
+    broker = LocalBroker()
+    await broker.start(lambda event: published.append(event.seq))
+    relay = Relay(harness.store, broker, poll_interval=0.05)
+    await relay.start()
+    return relay
+
+
+async def test_out_of_order_notifications_are_published_in_order(harness: Harness) -> None:
+    published: list[int] = []
+    relay = await _relay(harness, published)
+    events: list[RatingEvent] = [await harness.commit("42", str(u)) for u in range(5)]
+    for event in reversed(events):
+        relay.notify(event)
+    await asyncio.sleep(0.05)
+    await relay.stop()
+    assert published == [1, 2, 3, 4, 5]
+
+
+async def test_events_nobody_announced_are_found_in_the_outbox(harness: Harness) -> None:
+    published: list[int] = []
+    relay = await _relay(harness, published)
+    events = [await harness.commit("42", str(u)) for u in range(3)]
+    relay.notify(events[2])  # 1 and 2 were committed elsewhere (another process, a cancel)
+    await asyncio.sleep(0.2)
+    assert published == [1, 2, 3]
+    await harness.commit("43", "9")  # never announced at all: the poll finds it
+    await asyncio.sleep(0.2)
+    await relay.stop()
+    assert published == [1, 2, 3, 4]
+
+
+async def test_restart_resumes_at_the_head_without_republishing(harness: Harness) -> None:
+    await harness.commit("42", "1")
+    published: list[int] = []
+    relay = await _relay(harness, published)
+    assert relay.cursor == 1
+    relay.notify(await harness.commit("42", "2"))
+    await relay.stop()
+    assert published == [2]
