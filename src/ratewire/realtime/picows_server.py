@@ -33,7 +33,10 @@ from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
 log = logging.getLogger("ratewire.ws")
+# An adapter, not a Logger: picows builds a child Logger per connection for a Logger (memory
+# per idle connection). WARNING: picows logs every accepted connection at INFO.
 _PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
+logging.getLogger("picows").setLevel(logging.WARNING)
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 

@@ -327,13 +327,15 @@ class Session:
         hub.begin(topic.name, self)
         try:
             recovered: dict[str, bool] = {}
+            # min_seq: every event history could have shown has seq <= min_seq.
             if message.since is not None:
-                after, recovered["recovered"] = await self._replay(
+                after, min_seq, recovered["recovered"] = await self._replay(
                     topic, message.since, message.epoch
                 )
             elif message.snapshot and topic.kind is TopicKind.GAME:
                 summary = await store.summary(topic.key)
                 after = summary.offset
+                _, min_seq = await store.topic_position(topic)
                 self.send(
                     frames.control(
                         "snapshot",
@@ -344,9 +346,7 @@ class Session:
                     )
                 )
             else:
-                after = await store.topic_head(topic)
-            # Read last: every event history could have seen has seq <= this.
-            min_seq = await store.topic_head(Topic(TopicKind.GLOBAL))
+                after, min_seq = await store.topic_position(topic)
         except BaseException:
             self.topics.pop(topic.name, None)
             hub.drop(topic.name, self)
@@ -365,29 +365,30 @@ class Session:
         )
         hub.ready(topic.name, self, after, min_seq)
 
-    async def _replay(self, topic: Topic, since: int, epoch: str | None) -> tuple[int, bool]:
+    async def _replay(self, topic: Topic, since: int, epoch: str | None) -> tuple[int, int, bool]:
         """Send every event after ``since`` if history still reaches it.
 
-        Returns (the last offset sent or the head, whether the replay was complete)."""
+        Returns (the last offset sent or the head, its min_seq, whether the replay was
+        complete)."""
         store = self._ctx.store
-        head = await store.topic_head(topic)
+        head, min_seq = await store.topic_position(topic)
         if not topic.has_history or (epoch is not None and epoch != store.epoch) or since > head:
-            return head, False
+            return head, min_seq, False
         if since == head:
-            return head, True
+            return head, min_seq, True
         page = await store.topic_events(topic, since, REPLAY_PAGE)
         if not page or event_offset(page[0], topic) != since + 1:
-            return head, False  # history no longer reaches since: no partial replay
+            return head, min_seq, False  # history no longer reaches since: no partial replay
         last = since
         while page:
             for event in page:
-                offset = event_offset(event, topic)
-                self.send(
-                    frames.rating_update(topic.name, offset, event.kind, orjson.dumps(event.data))
-                )
-                last = offset
+                last = event_offset(event, topic)
+                data = orjson.dumps(event.data)
+                self.send(frames.rating_update(topic.name, last, event.kind, data))
+                # Offsets and seqs grow together: the last event replayed has the highest seq.
+                min_seq = max(min_seq, event.seq)
             await self.peer.drain()
             if self.closed or len(page) < REPLAY_PAGE:
                 break
             page = await store.topic_events(topic, last, REPLAY_PAGE)
-        return last, True
+        return last, min_seq, True

@@ -115,6 +115,10 @@ class RatingStore(Protocol):
     async def topic_head(self, topic: Topic) -> int:
         """The topic's last offset (0 if it never had an event)."""
 
+    async def topic_position(self, topic: Topic) -> tuple[int, int]:
+        """(the topic's last offset, the global last offset), read at one instant: every event
+        up to that topic offset has a ``seq`` at or below the global one."""
+
     async def prune_history(self, keep_per_topic: int, older_than: datetime) -> int:
         """Drop events that are older than ``older_than`` or outside the last ``keep_per_topic``
         of every topic they belong to; returns how many went."""

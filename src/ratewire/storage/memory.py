@@ -178,6 +178,9 @@ class MemoryStore:
             return 0
         return self._heads.get(topic.name, 0)
 
+    async def topic_position(self, topic: Topic) -> tuple[int, int]:
+        return await self.topic_head(topic), self._heads.get(GLOBAL_TOPIC, 0)
+
     async def prune_history(self, keep_per_topic: int, older_than: datetime) -> int:
         def kept(event: RatingEvent) -> bool:
             if event.occurred_at < older_than:
