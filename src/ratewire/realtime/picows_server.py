@@ -116,6 +116,9 @@ class PicowsPeer(WSListener):
     # Peer ------------------------------------------------------------------------------------
 
     def send_text(self, data: bytes) -> None:
+        # Measured (1,000 subscribers, this machine): 7.5 us per send, the same as writing a
+        # pre-framed buffer to the raw transport: the loopback write() syscall is the cost, so
+        # picows' own framing stays.
         transport = self.transport
         if transport is not None:
             transport.send(WSMsgType.TEXT, data)
