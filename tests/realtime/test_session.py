@@ -284,3 +284,21 @@ async def test_closing_releases_subscriptions(harness: Harness) -> None:
     session.closed_by_peer()
     assert harness.hub.subscriber_count("rating.global") == 0
     assert session not in harness.ctx.sessions
+
+
+async def test_second_subscriber_starts_where_the_hub_is_without_gap_or_duplicate(
+    harness: Harness,
+) -> None:
+    await harness.write("42", "1")
+    first, _ = harness.connect("a")
+    send(first, action="subscribe", topic="rating.game.42")
+    await settle()
+    unpublished = await harness.commit("42", "2")
+    second, peer = harness.connect("b")
+    send(second, action="subscribe", topic="rating.game.42")
+    await settle()
+    start = peer.of_type("subscribed")[0]["offset"]
+    harness.hub.publish(unpublished)
+    await harness.write("42", "3")
+    offsets = [m["offset"] for m in peer.of_type("rating_update")]
+    assert offsets == list(range(start + 1, 4)), (start, offsets)

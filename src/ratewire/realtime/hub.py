@@ -5,6 +5,11 @@ history (snapshot, head or replay) from the store. It goes *live* once the hub h
 every event that history read could have seen (``published_seq >= min_seq``); buffered frames
 at or below the point history reached are dropped then. So a subscriber never sees a gap or a
 duplicate, and live delivery needs no per-subscriber offset check.
+
+At that moment every event up to the subscription's starting offset has been published, so the
+hub knows the topic's last published offset exactly; it keeps it while the topic has
+subscribers. The next subscribe to that topic starts there and goes live at once, without
+reading the store (10,000 subscribers of one game cost one read, not 10,000).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Hub:
         self._live: dict[str, set[Subscriber]] = {}
         self._pending: dict[str, dict[Subscriber, _Pending]] = {}
         self._waiting: set[tuple[str, Subscriber]] = set()
+        self._heads: dict[str, int] = {}  # last published offset, for topics with subscribers
         #: The ``seq`` of the last event published; history reads compare against it.
         self.published_seq = 0
         self.deliveries = 0
@@ -62,6 +68,10 @@ class Hub:
         else:
             self._waiting.add((topic, subscriber))
 
+    def known_head(self, topic: str) -> int | None:
+        """The topic's last published offset, if the hub tracks it (the topic has subscribers)."""
+        return self._heads.get(topic)
+
     def drop(self, topic: str, subscriber: Subscriber) -> None:
         """Stop delivering ``topic`` to ``subscriber`` (unsubscribe, close)."""
         live = self._live.get(topic)
@@ -74,6 +84,8 @@ class Hub:
             self._waiting.discard((topic, subscriber))
             if not pending:
                 del self._pending[topic]
+        if topic not in self._live and topic not in self._pending:
+            self._heads.pop(topic, None)
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._live.get(topic, ())) + len(self._pending.get(topic, ()))
@@ -84,10 +96,14 @@ class Hub:
             del self._pending[topic]
         self._waiting.discard((topic, subscriber))
         wildcard = topic == GAME_WILDCARD
+        last = pending.after_offset
         for seq, offset, frame in pending.buffer:
             if (seq > pending.min_seq) if wildcard else (offset > pending.after_offset):
                 subscriber.send(frame)
+                last = offset
         self._live.setdefault(topic, set()).add(subscriber)
+        if not wildcard:
+            self._heads.setdefault(topic, last)
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -101,6 +117,8 @@ class Hub:
             (game, event.game_offset),
             (user_topic(event.user_id), event.user_offset),
         ):
+            if topic in self._heads:
+                self._heads[topic] = offset
             live = self._live.get(topic)
             pending = self._pending.get(topic)
             wild_live = wild_pending = None

@@ -345,6 +345,10 @@ class Session:
                         data=self._ctx.summary_wire(summary),
                     )
                 )
+            elif (known := hub.known_head(topic.name)) is not None:
+                after, min_seq = known, hub.published_seq
+            elif topic.kind is TopicKind.ALL_GAMES:
+                after, min_seq = 0, hub.published_seq  # no offsets of its own: live from now
             else:
                 after, min_seq = await store.topic_position(topic)
         except BaseException:
