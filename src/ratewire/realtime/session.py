@@ -93,7 +93,8 @@ class Session:
         self.client_id = ""
         self.topics: dict[str, Topic] = {}
         self.closed = False
-        self._inbox: deque[ClientMessage | bytes] = deque()
+        # Created on first use: a deque costs ~600 bytes, and most connections never queue.
+        self._inbox: deque[ClientMessage | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -129,7 +130,7 @@ class Session:
                 timer.cancel()
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
-        self._inbox.clear()
+        self._inbox = None
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection from the server side."""
@@ -168,6 +169,8 @@ class Session:
         self._enqueue(message)
 
     def _enqueue(self, message: ClientMessage | bytes) -> None:
+        if self._inbox is None:
+            self._inbox = deque()
         self._inbox.append(message)
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain_inbox())
