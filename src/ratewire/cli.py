@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -85,3 +86,54 @@ def token(
     click.echo(
         TokenService(_settings(config_path, auth_path).jwt).issue(sub, scope=scope, ttl_seconds=ttl)
     )
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--since", type=click.IntRange(min=0), default=None, help="replay after this offset")
+@click.option("--json", "as_json", is_flag=True, help="print each frame as one JSON line")
+@click.option("--url", default=None, help="WebSocket URL (default: the configured module port)")
+@click.option("--token", "token_value", default=None, help="JWT (default: one minted for 'tail')")
+@_config_option
+@_auth_option
+def tail(
+    topic: str,
+    since: int | None,
+    as_json: bool,
+    url: str | None,
+    token_value: str | None,
+    config_path: Path | None,
+    auth_path: Path | None,
+) -> None:
+    """Print TOPIC's rating updates as they come (reconnects and resumes by itself)."""
+    import orjson
+
+    from ratewire.client import StreamClosed, rating_updates
+    from ratewire.security.tokens import SCOPE_ADMIN, TokenService
+
+    settings = _settings(config_path, auth_path)
+    if url is None:
+        scheme = "wss" if settings.tls.cert else "ws"
+        url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
+    token_value = token_value or TokenService(settings.jwt).issue("tail", scope=SCOPE_ADMIN)
+
+    async def follow() -> None:
+        async for frame in rating_updates(url, token_value, topic, since=since):
+            if as_json:
+                click.echo(orjson.dumps(frame).decode())
+            elif frame["type"] == "resync":
+                click.echo(f"-- history no longer covers the gap; resuming at {frame['offset']}")
+            else:
+                data = frame["data"]
+                click.echo(
+                    f"{frame['topic']} #{frame['offset']} {frame['event']:<7} "
+                    f"game={data['gameId']} user={data['userId']} score={data['score']}"
+                )
+
+    try:
+        asyncio.run(follow())
+    except StreamClosed as exc:
+        click.echo(f"ratewire tail: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,411 @@
+"""The WebSocket module end to end: real server processes, the third-party ``websockets``
+client, both endpoints (the module port and ``/ws`` on the main port)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.e2e.wsclient import WsClient
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory: ServerFactory) -> ServerProcess:
+    """One server for the tests that do not need special limits."""
+    return module_server_factory()
+
+
+@pytest.fixture(params=["module_port", "main_port_ws"])
+def ws_url(request: pytest.FixtureRequest, server: ServerProcess) -> str:
+    """Each behaviour is checked on both endpoints."""
+    return server.module_ws_url if request.param == "module_port" else server.ws_url
+
+
+async def post_rating(
+    server: ServerProcess, game: str, user: str, score: int = 4, **extra: Any
+) -> httpx.Response:
+    token = server.token(user)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        return await http.post(
+            "/ratings",
+            json={"gameId": game, "userId": user, "score": score, **extra},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{time.monotonic_ns()}"
+
+
+# -- authentication -----------------------------------------------------------------------
+
+
+async def test_query_token_gets_connection_success(server: ServerProcess, ws_url: str) -> None:
+    async with await WsClient.open(ws_url, server.token("7")) as ws:
+        hello = await ws.recv()
+    assert hello["type"] == "connection_success"
+    assert hello["userId"] == "7" and hello["protocol"] == 1 and hello["clientId"]
+
+
+async def test_bearer_header_authenticates(server: ServerProcess, ws_url: str) -> None:
+    headers = {"Authorization": f"Bearer {server.token('8')}"}
+    async with await WsClient.open(ws_url, headers=headers) as ws:
+        assert (await ws.recv())["userId"] == "8"
+
+
+async def test_first_frame_auth(server: ServerProcess, ws_url: str) -> None:
+    async with await WsClient.open(ws_url) as ws:
+        await ws.send(action="auth", token=server.token("9"))
+        assert (await ws.recv())["userId"] == "9"
+
+
+@pytest.mark.parametrize(
+    ("make_token", "reason"),
+    [
+        (lambda s: "garbage", "Invalid token"),
+        (lambda s: jwt.encode({"sub": "7", "exp": time.time() + 60}, "wrong" * 8, "HS256"), "Invalid token"),
+        (lambda s: s.token("7", ttl=-60), "Token expired"),
+    ],
+    ids=["malformed", "bad-signature", "expired"],
+)
+async def test_bad_tokens_close_4001(
+    server: ServerProcess, ws_url: str, make_token: Callable[[ServerProcess], str], reason: str
+) -> None:
+    ws = await WsClient.open(ws_url, make_token(server))
+    assert await ws.closed_with() == (4001, reason)
+
+
+async def test_no_token_and_no_auth_frame_closes_4001(
+    module_server_factory: ServerFactory,
+) -> None:
+    server = module_server_factory(env={"RATEWIRE_LIMITS__AUTH_TIMEOUT_SECONDS": "0.5"})
+    for url in (server.module_ws_url, server.ws_url):
+        ws = await WsClient.open(url)
+        assert (await ws.closed_with())[0] == 4001
+
+
+async def test_token_expiring_on_a_live_connection_closes_4002(
+    server: ServerProcess, ws_url: str
+) -> None:
+    # exp must be past the server's 5 s leeway: 1 s of life, minus 5 s of leeway = 6 s.
+    token = jwt.encode({"sub": "7", "exp": time.time() - 4}, server.secret, "HS256")
+    ws = await WsClient.open(ws_url, token)
+    assert (await ws.recv())["type"] == "connection_success"
+    assert await ws.closed_with(timeout=10) == (4002, "Token expired")
+
+
+async def test_refresh_extends_a_live_connection(server: ServerProcess, ws_url: str) -> None:
+    token = jwt.encode({"sub": "7", "exp": time.time() - 4}, server.secret, "HS256")
+    async with await WsClient.open(ws_url, token) as ws:
+        await ws.recv()
+        await ws.send(action="refresh", token=server.token("7"), id="r1")
+        reply = await ws.recv()
+        assert reply["type"] == "refreshed" and reply["id"] == "r1"
+        await asyncio.sleep(1.5)
+        await ws.send(action="ping")
+        assert (await ws.recv())["type"] == "pong"
+
+
+async def test_tokens_never_reach_the_log(server: ServerProcess) -> None:
+    token = server.token("log-check")
+    for url in (server.module_ws_url, server.ws_url):
+        async with await WsClient.open(url, token) as ws:
+            await ws.recv()
+    async with httpx.AsyncClient() as http:
+        await http.get(f"{server.base_url}/ratings?token={token}")
+    await asyncio.sleep(0.2)
+    assert token not in server.log_text()
+
+
+# -- the message table --------------------------------------------------------------------
+
+
+async def test_subscribe_many_topics_and_receive_every_change(
+    server: ServerProcess, ws_url: str
+) -> None:
+    game, user = unique("g"), unique("u")
+    async with await WsClient.open(ws_url, server.token(user)) as ws:
+        await ws.recv()
+        for topic in (f"rating.game.{game}", f"rating.user.{user}", "rating.global"):
+            reply = await ws.subscribe(topic)
+            assert reply["topic"] == topic and isinstance(reply["epoch"], str)
+        created = await post_rating(server, game, user, 4)
+        assert created.status_code == 201
+        rating_id = created.json()["id"]
+        updates = await ws.updates(3)
+        assert {u["topic"] for u in updates} == {
+            f"rating.game.{game}",
+            f"rating.user.{user}",
+            "rating.global",
+        }
+        game_update = next(u for u in updates if u["topic"] == f"rating.game.{game}")
+        assert game_update["offset"] == 1 and game_update["event"] == "created"
+        assert game_update["data"]["id"] == rating_id and game_update["data"]["score"] == 4
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            headers = {"Authorization": f"Bearer {server.token(user)}"}
+            await http.patch(f"/ratings/{rating_id}", json={"score": 2}, headers=headers)
+            await http.delete(f"/ratings/{rating_id}", headers=headers)
+        later = [u for u in await ws.updates(6) if u["topic"] == f"rating.game.{game}"]
+        assert [(u["offset"], u["event"]) for u in later] == [(2, "updated"), (3, "deleted")]
+        assert later[1]["data"]["score"] == 2, "deleted carries the rating as it was"
+
+
+async def test_unsubscribe_ping_and_errors_keep_the_connection(
+    server: ServerProcess, ws_url: str
+) -> None:
+    game = unique("g")
+    async with await WsClient.open(ws_url, server.token("7")) as ws:
+        await ws.recv()
+        await ws.subscribe(f"rating.game.{game}")
+        await ws.send(action="unsubscribe", topic=f"rating.game.{game}")
+        assert await ws.recv() == {"type": "unsubscribed", "topic": f"rating.game.{game}"}
+        await ws.send_raw("{not json")
+        assert (await ws.recv())["code"] == "bad_request"
+        await ws.send(action="fly")
+        assert (await ws.recv())["code"] == "bad_request"
+        await ws.send(action="subscribe", topic="rating.nothing")
+        assert (await ws.recv())["code"] == "unknown_topic"
+        await ws.send(action="subscribe", topic="rating.user.someone-else")
+        assert (await ws.recv())["code"] == "forbidden"
+        await ws.send(action="ping", id=42)
+        assert await ws.recv() == {"type": "pong", "id": 42}
+        assert (await post_rating(server, game, "7")).status_code == 201
+        await ws.send(action="ping")
+        assert (await ws.recv())["type"] == "pong", "no update after unsubscribe"
+
+
+async def test_admin_may_subscribe_to_any_user(server: ServerProcess, ws_url: str) -> None:
+    async with await WsClient.open(ws_url, server.token("boss", scope="ratings:admin")) as ws:
+        await ws.recv()
+        assert (await ws.subscribe("rating.user.someone-else"))["offset"] >= 0
+
+
+async def test_snapshot_then_live(server: ServerProcess, ws_url: str) -> None:
+    game = unique("g")
+    for user, score in (("a", 5), ("b", 3)):
+        assert (await post_rating(server, game, user + game[-6:], score)).status_code == 201
+    async with await WsClient.open(ws_url, server.token("7")) as ws:
+        await ws.recv()
+        await ws.send(action="subscribe", topic=f"rating.game.{game}", snapshot=True)
+        snapshot = await ws.recv()
+        assert snapshot["type"] == "snapshot" and snapshot["offset"] == 2
+        assert snapshot["data"]["count"] == 2 and snapshot["data"]["mean"] == 4.0
+        assert (await ws.recv())["type"] == "subscribed"
+        await post_rating(server, game, "c" + game[-6:], 1)
+        assert (await ws.updates(1))[0]["offset"] == 3
+
+
+async def test_resume_with_since_replays_what_was_missed(
+    server: ServerProcess, ws_url: str
+) -> None:
+    game = unique("g")
+    async with await WsClient.open(ws_url, server.token("7")) as ws:
+        await ws.recv()
+        epoch = (await ws.subscribe(f"rating.game.{game}"))["epoch"]
+        await post_rating(server, game, "u1")
+        [first] = await ws.updates(1)
+    for user in ("u2", "u3", "u4"):  # while disconnected
+        await post_rating(server, game, user)
+    async with await WsClient.open(ws_url, server.token("7")) as ws:
+        await ws.recv()
+        await ws.send(
+            action="subscribe", topic=f"rating.game.{game}", since=first["offset"], epoch=epoch
+        )
+        replayed = [await ws.recv() for _ in range(4)]
+        assert [(m["type"], m.get("offset")) for m in replayed] == [
+            ("rating_update", 2),
+            ("rating_update", 3),
+            ("rating_update", 4),
+            ("subscribed", 4),
+        ]
+        assert replayed[-1]["recovered"] is True
+        await post_rating(server, game, "u5")
+        assert (await ws.updates(1))[0]["offset"] == 5
+
+
+async def test_resume_past_retained_history_is_not_recovered(
+    module_server_factory: ServerFactory,
+) -> None:
+    server = module_server_factory(
+        env={
+            "RATEWIRE_HISTORY__MAX_EVENTS_PER_TOPIC": "2",
+            "RATEWIRE_HISTORY__MAX_AGE_SECONDS": "0.3",
+            "RATEWIRE_HISTORY__PRUNE_INTERVAL_SECONDS": "0.2",
+        }
+    )
+    game = unique("g")
+    for user in ("u1", "u2", "u3", "u4"):
+        await post_rating(server, game, user)
+    await asyncio.sleep(1.0)  # pruned by age
+    async with await WsClient.open(server.module_ws_url, server.token("7")) as ws:
+        await ws.recv()
+        await ws.send(action="subscribe", topic=f"rating.game.{game}", since=1)
+        reply = await ws.recv()
+        assert reply["type"] == "subscribed", "no partial replay"
+        assert reply["recovered"] is False and reply["offset"] == 4
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        gone = await http.get(
+            f"/topics/rating.game.{game}/events?since=1",
+            headers={"Authorization": f"Bearer {server.token('7')}"},
+        )
+    assert gone.status_code == 410
+
+
+async def test_topic_history_over_rest(server: ServerProcess) -> None:
+    game = unique("g")
+    for user in ("u1", "u2", "u3"):
+        await post_rating(server, game, user)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        auth = {"Authorization": f"Bearer {server.token('7')}"}
+        page = (await http.get(f"/topics/rating.game.{game}/events?since=1", headers=auth)).json()
+        assert [e["offset"] for e in page["events"]] == [2, 3] and page["head"] == 3
+        assert page["events"][0]["type"] == "rating_update"
+        forbidden = await http.get("/topics/rating.user.other/events", headers=auth)
+        assert forbidden.status_code == 403
+        assert (await http.get(f"/topics/rating.game.{game}/events")).status_code == 401
+
+
+# -- limits and close codes ---------------------------------------------------------------
+
+
+async def test_message_flood_is_throttled_then_closed_4008(
+    server: ServerProcess, ws_url: str
+) -> None:
+    ws = await WsClient.open(ws_url, server.token("7"))
+    await ws.recv()
+    for _ in range(200):
+        await ws.send(action="ping")
+    frames: list[dict[str, Any]] = []
+    code, _ = None, None
+    try:
+        while True:
+            frames.append(await ws.recv())
+    except Exception:
+        code, _ = await ws.closed_with()
+    assert any(f.get("code") == "rate_limited" for f in frames)
+    assert code == 4008
+
+
+async def test_oversized_frame_closes_1009(server: ServerProcess, ws_url: str) -> None:
+    ws = await WsClient.open(ws_url, server.token("7"))
+    await ws.recv()
+    await ws.send_raw('{"action":"ping","pad":"' + "x" * 70_000 + '"}')
+    code, _ = await ws.closed_with()
+    assert code == 1009
+
+
+async def test_slow_client_is_cut_with_4009_and_can_resume(
+    module_server_factory: ServerFactory,
+) -> None:
+    server = module_server_factory(env={"RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384"})
+    game = unique("g")
+    slow = await WsClient.open(server.module_ws_url, server.token("7"))
+    await slow.recv()
+    await slow.subscribe(f"rating.game.{game}")
+    slow.connection.transport.pause_reading()  # a client that stops reading
+    comment = "x" * 1900
+    for index in range(300):
+        response = await post_rating(server, game, f"u{index}", comment=comment)
+        assert response.status_code == 201
+    slow.connection.transport.resume_reading()
+    code, reason = await slow.closed_with(timeout=15)
+    assert (code, reason) == (4009, "Client too slow")
+    async with await WsClient.open(server.module_ws_url, server.token("7")) as ws:
+        await ws.recv()
+        await ws.send(action="subscribe", topic=f"rating.game.{game}", since=0)
+        replayed = await ws.updates(300, timeout=15)
+        assert [u["offset"] for u in replayed] == list(range(1, 301))
+
+
+async def test_per_ip_connection_limit_answers_429(module_server_factory: ServerFactory) -> None:
+    server = module_server_factory(env={"RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP_PER_SECOND": "3"})
+    for url in (server.module_ws_url, server.ws_url):
+        statuses = []
+        for _ in range(6):
+            try:
+                ws = await WsClient.open(url, server.token("7"))
+                statuses.append(101)
+                await ws.close()
+            except Exception as exc:  # websockets raises InvalidStatus for a non-101 answer
+                response = getattr(exc, "response", None)
+                statuses.append(response.status_code if response is not None else -1)
+                if response is not None:
+                    assert int(response.headers["Retry-After"]) >= 1
+        assert statuses.count(101) == 3 and statuses.count(429) == 3, statuses
+        await asyncio.sleep(1.2)
+
+
+async def test_sigterm_closes_connections_with_1001(module_server_factory: ServerFactory) -> None:
+    server = module_server_factory()
+    clients = [
+        await WsClient.open(url, server.token("7")) for url in (server.module_ws_url, server.ws_url)
+    ]
+    for ws in clients:
+        await ws.recv()
+    server.terminate(wait=False)
+    for ws in clients:
+        assert (await ws.closed_with(timeout=10))[0] == 1001
+    assert server.wait() == 0
+
+
+# -- delivery guarantees ------------------------------------------------------------------
+
+
+async def test_sigkill_after_2xx_loses_nothing(module_server_factory: ServerFactory) -> None:
+    """Every write that got a 2xx is delivered once and in order, across a kill -9."""
+    server = module_server_factory()
+    game = unique("g")
+    ws = await WsClient.open(server.module_ws_url, server.token("7"))
+    await ws.recv()
+    epoch = (await ws.subscribe(f"rating.game.{game}"))["epoch"]
+    acknowledged: list[str] = []
+    received: list[dict[str, Any]] = []
+
+    async def write(index: int) -> None:
+        try:
+            response = await post_rating(server, game, f"k{index}")
+        except httpx.HTTPError:
+            return  # the kill cut this request: no 2xx, no promise
+        if response.status_code == 201:
+            acknowledged.append(response.json()["id"])
+
+    async def read() -> None:
+        try:
+            while True:
+                received.append(await ws.recv_type("rating_update", timeout=10))
+        except Exception:
+            return
+
+    reader = asyncio.create_task(read())
+    writers = [asyncio.create_task(write(i)) for i in range(60)]
+    while len(acknowledged) < 20:
+        await asyncio.sleep(0.005)
+    server.kill()  # SIGKILL, while writes are in flight
+    await asyncio.gather(*writers)
+    await reader
+    server.restart()
+    async with await WsClient.open(server.module_ws_url, server.token("7")) as again:
+        await again.recv()
+        since = received[-1]["offset"] if received else 0
+        await again.send(action="subscribe", topic=f"rating.game.{game}", since=since, epoch=epoch)
+        while True:
+            frame = await again.recv()
+            if frame["type"] == "subscribed":
+                assert frame["recovered"] is True
+                break
+            received.append(frame)
+    offsets = [f["offset"] for f in received]
+    assert offsets == list(range(1, len(offsets) + 1)), "in order, no gap, no duplicate"
+    delivered_ids = {f["data"]["id"] for f in received}
+    assert set(acknowledged) <= delivered_ids, "every 2xx write was delivered"
