@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e

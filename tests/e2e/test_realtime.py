@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-
 from tests.e2e.wsclient import WsClient
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 ServerFactory = Callable[..., ServerProcess]
+WRITES = 150  # events of ~2 KB for the slow-client test
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,10 @@ async def test_first_frame_auth(server: ServerProcess, ws_url: str) -> None:
     ("make_token", "reason"),
     [
         (lambda s: "garbage", "Invalid token"),
-        (lambda s: jwt.encode({"sub": "7", "exp": time.time() + 60}, "wrong" * 8, "HS256"), "Invalid token"),
+        (
+            lambda s: jwt.encode({"sub": "7", "exp": time.time() + 60}, "wrong" * 8, "HS256"),
+            "Invalid token",
+        ),
         (lambda s: s.token("7", ttl=-60), "Token expired"),
     ],
     ids=["malformed", "bad-signature", "expired"],
@@ -315,22 +318,25 @@ async def test_slow_client_is_cut_with_4009_and_can_resume(
     await slow.subscribe(f"rating.game.{game}")
     slow.connection.transport.pause_reading()  # a client that stops reading
     comment = "x" * 1900
-    for index in range(300):
-        response = await post_rating(server, game, f"u{index}", comment=comment)
-        assert response.status_code == 201
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        auth = {"Authorization": f"Bearer {server.token('writer', scope='ratings:write:any')}"}
+        for index in range(WRITES):
+            body = {"gameId": game, "userId": f"u{index}", "score": 3, "comment": comment}
+            assert (await http.post("/ratings", json=body, headers=auth)).status_code == 201
     slow.connection.transport.resume_reading()
     code, reason = await slow.closed_with(timeout=15)
     assert (code, reason) == (4009, "Client too slow")
     async with await WsClient.open(server.module_ws_url, server.token("7")) as ws:
         await ws.recv()
         await ws.send(action="subscribe", topic=f"rating.game.{game}", since=0)
-        replayed = await ws.updates(300, timeout=15)
-        assert [u["offset"] for u in replayed] == list(range(1, 301))
+        replayed = await ws.updates(WRITES, timeout=15)
+        assert [u["offset"] for u in replayed] == list(range(1, WRITES + 1))
 
 
 async def test_per_ip_connection_limit_answers_429(module_server_factory: ServerFactory) -> None:
     server = module_server_factory(env={"RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP_PER_SECOND": "3"})
     for url in (server.module_ws_url, server.ws_url):
+        await asyncio.sleep(1.2)  # a full bucket (the readiness probe connected too)
         statuses = []
         for _ in range(6):
             try:
@@ -343,7 +349,6 @@ async def test_per_ip_connection_limit_answers_429(module_server_factory: Server
                 if response is not None:
                     assert int(response.headers["Retry-After"]) >= 1
         assert statuses.count(101) == 3 and statuses.count(429) == 3, statuses
-        await asyncio.sleep(1.2)
 
 
 async def test_sigterm_closes_connections_with_1001(module_server_factory: ServerFactory) -> None:

@@ -20,7 +20,7 @@ async def harness() -> AsyncIterator[Harness]:
     store = MemoryStore()
     await store.start()
     hub = Hub()
-    tokens = TokenService(JwtSettings(secret=SECRET))
+    tokens = TokenService(JwtSettings(secret=SECRET, leeway_seconds=0))
     service = RatingService(store, RatingsSettings())
     ctx = RealtimeContext(
         hub=hub,

@@ -259,13 +259,14 @@ async def test_message_flood_gets_errors_then_4008(harness: Harness) -> None:
 
 
 async def test_token_expiry_closes_4002_unless_refreshed(harness: Harness) -> None:
-    short = jwt.encode({"sub": "7", "exp": time.time() + 0.3}, SECRET, "HS256")
+    # exp is whole seconds (PyJWT truncates it): this token lives for at most 1 s.
+    short = jwt.encode({"sub": "7", "exp": int(time.time()) + 1}, SECRET, "HS256")
     _, expiring = harness.connect(token=short)
     session, refreshed = harness.connect(token=short)
     send(session, action="refresh", token=harness.tokens.issue("7", ttl_seconds=60), id="r")
     reply = refreshed.messages()[-1]
     assert reply["type"] == "refreshed" and reply["id"] == "r" and reply["expiresAt"].endswith("Z")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.2)
     assert expiring.closed_with == (CLOSE_TOKEN_EXPIRED, "Token expired")
     assert refreshed.closed_with is None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,8 @@ log = logging.getLogger("ratewire.ws")
 _PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
 logging.getLogger("picows").setLevel(logging.WARNING)
 CLOSE_MESSAGE_TOO_BIG = 1009
+KERNEL_SEND_BUFFER_MAX = 256 * 1024
+CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our close frame
 
 
 def token_from_request(path: str, authorization: str | None) -> str | None:
@@ -97,7 +100,8 @@ class PicowsPeer(WSListener):
                 payload, self._fragments = bytes(self._fragments), None
                 session.received(payload)
         elif msg_type == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            if not transport.is_close_frame_sent:
+                transport.send_close(frame.get_close_code())
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -124,13 +128,14 @@ class PicowsPeer(WSListener):
             transport.send(WSMsgType.TEXT, data)
 
     def close(self, code: int, reason: str) -> None:
+        # The close handshake: the client answers with its own close frame (see on_ws_frame),
+        # then the socket closes. Closing at once would reset the connection whenever client
+        # frames are still unread, and the client would never see the code.
         transport = self.transport
-        if transport is None:
+        if transport is None or transport.is_close_frame_sent:
             return
         transport.send_close(WSCloseCode(code), reason.encode())
-        transport.disconnect(graceful=True)
-        # A peer that stops reading would hold the socket open forever.
-        asyncio.get_running_loop().call_later(10, transport.disconnect, False)
+        asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_SECONDS, transport.disconnect, False)
 
     async def drain(self) -> None:
         transport = self.transport
@@ -147,9 +152,15 @@ class PicowsPeer(WSListener):
 class _AcceptGate(asyncio.Protocol):
     """Decides, at TCP accept, whether the peer's IP may open another connection now."""
 
-    def __init__(self, make_ws_protocol: Callable[[], Any], limiter: ConnectionRateLimiter) -> None:
+    def __init__(
+        self,
+        make_ws_protocol: Callable[[], Any],
+        limiter: ConnectionRateLimiter,
+        kernel_send_buffer: int,
+    ) -> None:
         self._make_ws_protocol = make_ws_protocol
         self._limiter = limiter
+        self._kernel_send_buffer = kernel_send_buffer
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._head = bytearray()
         self._retry_after = 1
@@ -158,6 +169,11 @@ class _AcceptGate(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         retry_after = self._limiter.acquire(peer[0] if peer else "unknown")
         if retry_after == 0:
+            # Without a fixed size, Linux grows a socket's send buffer up to 4 MiB for a peer
+            # that stopped reading: send_buffer_bytes would not bound what it holds.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._kernel_send_buffer)
             ws_protocol = self._make_ws_protocol()
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
@@ -229,7 +245,9 @@ async def start_module_server(
 
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _AcceptGate(make_ws_protocol, limiter),
+        lambda: _AcceptGate(
+            make_ws_protocol, limiter, min(limits.send_buffer_bytes, KERNEL_SEND_BUFFER_MAX)
+        ),
         host=host,
         port=port,
         ssl=ssl_context,

@@ -254,7 +254,8 @@ class Session:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
         loop = asyncio.get_running_loop()
-        delay = max(0.0, principal.expires_at - self._ctx.now())
+        # Same instant verification would start refusing the token (exp + leeway).
+        delay = max(0.0, self._ctx.tokens.valid_until(principal) - self._ctx.now())
         self._expiry_timer = loop.call_later(
             delay, self.close, CLOSE_TOKEN_EXPIRED, "Token expired"
         )
@@ -387,14 +388,23 @@ class Session:
         if not page or event_offset(page[0], topic) != since + 1:
             return head, min_seq, False  # history no longer reaches since: no partial replay
         last = since
+        # Paced by bytes: a replay must never overflow the send buffer it is filling.
+        budget = self._ctx.limits.send_buffer_bytes // 2
+        unsent = 0
         while page:
             for event in page:
                 last = event_offset(event, topic)
                 data = orjson.dumps(event.data)
-                self.send(frames.rating_update(topic.name, last, event.kind, data))
+                frame = frames.rating_update(topic.name, last, event.kind, data)
+                self.send(frame)
                 # Offsets and seqs grow together: the last event replayed has the highest seq.
                 min_seq = max(min_seq, event.seq)
-            await self.peer.drain()
+                unsent += len(frame)
+                if unsent >= budget:
+                    await self.peer.drain()
+                    unsent = 0
+                    if self.closed:
+                        return last, min_seq, False
             if self.closed or len(page) < REPLAY_PAGE:
                 break
             page = await store.topic_events(topic, last, REPLAY_PAGE)

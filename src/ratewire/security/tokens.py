@@ -88,6 +88,10 @@ class TokenService:
             claims["topics"] = topics
         return jwt.encode(claims, self._settings.secret, algorithm=self._settings.algorithm)
 
+    def valid_until(self, principal: Principal) -> float:
+        """When ``principal``'s token stops verifying (its ``exp`` plus the allowed leeway)."""
+        return principal.expires_at + self._settings.leeway_seconds
+
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; :class:`InvalidToken` / :class:`TokenExpired` else."""
         try:
