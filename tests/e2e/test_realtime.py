@@ -105,7 +105,7 @@ async def test_token_expiring_on_a_live_connection_closes_4002(
     token = jwt.encode({"sub": "7", "exp": time.time() - 4}, server.secret, "HS256")
     ws = await WsClient.open(ws_url, token)
     assert (await ws.recv())["type"] == "connection_success"
-    assert await ws.closed_with(timeout=10) == (4002, "Token expired")
+    assert await ws.closed_with(within=10) == (4002, "Token expired")
 
 
 async def test_refresh_extends_a_live_connection(server: ServerProcess, ws_url: str) -> None:
@@ -324,12 +324,12 @@ async def test_slow_client_is_cut_with_4009_and_can_resume(
             body = {"gameId": game, "userId": f"u{index}", "score": 3, "comment": comment}
             assert (await http.post("/ratings", json=body, headers=auth)).status_code == 201
     slow.connection.transport.resume_reading()
-    code, reason = await slow.closed_with(timeout=15)
+    code, reason = await slow.closed_with(within=15)
     assert (code, reason) == (4009, "Client too slow")
     async with await WsClient.open(server.module_ws_url, server.token("7")) as ws:
         await ws.recv()
         await ws.send(action="subscribe", topic=f"rating.game.{game}", since=0)
-        replayed = await ws.updates(WRITES, timeout=15)
+        replayed = await ws.updates(WRITES, within=15)
         assert [u["offset"] for u in replayed] == list(range(1, WRITES + 1))
 
 
@@ -360,7 +360,7 @@ async def test_sigterm_closes_connections_with_1001(module_server_factory: Serve
         await ws.recv()
     server.terminate(wait=False)
     for ws in clients:
-        assert (await ws.closed_with(timeout=10))[0] == 1001
+        assert (await ws.closed_with(within=10))[0] == 1001
     assert server.wait() == 0
 
 
@@ -376,6 +376,7 @@ async def test_sigkill_after_2xx_loses_nothing(module_server_factory: ServerFact
     epoch = (await ws.subscribe(f"rating.game.{game}"))["epoch"]
     acknowledged: list[str] = []
     received: list[dict[str, Any]] = []
+    enough_acknowledged = asyncio.Event()
 
     async def write(index: int) -> None:
         try:
@@ -384,18 +385,19 @@ async def test_sigkill_after_2xx_loses_nothing(module_server_factory: ServerFact
             return  # the kill cut this request: no 2xx, no promise
         if response.status_code == 201:
             acknowledged.append(response.json()["id"])
+            if len(acknowledged) == 20:
+                enough_acknowledged.set()
 
     async def read() -> None:
         try:
             while True:
-                received.append(await ws.recv_type("rating_update", timeout=10))
+                received.append(await ws.recv_type("rating_update", within=10))
         except Exception:
             return
 
     reader = asyncio.create_task(read())
     writers = [asyncio.create_task(write(i)) for i in range(60)]
-    while len(acknowledged) < 20:
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(enough_acknowledged.wait(), 20)
     server.kill()  # SIGKILL, while writes are in flight
     await asyncio.gather(*writers)
     await reader

@@ -35,27 +35,27 @@ class WsClient:
     async def send_raw(self, payload: str | bytes) -> None:
         await self.connection.send(payload)
 
-    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        frame = await asyncio.wait_for(self.connection.recv(), timeout)
+    async def recv(self, within: float = TIMEOUT) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.connection.recv(), within)
         decoded: dict[str, Any] = orjson.loads(frame)
         return decoded
 
-    async def recv_type(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    async def recv_type(self, kind: str, within: float = TIMEOUT) -> dict[str, Any]:
         """The next frame of type ``kind``, skipping others."""
         while True:
-            frame = await self.recv(timeout)
+            frame = await self.recv(within)
             if frame["type"] == kind:
                 return frame
 
-    async def updates(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+    async def updates(self, count: int, within: float = TIMEOUT) -> list[dict[str, Any]]:
         """The next ``count`` rating_update frames."""
-        return [await self.recv_type("rating_update", timeout) for _ in range(count)]
+        return [await self.recv_type("rating_update", within) for _ in range(count)]
 
-    async def closed_with(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
+    async def closed_with(self, within: float = TIMEOUT) -> tuple[int | None, str | None]:
         """Read until the server closes; the close code and reason it sent."""
         try:
             while True:
-                await asyncio.wait_for(self.connection.recv(), timeout)
+                await asyncio.wait_for(self.connection.recv(), within)
         except ConnectionClosed as closed:
             if closed.rcvd is None:
                 return None, None
