@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from ratewire.api import create_app
 from ratewire.broker import Broker, LocalBroker
 from ratewire.config import Settings
+from ratewire.metrics import RuntimeCollector, build_registry
 from ratewire.realtime.asgi import make_ws_endpoint
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.picows_server import start_module_server
@@ -71,6 +72,13 @@ class Runtime:
             self.service,
             self.tokens,
             readiness_probes={"broker": self.broker.ping},
+        )
+        self.app.state.metrics_registry = build_registry(
+            RuntimeCollector(
+                connections=lambda: len(self.sessions),
+                published_seq=lambda: self.hub.published_seq,
+                deliveries=lambda: self.hub.deliveries,
+            )
         )
         self.app.add_api_websocket_route(
             "/ws", make_ws_endpoint(self.realtime, self.connection_limiter)

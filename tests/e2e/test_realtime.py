@@ -416,3 +416,16 @@ async def test_sigkill_after_2xx_loses_nothing(module_server_factory: ServerFact
     assert offsets == list(range(1, len(offsets) + 1)), "in order, no gap, no duplicate"
     delivered_ids = {f["data"]["id"] for f in received}
     assert set(acknowledged) <= delivered_ids, "every 2xx write was delivered"
+
+
+async def test_server_pings_drop_a_dead_peer(module_server_factory: ServerFactory) -> None:
+    server = module_server_factory(env={"RATEWIRE_LIMITS__PING_INTERVAL_SECONDS": "0.3"})
+    dead = await WsClient.open(server.module_ws_url, server.token("7"))
+    await dead.recv()
+    dead.connection.transport.pause_reading()  # never sees the server's pings: never answers
+    await asyncio.sleep(1.5)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "ratewire_websocket_connections 0.0" in metrics
+    dead.connection.transport.resume_reading()
+    await dead.closed_with()

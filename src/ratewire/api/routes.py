@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from ratewire.api.admission import AUTH_STATE_KEY
@@ -186,6 +187,13 @@ async def top_games(
 @router.get("/games/{gameId}/summary", response_model=SummaryOut, responses=problem_responses(422))
 async def game_summary(gameId: Annotated[GameId, Path()], service: Service) -> Response:
     return _json(service.summary_wire(await service.summary(gameId)))
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    registry = getattr(request.app.state, "metrics_registry", None)
+    body = generate_latest(registry) if registry is not None else b""
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", summary="Liveness")
