@@ -1,0 +1,81 @@
+"""Session fixtures for the real database servers: a fresh database per test run, dropped at
+the end. With CI=true an unreachable server fails the tests that need it; otherwise they skip
+with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("RATEWIRE_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+MYSQL_ADMIN_URL = os.environ.get("RATEWIRE_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+
+
+def unavailable(what: str, error: BaseException) -> None:
+    message = f"{what} unreachable: {type(error).__name__}: {error}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (CI=true: database tests must run)")
+    pytest.skip(message)
+
+
+async def _postgres_admin(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(
+        POSTGRES_ADMIN_URL.replace("postgresql://", "postgres://"), timeout=5
+    )
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def _mysql_admin(statement: str) -> None:
+    import asyncmy
+    from sqlalchemy.engine import make_url
+
+    url = make_url(MYSQL_ADMIN_URL)
+    connection = await asyncmy.connect(
+        host=url.host,
+        port=url.port or 3306,
+        user=url.username,
+        password=url.password or "",
+        connect_timeout=5,
+    )
+    try:
+        async with connection.cursor() as cursor:
+            await cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run."""
+    name = f"ratewire_t_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_postgres_admin(f"CREATE DATABASE {name}"))
+    except (OSError, Exception) as exc:  # any failure to reach or use the server
+        unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL}", exc)
+    yield _with_database(POSTGRES_ADMIN_URL, name)
+    asyncio.run(_postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    """A fresh MariaDB/MySQL database for this run."""
+    name = f"ratewire_t_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_mysql_admin(f"CREATE DATABASE {name}"))
+    except (OSError, Exception) as exc:
+        unavailable(f"MySQL at {MYSQL_ADMIN_URL}", exc)
+    yield _with_database(MYSQL_ADMIN_URL, name)
+    asyncio.run(_mysql_admin(f"DROP DATABASE IF EXISTS {name}"))
