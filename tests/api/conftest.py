@@ -48,5 +48,5 @@ async def api() -> AsyncIterator[Api]:
 
 @pytest.fixture
 def api_with() -> Callable[..., AsyncIterator[Api]]:
-    """An API with other limits: ``async for api in api_with(rest_requests_per_client_per_minute=3)``."""
+    """An API with other limits: ``async for api in api_with(max_body_bytes=128)``."""
     return make_api
