@@ -1,0 +1,57 @@
+"""Data written through the API survives a restart (graceful or SIGKILL) on every durable
+backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def durable(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    if request.param == "sqlite":
+        return "sqlite", None
+    url = request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mysql_url")
+    return request.param, url
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_ratings_survive_a_restart(
+    server_factory: Callable[..., ServerProcess], durable: tuple[str, str | None], stop: str
+) -> None:
+    backend, url = durable
+    server = server_factory(backend=backend, storage_url=url)
+    game = f"restart-{stop}"
+    admin = {"Authorization": f"Bearer {server.token('admin', scope='ratings:admin')}"}
+    with httpx.Client(base_url=server.base_url, headers=admin) as http:
+        ids = [
+            http.post("/ratings", json={"gameId": game, "userId": f"u{i}", "score": 1 + i}).json()[
+                "id"
+            ]
+            for i in range(4)
+        ]
+        assert http.patch(f"/ratings/{ids[0]}", json={"score": 5}).status_code == 200
+        assert http.delete(f"/ratings/{ids[1]}").status_code == 204
+        before = http.get(f"/games/{game}/summary").json()
+        listed = http.get("/ratings", params={"gameId": game}).json()["items"]
+    server.kill() if stop == "sigkill" else server.terminate()
+    server.start()
+    with httpx.Client(base_url=server.base_url, headers=admin) as http:
+        assert http.get(f"/games/{game}/summary").json() == before
+        assert before["count"] == 3 and before["histogram"]["5"] == 1
+        assert http.get("/ratings", params={"gameId": game}).json()["items"] == listed
+        assert http.get(f"/ratings/{ids[0]}").json()["version"] == 2
+        assert http.get(f"/ratings/{ids[1]}").status_code == 404
+        history = http.get(f"/topics/rating.game.{game}/events").json()
+        assert [e["offset"] for e in history["events"]] == [1, 2, 3, 4, 5, 6]
