@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -137,3 +138,46 @@ def tail(
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+
+
+@main.group()
+def bench() -> None:
+    """The benchmarks of bench/ (run from a source checkout)."""
+
+
+@bench.command("fanout")
+@click.option("--subs", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=50,
+    show_default=True,
+    help="writes/s; 0 = as fast as they go",
+)
+@click.option("--seconds", type=click.FloatRange(min=1), default=10, show_default=True)
+@click.option(
+    "--procs", type=click.IntRange(min=1), default=2, show_default=True, help="subscriber processes"
+)
+@click.option("--target", type=click.Choice(["ratewire", "node-guide", "both"]), default="both")
+@click.option("--json-out", type=click.Path(path_type=Path), default=None)
+def bench_fanout(
+    subs: int, rate: float, seconds: float, procs: int, target: str, json_out: Path | None
+) -> None:
+    """N subscribers of one game topic, R writes/s over REST: deliveries/s, losses, latency."""
+    fanout = _bench_module("fanout")
+    targets = ("ratewire", "node-guide") if target == "both" else (target,)
+    fanout.run_fanout(subs, rate, seconds, targets=targets, procs=procs, json_out=json_out)
+
+
+def _bench_module(name: str) -> Any:
+    import importlib
+
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "bench" / f"{name}.py").is_file():
+        click.echo(
+            "ratewire bench: bench/ is part of the source checkout; run it from there", err=True
+        )
+        sys.exit(2)
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module(f"bench.{name}")
