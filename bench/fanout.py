@@ -103,6 +103,14 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not answer {url} within 30 s")
 
 
+def start_ratewire_asgi() -> Target:
+    """The same server, measured on its main-port endpoint (uvicorn's ASGI WebSocket)."""
+    target = start_ratewire()
+    http_port = target.post_url.split(":")[2].split("/")[0]
+    target.name, target.ws_url = "ratewire-asgi", f"ws://127.0.0.1:{http_port}/ws"
+    return target
+
+
 def start_ratewire() -> Target:
     workdir = Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
     http_port, ws_port = free_port(), free_port()
@@ -436,7 +444,11 @@ def run_fanout(
 
     raise_fd_limit()
     console = Console(stderr=True)
-    starters = {"ratewire": start_ratewire, "node-guide": start_node_guide}
+    starters = {
+        "ratewire": start_ratewire,
+        "ratewire-asgi": start_ratewire_asgi,
+        "node-guide": start_node_guide,
+    }
     results = []
     for name in targets:
         with console.status(
@@ -465,10 +477,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=50, help="writes/s; 0 = as fast as they go")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--procs", type=int, default=2, help="subscriber processes")
-    parser.add_argument("--target", choices=["ratewire", "node-guide", "both"], default="both")
+    parser.add_argument(
+        "--target",
+        choices=["ratewire", "ratewire-asgi", "node-guide", "both", "all"],
+        default="both",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
-    targets = ("ratewire", "node-guide") if args.target == "both" else (args.target,)
+    targets = {
+        "both": ("ratewire", "node-guide"),
+        "all": ("ratewire", "ratewire-asgi", "node-guide"),
+    }.get(args.target, (args.target,))
     run_fanout(
         args.subs,
         args.rate,

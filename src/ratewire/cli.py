@@ -158,14 +158,22 @@ def bench() -> None:
 @click.option(
     "--procs", type=click.IntRange(min=1), default=2, show_default=True, help="subscriber processes"
 )
-@click.option("--target", type=click.Choice(["ratewire", "node-guide", "both"]), default="both")
+@click.option(
+    "--target",
+    type=click.Choice(["ratewire", "ratewire-asgi", "node-guide", "both", "all"]),
+    default="both",
+    help="ratewire-asgi: the same server measured on /ws (uvicorn) instead of picows",
+)
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
 def bench_fanout(
     subs: int, rate: float, seconds: float, procs: int, target: str, json_out: Path | None
 ) -> None:
     """N subscribers of one game topic, R writes/s over REST: deliveries/s, losses, latency."""
     fanout = _bench_module("fanout")
-    targets = ("ratewire", "node-guide") if target == "both" else (target,)
+    targets = {
+        "both": ("ratewire", "node-guide"),
+        "all": ("ratewire", "ratewire-asgi", "node-guide"),
+    }.get(target, (target,))
     fanout.run_fanout(subs, rate, seconds, targets=targets, procs=procs, json_out=json_out)
 
 
