@@ -1,0 +1,177 @@
+"""REST load benchmark: POST /ratings and GET /games/{id}/summary, load from wrk in a second
+process, against a real ``ratewire serve`` on sqlite or postgresql.
+
+    python -m bench.rest --backend sqlite --seconds 10 --connections 32
+    ratewire bench rest --backend postgresql
+
+Afterwards it checks that every 201 was stored: the summaries' counts add up to the number
+of successful POSTs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.servers import ROOT, start_ratewire, token
+
+WRK_DIR = ROOT / "bench" / "wrk"
+GAMES = 16
+POSTGRES_ADMIN = os.environ.get("RATEWIRE_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
+
+
+@dataclass
+class Measurement:
+    backend: str
+    endpoint: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    requests: int
+
+
+def wrk(
+    url: str, script: str, args: Sequence[str], seconds: float, connections: int
+) -> dict[str, int]:
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise SystemExit("wrk is not installed: apt-get update && apt-get install -y wrk")
+    command = [
+        binary,
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_DIR / script),
+        url,
+        "--",
+        *args,
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    result: dict[str, int] = json.loads(line.removeprefix("RESULT "))
+    return result
+
+
+def measured(backend: str, endpoint: str, raw: dict[str, int]) -> Measurement:
+    errors = sum(
+        raw[k] for k in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")
+    )
+    return Measurement(
+        backend,
+        endpoint,
+        requests_per_s=round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
+        errors=errors,
+        requests=raw["requests"],
+    )
+
+
+async def _postgres(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(POSTGRES_ADMIN.replace("postgresql://", "postgres://"))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def run_rest(backend: str, seconds: float, connections: int) -> list[Measurement]:
+    """Measure both endpoints on ``backend``; returns the two measurements."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    database = None
+    if backend == "postgresql":
+        database = f"ratewire_bench_{secrets.token_hex(4)}"
+        asyncio.run(_postgres(f"CREATE DATABASE {database}"))
+    url = None if database is None else POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + database
+    target = start_ratewire(backend, url)
+    base = target.post_url.removesuffix("/ratings")
+    writer = token("bench-writer", "ratings:write:any")
+    run_id = secrets.token_hex(3)
+    results = []
+    try:
+        with console.status(f"{backend}: warming up"):
+            wrk(base, "post_ratings.lua", [f"w{run_id}", writer, str(GAMES)], 2, 4)
+        with console.status(
+            f"{backend}: POST /ratings for {seconds:g} s, {connections} connections"
+        ):
+            post = wrk(base, "post_ratings.lua", [run_id, writer, str(GAMES)], seconds, connections)
+        with console.status(f"{backend}: GET summary for {seconds:g} s, {connections} connections"):
+            get = wrk(base, "get_summary.lua", [str(GAMES)], seconds, connections)
+        results = [
+            measured(backend, "POST /ratings", post),
+            measured(backend, "GET /games/{id}/summary", get),
+        ]
+        stored = sum(httpx.get(f"{base}/games/g{g}/summary").json()["count"] for g in range(GAMES))
+        warmup_stored = stored - (post["requests"] - post["non_2xx"])
+        if warmup_stored < 0:
+            raise SystemExit(f"{backend}: {-warmup_stored} acknowledged ratings are missing")
+        console.print(f"{backend}: every acknowledged rating is stored ({stored} in the summaries)")
+    finally:
+        target.stop()
+        if database is not None:
+            asyncio.run(_postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    results = [m for b in backends for m in run_rest(b, args.seconds, args.connections)]
+    table = Table(title=f"REST load (wrk, 2 threads, {args.connections} connections)")
+    for column in ("backend", "endpoint", "requests/s", "p50 ms", "p99 ms", "max ms", "errors"):
+        table.add_column(column, justify="right")
+    for m in results:
+        table.add_row(
+            m.backend,
+            m.endpoint,
+            f"{m.requests_per_s:,.0f}",
+            f"{m.p50_ms:.2f}",
+            f"{m.p99_ms:.2f}",
+            f"{m.max_ms:.1f}",
+            str(m.errors),
+        )
+    Console(width=140).print(table)
+    if args.json_out is not None:
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                    "machine": f"{os.cpu_count()} cores",
+                    "results": [asdict(m) for m in results],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
