@@ -177,6 +177,16 @@ def bench_fanout(
     fanout.run_fanout(subs, rate, seconds, targets=targets, procs=procs, json_out=json_out)
 
 
+@bench.command("rest")
+@click.option("--backend", type=click.Choice(["sqlite", "postgresql", "both"]), default="both")
+@click.option("--seconds", type=click.FloatRange(min=1), default=10, show_default=True)
+@click.option("--connections", type=click.IntRange(min=1), default=32, show_default=True)
+def bench_rest(backend: str, seconds: float, connections: int) -> None:
+    """POST /ratings and GET summary under wrk load, on sqlite and/or postgresql."""
+    rest = _bench_module("rest")
+    rest.main(["--backend", backend, "--seconds", str(seconds), "--connections", str(connections)])
+
+
 def _bench_module(name: str) -> Any:
     import importlib
 
