@@ -40,9 +40,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def open_store(store_url: str) -> Callable[[], RatingStore]:
-    """Make a (not yet started) store on the test's database; the memory store is one object."""
-    memory = MemoryStore()
-    return lambda: memory if store_url == "memory://" else SqlStore(store_url)
+    """Make a (not yet started) store on the test's database (a new, empty one for memory)."""
+    return lambda: MemoryStore() if store_url == "memory://" else SqlStore(store_url)
 
 
 @pytest.fixture
