@@ -21,7 +21,7 @@ import os
 import time
 from array import array
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -179,7 +179,6 @@ class Result:
     max_ms: float = 0.0
     connects_per_s: float = 0.0
     idle_kib_per_connection: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def percentile(histogram: Sequence[int], total: int, fraction: float) -> float:

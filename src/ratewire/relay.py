@@ -41,6 +41,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._draining = asyncio.Lock()  # the run loop and flush() must not publish twice
         #: The ``seq`` of the last event published.
         self.cursor = 0
 
@@ -57,6 +58,10 @@ class Relay:
             self._told[event.seq] = event
             self._wake.set()
 
+    async def flush(self) -> None:
+        """Publish everything committed so far (the relay keeps running)."""
+        await self._drain(read_store=True)
+
     async def stop(self) -> None:
         """Publish everything committed so far, then stop."""
         self._stopping = True
@@ -64,7 +69,7 @@ class Relay:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._drain(read_store=True)
+        await self.flush()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -82,6 +87,10 @@ class Relay:
                 await asyncio.sleep(self._poll_interval)
 
     async def _drain(self, *, read_store: bool) -> None:
+        async with self._draining:
+            await self._drain_locked(read_store=read_store)
+
+    async def _drain_locked(self, *, read_store: bool) -> None:
         while True:
             batch: list[RatingEvent] = []
             while (event := self._told.pop(self.cursor + 1 + len(batch), None)) is not None:

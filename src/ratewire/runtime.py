@@ -1,8 +1,8 @@
 """The composition root: builds every part from settings, runs the servers, stops cleanly.
 
 Shutdown order (SIGTERM): stop taking new WebSocket connections, let the relay publish
-everything committed, close every WebSocket with 1001 (clients reconnect and resume), then let
-uvicorn finish in-flight HTTP requests, and close storage last.
+everything committed, close every WebSocket with 1001 (clients reconnect and resume), let
+uvicorn finish in-flight HTTP requests, publish what those committed, close storage last.
 """
 
 from __future__ import annotations
@@ -109,18 +109,24 @@ class Runtime:
                 self._ssl_context(),
             )
 
-    async def stop(self) -> None:
-        """Drain the relay, close every WebSocket with 1001, close storage."""
+    async def close_connections(self) -> None:
+        """Stop taking WebSocket connections, deliver what is committed, close with 1001."""
         if self._module_server is not None:
             self._module_server.close()
-        await self.relay.stop()
+            self._module_server = None
+        await self.relay.flush()
         for session in list(self.sessions):
             session.close(CLOSE_GOING_AWAY, "Server shutting down")
+        await asyncio.sleep(0.05)  # let the close frames go out
+
+    async def stop(self) -> None:
+        """After the servers: publish what in-flight requests committed, close everything."""
+        await self.close_connections()
+        await self.relay.stop()
         if self._prune_task is not None:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
-        await asyncio.sleep(0.05)  # let the close frames go out
         await self.broker.close()
         await self.store.close()
 
@@ -189,10 +195,9 @@ class Runtime:
                 http_task.result()  # a failed start (port in use) surfaces here
                 return
             log.info("shutting down")
-            await self.stop()
-            http_server.should_exit = True
+            await self.close_connections()
+            http_server.should_exit = True  # uvicorn finishes in-flight requests
             await http_task
         finally:
-            if not self._stopping.is_set():
-                await self.stop()
+            await self.stop()
             log.info("stopped")
