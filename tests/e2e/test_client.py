@@ -1,0 +1,90 @@
+"""The Python client and the CLI against a real server: resume across a SIGKILL restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from tests.support.server import SECRET, ServerProcess
+
+from ratewire.client import StreamClosed, rating_updates
+
+pytestmark = pytest.mark.e2e
+
+
+async def post(server: ServerProcess, user: str) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        response = await http.post(
+            "/ratings",
+            json={"gameId": "client1", "userId": user, "score": 3},
+            headers={"Authorization": f"Bearer {server.token(user)}"},
+        )
+        assert response.status_code == 201
+
+
+async def test_rating_updates_resumes_across_a_kill(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    seen: list[dict[str, Any]] = []
+    two_seen = asyncio.Event()
+    stream = rating_updates(server.module_ws_url, server.token("reader"), "rating.game.client1")
+
+    async def follow() -> None:
+        async for frame in stream:
+            seen.append(frame)
+            if len(seen) == 2:
+                two_seen.set()
+            if len(seen) == 4:
+                return
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.5)
+    await post(server, "a")
+    await post(server, "b")
+    await asyncio.wait_for(two_seen.wait(), 10)
+    server.kill()
+    server.start()
+    await post(server, "c")  # written while the client is reconnecting
+    await post(server, "d")
+    await asyncio.wait_for(follower, 20)
+    assert [f["offset"] for f in seen] == [1, 2, 3, 4]
+    assert [f["data"]["userId"] for f in seen] == ["a", "b", "c", "d"]
+
+
+async def test_bad_token_ends_the_stream(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory()
+    with pytest.raises(StreamClosed, match="authentication failed"):
+        async for _ in rating_updates(server.module_ws_url, "bad", "rating.global"):
+            pass
+
+
+def test_token_command_signs_with_the_configured_key() -> None:
+    env = {**os.environ, "RATEWIRE_JWT__SECRET": SECRET}
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ratewire",
+            "token",
+            "alice",
+            "--scope",
+            "ratings:admin",
+            "--ttl",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.strip()
+    claims = jwt.decode(printed, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["scope"] == "ratings:admin"
+    assert 115 <= claims["exp"] - claims["iat"] <= 120 and claims["jti"]
