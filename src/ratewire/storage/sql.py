@@ -10,6 +10,7 @@ global row is taken last, it is held only for the event insert and the commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 
+log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
 GLOBAL = Topic(TopicKind.GLOBAL)
 _T = TypeVar("_T")
@@ -272,6 +274,14 @@ class _Statements:
         ).returning(table.c.last_offset)
 
 
+def _reason(exc: BaseException) -> str:
+    """The driver's own words, without SQLAlchemy's statement dump and doc link."""
+    original = getattr(exc, "orig", None) or exc
+    return (
+        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    )
+
+
 class _NoChange(Exception):
     """Raised inside a write transaction to roll it back when the write changes nothing."""
 
@@ -347,6 +357,22 @@ class SqlStore:
 
     async def _write(self, body: Callable[[Connection], _T]) -> _T:
         """Run ``body`` in one write transaction (retried on a MySQL deadlock)."""
+        try:
+            return await self._write_once(body)
+        except IntegrityError:
+            raise
+        except (OSError, DBAPIError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> StorageUnavailable:
+        # Callers get the driver's one-line reason (a 503 over REST); the traceback is kept
+        # for debug logging only: an unreachable database is not a bug to trace.
+        reason = _reason(exc)
+        log.warning("%s storage error: %s", self.dialect, reason)
+        log.debug("%s storage error", self.dialect, exc_info=exc)
+        return StorageUnavailable(f"{self.dialect}: {reason}")
+
+    async def _write_once(self, body: Callable[[Connection], _T]) -> _T:
         if self._sqlite_writer is not None:
             engine = self._sqlite_writer
 
@@ -369,6 +395,14 @@ class SqlStore:
         raise AssertionError("unreachable")
 
     async def _read(self, body: Callable[[Connection], _T]) -> _T:
+        try:
+            return await self._read_once(body)
+        except IntegrityError:
+            raise
+        except (OSError, DBAPIError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _read_once(self, body: Callable[[Connection], _T]) -> _T:
         if self._sqlite_reader is not None:
             engine = self._sqlite_reader
 
@@ -396,10 +430,9 @@ class SqlStore:
                     conn.scalar(select(store_meta.c.value).where(store_meta.c.key == "epoch")),
                 )
             )
-        except (OSError, DBAPIError) as exc:
-            raise StorageUnavailable(
-                f"{self.dialect}: cannot open {self._safe_url()}: {exc}"
-            ) from exc
+        except StorageUnavailable as exc:
+            reason = str(exc).removeprefix(f"{self.dialect}: ")
+            raise StorageUnavailable(f"cannot open {self._safe_url()}: {reason}") from exc
         self.epoch = str(epoch)
         if int(version or 0) > SCHEMA_VERSION:
             raise StorageUnavailable(
@@ -438,10 +471,7 @@ class SqlStore:
             self._read_threads.shutdown(wait=True)
 
     async def ping(self) -> None:
-        try:
-            await self._read(lambda conn: conn.scalar(select(literal(1))))
-        except (OSError, DBAPIError) as exc:
-            raise StorageUnavailable(f"{self.dialect}: {exc}") from exc
+        await self._read(lambda conn: conn.scalar(select(literal(1))))
 
     # -- write steps (run inside one transaction) --------------------------------------------
 
