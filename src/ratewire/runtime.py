@@ -61,7 +61,7 @@ class Runtime:
             store=self.store,
             tokens=self.tokens,
             limits=settings.limits,
-            summary_wire=self.service.summary_wire,  # type: ignore[arg-type]
+            summary_wire=self.service.summary_wire,
             sessions=self.sessions,
         )
         self.connection_limiter = ConnectionRateLimiter(

@@ -27,7 +27,7 @@ async def harness() -> AsyncIterator[Harness]:
         store=store,
         tokens=tokens,
         limits=LimitsSettings(auth_timeout_seconds=0.2),
-        summary_wire=service.summary_wire,  # type: ignore[arg-type]
+        summary_wire=service.summary_wire,
         sessions=set(),
     )
     yield Harness(store, hub, tokens, ctx, service)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -73,7 +74,9 @@ class AsgiPeer:
                 return
 
 
-def make_ws_endpoint(ctx: RealtimeContext, limiter: ConnectionRateLimiter):  # type: ignore[no-untyped-def]
+def make_ws_endpoint(
+    ctx: RealtimeContext, limiter: ConnectionRateLimiter
+) -> Callable[[WebSocket], Awaitable[None]]:
     """The ``/ws`` route handler."""
 
     async def ws_endpoint(websocket: WebSocket) -> None:

@@ -19,7 +19,7 @@ from typing import Protocol
 import orjson
 
 from ratewire.config import LimitsSettings
-from ratewire.domain import Topic, TopicKind, event_offset, parse_topic
+from ratewire.domain import GameSummary, Topic, TopicKind, event_offset, parse_topic
 from ratewire.realtime import frames
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
@@ -58,7 +58,7 @@ class RealtimeContext:
     store: RatingStore
     tokens: TokenService
     limits: LimitsSettings
-    summary_wire: Callable[[object], dict[str, object]]
+    summary_wire: Callable[[GameSummary], dict[str, object]]
     sessions: set[Session]
 
     def now(self) -> float:
