@@ -31,6 +31,7 @@ from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
 from ratewire.storage import open_store
+from ratewire.storage.factory import UnsupportedBackend
 
 log = logging.getLogger("ratewire")
 
@@ -52,6 +53,12 @@ class Runtime:
         self.store = open_store(settings.storage)
         self.service = RatingService(self.store, settings.ratings)
         self.hub = Hub()
+        if settings.broker.backend != "local":
+            # Running alone while the operator expects a cluster would split the topics.
+            raise UnsupportedBackend(
+                f"broker.backend: {settings.broker.backend!r} (cluster mode) is not available "
+                "yet; use 'local' and one instance per database"
+            )
         self.broker: Broker = LocalBroker()
         self.relay = Relay(self.store, self.broker)
         self.service.add_listener(self.relay.notify)

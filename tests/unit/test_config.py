@@ -140,3 +140,28 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith("ratewire: config error: ")
     assert f"{path}: limits.max_message_bytes: Input should be a valid integer" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"RATEWIRE_BROKER__BACKEND": "redis"},
+            "broker.backend: 'redis' (cluster mode) is not available yet",
+        ),
+        ({"RATEWIRE_STORAGE__BACKEND": "redis"}, "storage.backend: 'redis' is not available yet"),
+    ],
+)
+def test_backends_not_in_this_version_stop_the_start(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ratewire", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "RATEWIRE_JWT__SECRET": "z" * 40, **env},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"ratewire: cannot start: {expected}" in result.stderr

@@ -7,7 +7,7 @@ from ratewire.storage.base import RatingStore
 
 
 class UnsupportedBackend(ValueError):
-    """The configured storage backend is not available in this build."""
+    """The configured storage or broker backend is not available in this build."""
 
 
 def open_store(settings: StorageSettings) -> RatingStore:
