@@ -70,6 +70,7 @@ from ratewire.storage.base import (
 
 log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
+GROUP_COMMIT_MAX = 64  # writes per SQLite transaction at most
 GLOBAL = Topic(TopicKind.GLOBAL)
 _T = TypeVar("_T")
 
@@ -314,6 +315,8 @@ class SqlStore:
             self._sqlite_writer = self._sqlite_engine(sync_url, immediate=True, pool_size=1)
             self._sqlite_reader = self._sqlite_engine(sync_url, immediate=False, pool_size=4)
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="ratewire-sqlite-w")
+            self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+            self._batcher: asyncio.Task[None] | None = None
             self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="ratewire-sqlite-r")
         else:
             # READ COMMITTED: each statement sees what committed before it, which the
@@ -374,14 +377,7 @@ class SqlStore:
 
     async def _write_once(self, body: Callable[[Connection], _T]) -> _T:
         if self._sqlite_writer is not None:
-            engine = self._sqlite_writer
-
-            def transaction() -> _T:
-                with engine.begin() as conn:
-                    return body(conn)
-
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._write_thread, transaction)
+            return await self._group_commit(body)
         assert self._async is not None
         for attempt in range(5):
             try:
@@ -393,6 +389,59 @@ class SqlStore:
                 if self.dialect != "mysql" or "1213" not in str(exc.orig) or attempt == 4:
                     raise
         raise AssertionError("unreachable")
+
+    async def _group_commit(self, body: Callable[[Connection], _T]) -> _T:
+        """SQLite: queue ``body`` for the writer thread's next transaction.
+
+        Group commit: the writer takes every write queued while the previous transaction ran
+        and runs them in one transaction, each in its own SAVEPOINT (a failed or unchanged
+        write rolls back alone), with one BEGIN and one fsync for all. Each caller is answered
+        only after that commit; bodies run in queue order, so offsets stay in commit order.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._queued_writes.append((body, done))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = loop.create_task(self._commit_batches())
+        result: _T = await done
+        return result
+
+    async def _commit_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queued_writes:
+            batch = self._queued_writes[:GROUP_COMMIT_MAX]
+            del self._queued_writes[:GROUP_COMMIT_MAX]
+            bodies = [body for body, _ in batch]
+            try:
+                outcomes = await loop.run_in_executor(self._write_thread, self._run_batch, bodies)
+            except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is stored
+                outcomes = [(False, exc)] * len(batch)
+            for (_, done), (succeeded, value) in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue  # the caller went away; its write still committed (or not)
+                if succeeded:
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
+
+    def _run_batch(self, bodies: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
+        assert self._sqlite_writer is not None
+        outcomes: list[tuple[bool, Any]] = []
+        if len(bodies) == 1:  # alone: no savepoint needed, the transaction is the unit
+            try:
+                with self._sqlite_writer.begin() as conn:
+                    outcomes.append((True, bodies[0](conn)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+            return outcomes
+        with self._sqlite_writer.begin() as conn:
+            for body in bodies:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append((True, body(conn)))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+        return outcomes
 
     async def _read(self, body: Callable[[Connection], _T]) -> _T:
         try:
