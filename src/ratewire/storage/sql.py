@@ -46,7 +46,7 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ratewire.domain import (
@@ -275,6 +275,11 @@ class _Statements:
         ).returning(table.c.last_offset)
 
 
+def _is_deadlock(exc: DBAPIError) -> bool:
+    code = str(getattr(exc.orig, "sqlstate", "") or getattr(exc.orig, "args", [""])[0])
+    return code in ("40P01", "1213")  # PostgreSQL deadlock_detected, MySQL ER_LOCK_DEADLOCK
+
+
 def _reason(exc: BaseException) -> str:
     """The driver's own words, without SQLAlchemy's statement dump and doc link."""
     original = getattr(exc, "orig", None) or exc
@@ -306,6 +311,8 @@ class SqlStore:
         self.epoch = ""
         self._sql = _Statements(self.dialect)
         self._async: AsyncEngine | None = None
+        self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._batcher: asyncio.Task[None] | None = None
         self._sqlite_writer: Engine | None = None
         self._sqlite_reader: Engine | None = None
         if self.dialect == "sqlite":
@@ -315,8 +322,6 @@ class SqlStore:
             self._sqlite_writer = self._sqlite_engine(sync_url, immediate=True, pool_size=1)
             self._sqlite_reader = self._sqlite_engine(sync_url, immediate=False, pool_size=4)
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="ratewire-sqlite-w")
-            self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
-            self._batcher: asyncio.Task[None] | None = None
             self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="ratewire-sqlite-r")
         else:
             # READ COMMITTED: each statement sees what committed before it, which the
@@ -376,27 +381,14 @@ class SqlStore:
         return StorageUnavailable(f"{self.dialect}: {reason}")
 
     async def _write_once(self, body: Callable[[Connection], _T]) -> _T:
-        if self._sqlite_writer is not None:
-            return await self._group_commit(body)
-        assert self._async is not None
-        for attempt in range(5):
-            try:
-                async with self._async.begin() as conn:
-                    return await conn.run_sync(body)
-            except OperationalError as exc:
-                # MySQL may pick a deadlock victim under gap locks; the lock order makes it
-                # rare, and retrying the whole transaction is the documented remedy.
-                if self.dialect != "mysql" or "1213" not in str(exc.orig) or attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        """Queue ``body`` for the next write transaction and wait for its commit.
 
-    async def _group_commit(self, body: Callable[[Connection], _T]) -> _T:
-        """SQLite: queue ``body`` for the writer thread's next transaction.
-
-        Group commit: the writer takes every write queued while the previous transaction ran
-        and runs them in one transaction, each in its own SAVEPOINT (a failed or unchanged
-        write rolls back alone), with one BEGIN and one fsync for all. Each caller is answered
-        only after that commit; bodies run in queue order, so offsets stay in commit order.
+        Group commit: one batch at a time takes every write queued while the previous one
+        ran and commits them in one transaction, each in its own SAVEPOINT (a failed or
+        unchanged write rolls back alone): one BEGIN, one fsync and one hold of the global
+        head row for the whole batch. Each caller is answered only after that commit; bodies
+        run in queue order, so offsets stay in commit order. Batches never overlap, so they
+        cannot deadlock each other.
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
@@ -407,14 +399,12 @@ class SqlStore:
         return result
 
     async def _commit_batches(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queued_writes:
             batch = self._queued_writes[:GROUP_COMMIT_MAX]
             del self._queued_writes[:GROUP_COMMIT_MAX]
-            bodies = [body for body, _ in batch]
             try:
-                outcomes = await loop.run_in_executor(self._write_thread, self._run_batch, bodies)
-            except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is stored
+                outcomes = await self._run_batch([body for body, _ in batch])
+            except Exception as exc:  # nothing of the batch is stored (for one write: its error)
                 outcomes = [(False, exc)] * len(batch)
             for (_, done), (succeeded, value) in zip(batch, outcomes, strict=True):
                 if done.done():
@@ -424,23 +414,41 @@ class SqlStore:
                 else:
                     done.set_exception(value)
 
-    def _run_batch(self, bodies: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
-        assert self._sqlite_writer is not None
-        outcomes: list[tuple[bool, Any]] = []
-        if len(bodies) == 1:  # alone: no savepoint needed, the transaction is the unit
+    async def _run_batch(self, bodies: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
+        if self._sqlite_writer is not None:
+            engine = self._sqlite_writer
+
+            def transaction() -> list[tuple[bool, Any]]:
+                with engine.begin() as conn:
+                    return self._apply(conn, bodies)
+
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._write_thread, transaction)
+        assert self._async is not None
+        for attempt in range(5):
             try:
-                with self._sqlite_writer.begin() as conn:
-                    outcomes.append((True, bodies[0](conn)))
+                async with self._async.begin() as conn:
+                    return await conn.run_sync(self._apply, bodies)
+            except DBAPIError as exc:
+                # A deadlock victim (other writers of the same database) retries the whole
+                # transaction, the remedy both databases document.
+                if not _is_deadlock(exc) or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _apply(
+        conn: Connection, bodies: list[Callable[[Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
+            return [(True, bodies[0](conn))]
+        outcomes: list[tuple[bool, Any]] = []
+        for body in bodies:
+            try:
+                with conn.begin_nested():
+                    outcomes.append((True, body(conn)))
             except Exception as exc:
                 outcomes.append((False, exc))
-            return outcomes
-        with self._sqlite_writer.begin() as conn:
-            for body in bodies:
-                try:
-                    with conn.begin_nested():
-                        outcomes.append((True, body(conn)))
-                except Exception as exc:
-                    outcomes.append((False, exc))
         return outcomes
 
     async def _read(self, body: Callable[[Connection], _T]) -> _T:
