@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ratewire.realtime.hub import Hub
 from tests.realtime.harness import Harness
 
@@ -32,3 +34,23 @@ async def test_topics_without_subscribers_cost_no_encoding(harness: Harness) -> 
     event = await harness.commit("42", "7")
     hub.publish(event)
     assert hub.deliveries == 0 and hub.published_seq == event.seq
+
+
+class Broken:
+    def send(self, frame: bytes) -> None:
+        raise OSError("peer vanished")
+
+
+async def test_a_failing_subscriber_does_not_stop_the_others(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub()
+    before, broken, after = Recorder(), Broken(), Recorder()
+    for subscriber in (before, broken, after):
+        hub.begin("rating.global", subscriber)
+        hub.ready("rating.global", subscriber, 0, 0)
+    hub.publish(await harness.commit("42", "7"))
+    hub.publish(await harness.commit("42", "8"))
+    assert len(before.frames) == 2 and len(after.frames) == 2
+    assert hub.subscriber_count("rating.global") == 2, "the broken one is dropped"
+    assert "whose send failed" in caplog.text

@@ -14,6 +14,7 @@ reading the store (10,000 subscribers of one game cost one read, not 10,000).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,8 @@ import orjson
 
 from ratewire.domain import GAME_WILDCARD, GLOBAL_TOPIC, RatingEvent, game_topic, user_topic
 from ratewire.realtime import frames
+
+log = logging.getLogger("ratewire.hub")
 
 
 class Subscriber(Protocol):
@@ -107,6 +110,17 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------------
 
+    def _send(self, topic: str, subscriber: Subscriber, frame: bytes) -> None:
+        # A failing peer must not stop the loop: the relay would publish the event again and
+        # every subscriber before it would get it twice. (try costs nothing until it raises.)
+        try:
+            subscriber.send(frame)
+        except Exception:
+            log.exception("dropping a subscriber of %s whose send failed", topic)
+            self.drop(topic, subscriber)
+        else:
+            self.deliveries += 1
+
     def publish(self, event: RatingEvent) -> None:
         """Deliver ``event`` on its three topics. Never awaits: a slow subscriber's send only
         grows its own buffer (and is cut when that overflows)."""
@@ -133,13 +147,11 @@ class Hub:
             # Iterate over copies: a send may lead to the subscriber being dropped.
             if live:
                 for subscriber in tuple(live):
-                    subscriber.send(frame)
-                self.deliveries += len(live)
+                    self._send(topic, subscriber, frame)
             if wild_live:
                 for subscriber in tuple(wild_live):
                     if live is None or subscriber not in live:
-                        subscriber.send(frame)
-                        self.deliveries += 1
+                        self._send(GAME_WILDCARD, subscriber, frame)
             for buffered in (pending, wild_pending):
                 if buffered:
                     for entry in buffered.values():
