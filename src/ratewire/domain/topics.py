@@ -70,21 +70,3 @@ def event_offset(event: RatingEvent, topic: Topic) -> int:
     if topic.kind is TopicKind.USER:
         return event.user_offset
     return event.game_offset
-
-
-def event_topics(event: RatingEvent) -> tuple[tuple[str, int], ...]:
-    """The three (topic name, offset) pairs the event is published on."""
-    return (
-        (GLOBAL_TOPIC, event.seq),
-        (GAME_PREFIX + event.game_id, event.game_offset),
-        (USER_PREFIX + event.user_id, event.user_offset),
-    )
-
-
-def event_belongs_to(event: RatingEvent, topic: Topic) -> bool:
-    """Whether ``event`` was published on ``topic`` (the wildcard matches every game event)."""
-    if topic.kind is TopicKind.GAME:
-        return event.game_id == topic.key
-    if topic.kind is TopicKind.USER:
-        return event.user_id == topic.key
-    return True
