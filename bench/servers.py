@@ -69,7 +69,7 @@ class Target:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+def wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -114,7 +114,7 @@ def start_ratewire(backend: str = "sqlite", storage_url: str | None = None) -> T
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    _wait_http(f"http://127.0.0.1:{http_port}/healthz", process, "ratewire")
+    wait_http(f"http://127.0.0.1:{http_port}/healthz", process, "ratewire")
     return Target(
         "ratewire",
         f"ws://127.0.0.1:{ws_port}/",
@@ -151,7 +151,7 @@ def start_node_guide() -> Target:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_http(f"http://127.0.0.1:{http_port}/healthz", process, "node guide server")
+    wait_http(f"http://127.0.0.1:{http_port}/healthz", process, "node guide server")
     return Target(
         "node-guide",
         f"ws://127.0.0.1:{ws_port}",
