@@ -22,7 +22,7 @@ from ratewire.api import create_app
 from ratewire.broker import Broker, LocalBroker
 from ratewire.config import Settings
 from ratewire.metrics import RuntimeCollector, build_registry
-from ratewire.realtime.asgi import make_ws_endpoint
+from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.picows_server import start_module_server
 from ratewire.realtime.session import CLOSE_GOING_AWAY, RealtimeContext, Session
@@ -87,8 +87,8 @@ class Runtime:
                 deliveries=lambda: self.hub.deliveries,
             )
         )
-        self.app.add_api_websocket_route(
-            "/ws", make_ws_endpoint(self.realtime, self.connection_limiter)
+        self.asgi = mount_websocket(
+            self.app, WebSocketEndpoint(self.realtime, self.connection_limiter)
         )
         self._module_server: asyncio.Server | None = None
         self._prune_task: asyncio.Task[None] | None = None
@@ -165,7 +165,7 @@ class Runtime:
     def _uvicorn_config(self) -> uvicorn.Config:
         settings = self.settings
         return uvicorn.Config(
-            self.app,
+            self.asgi,
             host=settings.server.host,
             port=settings.server.port,
             http="httptools",
