@@ -120,15 +120,28 @@ async def test_refresh_extends_a_live_connection(server: ServerProcess, ws_url: 
         assert (await ws.recv())["type"] == "pong"
 
 
-async def test_tokens_never_reach_the_log(server: ServerProcess) -> None:
+async def test_tokens_never_reach_the_log(module_server_factory: ServerFactory) -> None:
+    server = module_server_factory(log_level="DEBUG")  # the level that logs the most
     token = server.token("log-check")
+    bearer = {"Authorization": f"Bearer {token}"}
     for url in (server.module_ws_url, server.ws_url):
         async with await WsClient.open(url, token) as ws:
             await ws.recv()
+            await ws.send(action="refresh", token=token)
+            await ws.recv()
+        async with await WsClient.open(url, headers=bearer) as ws:
+            await ws.recv()
+        async with await WsClient.open(url) as ws:
+            await ws.send(action="auth", token=token)
+            await ws.recv()
+        ws = await WsClient.open(url, "x" + token)  # refused tokens too
+        await ws.closed_with()
     async with httpx.AsyncClient() as http:
-        await http.get(f"{server.base_url}/ratings?token={token}")
+        await http.get(f"{server.base_url}/ratings?token={token}", headers=bearer)
     await asyncio.sleep(0.2)
-    assert token not in server.log_text()
+    log = server.log_text()
+    assert "token=REDACTED" in log or '"level":"debug"' in log, "the log was written"
+    assert token not in log
 
 
 # -- the message table --------------------------------------------------------------------

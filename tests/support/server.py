@@ -37,8 +37,10 @@ class ServerProcess:
         backend: str = "sqlite",
         storage_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        log_level: str = "INFO",
     ) -> None:
         self.workdir = workdir
+        self.log_level = log_level
         self.secret = SECRET
         self.http_port, self.ws_port = free_port(), free_port()
         self.env = {
@@ -89,7 +91,7 @@ class ServerProcess:
     def start(self, timeout: float = 20) -> None:
         log = (self.workdir / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ratewire", "serve"],
+            [sys.executable, "-m", "ratewire", "serve", "--log-level", self.log_level],
             cwd=self.workdir,
             env=self.env,
             stdout=log,
