@@ -290,3 +290,21 @@ async def test_concurrent_writers_keep_summaries_and_offsets_exact(store: Rating
     assert [e.seq for e in log] == sorted(e.seq for e in log)
     assert [e.seq for e in await store.events_after(0, 1000)] == list(range(1, len(log) + 1))
     assert summary.offset == len(log)
+
+
+async def test_close_commits_the_writes_already_queued(
+    store: RatingStore, open_store: Callable[[], RatingStore]
+) -> None:
+    if isinstance(store, MemoryStore):
+        return  # the memory store commits synchronously; nothing can be queued
+    writes = [asyncio.ensure_future(create(store, "queued", f"u{i}")) for i in range(30)]
+    await asyncio.sleep(0)  # queued, not yet committed
+    await store.close()
+    results = await asyncio.gather(*writes)
+    assert all(result.created for result in results)
+    reopened = open_store()
+    await reopened.start()
+    try:
+        assert (await reopened.summary("queued")).count == 30
+    finally:
+        await reopened.close()

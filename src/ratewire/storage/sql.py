@@ -518,6 +518,8 @@ class SqlStore:
         return make_url(self.url).render_as_string(hide_password=True)
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher  # writes already queued are committed and answered first
         if self._async is not None:
             await self._async.dispose()
         for engine in (self._sqlite_writer, self._sqlite_reader):
