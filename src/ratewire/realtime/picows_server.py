@@ -17,7 +17,6 @@ import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from picows import (
     WSAutoPingStrategy,
@@ -30,6 +29,7 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ratewire.realtime.handshake import token_from_request
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
@@ -41,20 +41,6 @@ logging.getLogger("picows").setLevel(logging.WARNING)
 CLOSE_MESSAGE_TOO_BIG = 1009
 KERNEL_SEND_BUFFER_MAX = 256 * 1024
 CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our close frame
-
-
-def token_from_request(path: str, authorization: str | None) -> str | None:
-    """The JWT of an upgrade request: ``?token=`` (the guide's way) or a Bearer header."""
-    _, _, query = path.partition("?")
-    if query:
-        values = parse_qs(query).get("token")
-        if values and values[0]:
-            return values[0]
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    return None
 
 
 class PicowsPeer(WSListener):
