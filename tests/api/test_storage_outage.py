@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from ratewire.service import RatingService
 from ratewire.storage.base import StorageUnavailable
 from ratewire.storage.sql import SqlStore
 from tests.conftest import POSTGRES_ADMIN_URL, _postgres_admin
+from tests.support.cli import run_ratewire
 from tests.support.server import free_port
 
 pytestmark = pytest.mark.postgresql
@@ -33,21 +32,8 @@ async def test_unreachable_database_at_start() -> None:
 
 def test_serve_says_so_in_one_line(tmp_path: Path) -> None:
     url = f"postgresql://127.0.0.1:{free_port()}/nowhere"
-    result = subprocess.run(
-        [sys.executable, "-m", "ratewire", "serve"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={
-            "RATEWIRE_STORAGE__BACKEND": "postgresql",
-            "RATEWIRE_STORAGE__URL": url,
-            "RATEWIRE_SERVER__PORT": str(free_port()),
-            "RATEWIRE_MODULES__WEBSOCKET__PORT": str(free_port()),
-            "RATEWIRE_JWT__SECRET": "x" * 40,
-            "PATH": "/usr/bin:/bin",
-        },
-    )
+    env = {"RATEWIRE_STORAGE__BACKEND": "postgresql", "RATEWIRE_STORAGE__URL": url}
+    result = run_ratewire("serve", cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("ratewire:")]

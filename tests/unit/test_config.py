@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ratewire.config import ConfigError, load_settings
+from tests.support.cli import run_ratewire
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -128,13 +127,7 @@ def test_bad_auth_and_env_values_name_their_source(tmp_path: Path) -> None:
 
 def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
     path = write(tmp_path / "bad.yml", "limits: {max_message_bytes: many}\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "ratewire", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = run_ratewire("serve", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -155,13 +148,6 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
 def test_backends_not_in_this_version_stop_the_start(
     tmp_path: Path, env: dict[str, str], expected: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ratewire", "serve"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "RATEWIRE_JWT__SECRET": "z" * 40, **env},
-    )
+    result = run_ratewire("serve", cwd=tmp_path, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"ratewire: cannot start: {expected}" in result.stderr
