@@ -55,3 +55,38 @@ def test_ratings_survive_a_restart(
         assert http.get(f"/ratings/{ids[1]}").status_code == 404
         history = http.get(f"/topics/rating.game.{game}/events").json()
         assert [e["offset"] for e in history["events"]] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_writes_in_flight_at_sigterm_are_answered_and_kept(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    import asyncio
+
+    server = server_factory()
+    auth = {"Authorization": f"Bearer {server.token('w', scope='ratings:write:any')}"}
+    statuses: list[int] = []
+    stored: list[str] = []
+
+    async def write(http: httpx.AsyncClient, index: int) -> None:
+        try:
+            response = await http.post(
+                "/ratings", json={"gameId": "shutdown", "userId": f"u{index}", "score": 3}
+            )
+        except httpx.TransportError:
+            return  # refused or cut: no answer, so no promise
+        statuses.append(response.status_code)
+        if response.status_code == 201:
+            stored.append(response.json()["id"])
+
+    async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=20) as http:
+        writers = [asyncio.create_task(write(http, i)) for i in range(200)]
+        await asyncio.sleep(0.05)
+        server.terminate(wait=False)
+        await asyncio.gather(*writers)
+    assert server.wait() == 0
+    assert stored and all(status == 201 for status in statuses), statuses
+    server.start()
+    with httpx.Client(base_url=server.base_url) as http:
+        assert http.get("/games/shutdown/summary").json()["count"] == len(stored)
+        for rating_id in stored[:: max(1, len(stored) // 10)]:
+            assert http.get(f"/ratings/{rating_id}").status_code == 200
