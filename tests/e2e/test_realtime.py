@@ -442,3 +442,28 @@ async def test_server_pings_drop_a_dead_peer(module_server_factory: ServerFactor
     assert "ratewire_websocket_connections 0.0" in metrics
     dead.connection.transport.resume_reading()
     await dead.closed_with()
+
+
+async def test_slow_client_on_the_main_port_is_cut_with_4009(
+    module_server_factory: ServerFactory,
+) -> None:
+    # /ws cannot size its kernel buffers (ASGI hides the socket), so it takes a few MB
+    # before the outbox itself overflows.
+    server = module_server_factory(env={"RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384"})
+    game = unique("g")
+    slow = await WsClient.open(server.ws_url, server.token("7"))
+    await slow.recv()
+    await slow.subscribe(f"rating.game.{game}")
+    slow.connection.transport.pause_reading()
+    auth = {"Authorization": f"Bearer {server.token('writer', scope='ratings:write:any')}"}
+    body = {"gameId": game, "score": 3, "comment": "y" * 2000}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=30) as http:
+
+        async def lane(first: int) -> None:
+            for index in range(first, 3000, 8):
+                response = await http.post("/ratings", json={**body, "userId": f"u{index}"})
+                assert response.status_code == 201
+
+        await asyncio.gather(*(lane(i) for i in range(8)))
+    slow.connection.transport.resume_reading()
+    assert await slow.closed_with(within=30) == (4009, "Client too slow")
