@@ -321,15 +321,21 @@ async def test_oversized_frame_closes_1009(server: ServerProcess, ws_url: str) -
     assert code == 1009
 
 
+async def stalled_subscriber(server: ServerProcess, url: str, topic: str) -> WsClient:
+    """A subscriber of ``topic`` that has stopped reading (resume with resume_reading())."""
+    slow = await WsClient.open(url, server.token("7"))
+    await slow.recv()
+    await slow.subscribe(topic)
+    slow.connection.transport.pause_reading()
+    return slow
+
+
 async def test_slow_client_is_cut_with_4009_and_can_resume(
     module_server_factory: ServerFactory,
 ) -> None:
     server = module_server_factory(env={"RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384"})
     game = unique("g")
-    slow = await WsClient.open(server.module_ws_url, server.token("7"))
-    await slow.recv()
-    await slow.subscribe(f"rating.game.{game}")
-    slow.connection.transport.pause_reading()  # a client that stops reading
+    slow = await stalled_subscriber(server, server.module_ws_url, f"rating.game.{game}")
     comment = "x" * 1900
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         auth = {"Authorization": f"Bearer {server.token('writer', scope='ratings:write:any')}"}
@@ -451,10 +457,7 @@ async def test_slow_client_on_the_main_port_is_cut_with_4009(
     # before the outbox itself overflows.
     server = module_server_factory(env={"RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384"})
     game = unique("g")
-    slow = await WsClient.open(server.ws_url, server.token("7"))
-    await slow.recv()
-    await slow.subscribe(f"rating.game.{game}")
-    slow.connection.transport.pause_reading()
+    slow = await stalled_subscriber(server, server.ws_url, f"rating.game.{game}")
     auth = {"Authorization": f"Bearer {server.token('writer', scope='ratings:write:any')}"}
     body = {"gameId": game, "score": 3, "comment": "y" * 2000}
     async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=30) as http:
