@@ -45,9 +45,31 @@ def main() -> None:
 @_config_option
 @_auth_option
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: Path | None, auth_path: Path | None, log_level: str) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "stream"]),
+    default=None,
+    help="all: REST + relay + WebSockets; api: REST + relay; stream: WebSockets only "
+    "(default: server.role, else all)",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=256),
+    default=None,
+    help="processes on this host sharing both ports (default: server.workers, else 1)",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True)
+def serve(
+    config_path: Path | None,
+    auth_path: Path | None,
+    log_level: str,
+    role: str | None,
+    workers: int | None,
+    reuse_port: bool,
+) -> None:
     """Run the server (REST on server.port, WebSockets on modules.websocket.port and /ws)."""
     import uvloop
+    from redis.exceptions import RedisError
 
     from ratewire.logs import configure_logging
     from ratewire.runtime import Runtime
@@ -55,19 +77,44 @@ def serve(config_path: Path | None, auth_path: Path | None, log_level: str) -> N
     from ratewire.storage.factory import UnsupportedBackend
 
     settings = _settings(config_path, auth_path)
+    server = settings.server.model_copy(
+        update={
+            "role": role or settings.server.role,
+            "workers": workers or settings.server.workers,
+        }
+    )
+    settings = settings.model_copy(update={"server": server})
     configure_logging(log_level.upper())
 
+    def cannot_start(reason: object) -> None:
+        click.echo(f"ratewire: cannot start: {reason}", err=True)
+        sys.exit(1)
+
+    if (problem := settings.deployment_problem()) is not None:
+        cannot_start(problem)
+    if settings.server.workers > 1 and not reuse_port:
+        from ratewire.workers import prepare_storage, supervise
+
+        forwarded = [
+            *(("--config", str(config_path)) if config_path else ()),
+            *(("--auth", str(auth_path)) if auth_path else ()),
+            *("--log-level", log_level, "--role", settings.server.role),
+        ]
+        try:
+            uvloop.run(prepare_storage(settings))
+        except (StorageError, OSError) as exc:
+            cannot_start(exc)
+        sys.exit(uvloop.run(supervise(settings.server.workers, forwarded)))
+
     async def run() -> None:
-        await Runtime(settings).serve()
+        await Runtime(settings, reuse_port=reuse_port).serve()
 
     try:
         uvloop.run(run())
-    except (StorageError, UnsupportedBackend) as exc:
-        click.echo(f"ratewire: cannot start: {exc}", err=True)
-        sys.exit(1)
-    except OSError as exc:
-        click.echo(f"ratewire: cannot start: {exc}", err=True)
-        sys.exit(1)
+    except (StorageError, UnsupportedBackend, OSError) as exc:
+        cannot_start(exc)
+    except RedisError as exc:
+        cannot_start(f"broker unreachable at {settings.broker.url}: {exc}")
 
 
 @main.command()

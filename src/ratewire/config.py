@@ -29,9 +29,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Role = Literal["all", "api", "stream"]
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+    #: all: REST, relay and WebSockets; api: REST and relay; stream: WebSockets only.
+    role: Role = "all"
+    #: Processes sharing both ports on this host (SO_REUSEPORT).
+    workers: int = Field(1, ge=1, le=256)
 
 
 class WebSocketModuleSettings(_Section):
@@ -59,7 +66,8 @@ class TopicsSettings(_Section):
         return value
 
 
-StorageBackend = Literal["memory", "sqlite", "postgresql", "mysql", "redis"]
+#: ``none``: no database (only for ``server.role: stream``, which then reads history from Redis).
+StorageBackend = Literal["memory", "sqlite", "postgresql", "mysql", "redis", "none"]
 
 
 class StorageSettings(_Section):
@@ -76,12 +84,17 @@ class StorageSettings(_Section):
             "postgresql": "postgresql://127.0.0.1:5432/ratewire",
             "mysql": "mysql://root@127.0.0.1:3306/ratewire",
             "redis": "redis://127.0.0.1:6379/0",
+            "none": "",
         }[self.backend]
 
 
 class BrokerSettings(_Section):
     backend: Literal["local", "redis"] = "local"
     url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix in Redis: clusters sharing one Redis need different prefixes.
+    prefix: str = Field("ratewire", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: How long the relay lease outlives its holder: failover time after a crash.
+    lease_seconds: float = Field(2.0, ge=0.3, le=60)
 
 
 class TlsSettings(_Section):
@@ -135,6 +148,23 @@ class Settings(_Section):
     history: HistorySettings = HistorySettings()
     ratings: RatingsSettings = RatingsSettings()
     jwt: JwtSettings = JwtSettings()
+
+    def deployment_problem(self) -> str | None:
+        """Why this combination of role, workers and backends cannot work, or None."""
+        role, broker, storage = self.server.role, self.broker.backend, self.storage.backend
+        if role != "all" and broker == "local":
+            return (
+                f"server.role: {role!r} needs broker.backend: redis "
+                "(with a local broker events never leave the process)"
+            )
+        if storage == "none" and role != "stream":
+            return f"storage.backend: 'none' is only for server.role: 'stream' (not {role!r})"
+        if self.server.workers > 1 and storage == "memory":
+            return (
+                "server.workers > 1 needs a shared storage.backend (sqlite, postgresql, mysql); "
+                "memory storage lives inside one process"
+            )
+        return None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

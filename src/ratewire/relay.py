@@ -6,6 +6,13 @@ was cancelled between commit and notify) are found by reading the outbox after a
 period, and by a periodic poll. ``seq`` is gapless and in commit order (see storage.sql), so
 "the next seq" is always well defined. On start the relay resumes at the store's head: earlier
 events are served from history (resume with ``since``), never lost.
+
+In cluster mode every instance runs a relay: each publishes the events its own requests
+committed at once (low latency), and the one holding the broker's lease also polls the store
+for events nobody announced (an instance killed between commit and publish). The broker takes
+each batch with the ``seq`` it is complete after, so a second publish of an event is skipped
+and a batch that would leave a gap is refused (see broker.redis); the relay then reads the gap
+from the store.
 """
 
 from __future__ import annotations
@@ -52,6 +59,13 @@ class Relay:
         self.cursor = cursor
         self._task = asyncio.create_task(self._run(), name="relay")
 
+    def advance(self, seq: int) -> None:
+        """The broker delivered ``seq`` (published by any instance): nothing up to it needs
+        publishing by this relay."""
+        if seq > self.cursor:
+            self.cursor = seq
+            self._forget_published()
+
     def notify(self, event: RatingEvent) -> None:
         """Called by the service right after it committed ``event``."""
         if event.seq > self.cursor:
@@ -80,7 +94,7 @@ class Relay:
             if self._stopping:
                 return
             try:
-                await self._drain(read_store=not woken)
+                await self._drain(read_store=not woken and self._broker.holds_lease())
             except Exception:
                 # The store or broker failed: keep the cursor, retry on the next tick.
                 log.exception("relay: publishing failed; retrying")
@@ -96,8 +110,9 @@ class Relay:
             while (event := self._told.pop(self.cursor + 1 + len(batch), None)) is not None:
                 batch.append(event)
             if batch:
-                await self._publish(batch)
-                continue
+                if await self._publish(batch):
+                    continue
+                read_store = True  # the broker is behind what we were told: fill from the store
             if self._told and not read_store:
                 # A later event arrived first; give the earlier one's notify a moment.
                 await asyncio.sleep(self._gap_grace)
@@ -110,14 +125,26 @@ class Relay:
             if not events:
                 self._forget_published()
                 return
-            await self._publish(events)
+            if not await self._publish(events) and self.cursor == 0:
+                return  # the broker waits for the lease holder to seed it
             if len(events) < READ_BATCH:
                 read_store = False
 
-    async def _publish(self, events: list[RatingEvent]) -> None:
-        await self._broker.publish(events)
-        self.cursor = events[-1].seq
+    async def _publish(self, events: list[RatingEvent]) -> bool:
+        """Publish a batch complete after the cursor; False if the broker refused part of it
+        (its cursor, now ours, is behind: the caller reads the store from there)."""
+        after = self.cursor
+        result = await self._broker.publish(events, after)
+        if result is None:
+            # The broker has no cursor (Redis lost its data) and we may not seed it. The lease
+            # holder seeds it from the start of the store; that needs a read from seq 0.
+            if self.cursor != 0 and self._broker.holds_lease():
+                log.warning("relay: the broker lost its stream; republishing the outbox")
+            self.cursor = 0
+            return False
+        self.cursor = result
         self._forget_published()
+        return result >= events[-1].seq
 
     def _forget_published(self) -> None:
         for seq in [s for s in self._told if s <= self.cursor]:

@@ -11,29 +11,54 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from ratewire.api import create_app
+from ratewire.api.app import create_ops_app
+from ratewire.api.ops import ReadinessProbe
 from ratewire.broker import Broker, LocalBroker
+from ratewire.broker.redis import RedisBroker
 from ratewire.config import Settings
+from ratewire.domain import RatingEvent
 from ratewire.metrics import RuntimeCollector, build_registry
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
+from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.picows_server import start_module_server
 from ratewire.realtime.session import CLOSE_GOING_AWAY, RealtimeContext, Session
 from ratewire.relay import Relay
-from ratewire.security.ratelimit import ConnectionRateLimiter
+from ratewire.security.ratelimit import (
+    ConnectionRateLimiter,
+    RequestRateLimiter,
+    shared_rate_limit_uri,
+)
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
-from ratewire.storage import open_store
+from ratewire.storage import RatingStore, open_store
 from ratewire.storage.factory import UnsupportedBackend
 
 log = logging.getLogger("ratewire")
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other workers on this host may bind too (SO_REUSEPORT): the
+    kernel spreads new connections over them."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.set_inheritable(True)
+    return sock
 
 
 class _UvicornServer(uvicorn.Server):
@@ -45,41 +70,77 @@ class _UvicornServer(uvicorn.Server):
 
 
 class Runtime:
-    """One ratewire instance: storage, service, relay, hub, REST and WebSocket servers."""
+    """One ratewire instance: storage, service, relay, hub, REST and WebSocket servers, as
+    its role (``server.role``) asks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+        problem = settings.deployment_problem()
+        if problem is not None:
+            raise UnsupportedBackend(problem)
         self.settings = settings
+        role = settings.server.role
+        self.serves_rest = role in ("all", "api")
+        self.serves_websockets = role in ("all", "stream")
+        self.reuse_port = reuse_port
         self.tokens = TokenService(settings.jwt)
-        self.store = open_store(settings.storage)
-        self.service = RatingService(self.store, settings.ratings)
+        self.store: RatingStore | None = (
+            open_store(settings.storage) if settings.storage.backend != "none" else None
+        )
         self.hub = Hub()
-        if settings.broker.backend != "local":
-            # Running alone while the operator expects a cluster would split the topics.
-            raise UnsupportedBackend(
-                f"broker.backend: {settings.broker.backend!r} (cluster mode) is not available "
-                "yet; use 'local' and one instance per database"
+        self.redis_broker: RedisBroker | None = None
+        self.local_broker: LocalBroker | None = None
+        self.broker: Broker
+        if settings.broker.backend == "redis":
+            self.broker = self.redis_broker = RedisBroker(
+                settings.broker.url,
+                prefix=settings.broker.prefix,
+                max_events=settings.history.max_events_per_topic,
+                lease_seconds=settings.broker.lease_seconds,
             )
-        self.broker: Broker = LocalBroker()
-        self.relay = Relay(self.store, self.broker)
-        self.service.add_listener(self.relay.notify)
+        else:
+            self.broker = self.local_broker = LocalBroker()
+        self.service: RatingService | None = None
+        self.relay: Relay | None = None
+        if self.serves_rest and self.store is not None:
+            self.service = RatingService(self.store, settings.ratings)
+            self.relay = Relay(self.store, self.broker)
+            self.service.add_listener(self.relay.notify)
+        history: HistorySource
+        if self.store is not None:
+            history = self.store
+        else:
+            assert self.redis_broker is not None  # deployment_problem() guarantees it
+            history = StreamHistory(self.redis_broker)
         self.sessions: set[Session] = set()
         self.realtime = RealtimeContext(
             hub=self.hub,
-            store=self.store,
+            store=history,
             tokens=self.tokens,
             limits=settings.limits,
-            summary_wire=self.service.summary_wire,
+            summary_wire=lambda summary: summary.to_wire(
+                settings.ratings.bayesian_prior_mean, settings.ratings.bayesian_prior_weight
+            ),
             sessions=self.sessions,
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second
         )
-        self.app: FastAPI = create_app(
-            settings,
-            self.service,
-            self.tokens,
-            readiness_probes={"broker": self.broker.ping},
-        )
+        probes: dict[str, ReadinessProbe] = {"broker": self.broker.ping}
+        if self.service is not None:
+            self.app: FastAPI = create_app(
+                settings,
+                self.service,
+                self.tokens,
+                limiter=RequestRateLimiter(
+                    settings.limits.rest_requests_per_client_per_minute,
+                    shared_rate_limit_uri(settings.broker),
+                ),
+                readiness_probes=probes,
+            )
+        else:
+            if self.store is not None:
+                probes["storage"] = self.store.ping
+            self.app = create_ops_app(probes)
         self.app.state.metrics_registry = build_registry(
             RuntimeCollector(
                 connections=lambda: len(self.sessions),
@@ -87,9 +148,11 @@ class Runtime:
                 deliveries=lambda: self.hub.deliveries,
             )
         )
-        self.asgi = mount_websocket(
-            self.app, WebSocketEndpoint(self.realtime, self.connection_limiter)
-        )
+        self.asgi: ASGIApp = self.app
+        if self.serves_websockets:
+            self.asgi = mount_websocket(
+                self.app, WebSocketEndpoint(self.realtime, self.connection_limiter)
+            )
         self._module_server: asyncio.Server | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -97,23 +160,51 @@ class Runtime:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open storage, start the relay (at the store's head) and the history pruner."""
-        await self.store.start()
-        await self.broker.start(self.hub.publish)
-        await self.relay.start()
-        self.hub.published_seq = self.relay.cursor
-        self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
+        """Open storage and the broker, start the relay and the history pruner."""
+        if self.store is not None:
+            await self.store.start()
+        if self.redis_broker is not None:
+            broker = self.redis_broker
+            await broker.connect(self.store.epoch if self.store is not None else None)
+            relay_cursor = await broker.cursor()
+            await broker.start(
+                self._on_broker_event,
+                follow=self.serves_websockets,
+                relay=self.relay is not None,
+                gap_reader=self.store.events_after if self.store is not None else None,
+                on_reset=self._ask_everyone_to_resume,
+            )
+            self.hub.published_seq = broker.consumed
+            if self.relay is not None:
+                await self.relay.start(relay_cursor or 0)
+        else:
+            assert self.local_broker is not None and self.relay is not None
+            await self.local_broker.start(self.hub.publish)
+            await self.relay.start()
+            self.hub.published_seq = self.relay.cursor
+        if self.relay is not None:
+            self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
+
+    def _on_broker_event(self, event: RatingEvent) -> None:
+        self.hub.publish(event)
+        if self.relay is not None:
+            self.relay.advance(event.seq)
+
+    def _ask_everyone_to_resume(self) -> None:
+        for session in list(self.sessions):
+            session.close(CLOSE_GOING_AWAY, "Resume with since")
 
     async def start_module_server(self) -> None:
         """Listen on ``modules.websocket.port`` (if enabled)."""
         module = self.settings.modules.websocket
-        if module.enabled:
+        if module.enabled and self.serves_websockets:
             self._module_server = await start_module_server(
                 self.realtime,
                 self.connection_limiter,
                 self.settings.server.host,
                 module.port,
                 self._ssl_context(),
+                reuse_port=self.reuse_port,
             )
 
     async def close_connections(self) -> None:
@@ -121,7 +212,8 @@ class Runtime:
         if self._module_server is not None:
             self._module_server.close()
             self._module_server = None
-        await self.relay.flush()
+        if self.relay is not None:
+            await self.relay.flush()
         for session in list(self.sessions):
             session.close(CLOSE_GOING_AWAY, "Server shutting down")
         await asyncio.sleep(0.05)  # let the close frames go out
@@ -129,13 +221,15 @@ class Runtime:
     async def stop(self) -> None:
         """After the servers: publish what in-flight requests committed, close everything."""
         await self.close_connections()
-        await self.relay.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         if self._prune_task is not None:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
         await self.broker.close()
-        await self.store.close()
+        if self.store is not None:
+            await self.store.close()
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -143,6 +237,7 @@ class Runtime:
 
     async def _prune_forever(self) -> None:
         history = self.settings.history
+        assert self.store is not None
         while True:
             await asyncio.sleep(history.prune_interval_seconds)
             cutoff = datetime.now(UTC) - timedelta(seconds=history.max_age_seconds)
@@ -190,9 +285,12 @@ class Runtime:
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         http_server = _UvicornServer(self._uvicorn_config())
+        sockets = None
+        if self.reuse_port:
+            sockets = [reuse_port_socket(self.settings.server.host, self.settings.server.port)]
         try:
             await self.start_module_server()
-            http_task = asyncio.create_task(http_server.serve(), name="http-server")
+            http_task = asyncio.create_task(http_server.serve(sockets), name="http-server")
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
                 {http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED

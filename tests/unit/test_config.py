@@ -136,18 +136,39 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "expected"),
+    ("args", "env", "expected"),
     [
+        ((), {"RATEWIRE_STORAGE__BACKEND": "redis"}, "storage.backend: 'redis' is not available"),
         (
-            {"RATEWIRE_BROKER__BACKEND": "redis"},
-            "broker.backend: 'redis' (cluster mode) is not available yet",
+            ("--role", "stream"),
+            {},
+            "server.role: 'stream' needs broker.backend: redis",
         ),
-        ({"RATEWIRE_STORAGE__BACKEND": "redis"}, "storage.backend: 'redis' is not available yet"),
+        (
+            ("--role", "api"),
+            {},
+            "server.role: 'api' needs broker.backend: redis",
+        ),
+        (
+            (),
+            {"RATEWIRE_STORAGE__BACKEND": "none"},
+            "storage.backend: 'none' is only for server.role: 'stream'",
+        ),
+        (
+            ("--workers", "2"),
+            {"RATEWIRE_STORAGE__BACKEND": "memory"},
+            "server.workers > 1 needs a shared storage.backend",
+        ),
+        (
+            (),
+            {"RATEWIRE_BROKER__BACKEND": "redis", "RATEWIRE_BROKER__URL": "redis://127.0.0.1:1/0"},
+            "broker unreachable at redis://127.0.0.1:1/0",
+        ),
     ],
 )
-def test_backends_not_in_this_version_stop_the_start(
-    tmp_path: Path, env: dict[str, str], expected: str
+def test_deployments_that_cannot_work_stop_the_start_with_one_line(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], expected: str
 ) -> None:
-    result = run_ratewire("serve", cwd=tmp_path, env=env)
+    result = run_ratewire("serve", *args, cwd=tmp_path, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"ratewire: cannot start: {expected}" in result.stderr

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 from fastapi import APIRouter, FastAPI
 
 from ratewire import __version__
 from ratewire.api.admission import AdmissionMiddleware
+from ratewire.api.ops import ReadinessProbe
+from ratewire.api.ops import router as ops_router
 from ratewire.api.problems import install_problem_handlers
 from ratewire.api.routes import router
 from ratewire.api.topic_history import router as topic_history_router
@@ -30,14 +32,15 @@ def create_app(
     *,
     limiter: RequestRateLimiter | None = None,
     extra_routers: tuple[APIRouter, ...] = (),
-    readiness_probes: Mapping[str, Callable[[], Awaitable[object]]] | None = None,
+    readiness_probes: Mapping[str, ReadinessProbe] | None = None,
 ) -> FastAPI:
     """An ASGI app serving the REST API over ``service`` (which the caller starts and stops)."""
     app = FastAPI(title="ratewire", version=__version__, description=DESCRIPTION)
     app.state.service = service
-    app.state.readiness_probes = dict(readiness_probes or {})
+    app.state.readiness_probes = {"storage": service.store.ping, **(readiness_probes or {})}
     install_problem_handlers(app)
     app.include_router(router)
+    app.include_router(ops_router)
     app.include_router(topic_history_router)
     for extra in extra_routers:
         app.include_router(extra)
@@ -47,4 +50,14 @@ def create_app(
         limiter=limiter or RequestRateLimiter(settings.limits.rest_requests_per_client_per_minute),
         max_body_bytes=settings.limits.max_body_bytes,
     )
+    return app
+
+
+def create_ops_app(readiness_probes: Mapping[str, ReadinessProbe]) -> FastAPI:
+    """The main port of a ``stream`` instance: only /healthz, /readyz and /metrics (its
+    WebSocket endpoint ``/ws`` is dispatched in front of this app)."""
+    app = FastAPI(title="ratewire (stream role)", version=__version__, docs_url=None)
+    app.state.readiness_probes = dict(readiness_probes)
+    install_problem_handlers(app)
+    app.include_router(ops_router)
     return app

@@ -1,4 +1,4 @@
-"""The REST routes of PROTOCOL.md section 2 (ratings, summaries, rankings, health)."""
+"""The REST routes of PROTOCOL.md section 2: ratings, summaries, rankings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from ratewire.api.admission import AUTH_STATE_KEY
@@ -189,35 +188,3 @@ async def top_games(
 @router.get("/games/{gameId}/summary", response_model=SummaryOut, responses=problem_responses(422))
 async def game_summary(gameId: Annotated[GameId, Path()], service: Service) -> Response:
     return _json(service.summary_wire(await service.summary(gameId)))
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    registry = getattr(request.app.state, "metrics_registry", None)
-    body = generate_latest(registry) if registry is not None else b""
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> Response:
-    return _json({"status": "ok"})
-
-
-@router.get("/readyz", summary="Readiness: storage (and broker) reachable")
-async def readyz(request: Request, service: Service) -> Response:
-    checks: dict[str, str] = {}
-    try:
-        await service.store.ping()
-        checks["storage"] = "ok"
-    except Exception as exc:  # any failure means not ready; the reason goes to the caller
-        checks["storage"] = f"unavailable: {exc}"
-    for name, probe in getattr(request.app.state, "readiness_probes", {}).items():
-        try:
-            await probe()
-            checks[name] = "ok"
-        except Exception as exc:
-            checks[name] = f"unavailable: {exc}"
-    ready = all(v == "ok" for v in checks.values())
-    return _json(
-        {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
-    )

@@ -1,4 +1,4 @@
-"""The broker protocol: the relay publishes committed events in order; every instance's hub
+"""The broker protocol: relays publish committed events in ``seq`` order; every instance's hub
 receives them in the same order."""
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ EventHandler = Callable[[RatingEvent], None]
 
 
 class Broker(Protocol):
-    async def start(self, handler: EventHandler) -> None:
-        """Begin delivering published events to ``handler``, in ``seq`` order."""
+    async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
+        """Publish ``events``: every committed event with ``seq`` in ``(after, events[-1].seq]``,
+        ascending. Events already published are skipped, so publishing twice is harmless.
 
-    async def publish(self, events: Sequence[RatingEvent]) -> None:
-        """Publish committed events (ascending ``seq``)."""
+        Returns the broker's cursor (the last ``seq`` published) afterwards: below the batch's
+        end when the broker's cursor is below ``after`` (publish from the cursor first). None
+        when the broker has no cursor and this publisher may not start one."""
+
+    def holds_lease(self) -> bool:
+        """Whether this instance's relay should poll the store for events nobody announced."""
 
     async def ping(self) -> None:
         """Raise if the broker cannot be reached."""

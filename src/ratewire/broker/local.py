@@ -17,11 +17,15 @@ class LocalBroker:
     async def start(self, handler: EventHandler) -> None:
         self._handler = handler
 
-    async def publish(self, events: Sequence[RatingEvent]) -> None:
+    async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
         handler = self._handler
         if handler is not None:
             for event in events:
                 handler(event)
+        return events[-1].seq if events else after
+
+    def holds_lease(self) -> bool:
+        return True  # alone: this relay is the only one
 
     async def ping(self) -> None:
         return None

@@ -196,8 +196,11 @@ async def start_module_server(
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
-    """Listen for WebSocket connections at ``ws[s]://host:port/``."""
+    """Listen for WebSocket connections at ``ws[s]://host:port/`` (``reuse_port``: shared
+    with the other workers on this host)."""
     limits = ctx.limits
 
     def listener_for(request: WSUpgradeRequest) -> PicowsPeer | None:
@@ -238,4 +241,5 @@ async def start_module_server(
         port=port,
         ssl=ssl_context,
         backlog=4096,
+        reuse_port=reuse_port or None,
     )

@@ -19,13 +19,19 @@ from typing import Protocol
 import orjson
 
 from ratewire.config import LimitsSettings
-from ratewire.domain import GameSummary, Topic, TopicKind, event_offset, parse_topic
+from ratewire.domain import (
+    GameSummary,
+    Topic,
+    TopicKind,
+    event_offset,
+    parse_topic,
+)
 from ratewire.realtime import frames
+from ratewire.realtime.history import HistorySource, SnapshotUnavailable
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
-from ratewire.storage.base import RatingStore
 
 PROTOCOL_VERSION = 1
 REPLAY_PAGE = 256
@@ -55,7 +61,7 @@ class RealtimeContext:
     """What every session shares."""
 
     hub: Hub
-    store: RatingStore
+    store: HistorySource
     tokens: TokenService
     limits: LimitsSettings
     summary_wire: Callable[[GameSummary], dict[str, object]]
@@ -355,6 +361,15 @@ class Session:
                 after, min_seq = 0, hub.published_seq  # no offsets of its own: live from now
             else:
                 after, min_seq = await store.topic_position(topic)
+        except SnapshotUnavailable:
+            self.topics.pop(topic.name, None)
+            hub.drop(topic.name, self)
+            self.send(
+                frames.error(
+                    "bad_request", "snapshots need a database; this instance has none", message.id
+                )
+            )
+            return
         except BaseException:
             self.topics.pop(topic.name, None)
             hub.drop(topic.name, self)

@@ -6,6 +6,7 @@ cluster without changing callers.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -14,6 +15,18 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
+
+from ratewire.config import BrokerSettings
+
+log = logging.getLogger("ratewire.ratelimit")
+
+
+def shared_rate_limit_uri(broker: BrokerSettings) -> str | None:
+    """The ``limits`` storage that instances of one cluster share: the broker's Redis, so a
+    client cannot multiply its quota by the number of instances. None on a single node."""
+    if broker.backend != "redis":
+        return None
+    return "async+" + broker.url
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +43,34 @@ class RequestRateLimiter:
     """``per_minute`` requests per key (a token's ``sub``, else the client IP)."""
 
     def __init__(self, per_minute: float, storage_uri: str | None = None) -> None:
-        storage = storage_from_string(storage_uri) if storage_uri else MemoryStorage()
+        storage = (
+            storage_from_string(storage_uri, implementation="redispy", key_prefix="ratewire-rl")
+            if storage_uri
+            else MemoryStorage()
+        )
         if not isinstance(storage, Storage):
             raise ValueError(f"rate-limit storage {storage_uri!r} is not an async (async+) URI")
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._item = RateLimitItemPerMinute(max(1, int(per_minute)))
+        self._last_failure_log = -math.inf
 
     async def check(self, key: str) -> RateDecision:
-        """Count one request for ``key``; the decision says if it is over the limit."""
-        allowed = await self._limiter.hit(self._item, key)
-        if allowed:
+        """Count one request for ``key``; the decision says if it is over the limit.
+
+        If the shared counter store (Redis) cannot be reached the request is let through:
+        an outage of the limiter must not become an outage of the API. It is logged, at most
+        once every ten seconds."""
+        try:
+            allowed = await self._limiter.hit(self._item, key)
+            if allowed:
+                return RateDecision(True, self._item.amount, -1, 0)
+            stats = await self._limiter.get_window_stats(self._item, key)
+        except Exception as exc:  # the shared store is down; the limits library wraps errors
+            now = time.monotonic()
+            if now - self._last_failure_log > 10:
+                self._last_failure_log = now
+                log.warning("rate-limit store unreachable (%s); letting requests through", exc)
             return RateDecision(True, self._item.amount, -1, 0)
-        stats = await self._limiter.get_window_stats(self._item, key)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
         return RateDecision(False, self._item.amount, stats.remaining, reset)
 

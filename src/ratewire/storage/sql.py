@@ -477,7 +477,7 @@ class SqlStore:
 
     async def start(self) -> None:
         try:
-            await self._write(lambda conn: metadata.create_all(conn, checkfirst=True))
+            await self._create_schema()
             await self._write(self._seed)
             version, epoch = await self._read(
                 lambda conn: (
@@ -496,6 +496,18 @@ class SqlStore:
                 f"{self.dialect}: schema version {version} is newer than this ratewire "
                 f"({SCHEMA_VERSION}); upgrade ratewire"
             )
+
+    async def _create_schema(self) -> None:
+        # Instances of a cluster start together against one new database: when two create a
+        # table at once, the loser's CREATE fails. Checking again then finds the winner's.
+        for attempt in range(5):
+            try:
+                await self._write(lambda conn: metadata.create_all(conn, checkfirst=True))
+                return
+            except (IntegrityError, StorageUnavailable):
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     @staticmethod
     def _seed(conn: Connection) -> None:

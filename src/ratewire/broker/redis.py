@@ -1,0 +1,365 @@
+"""The cluster broker: committed events travel through Redis Streams to every instance.
+
+Layout (``P`` is ``broker.prefix``, ``E`` the store's epoch, so two databases sharing one Redis
+can never mix their histories):
+
+- ``P:E:events``: every event, entry id ``{seq}-0``; every instance's consumer follows it.
+- ``P:E:t:{topic}``: each game and user topic's events, entry id ``{offset}-0`` (the history a
+  ``stream`` instance without a database serves ``since`` resume from).
+- ``P:E:cursor``: the ``seq`` of the last event published. The stream is the relay's cursor,
+  so it survives every relay restart.
+- ``P:epoch``: the epoch being published (read by instances that have no database).
+- ``P:lease``: which relay polls the store for events nobody announced (a ``SET NX PX`` lease,
+  renewed while its holder lives).
+
+Exactly once comes from the publish script, not from the lease. It runs atomically and takes
+a batch that is *complete after* some ``seq`` (the batch holds every event the store has in
+``(after, last]``): it appends only events above the cursor, and only when ``after`` is at or
+below the cursor, so nothing is published twice, nothing out of order, and a gap is refused
+(the caller reads the store and comes back). A relay that was paused for a minute and wakes
+with a stale batch therefore adds nothing already there and skips nothing. The lease only
+keeps the store polling to one instance, and decides who seeds a stream that Redis lost: only
+the holder may publish into a missing cursor, and only a batch complete from the store's
+beginning (``after`` 0), so a stream rebuilt after a Redis restart is never missing an event
+that was committed while Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ratewire.broker.base import EventHandler
+from ratewire.domain import RatingEvent, Topic, TopicKind
+
+log = logging.getLogger("ratewire.broker")
+
+#: Reads events the stream no longer holds (``seq`` above the argument, in order), if a store
+#: is configured: a consumer that fell behind the stream's retention fills its gap from it.
+GapReader = Callable[[int, int], Awaitable[list[RatingEvent]]]
+
+_PUBLISH = """
+local cursor = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if cursor < 0 then
+  if redis.call('GET', KEYS[4]) ~= ARGV[3] or tonumber(ARGV[4]) ~= 0 then return -1 end
+  cursor = 0
+elseif tonumber(ARGV[4]) > cursor then
+  return cursor
+end
+local n = (#ARGV - 4) / 4
+for i = 0, n - 1 do
+  local base = 5 + i * 4
+  local seq = tonumber(ARGV[base])
+  if seq > cursor then
+    local payload = ARGV[base + 3]
+    local keep = ARGV[2]
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', keep, ARGV[base] .. '-0', 'e', payload)
+    redis.call('XADD', KEYS[5 + i * 2], 'MAXLEN', '~', keep, ARGV[base + 1] .. '-0', 'e', payload)
+    redis.call('XADD', KEYS[6 + i * 2], 'MAXLEN', '~', keep, ARGV[base + 2] .. '-0', 'e', payload)
+    cursor = seq
+  end
+end
+redis.call('SET', KEYS[1], cursor)
+redis.call('SET', KEYS[3], ARGV[1])
+return cursor
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def encode_event(event: RatingEvent) -> bytes:
+    """One event as stored in a stream entry."""
+    return orjson.dumps(
+        {
+            "seq": event.seq,
+            "kind": event.kind,
+            "gameId": event.game_id,
+            "userId": event.user_id,
+            "gameOffset": event.game_offset,
+            "userOffset": event.user_offset,
+            "data": event.data,
+            "at": int(event.occurred_at.timestamp() * 1000),
+        }
+    )
+
+
+def decode_event(payload: bytes) -> RatingEvent:
+    """The inverse of :func:`encode_event`."""
+    fields = orjson.loads(payload)
+    return RatingEvent(
+        seq=fields["seq"],
+        kind=fields["kind"],
+        game_id=fields["gameId"],
+        user_id=fields["userId"],
+        game_offset=fields["gameOffset"],
+        user_offset=fields["userOffset"],
+        data=fields["data"],
+        occurred_at=datetime.fromtimestamp(fields["at"] / 1000, UTC),
+    )
+
+
+def _entry_number(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+class RedisBroker:
+    """Redis Streams broker: publish (any instance), follow (every instance), relay lease."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "ratewire",
+        max_events: int = 10_000,
+        lease_seconds: float = 2.0,
+    ) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._max_events = max_events
+        self._lease_ms = int(lease_seconds * 1000)
+        self._owner = secrets.token_hex(8)
+        # Blocking XREADs get their own connection so they never delay a publish.
+        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._publish_script = self._redis.register_script(_PUBLISH)
+        self._renew_script = self._redis.register_script(_RENEW)
+        self._handler: EventHandler | None = None
+        self._gap_reader: GapReader | None = None
+        self._on_reset: Callable[[], None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leader = False
+        self.epoch = ""
+        #: The ``seq`` of the last event this instance's consumer handed to the hub.
+        self.consumed = 0
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}:{self.epoch}:{name}"
+
+    def _topic_key(self, topic: str) -> str:
+        return self._key(f"t:{topic}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self, epoch: str | None) -> None:
+        """Reach Redis and settle the epoch: the store's when this instance has one, else the
+        one the relays publish (waiting for it if no relay has published yet)."""
+        if epoch is not None:
+            self.epoch = epoch
+            await self._redis.ping()
+            return
+        while True:
+            current: Any = await self._redis.get(f"{self._prefix}:epoch")
+            if current:
+                self.epoch = current.decode()
+                return
+            log.info("waiting for a relay to publish the first event epoch to Redis")
+            await asyncio.sleep(1)
+
+    async def start(
+        self,
+        handler: EventHandler,
+        *,
+        follow: bool = True,
+        relay: bool = True,
+        gap_reader: GapReader | None = None,
+        on_reset: Callable[[], None] | None = None,
+        start_after: int | None = None,
+    ) -> None:
+        """Follow the event stream (``follow``) and compete for the relay lease (``relay``).
+
+        The consumer starts after ``start_after``, else after the stream's cursor."""
+        self._handler, self._gap_reader, self._on_reset = handler, gap_reader, on_reset
+        if follow:
+            if start_after is None:
+                start_after = await self.cursor() or 0
+            self.consumed = start_after
+            self._tasks.append(asyncio.create_task(self._follow(), name="broker-follow"))
+        if relay:
+            self._tasks.append(asyncio.create_task(self._hold_lease(), name="relay-lease"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._leader:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.eval(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                    1,
+                    f"{self._prefix}:lease",
+                    self._owner,
+                )
+        self._leader = False
+        await self._reader.aclose()
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def holds_lease(self) -> bool:
+        """Whether this instance's relay is the one that polls the store."""
+        return self._leader
+
+    async def cursor(self) -> int | None:
+        """The ``seq`` of the last event published, or None if Redis has no stream (new, or it
+        lost its data)."""
+        value = await self._redis.get(self._key("cursor"))
+        return None if value is None else int(value)
+
+    async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
+        """Append ``events`` (every event the store has with ``seq`` in ``(after, last]``).
+
+        Returns the stream's cursor afterwards. It is below the batch's last ``seq`` when the
+        batch did not reach back to the cursor (read the store after the cursor and retry), and
+        None when the stream has no cursor (new, or Redis lost it) and this call may not seed
+        it: only the lease holder may, with ``after`` 0."""
+        keys = [
+            self._key("cursor"),
+            self._key("events"),
+            f"{self._prefix}:epoch",
+            f"{self._prefix}:lease",
+        ]
+        args: list[Any] = [self.epoch, self._max_events, self._owner, after]
+        for event in events:
+            keys.append(self._topic_key(f"rating.game.{event.game_id}"))
+            keys.append(self._topic_key(f"rating.user.{event.user_id}"))
+            args.extend((event.seq, event.game_offset, event.user_offset, encode_event(event)))
+        result = int(await self._publish_script(keys=keys, args=args))
+        return None if result < 0 else result
+
+    async def _hold_lease(self) -> None:
+        lease_key = f"{self._prefix}:lease"
+        while True:
+            try:
+                if self._leader:
+                    self._leader = bool(
+                        await self._renew_script(
+                            keys=[lease_key], args=[self._owner, self._lease_ms]
+                        )
+                    )
+                    if not self._leader:
+                        log.warning("relay lease lost; another instance polls the store now")
+                else:
+                    self._leader = bool(
+                        await self._redis.set(lease_key, self._owner, nx=True, px=self._lease_ms)
+                    )
+                    if self._leader:
+                        log.info("this instance holds the relay lease")
+            except (RedisError, OSError):
+                # Unreachable: assume the lease is gone (it expires in Redis by itself).
+                self._leader = False
+            await asyncio.sleep(self._lease_ms / 3000)
+
+    # -- history (instances without a database) --------------------------------------------
+
+    async def topic_position(self, topic: Topic) -> tuple[int, int]:
+        """(the topic's last offset, the last ``seq``) as Redis holds them, read atomically."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if topic.kind is TopicKind.GLOBAL or not topic.has_history:
+                pipe.get(self._key("cursor"))
+                (cursor,) = await pipe.execute()
+                seq = int(cursor or 0)
+                return (seq if topic.kind is TopicKind.GLOBAL else 0), seq
+            pipe.xrevrange(self._topic_key(topic.name), count=1)
+            pipe.get(self._key("cursor"))
+            last, cursor = await pipe.execute()
+        return (_entry_number(last[0][0]) if last else 0), int(cursor or 0)
+
+    async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
+        """The topic's events in the stream with offset above ``since``, in order."""
+        if not topic.has_history:
+            return []
+        key = self._key("events") if topic.kind is TopicKind.GLOBAL else self._topic_key(topic.name)
+        entries: Any = await self._redis.xrange(key, min=f"{since + 1}-0", count=limit)
+        return [decode_event(fields[b"e"]) for _, fields in entries]
+
+    # -- following -------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        backoff = 0.05
+        down_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                reply: Any = await self._reader.xread(
+                    {self._key("events"): f"{self.consumed}-0"}, count=1000, block=1000
+                )
+                if down_since is not None:
+                    log.info("Redis reachable again after %.1f s", loop.time() - down_since)
+                    down_since, backoff = None, 0.05
+                for _, entries in reply:
+                    await self._deliver(entries)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if down_since is None:
+                    down_since = loop.time()
+                    log.warning("Redis unreachable (%s); reconnecting with backoff", exc)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("broker: delivering events failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _deliver(self, entries: list[Any]) -> None:
+        handler = self._handler
+        assert handler is not None
+        for entry_id, fields in entries:
+            seq = _entry_number(entry_id)
+            if seq <= self.consumed:
+                continue  # republished after Redis lost its data: already delivered
+            if seq != self.consumed + 1:
+                await self._fill_gap(seq)
+                if seq <= self.consumed:
+                    continue
+            handler(decode_event(fields[b"e"]))
+            self.consumed = seq
+
+    async def _fill_gap(self, next_seq: int) -> None:
+        """The stream skips from our position to ``next_seq``: it was trimmed past a consumer
+        that fell behind. Never skip silently: read the gap from the store, or, with no store,
+        tell every subscriber to resume (their ``since`` then decides what they get)."""
+        handler = self._handler
+        assert handler is not None
+        if self._gap_reader is not None:
+            while self.consumed + 1 < next_seq:
+                missing = await self._gap_reader(self.consumed, next_seq - self.consumed - 1)
+                if not missing:
+                    break
+                for event in missing:
+                    if event.seq > self.consumed:
+                        handler(event)
+                        self.consumed = event.seq
+            if self.consumed + 1 >= next_seq:
+                return
+        log.warning(
+            "event stream skips from seq %d to %d and no store holds the gap; "
+            "asking subscribers to resume",
+            self.consumed,
+            next_seq,
+        )
+        self.consumed = next_seq - 1
+        if self._on_reset is not None:
+            self._on_reset()

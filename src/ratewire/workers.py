@@ -1,0 +1,71 @@
+"""``ratewire serve --workers N``: N server processes on one host sharing both ports.
+
+Each worker is a full ``ratewire serve`` bound with SO_REUSEPORT, so the kernel spreads new
+connections over them; they share the store and the broker exactly as instances on separate
+hosts do, so a write on one reaches subscribers on every other. This process only starts
+them, forwards SIGTERM/SIGINT, and restarts a worker that died (with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from ratewire.config import Settings
+from ratewire.storage import open_store
+
+log = logging.getLogger("ratewire.workers")
+RESTART_BACKOFF_MAX = 10.0
+
+
+async def prepare_storage(settings: Settings) -> None:
+    """Create the schema (and the epoch) once, before workers race to do it."""
+    if settings.storage.backend == "none":
+        return
+    store = open_store(settings.storage)
+    await store.start()
+    await store.close()
+
+
+async def supervise(count: int, serve_args: Sequence[str]) -> int:
+    """Run ``count`` workers until SIGTERM/SIGINT; returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    env = {**os.environ, "RATEWIRE_SERVER__WORKERS": "1"}
+    command = [sys.executable, "-m", "ratewire", "serve", *serve_args, "--reuse-port"]
+    processes: dict[int, asyncio.subprocess.Process] = {}
+
+    async def keep_running(index: int) -> None:
+        backoff = 0.5
+        while not stopping.is_set():
+            started = loop.time()
+            process = await asyncio.create_subprocess_exec(
+                *command, env={**env, "RATEWIRE_WORKER_INDEX": str(index)}
+            )
+            processes[index] = process
+            log.info("worker %d started (pid %d)", index, process.pid)
+            code = await process.wait()
+            if stopping.is_set():
+                return
+            backoff = 0.5 if loop.time() - started > 30 else min(backoff * 2, RESTART_BACKOFF_MAX)
+            log.error("worker %d exited with %d; restarting in %.1f s", index, code, backoff)
+            await asyncio.sleep(backoff)
+
+    keepers = [asyncio.create_task(keep_running(i)) for i in range(count)]
+    log.info("running %d workers", count)
+    await stopping.wait()
+    log.info("stopping %d workers", count)
+    for process in processes.values():
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    codes = [await process.wait() for process in processes.values()]
+    for keeper in keepers:
+        keeper.cancel()
+    await asyncio.gather(*keepers, return_exceptions=True)
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
