@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+
+from tests.support.server import ServerProcess
 
 POSTGRES_ADMIN_URL = os.environ.get("RATEWIRE_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 MYSQL_ADMIN_URL = os.environ.get("RATEWIRE_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
@@ -79,3 +82,44 @@ def mysql_url() -> Iterator[str]:
         unavailable(f"MySQL at {MYSQL_ADMIN_URL}", exc)
     yield _with_database(MYSQL_ADMIN_URL, name)
     asyncio.run(_mysql_admin(f"DROP DATABASE IF EXISTS {name}"))
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own (a cluster's instances share it)."""
+    name = f"ratewire_c_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_postgres_admin(f"CREATE DATABASE {name}"))
+    except (OSError, Exception) as exc:
+        unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL}", exc)
+    yield _with_database(POSTGRES_ADMIN_URL, name)
+    asyncio.run(_postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(**options: Any) -> ServerProcess:
+        server = ServerProcess(tmp_path_factory.mktemp("server"), **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers for one test: ``server_factory(backend=..., env={...})``."""
+    yield from _factory(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Like ``server_factory``, for servers shared by a module's tests."""
+    yield from _factory(tmp_path_factory)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -38,9 +38,13 @@ class ServerProcess:
         storage_url: str | None = None,
         env: Mapping[str, str] | None = None,
         log_level: str = "INFO",
+        args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.log_level = log_level
+        self.args = tuple(args)
+        #: An ``api`` instance has no WebSocket port to wait for.
+        self.serves_websockets = "api" not in self.args
         self.secret = SECRET
         self.http_port, self.ws_port = free_port(), free_port()
         self.env = {
@@ -91,7 +95,7 @@ class ServerProcess:
     def start(self, timeout: float = 20) -> None:
         log = (self.workdir / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ratewire", "serve", "--log-level", self.log_level],
+            [sys.executable, "-m", "ratewire", "serve", "--log-level", self.log_level, *self.args],
             cwd=self.workdir,
             env=self.env,
             stdout=log,
@@ -103,6 +107,8 @@ class ServerProcess:
                 raise RuntimeError(f"ratewire serve exited at start:\n{self.log_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=0.5).status_code == 200:
+                    if not self.serves_websockets:
+                        return
                     with socket.create_connection(("127.0.0.1", self.ws_port), timeout=0.5):
                         return
             except (httpx.HTTPError, OSError):

@@ -158,19 +158,22 @@ class RedisBroker:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def connect(self, epoch: str | None) -> None:
-        """Reach Redis and settle the epoch: the store's when this instance has one, else the
-        one the relays publish (waiting for it if no relay has published yet)."""
+        """Reach Redis and settle the epoch: the store's when this instance has one (it is
+        announced for the others), else the announced one (waiting for an announcement)."""
         if epoch is not None:
             self.epoch = epoch
-            await self._redis.ping()
+            await self._redis.set(f"{self._prefix}:epoch", epoch)
             return
+        waited = False
         while True:
             current: Any = await self._redis.get(f"{self._prefix}:epoch")
             if current:
                 self.epoch = current.decode()
                 return
-            log.info("waiting for a relay to publish the first event epoch to Redis")
-            await asyncio.sleep(1)
+            if not waited:
+                log.info("waiting for an instance with a database to announce its epoch in Redis")
+                waited = True
+            await asyncio.sleep(0.2)
 
     async def start(
         self,

@@ -1,0 +1,198 @@
+"""Several instances sharing PostgreSQL and Redis behave as one (PROTOCOL.md section 4 across
+the cluster): every acknowledged write reaches every subscriber of every instance exactly
+once and in order, whatever instance it was written to, and through the failures a cluster
+meets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import redis.asyncio
+from tests.cluster.conftest import ClusterFactory
+from tests.cluster.follower import Follower, assert_exactly_once
+from tests.e2e.wsclient import WsClient
+from tests.support.redis_server import RedisServer
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
+
+
+async def rate(server: ServerProcess, game: str, user: str, score: int = 4) -> httpx.Response:
+    """One upsert written through ``server`` (the token is the rating's user)."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        return await http.put(
+            f"/games/{game}/ratings/{user}",
+            json={"score": score},
+            headers={"Authorization": f"Bearer {server.token(user)}"},
+        )
+
+
+async def get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(url)
+
+
+def lease_holder(servers: list[ServerProcess]) -> ServerProcess:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for server in servers:
+            if "holds the relay lease" in server.log_text():
+                return server
+        time.sleep(0.05)
+    raise AssertionError("no instance took the relay lease")
+
+
+async def test_a_write_on_one_instance_reaches_subscribers_of_every_role(
+    instance: ClusterFactory,
+) -> None:
+    api = instance(role="api", env={"RATEWIRE_HISTORY__MAX_EVENTS_PER_TOPIC": "10"})
+    stream_with_db = instance(role="stream")
+    stream_alone = instance(role="stream", backend="none", storage_url="")
+    token = api.token("watcher")
+    followers = [
+        Follower([server.module_ws_url], token, "rating.game.roles").start()
+        for server in (stream_with_db, stream_alone)
+    ]
+    on_ws_path = Follower([stream_alone.ws_url], token, "rating.global").start()
+    for follower in (*followers, on_ws_path):
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+
+    for i in range(250):
+        assert (await rate(api, "roles", f"u{i}", 1 + i % 5)).status_code == 201
+    for follower in (*followers, on_ws_path):
+        await follower.wait_for(250)
+        assert_exactly_once(follower, 250)
+        await follower.stop()
+    users = [update["data"]["userId"] for update in followers[1].updates]
+    assert users == [f"u{i}" for i in range(250)]
+
+    # Each role serves only its part.
+    with pytest.raises(OSError):
+        await WsClient.open(f"ws://127.0.0.1:{api.ws_port}/", token)
+    assert (await get(f"{stream_with_db.base_url}/games/roles/summary")).status_code == 404
+    assert (await get(f"{stream_alone.base_url}/readyz")).json()["checks"] == {"broker": "ok"}
+    assert (await get(f"{api.base_url}/games/roles/summary")).json()["count"] == 250
+
+    # Resume anywhere: offsets are the database's, the same on every instance. The instance
+    # without a database answers from the stream's retained history, and says when the
+    # history no longer reaches back (the api instance keeps ~10 events a topic in Redis).
+    epoch = followers[0].epoch
+    async with await WsClient.open(stream_with_db.module_ws_url, token) as client:
+        await client.recv_type("connection_success")
+        answer = await client.subscribe("rating.game.roles", since=0, epoch=epoch)
+        assert answer["recovered"] is True
+    async with await WsClient.open(stream_alone.module_ws_url, token) as client:
+        await client.recv_type("connection_success")
+        answer = await client.subscribe("rating.game.roles", since=0, epoch=epoch)
+        assert answer["recovered"] is False and answer["offset"] == 250
+        answer = await client.subscribe("rating.game.roles", since=245, epoch=epoch)
+        assert answer["recovered"] is True
+        await client.send(action="subscribe", topic="rating.game.roles", since=245, epoch=epoch)
+        replayed = await client.updates(5)
+        assert [frame["offset"] for frame in replayed] == [246, 247, 248, 249, 250]
+        await client.send(action="subscribe", topic="rating.game.roles", snapshot=True)
+        refusal = await client.recv_type("error")
+        assert "database" in refusal["message"]
+
+
+async def test_sigkill_of_the_relay_holder_loses_nothing_and_clients_resume_elsewhere(
+    instance: ClusterFactory,
+) -> None:
+    servers = [instance() for _ in range(3)]
+    leader = lease_holder(servers)
+    token = servers[0].token("watcher")
+    followers = []
+    for index in range(len(servers)):
+        # Each follower starts on its own instance and fails over to the next ones.
+        urls = [s.module_ws_url for s in servers[index:] + servers[:index]]
+        followers.append(Follower(urls, token, "rating.global").start())
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+
+    written = 0
+    for i in range(15):
+        assert (await rate(servers[i % 3], "kill", f"a{i}")).status_code == 201
+        written += 1
+    leader.kill()
+    killed_at = time.monotonic()
+    survivors = [s for s in servers if s is not leader]
+    for i in range(15):
+        assert (await rate(survivors[i % 2], "kill", f"b{i}")).status_code == 201
+        written += 1
+    new_leader = lease_holder(survivors)
+    assert "holds the relay lease" in new_leader.log_text()
+    assert time.monotonic() - killed_at < 5 + 1  # the lease (2 s) expired and was taken
+
+    for follower in followers:
+        await follower.wait_for(written)
+        await follower.stop()
+        assert_exactly_once(follower, written)
+    moved = followers[servers.index(leader)]
+    assert moved.connections >= 2  # it reconnected to another instance and resumed
+
+
+async def test_redis_killed_and_restarted_under_writes_delivers_every_write_once(
+    instance: ClusterFactory, redis_server: RedisServer
+) -> None:
+    servers = [instance() for _ in range(2)]
+    lease_holder(servers)
+    token = servers[0].token("watcher")
+    followers = [Follower([s.module_ws_url], token, "rating.game.outage").start() for s in servers]
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    for i in range(10):
+        assert (await rate(servers[i % 2], "outage", f"a{i}")).status_code == 201
+    for follower in followers:
+        await follower.wait_for(10)
+
+    redis_server.kill()
+    for i in range(10):  # the outbox holds them: writes keep committing
+        assert (await rate(servers[i % 2], "outage", f"b{i}")).status_code == 201
+    ready = await get(f"{servers[0].base_url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["broker"].startswith("unavailable")
+    assert ready.json()["checks"]["storage"] == "ok"
+    assert all(len(f.offsets) == 10 for f in followers)
+
+    redis_server.start()  # empty: it had no persistence
+    for i in range(10):
+        assert (await rate(servers[i % 2], "outage", f"c{i}")).status_code == 201
+    for follower in followers:
+        await follower.wait_for(30, within=20)
+        await follower.stop()
+        assert_exactly_once(follower, 30)
+        assert follower.connections == 1  # the WebSockets never noticed
+    assert (await get(f"{servers[1].base_url}/readyz")).status_code == 200
+    assert "Redis unreachable" in servers[0].log_text()
+
+
+async def test_rest_rate_limits_are_shared_by_the_instances(instance: ClusterFactory) -> None:
+    limit = {"RATEWIRE_LIMITS__REST_REQUESTS_PER_CLIENT_PER_MINUTE": "6"}
+    first, second = instance(env=limit), instance(env=limit)
+    answers = [
+        (await rate(server, "quota", "greedy")).status_code for server in [first, second] * 3
+    ]
+    assert answers == [201, 200, 200, 200, 200, 200]
+    refused = await rate(second, "quota", "greedy")
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    assert (await rate(first, "quota", "someone-else")).status_code == 201
+
+
+async def test_redis_holds_no_keys_of_another_database(
+    instance: ClusterFactory, redis_server: RedisServer
+) -> None:
+    """Two databases behind one Redis never share a stream: the keys carry the epoch."""
+    server = instance()
+    assert (await rate(server, "keys", "u1")).status_code == 201
+    client = redis.asyncio.Redis(port=redis_server.port)
+    epoch = await client.get("ratewire:epoch")
+    assert epoch is not None
+    for _ in range(100):  # published right after the 201, by the relay's task
+        if await client.get(f"ratewire:{epoch.decode()}:cursor") == b"1":
+            break
+        await asyncio.sleep(0.05)
+    assert await client.xlen(f"ratewire:{epoch.decode()}:events") == 1
+    await client.aclose()
