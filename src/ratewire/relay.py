@@ -48,6 +48,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failing = False
         self._draining = asyncio.Lock()  # the run loop and flush() must not publish twice
         #: The ``seq`` of the last event published.
         self.cursor = 0
@@ -95,10 +96,20 @@ class Relay:
                 return
             try:
                 await self._drain(read_store=not woken and self._broker.holds_lease())
-            except Exception:
-                # The store or broker failed: keep the cursor, retry on the next tick.
-                log.exception("relay: publishing failed; retrying")
+            except Exception as exc:
+                # The store or broker failed: keep the cursor, retry on the next tick. One line
+                # per outage, not one per tick (the broker's reader logs when it is back).
+                if not self._failing:
+                    log.warning(
+                        "relay: publishing failed (%s: %s); retrying", type(exc).__name__, exc
+                    )
+                    log.debug("relay failure", exc_info=exc)
+                self._failing = True
                 await asyncio.sleep(self._poll_interval)
+            else:
+                if self._failing:
+                    log.info("relay: publishing again")
+                self._failing = False
 
     async def _drain(self, *, read_store: bool) -> None:
         async with self._draining:

@@ -213,7 +213,12 @@ class Runtime:
             self._module_server.close()
             self._module_server = None
         if self.relay is not None:
-            await self.relay.flush()
+            try:
+                await self.relay.flush()
+            except Exception as exc:  # the store or broker is down: the outbox keeps them
+                log.warning(
+                    "shutdown: could not publish the last events (%s); the next relay will", exc
+                )
         for session in list(self.sessions):
             session.close(CLOSE_GOING_AWAY, "Server shutting down")
         await asyncio.sleep(0.05)  # let the close frames go out

@@ -27,12 +27,20 @@ class Follower:
         self.subscribed = asyncio.Event()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._client: WsClient | None = None
+        self._stopped = False
 
     def start(self) -> Follower:
         self._task = asyncio.create_task(self._run())
         return self
 
     async def stop(self) -> None:
+        """Drop the connection (no closing handshake: the test is done with it) and stop."""
+        # The flag too: asyncio.wait_for in Python 3.11 can swallow a cancellation that lands
+        # as its inner receive completes, and the follower would go on reconnecting.
+        self._stopped = True
+        if self._client is not None:
+            self._client.connection.transport.abort()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -40,7 +48,7 @@ class Follower:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopped:
             url = self.urls[attempt % len(self.urls)]
             attempt += 1
             try:
@@ -51,7 +59,7 @@ class Follower:
                 await asyncio.sleep(0.1)
 
     async def _follow(self, url: str) -> None:
-        client = await WsClient.open(url, self.token)
+        client = self._client = await WsClient.open(url, self.token)
         try:
             await client.recv_type("connection_success")
             options: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from tests.cluster.follower import Follower, assert_exactly_once
 from tests.e2e.wsclient import WsClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 
@@ -196,3 +197,55 @@ async def test_redis_holds_no_keys_of_another_database(
         await asyncio.sleep(0.05)
     assert await client.xlen(f"ratewire:{epoch.decode()}:events") == 1
     await client.aclose()
+
+
+async def test_database_unreachable_answers_503_keeps_subscriptions_and_recovers(
+    instance: ClusterFactory, fresh_postgres_url: str
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    servers: list[ServerProcess] = []
+    try:
+        url = fresh_postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        servers.extend(instance(storage_url=url) for _ in range(2))
+        token = servers[0].token("watcher")
+        followers = [
+            Follower([s.module_ws_url], token, "rating.game.dbdown").start() for s in servers
+        ]
+        for follower in followers:
+            await asyncio.wait_for(follower.subscribed.wait(), 10)
+        for i in range(5):
+            assert (await rate(servers[i % 2], "dbdown", f"a{i}")).status_code == 201
+
+        async with await WsClient.open(servers[1].module_ws_url, token) as bystander:
+            await bystander.recv_type("connection_success")
+            proxy.cut()
+            refused = await rate(servers[0], "dbdown", "during")
+            assert refused.status_code == 503
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert refused.json()["status"] == 503
+            ready = await get(f"{servers[1].base_url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["storage"].startswith("unavailable")
+            await bystander.send(action="ping")  # live connections stay open and answer
+            assert (await bystander.recv_type("pong"))["type"] == "pong"
+
+            proxy.restore()  # no restart: the pools reconnect by themselves
+            status = 0
+            for _ in range(50):
+                status = (await rate(servers[0], "dbdown", "after")).status_code
+                if status == 201:
+                    break
+                await asyncio.sleep(0.2)
+            assert status == 201
+        for i in range(4):
+            assert (await rate(servers[i % 2], "dbdown", f"b{i}")).status_code == 201
+        for follower in followers:
+            await follower.wait_for(10)
+            await follower.stop()
+            assert_exactly_once(follower, 10)
+            assert follower.connections == 1
+    finally:
+        for server in servers:
+            server.stop()
+        proxy.close()

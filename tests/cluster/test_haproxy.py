@@ -1,0 +1,110 @@
+"""A real load balancer in front of three instances, configured by deploy/haproxy.cfg: REST
+and WebSocket upgrades through it, one instance killed, clients reconnect through it and
+resume. No sticky sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.cluster.conftest import ClusterFactory
+from tests.cluster.follower import Follower, assert_exactly_once
+from tests.support.debian import ensure_tool
+from tests.support.server import ServerProcess, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
+
+
+class HAProxy:
+    def __init__(self, servers: list[ServerProcess], workdir: Path) -> None:
+        self.http_port, self.ws_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "RATEWIRE_LB_HTTP_BIND": f"127.0.0.1:{self.http_port}",
+            "RATEWIRE_LB_WS_BIND": f"127.0.0.1:{self.ws_port}",
+        }
+        for number, server in enumerate(servers, start=1):
+            env[f"RATEWIRE_{number}_HTTP"] = f"127.0.0.1:{server.http_port}"
+            env[f"RATEWIRE_{number}_WS"] = f"127.0.0.1:{server.ws_port}"
+            env[f"RATEWIRE_{number}_CHECK_PORT"] = str(server.http_port)
+        executable = ensure_tool("haproxy", "haproxy")
+        checked = subprocess.run(
+            [executable, "-c", "-f", str(CONFIG)], env=env, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        self.log = (workdir / "haproxy.log").open("ab")
+        self.process = subprocess.Popen(
+            [executable, "-db", "-f", str(CONFIG)], env=env, stdout=self.log, stderr=self.log
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("haproxy did not become ready")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def cluster_behind_haproxy(
+    instance: ClusterFactory, tmp_path: Path
+) -> Iterator[tuple[HAProxy, list[ServerProcess]]]:
+    servers = [instance() for _ in range(3)]
+    balancer = HAProxy(servers, tmp_path)
+    yield balancer, servers
+    balancer.stop()
+
+
+async def test_through_haproxy_an_instance_dies_and_clients_resume_on_the_others(
+    cluster_behind_haproxy: tuple[HAProxy, list[ServerProcess]],
+) -> None:
+    balancer, servers = cluster_behind_haproxy
+    token = servers[0].token("watcher")
+    module_port = f"ws://127.0.0.1:{balancer.ws_port}/"
+    main_port = f"ws://127.0.0.1:{balancer.http_port}/ws"
+    followers = [
+        Follower([module_port if i % 2 else main_port], token, "rating.game.lb").start()
+        for i in range(9)
+    ]
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+
+    async def write(count: int, prefix: str) -> None:
+        async with httpx.AsyncClient(base_url=balancer.base_url, timeout=10) as http:
+            for i in range(count):
+                user = f"{prefix}{i}"
+                answer = await http.put(
+                    f"/games/lb/ratings/{user}",
+                    json={"score": 1 + i % 5},
+                    headers={"Authorization": f"Bearer {servers[0].token(user)}"},
+                )
+                assert answer.status_code == 201, answer.text
+
+    await write(12, "a")
+    servers[1].kill()
+    await write(12, "b")
+    for follower in followers:
+        await follower.wait_for(24, within=20)
+        await follower.stop()
+        assert_exactly_once(follower, 24)
+    # leastconn spread the nine followers over the three instances: those on the killed one
+    # came back through HAProxy.
+    assert sum(follower.connections > 1 for follower in followers) >= 1

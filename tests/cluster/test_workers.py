@@ -1,0 +1,63 @@
+"""``ratewire serve --workers N``: one host's cores, both ports shared (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import Callable
+
+import httpx
+import pytest
+from tests.cluster.follower import Follower, assert_exactly_once
+from tests.support.redis_server import RedisServer
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
+
+
+def worker_pids(parent: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+async def test_two_workers_share_both_ports_and_every_subscriber_gets_every_write(
+    server_factory: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    fresh_postgres_url: str,
+) -> None:
+    server = server_factory(
+        backend="postgresql",
+        storage_url=fresh_postgres_url,
+        args=("--workers", "2"),
+        env={"RATEWIRE_BROKER__BACKEND": "redis", "RATEWIRE_BROKER__URL": redis_server.url},
+    )
+    workers = worker_pids(server.pid)
+    assert len(workers) == 2
+    token = server.token("watcher")
+    # The kernel spreads connections over the workers; every one must see every write,
+    # whichever worker took the write.
+    followers = [
+        Follower([server.module_ws_url if i % 2 else server.ws_url], token, "rating.global").start()
+        for i in range(16)
+    ]
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        for i in range(12):
+            user = f"w{i}"
+            answer = await http.put(
+                f"/games/workers/ratings/{user}",
+                json={"score": 3},
+                headers={"Authorization": f"Bearer {server.token(user)}"},
+            )
+            assert answer.status_code == 201
+    for follower in followers:
+        await follower.wait_for(12)
+        await follower.stop()
+        assert_exactly_once(follower, 12)
+
+    server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert server.wait(20) == 0
+    assert worker_pids(server.pid) == []
+    assert "running 2 workers" in server.log_text()
