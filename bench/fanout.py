@@ -5,6 +5,11 @@ on the original guide (bench/peers/guide_server.js).
 
     python -m bench.fanout --subs 1000 --rate 50 --seconds 10
     ratewire bench fanout --subs 2000 --rate 0 --seconds 10      # 0 = as fast as they go
+    python -m bench.fanout --target cluster --procs 3            # cluster mode, PostgreSQL + Redis
+
+Cluster targets (PostgreSQL at RATEWIRE_BENCH_POSTGRES, Redis at RATEWIRE_BENCH_REDIS): pg-local
+(one instance, local broker), pg-redis (one instance, Redis broker), cluster-3 (three instances,
+subscribers spread over them, writes through the first) and workers-2 (`--workers 2`).
 
 Subscribers are spread over worker processes (picows clients: the load generator shares
 this 2-core machine with the server, so it must be cheap); each worker keeps a latency
@@ -31,6 +36,7 @@ from bench.servers import (
     Target,
     raise_fd_limit,
     rss_bytes,
+    start_cluster,
     start_node_guide,
     start_ratewire,
     start_ratewire_asgi,
@@ -202,21 +208,28 @@ def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) 
         parent, child = ctx.Pipe()
         process = ctx.Process(
             target=subscriber_worker,
-            args=(child, target.ws_url, topic, first, count, max(1, 200 // procs)),
+            args=(
+                child,
+                target.subscriber_urls[len(workers) % len(target.subscriber_urls)],
+                topic,
+                first,
+                count,
+                max(1, 200 // procs),
+            ),
             daemon=True,
         )
         process.start()
         workers.append(process)
         pipes.append(parent)
         first += count
-    rss_before = rss_bytes(target.process.pid)
+    rss_before = sum(rss_bytes(pid) for pid in target.pids())
     for pipe in pipes:
         pipe.send("start")
     elapsed = max(pipe.recv()[1] for pipe in pipes)
     result.connects_per_s = round(subs / elapsed, 1)
     time.sleep(1.0)
     result.idle_kib_per_connection = round(
-        (rss_bytes(target.process.pid) - rss_before) / subs / 1024, 2
+        (sum(rss_bytes(pid) for pid in target.pids()) - rss_before) / subs / 1024, 2
     )
     # Warm-up on another game: first requests compile statements and fill caches.
     asyncio.run(publish(target.post_url, f"warmup{game}", 20, 1.0))
@@ -308,6 +321,10 @@ def run_fanout(
         "ratewire": start_ratewire,
         "ratewire-asgi": start_ratewire_asgi,
         "node-guide": start_node_guide,
+        "pg-local": lambda: start_cluster("pg-local", broker="local"),
+        "pg-redis": lambda: start_cluster("pg-redis"),
+        "cluster-3": lambda: start_cluster("cluster-3", instances=3),
+        "workers-2": lambda: start_cluster("workers-2", workers=2),
     }
     results = []
     for name in targets:
@@ -339,7 +356,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--procs", type=int, default=2, help="subscriber processes")
     parser.add_argument(
         "--target",
-        choices=["ratewire", "ratewire-asgi", "node-guide", "both", "all"],
+        choices=[
+            "ratewire",
+            "ratewire-asgi",
+            "node-guide",
+            "both",
+            "all",
+            "pg-local",
+            "pg-redis",
+            "cluster-3",
+            "workers-2",
+            "cluster",
+        ],
         default="both",
     )
     parser.add_argument("--json-out", type=Path, default=None)
@@ -347,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     targets = {
         "both": ("ratewire", "node-guide"),
         "all": ("ratewire", "ratewire-asgi", "node-guide"),
+        # Cluster mode against its single-node baselines, on PostgreSQL, in one run.
+        "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
     }.get(args.target, (args.target,))
     run_fanout(
         args.subs,

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,34 @@ class Target:
     post_url: str
     process: subprocess.Popen[bytes]
     workdir: Path
+    #: Further instances of a cluster target (subscribers are spread over ``ws_urls``).
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ws_urls: list[str] = field(default_factory=list)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def subscriber_urls(self) -> list[str]:
+        return self.ws_urls or [self.ws_url]
+
+    def pids(self) -> list[int]:
+        """The server processes (and a supervisor's workers) whose memory is counted."""
+        pids = [self.process.pid, *(p.pid for p in self.others)]
+        children = subprocess.run(
+            ["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True
+        ).stdout.split()
+        return pids + [int(pid) for pid in children]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        for process in (*self.others, self.process):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (*self.others, self.process):
             try:
-                self.process.wait(15)
+                process.wait(15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                process.kill()
+        for step in self.cleanup:
+            step()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -91,9 +112,16 @@ def start_ratewire_asgi() -> Target:
     return target
 
 
-def start_ratewire(backend: str = "sqlite", storage_url: str | None = None) -> Target:
+def start_ratewire(
+    backend: str = "sqlite",
+    storage_url: str | None = None,
+    *,
+    env_extra: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    workdir: Path | None = None,
+) -> Target:
     """``ratewire serve`` with limits lifted (the benchmark is one client at a high rate)."""
-    workdir = Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
     http_port, ws_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -105,10 +133,11 @@ def start_ratewire(backend: str = "sqlite", storage_url: str | None = None) -> T
         "RATEWIRE_JWT__SECRET": SECRET,
         "RATEWIRE_LIMITS__REST_REQUESTS_PER_CLIENT_PER_MINUTE": "1000000000",
         "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP_PER_SECOND": "1000000",
+        **(env_extra or {}),
     }
-    log = (workdir / "server.log").open("wb")
+    log = (workdir / f"server-{http_port}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ratewire", "serve", "--log-level", "WARNING"],
+        [sys.executable, "-m", "ratewire", "serve", "--log-level", "WARNING", *args],
         cwd=workdir,
         env=env,
         stdout=log,
@@ -158,4 +187,63 @@ def start_node_guide() -> Target:
         f"http://127.0.0.1:{http_port}/ratings",
         process,
         workdir,
+    )
+
+
+# -- cluster targets (PostgreSQL + Redis on this machine) ----------------------------------------
+
+POSTGRES_ADMIN = os.environ.get("RATEWIRE_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("RATEWIRE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _fresh_postgres() -> tuple[str, Callable[[], None]]:
+    """A new database for one target, and the step that drops it."""
+    import asyncio
+    import secrets
+
+    import asyncpg
+
+    name = f"ratewire_bench_{secrets.token_hex(4)}"
+    admin = POSTGRES_ADMIN.replace("postgresql://", "postgres://")
+
+    async def run(statement: str) -> None:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    return (
+        POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name,
+        lambda: asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+    )
+
+
+def start_cluster(
+    name: str, instances: int = 1, *, broker: str = "redis", workers: int = 1
+) -> Target:
+    """``instances`` ratewire processes on one new PostgreSQL database sharing a Redis broker
+    (a prefix of their own): writes go to the first, subscribers are spread over all."""
+    import secrets
+
+    url, drop = _fresh_postgres()
+    workdir = Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
+    env = {"RATEWIRE_BROKER__BACKEND": broker, "RATEWIRE_BROKER__URL": REDIS_URL}
+    env["RATEWIRE_BROKER__PREFIX"] = f"bench-{secrets.token_hex(4)}"
+    args = ("--workers", str(workers)) if workers > 1 else ()
+    started = [
+        start_ratewire("postgresql", url, env_extra=env, args=args, workdir=workdir)
+        for _ in range(instances)
+    ]
+    first = started[0]
+    return Target(
+        name,
+        first.ws_url,
+        first.post_url,
+        first.process,
+        workdir,
+        others=[t.process for t in started[1:]],
+        ws_urls=[t.ws_url for t in started],
+        cleanup=[drop],
     )

@@ -207,9 +207,23 @@ def bench() -> None:
 )
 @click.option(
     "--target",
-    type=click.Choice(["ratewire", "ratewire-asgi", "node-guide", "both", "all"]),
+    type=click.Choice(
+        [
+            "ratewire",
+            "ratewire-asgi",
+            "node-guide",
+            "both",
+            "all",
+            "pg-local",
+            "pg-redis",
+            "cluster-3",
+            "workers-2",
+            "cluster",
+        ]
+    ),
     default="both",
-    help="ratewire-asgi: the same server measured on /ws (uvicorn) instead of picows",
+    help="ratewire-asgi: the same server measured on /ws (uvicorn) instead of picows; "
+    "cluster: pg-local, pg-redis, cluster-3 and workers-2 (PostgreSQL + Redis)",
 )
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
 def bench_fanout(
@@ -220,6 +234,7 @@ def bench_fanout(
     targets = {
         "both": ("ratewire", "node-guide"),
         "all": ("ratewire", "ratewire-asgi", "node-guide"),
+        "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
     }.get(target, (target,))
     fanout.run_fanout(subs, rate, seconds, targets=targets, procs=procs, json_out=json_out)
 
