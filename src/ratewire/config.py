@@ -107,6 +107,9 @@ class LimitsSettings(_Section):
     ws_messages_per_client_per_second: float = Field(20, gt=0)
     rest_requests_per_client_per_minute: float = Field(600, gt=0)
     max_message_bytes: int = Field(65536, ge=128)
+    #: WebSocket connections this process holds at most (None: derived from the open-files
+    #: limit, keeping a reserve for REST and backends); over it: HTTP 503 with Retry-After.
+    max_connections: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(65536, ge=128)
     send_buffer_bytes: int = Field(1_048_576, ge=1024)
     auth_timeout_seconds: float = Field(5, gt=0)

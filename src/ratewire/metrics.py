@@ -17,10 +17,18 @@ class RuntimeCollector(Collector):
         connections: Callable[[], int],
         published_seq: Callable[[], int],
         deliveries: Callable[[], int],
+        refused_at_capacity: Callable[[], int] = lambda: 0,
+        accept_errors: Callable[[], int] = lambda: 0,
+        max_connections: Callable[[], int] = lambda: 0,
+        descriptor_exhausted_seconds: Callable[[], int] = lambda: 0,
     ) -> None:
+        self._descriptor_exhausted_seconds = descriptor_exhausted_seconds
         self._connections = connections
         self._published_seq = published_seq
         self._deliveries = deliveries
+        self._refused_at_capacity = refused_at_capacity
+        self._accept_errors = accept_errors
+        self._max_connections = max_connections
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -33,6 +41,26 @@ class RuntimeCollector(Collector):
         )
         yield CounterMetricFamily(
             "ratewire_deliveries", "rating_update frames written to subscribers", self._deliveries()
+        )
+        yield GaugeMetricFamily(
+            "ratewire_websocket_max_connections",
+            "WebSocket connections this process holds at most (limits.max_connections)",
+            self._max_connections(),
+        )
+        yield CounterMetricFamily(
+            "ratewire_websocket_refused_at_capacity",
+            "WebSocket upgrades answered 503 because the process was at max_connections",
+            self._refused_at_capacity(),
+        )
+        yield CounterMetricFamily(
+            "ratewire_accept_errors",
+            "Connections the server could not accept (out of file descriptors)",
+            self._accept_errors(),
+        )
+        yield CounterMetricFamily(
+            "ratewire_descriptors_exhausted_seconds",
+            "Seconds the process had no file descriptor left (connections closed at accept)",
+            self._descriptor_exhausted_seconds(),
         )
 
 

@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from ratewire import capacity
 from ratewire.api import create_app
 from ratewire.api.app import create_ops_app
 from ratewire.api.ops import ReadinessProbe
@@ -141,11 +142,19 @@ class Runtime:
             if self.store is not None:
                 probes["storage"] = self.store.ping
             self.app = create_ops_app(probes)
+        self.capacity = capacity.plan(settings.limits.max_connections)
+        self.realtime.max_connections = self.capacity.max_connections
+        self.accept_errors = capacity.AcceptErrorReporter()
+        self.descriptors = capacity.DescriptorWatchdog(self.capacity.descriptors)
         self.app.state.metrics_registry = build_registry(
             RuntimeCollector(
                 connections=lambda: len(self.sessions),
                 published_seq=lambda: self.hub.published_seq,
                 deliveries=lambda: self.hub.deliveries,
+                refused_at_capacity=lambda: self.realtime.refused_at_capacity,
+                accept_errors=lambda: self.accept_errors.count,
+                descriptor_exhausted_seconds=lambda: self.descriptors.exhausted_seconds,
+                max_connections=lambda: self.realtime.max_connections,
             )
         )
         self.asgi: ASGIApp = self.app
@@ -288,11 +297,17 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        self.accept_errors.install(loop)
+        if self.serves_websockets:
+            log.info(self.capacity.summary())
+            if (shortfall := self.capacity.shortfall()) is not None:
+                log.warning(shortfall)
         await self.start()
         http_server = _UvicornServer(self._uvicorn_config())
         sockets = None
         if self.reuse_port:
             sockets = [reuse_port_socket(self.settings.server.host, self.settings.server.port)]
+        watchdog = asyncio.create_task(self.descriptors.run(), name="descriptor-watchdog")
         try:
             await self.start_module_server()
             http_task = asyncio.create_task(http_server.serve(sockets), name="http-server")
@@ -309,5 +324,6 @@ class Runtime:
             http_server.should_exit = True  # uvicorn finishes in-flight requests
             await http_task
         finally:
+            watchdog.cancel()
             await self.stop()
             log.info("stopped")

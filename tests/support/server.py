@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -39,7 +40,10 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         log_level: str = "INFO",
         args: Sequence[str] = (),
+        nofile: tuple[int, int] | None = None,
     ) -> None:
+        #: (soft, hard) open-files limit the process starts with, as `ulimit -Sn/-Hn` would set.
+        self.nofile = nofile
         self.workdir = workdir
         self.log_level = log_level
         self.args = tuple(args)
@@ -100,6 +104,7 @@ class ServerProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_descriptors if self.nofile else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -116,6 +121,10 @@ class ServerProcess:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"ratewire serve not ready in {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def terminate(self, *, wait: bool = True) -> None:
         """SIGTERM: a graceful shutdown."""

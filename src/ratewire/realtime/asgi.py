@@ -15,11 +15,13 @@ from collections import deque
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.realtime.handshake import token_from_request
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
 REFUSED_BODY = b"too many new connections from this address; retry later\n"
+AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
 
 
 class AsgiPeer:
@@ -87,10 +89,19 @@ class WebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
+        if not self._ctx.admit_connection():
+            await self._refuse(scope, send, 503, RETRY_AFTER_SECONDS, AT_CAPACITY_BODY)
+            return
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self._ctx.release_connection()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         retry_after = self._limiter.acquire(client[0] if client else "unknown")
         if retry_after:
-            await self._refuse(scope, send, retry_after)
+            await self._refuse(scope, send, 429, retry_after, REFUSED_BODY)
             return
         await send({"type": "websocket.accept"})
         peer = AsgiPeer(send, self._ctx.limits.send_buffer_bytes)
@@ -122,13 +133,13 @@ class WebSocketEndpoint:
                     await writer
 
     @staticmethod
-    async def _refuse(scope: Scope, send: Send, retry_after: int) -> None:
+    async def _refuse(scope: Scope, send: Send, status: int, retry_after: int, body: bytes) -> None:
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})  # no HTTP answer possible
             return
         headers = [(b"retry-after", str(retry_after).encode()), (b"content-type", b"text/plain")]
-        await send({"type": "websocket.http.response.start", "status": 429, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": REFUSED_BODY})
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
 
 
 def mount_websocket(app: ASGIApp, endpoint: WebSocketEndpoint, path: str = "/ws") -> ASGIApp:

@@ -29,6 +29,7 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.realtime.handshake import token_from_request
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
@@ -135,6 +136,19 @@ class PicowsPeer(WSListener):
             await asyncio.sleep(0.005)
 
 
+class _SlotReleasingProtocol(WSProtocol):  # type: ignore[misc]
+    """picows' protocol, giving back the connection's capacity slot when the socket closes
+    (only connection_lost is overridden: the frame path is untouched)."""
+
+    def __init__(self, release: Callable[[], None], *args: Any) -> None:
+        super().__init__(*args)
+        self._release_slot = release
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release_slot()
+        super().connection_lost(exc)
+
+
 class _AcceptGate(asyncio.Protocol):
     """Decides, at TCP accept, whether the peer's IP may open another connection now."""
 
@@ -143,15 +157,29 @@ class _AcceptGate(asyncio.Protocol):
         make_ws_protocol: Callable[[], Any],
         limiter: ConnectionRateLimiter,
         kernel_send_buffer: int,
+        admit: Callable[[], bool],
+        release: Callable[[], None],
     ) -> None:
         self._make_ws_protocol = make_ws_protocol
         self._limiter = limiter
         self._kernel_send_buffer = kernel_send_buffer
+        self._admit = admit
+        self._release = release
+        self._holds_slot = False
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._head = bytearray()
-        self._retry_after = 1
+        self._refusal = b""
 
     def connection_made(self, transport: Any) -> None:
+        self._holds_slot = self._admit()
+        if not self._holds_slot:
+            self._transport = transport
+            self._refusal = _refusal(
+                b"503 Service Unavailable",
+                RETRY_AFTER_SECONDS,
+                b"this server holds as many connections as it can; retry later\n",
+            )
+            return
         peer = transport.get_extra_info("peername")
         retry_after = self._limiter.acquire(peer[0] if peer else "unknown")
         if retry_after == 0:
@@ -161,12 +189,18 @@ class _AcceptGate(asyncio.Protocol):
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._kernel_send_buffer)
             ws_protocol = self._make_ws_protocol()
+            self._holds_slot = False  # the WebSocket protocol releases it when it closes
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
             return
         # Read the request head before answering, so closing does not reset the connection
         # under a client that is still sending.
-        self._transport, self._retry_after = transport, retry_after
+        self._transport = transport
+        self._refusal = _refusal(
+            b"429 Too Many Requests",
+            retry_after,
+            b"too many new connections from this address; retry later\n",
+        )
 
     def data_received(self, data: bytes) -> None:
         self._head += data
@@ -177,17 +211,25 @@ class _AcceptGate(asyncio.Protocol):
         self._reject()
         return None
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self._release()
+
     def _reject(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        body = b"too many new connections from this address; retry later\n"
-        transport.write(
-            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (self._retry_after, len(body), body)
-        )
+        transport.write(self._refusal)
         transport.close()
+
+
+def _refusal(status: bytes, retry_after: int, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 %s\r\nRetry-After: %d\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (status, retry_after, len(body), body)
+    )
 
 
 async def start_module_server(
@@ -214,7 +256,8 @@ async def start_module_server(
     def make_ws_protocol() -> Any:
         # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
         # can sit in front of it.
-        return WSProtocol(
+        return _SlotReleasingProtocol(
+            ctx.release_connection,
             None,
             None,
             False,
@@ -235,7 +278,11 @@ async def start_module_server(
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: _AcceptGate(
-            make_ws_protocol, limiter, min(limits.send_buffer_bytes, KERNEL_SEND_BUFFER_MAX)
+            make_ws_protocol,
+            limiter,
+            min(limits.send_buffer_bytes, KERNEL_SEND_BUFFER_MAX),
+            ctx.admit_connection,
+            ctx.release_connection,
         ),
         host=host,
         port=port,

@@ -1,0 +1,125 @@
+"""Connection capacity on real processes started with a low open-files limit: the soft limit
+is raised to the hard one, the capacity is stated at start, and the limit looks like a clear
+refusal (503 with Retry-After), never like a broken server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.e2e.wsclient import WsClient
+from tests.support.server import ServerProcess
+from websockets.exceptions import InvalidStatus
+
+pytestmark = pytest.mark.e2e
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+async def open_subscribed(url: str, token: str, count: int) -> list[WsClient]:
+    """``count`` clients subscribed to rating.game.cap, opened 16 at a time."""
+    clients: list[WsClient] = []
+    for start in range(0, count, 16):
+        batch = await asyncio.gather(
+            *(WsClient.open(url, token) for _ in range(min(16, count - start)))
+        )
+        for client in batch:
+            await client.recv_type("connection_success")
+            await client.subscribe("rating.game.cap")
+        clients.extend(batch)
+    return clients
+
+
+def test_the_soft_limit_is_raised_to_the_hard_one_at_start(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(nofile=(256, 4096))
+    assert open_files_limit(server.pid) == (4096, 4096)
+    line = re.search(
+        r"capacity: (\d+) open files allowed .*?(\d+) WebSocket connections", server.log_text()
+    )
+    assert line is not None and line.group(1) == "4096"
+    assert int(line.group(2)) < 4096  # a reserve is kept for REST and backends
+
+
+async def test_beyond_capacity_upgrades_get_503_and_everything_else_keeps_working(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(nofile=(256, 256))
+    assert open_files_limit(server.pid) == (256, 256)
+    capacity = int(re.findall(r"(\d+) WebSocket connections", server.log_text())[0])
+    assert 100 < capacity < 256
+    token = server.token("crowd")
+    half = capacity // 2
+    held = await open_subscribed(server.module_ws_url, token, half)
+    held += await open_subscribed(server.ws_url, token, capacity - half)
+
+    for url in (server.module_ws_url, server.ws_url):  # both endpoints refuse the same way
+        for _ in range(5):
+            with pytest.raises(InvalidStatus) as refused:
+                await WsClient.open(url, token)
+            assert refused.value.response.status_code == 503
+            assert int(refused.value.response.headers["Retry-After"]) >= 1
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/readyz")).status_code == 200
+        writer = {"Authorization": f"Bearer {server.token('writer')}"}
+        for score in (1, 2, 3):
+            answer = await http.put(
+                "/games/cap/ratings/writer", json={"score": score}, headers=writer
+            )
+            assert answer.status_code in (200, 201)
+        metrics = (await http.get("/metrics")).text
+    assert (
+        re.search(r"ratewire_websocket_refused_at_capacity_total (\d+)", metrics).group(1) == "10"
+    )  # type: ignore[union-attr]
+    for client in held:  # every client within capacity got every event
+        assert [frame["offset"] for frame in await client.updates(3)] == [1, 2, 3]
+    assert "capacity: 256 open files allowed" in server.log_text()
+    assert "at capacity" in server.log_text()
+
+    for client in held[:20]:
+        await client.close()
+    await asyncio.sleep(0.3)
+    again = await open_subscribed(server.ws_url, token, 10)  # room again, by itself
+    for client in held[20:] + again:
+        await client.close()
+
+
+async def test_running_out_of_descriptors_is_logged_and_recovers_by_itself(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # max_connections above what the descriptors allow: the kernel, not ratewire, refuses.
+    server = server_factory(nofile=(256, 256), env={"RATEWIRE_LIMITS__MAX_CONNECTIONS": "1000"})
+    assert "limits.max_connections 1000 needs about" in server.log_text()
+    assert "ulimit -n" in server.log_text()
+    token = server.token("flood")
+    held: list[WsClient] = []
+    for _ in range(20):  # until connections start failing
+        results = await asyncio.gather(
+            *(WsClient.open(server.module_ws_url, token) for _ in range(16)),
+            return_exceptions=True,
+        )
+        held += [r for r in results if isinstance(r, WsClient)]
+        if any(not isinstance(r, WsClient) for r in results):
+            break
+    await asyncio.sleep(1.5)
+    assert "out of file descriptors" in server.log_text()
+    for client in held:
+        await client.close()
+    await asyncio.sleep(1.5)
+    assert "file descriptors available again" in server.log_text()
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+    async with await WsClient.open(server.module_ws_url, token) as client:
+        assert (await client.recv())["type"] == "connection_success"
