@@ -45,15 +45,25 @@ from bench.servers import (
 
 BUCKET_NS = 10_000  # 10 us
 BUCKETS = 200_000  # up to 2 s; slower goes in the last bucket
+SUBS_PER_SOURCE_ADDRESS = 10_000
 
 
 # -- subscriber workers ---------------------------------------------------------------------------
 
 
 def subscriber_worker(
-    conn: Connection, ws_url: str, topic: str, first: int, count: int, concurrency: int
+    conn: Connection,
+    ws_url: str,
+    topic: str,
+    first: int,
+    count: int,
+    concurrency: int,
+    source_address: str | None = None,
 ) -> None:
-    """Open ``count`` subscribers, report when all are subscribed, record until told to stop."""
+    """Open ``count`` subscribers, report when all are subscribed, record until told to stop.
+
+    ``source_address`` (another address in 127.0.0.0/8) gives this worker its own ephemeral
+    port range: one address reaches about 28,000 connections to one server port."""
     import uvloop
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -99,8 +109,9 @@ def subscriber_worker(
 
         async def one(index: int) -> WSTransport:
             async with gate:
+                extra = {"local_addr": (source_address, 0)} if source_address else {}
                 transport, listener = await ws_connect(
-                    Subscriber, f"{ws_url}?token={tokens[index]}"
+                    Subscriber, f"{ws_url}?token={tokens[index]}", **extra
                 )
                 await asyncio.wait_for(listener.ready, 30)
                 return transport
@@ -215,6 +226,8 @@ def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) 
                 first,
                 count,
                 max(1, 200 // procs),
+                # Past one address's ports: each worker connects from its own address.
+                f"127.0.0.{2 + len(workers)}" if subs > SUBS_PER_SOURCE_ADDRESS else None,
             ),
             daemon=True,
         )
