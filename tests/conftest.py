@@ -60,16 +60,20 @@ def _with_database(url: str, name: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this run."""
-    name = f"ratewire_t_{secrets.token_hex(4)}"
+def _postgres_database(prefix: str) -> Iterator[str]:
+    name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         asyncio.run(_postgres_admin(f"CREATE DATABASE {name}"))
     except (OSError, Exception) as exc:  # any failure to reach or use the server
         unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL}", exc)
     yield _with_database(POSTGRES_ADMIN_URL, name)
     asyncio.run(_postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run."""
+    yield from _postgres_database("ratewire_t")
 
 
 @pytest.fixture(scope="session")
@@ -87,13 +91,7 @@ def mysql_url() -> Iterator[str]:
 @pytest.fixture
 def fresh_postgres_url() -> Iterator[str]:
     """A PostgreSQL database of this test's own (a cluster's instances share it)."""
-    name = f"ratewire_c_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_postgres_admin(f"CREATE DATABASE {name}"))
-    except (OSError, Exception) as exc:
-        unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL}", exc)
-    yield _with_database(POSTGRES_ADMIN_URL, name)
-    asyncio.run(_postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    yield from _postgres_database("ratewire_c")
 
 
 def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:

@@ -207,23 +207,10 @@ def bench() -> None:
 )
 @click.option(
     "--target",
-    type=click.Choice(
-        [
-            "ratewire",
-            "ratewire-asgi",
-            "node-guide",
-            "both",
-            "all",
-            "pg-local",
-            "pg-redis",
-            "cluster-3",
-            "workers-2",
-            "cluster",
-        ]
-    ),
     default="both",
-    help="ratewire-asgi: the same server measured on /ws (uvicorn) instead of picows; "
-    "cluster: pg-local, pg-redis, cluster-3 and workers-2 (PostgreSQL + Redis)",
+    show_default=True,
+    help="ratewire, ratewire-asgi, node-guide, both, all; cluster targets: pg-local, pg-redis, "
+    "cluster-3, workers-2, cluster (PostgreSQL + Redis); see python -m bench.fanout --help",
 )
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
 def bench_fanout(
@@ -231,12 +218,9 @@ def bench_fanout(
 ) -> None:
     """N subscribers of one game topic, R writes/s over REST: deliveries/s, losses, latency."""
     fanout = _bench_module("fanout")
-    targets = {
-        "both": ("ratewire", "node-guide"),
-        "all": ("ratewire", "ratewire-asgi", "node-guide"),
-        "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
-    }.get(target, (target,))
-    fanout.run_fanout(subs, rate, seconds, targets=targets, procs=procs, json_out=json_out)
+    argv = ["--subs", str(subs), "--rate", str(rate), "--seconds", str(seconds)]
+    argv += ["--procs", str(procs), "--target", target]
+    fanout.main(argv + (["--json-out", str(json_out)] if json_out else []))
 
 
 @bench.command("rest")
