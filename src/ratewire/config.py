@@ -110,6 +110,11 @@ class LimitsSettings(_Section):
     #: WebSocket connections this process holds at most (None: derived from the open-files
     #: limit, keeping a reserve for REST and backends); over it: HTTP 503 with Retry-After.
     max_connections: int | None = Field(None, ge=1)
+    #: Topics one connection may hold at once; over: an error frame too_many_subscriptions.
+    max_subscriptions_per_connection: int = Field(100, ge=1)
+    #: A connection refused at accept (429/503) that has not sent its request head by then is
+    #: closed, so half-open sockets cannot pile up.
+    handshake_timeout_seconds: float = Field(10, gt=0)
     max_body_bytes: int = Field(65536, ge=128)
     send_buffer_bytes: int = Field(1_048_576, ge=1024)
     auth_timeout_seconds: float = Field(5, gt=0)

@@ -158,5 +158,7 @@ class Relay:
         return result >= events[-1].seq
 
     def _forget_published(self) -> None:
+        if not self._told:
+            return  # the common case, once per event in cluster mode: nothing to scan
         for seq in [s for s in self._told if s <= self.cursor]:
             del self._told[seq]

@@ -123,3 +123,41 @@ async def test_running_out_of_descriptors_is_logged_and_recovers_by_itself(
         assert (await http.get("/healthz")).status_code == 200
     async with await WsClient.open(server.module_ws_url, token) as client:
         assert (await client.recv())["type"] == "connection_success"
+
+
+async def test_half_open_sockets_refused_at_accept_are_closed_after_the_handshake_timeout(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(
+        env={
+            "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP_PER_SECOND": "1",
+            "RATEWIRE_LIMITS__HANDSHAKE_TIMEOUT_SECONDS": "1",
+        }
+    )
+    sockets = []
+    for _ in range(300):  # half an upgrade request each, then nothing, from one address
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.ws_port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        sockets.append((reader, writer))
+    # Another client keeps being served meanwhile (once its own address's rate allows).
+    await asyncio.sleep(1.1)
+    async with await WsClient.open(server.module_ws_url, server.token("normal")) as client:
+        assert (await client.recv())["type"] == "connection_success"
+        assert (await client.subscribe("rating.global"))["type"] == "subscribed"
+
+    async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+        try:
+            async with asyncio.timeout(8):
+                while await reader.read(4096):
+                    pass
+            return True
+        except (TimeoutError, ConnectionError):
+            return False
+
+    closed = await asyncio.gather(*(closed_by_server(reader) for reader, _ in sockets))
+    # One was admitted (the rate allows one); picows times out its handshake too.
+    assert sum(closed) == len(sockets)
+    for _, writer in sockets:
+        writer.close()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
+from ratewire.config import LimitsSettings
 from ratewire.realtime.session import (
     CLOSE_AUTH_FAILED,
     CLOSE_RATE_LIMITED,
@@ -303,3 +304,24 @@ async def test_second_subscriber_starts_where_the_hub_is_without_gap_or_duplicat
     await harness.write("42", "3")
     offsets = [m["offset"] for m in peer.of_type("rating_update")]
     assert offsets == list(range(start + 1, 4)), (start, offsets)
+
+
+async def test_a_connection_holds_a_bounded_number_of_subscriptions(harness: Harness) -> None:
+    harness.ctx.limits = LimitsSettings(max_subscriptions_per_connection=5)
+    session, peer = harness.connect("7")
+    most = 5
+    for game in range(most):
+        send(session, action="subscribe", topic=f"rating.game.g{game}")
+    await settle()
+    assert len(peer.of_type("subscribed")) == most
+    peer.frames.clear()
+    send(session, action="subscribe", topic="rating.game.one-too-many", id="x")
+    await settle()
+    [refusal] = peer.messages()
+    assert refusal["type"] == "error" and refusal["code"] == "too_many_subscriptions"
+    assert refusal["id"] == "x" and peer.closed_with is None
+    send(session, action="subscribe", topic="rating.game.g0")  # resubscribing stays allowed
+    send(session, action="unsubscribe", topic="rating.game.g1")
+    send(session, action="subscribe", topic="rating.game.one-too-many")
+    await settle()
+    assert [m["type"] for m in peer.messages()[1:]] == ["subscribed", "unsubscribed", "subscribed"]

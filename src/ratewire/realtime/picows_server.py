@@ -159,6 +159,7 @@ class _AcceptGate(asyncio.Protocol):
         kernel_send_buffer: int,
         admit: Callable[[], bool],
         release: Callable[[], None],
+        handshake_timeout: float,
     ) -> None:
         self._make_ws_protocol = make_ws_protocol
         self._limiter = limiter
@@ -166,6 +167,8 @@ class _AcceptGate(asyncio.Protocol):
         self._admit = admit
         self._release = release
         self._holds_slot = False
+        self._handshake_timeout = handshake_timeout
+        self._deadline: asyncio.TimerHandle | None = None
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._head = bytearray()
         self._refusal = b""
@@ -173,7 +176,7 @@ class _AcceptGate(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._holds_slot = self._admit()
         if not self._holds_slot:
-            self._transport = transport
+            self._refuse_later(transport)
             self._refusal = _refusal(
                 b"503 Service Unavailable",
                 RETRY_AFTER_SECONDS,
@@ -193,9 +196,7 @@ class _AcceptGate(asyncio.Protocol):
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
             return
-        # Read the request head before answering, so closing does not reset the connection
-        # under a client that is still sending.
-        self._transport = transport
+        self._refuse_later(transport)
         self._refusal = _refusal(
             b"429 Too Many Requests",
             retry_after,
@@ -211,7 +212,17 @@ class _AcceptGate(asyncio.Protocol):
         self._reject()
         return None
 
+    def _refuse_later(self, transport: Any) -> None:
+        # Answer once the request head is in (closing earlier would reset the connection
+        # under a client still sending), or at the handshake timeout if it never comes.
+        self._transport = transport
+        self._deadline = asyncio.get_running_loop().call_later(
+            self._handshake_timeout, self._reject
+        )
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._holds_slot:
             self._holds_slot = False
             self._release()
@@ -283,6 +294,7 @@ async def start_module_server(
             min(limits.send_buffer_bytes, KERNEL_SEND_BUFFER_MAX),
             ctx.admit_connection,
             ctx.release_connection,
+            limits.handshake_timeout_seconds,
         ),
         host=host,
         port=port,

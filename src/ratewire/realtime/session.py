@@ -365,6 +365,16 @@ class Session:
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:
             hub.drop(topic.name, self)  # subscribing again restarts it (e.g. to resume)
+        elif len(self.topics) >= (most := self._ctx.limits.max_subscriptions_per_connection):
+            # Each subscription costs the hub a set entry: one connection may not hold unbounded.
+            self.send(
+                frames.error(
+                    "too_many_subscriptions",
+                    f"a connection holds at most {most} subscriptions; unsubscribe first",
+                    message.id,
+                )
+            )
+            return
         self.topics[topic.name] = topic
         hub.begin(topic.name, self)
         try:
