@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from ratewire.domain import COMMENT_MAX_CHARS, validate_identifier
+from ratewire.domain import COMMENT_MAX_CHARS, validate_identifier, validate_text
 
 
 def _game_id(value: object) -> str:
@@ -20,7 +20,13 @@ def _user_id(value: object) -> str:
 GameId = Annotated[str, BeforeValidator(_game_id), Field(examples=["42"])]
 UserId = Annotated[str, BeforeValidator(_user_id), Field(examples=["7"])]
 Score = Annotated[int, Field(strict=True, ge=1, le=5, description="1..5", examples=[4])]
-Comment = Annotated[str, Field(max_length=COMMENT_MAX_CHARS)]
+
+
+def _comment(value: str) -> str:
+    return validate_text(value, "comment")
+
+
+Comment = Annotated[str, Field(max_length=COMMENT_MAX_CHARS), AfterValidator(_comment)]
 
 
 class _Body(BaseModel):

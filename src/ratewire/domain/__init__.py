@@ -11,6 +11,7 @@ from ratewire.domain.rating import (
     new_rating_id,
     utc_now,
     validate_identifier,
+    validate_text,
 )
 from ratewire.domain.summary import GameSummary, SummaryDelta
 from ratewire.domain.topics import (
@@ -45,4 +46,5 @@ __all__ = [
     "user_topic",
     "utc_now",
     "validate_identifier",
+    "validate_text",
 ]

@@ -18,6 +18,23 @@ SCORE_MIN, SCORE_MAX = 1, 5
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+# C0 controls but tab and newline, DEL, C1 controls, and lone surrogates (which no database
+# can store as UTF-8: PostgreSQL refused NUL with an error where SQLite stored it).
+_FORBIDDEN_TEXT_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def validate_text(value: str, field_name: str) -> str:
+    """Return ``value`` if every backend can store it as given, else raise ``ValueError``
+    naming the field and the first offending character."""
+    found = _FORBIDDEN_TEXT_RE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"{field_name} may not contain control characters other than tab and newline "
+            f"(found U+{ord(found.group()):04X} at position {found.start()})"
+        )
+    return value
+
+
 def validate_identifier(value: object, field_name: str) -> str:
     """Return ``value`` as an identifier string, or raise ``ValueError`` naming the field.
 
