@@ -41,7 +41,8 @@ def free_port() -> int:
 
 
 def token(sub: str, scope: str | None = None) -> str:
-    claims: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + 3600}
+    now = int(time.time())  # within jwt.max_ttl_seconds (900): longer tokens are refused
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + 900}
     if scope:
         claims["scope"] = scope
     return jwt.encode(claims, SECRET, "HS256")

@@ -131,9 +131,12 @@ def token(
     """Print a JWT for SUB signed with the configured key."""
     from ratewire.security.tokens import TokenService
 
-    click.echo(
-        TokenService(_settings(config_path, auth_path).jwt).issue(sub, scope=scope, ttl_seconds=ttl)
-    )
+    service = TokenService(_settings(config_path, auth_path).jwt)
+    try:
+        click.echo(service.issue(sub, scope=scope, ttl_seconds=ttl))
+    except ValueError as exc:
+        click.echo(f"ratewire token: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command()

@@ -139,7 +139,10 @@ class RatingsSettings(_Section):
 class JwtSettings(_Section):
     secret: str = "YOUR_SUPER_SECRET"
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
-    expiry_seconds: int = Field(3600, gt=0)
+    expiry_seconds: int = Field(900, gt=0)
+    #: Tokens living longer than this (exp - iat, or exp - now without iat) are refused
+    #: everywhere: a stolen token stays useful for minutes, not years.
+    max_ttl_seconds: int = Field(900, gt=0)
     leeway_seconds: float = Field(5, ge=0)
 
 

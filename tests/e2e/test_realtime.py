@@ -12,6 +12,7 @@ import httpx
 import jwt
 import pytest
 from tests.e2e.wsclient import WsClient
+from tests.support.cli import run_ratewire
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -470,3 +471,30 @@ async def test_slow_client_on_the_main_port_is_cut_with_4009(
         await asyncio.gather(*(lane(i) for i in range(8)))
     slow.connection.transport.resume_reading()
     assert await slow.closed_with(within=30) == (4009, "Client too slow")
+
+
+async def test_tokens_living_longer_than_max_ttl_are_refused_everywhere(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    now = int(time.time())
+    ten_years = jwt.encode({"sub": "7", "exp": now + 10 * 365 * 86400}, server.secret, "HS256")
+    long_with_iat = jwt.encode({"sub": "7", "iat": now, "exp": now + 3600}, server.secret, "HS256")
+    for token in (ten_years, long_with_iat):
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            answer = await http.put(
+                "/games/ttl/ratings/7",
+                json={"score": 3},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert answer.status_code == 401 and "longer than 900 s" in answer.json()["detail"]
+        async with await WsClient.open(server.module_ws_url, token) as client:
+            code, reason = await client.closed_with()
+        assert code == 4001 and reason is not None and reason.startswith("Invalid token")
+        async with await WsClient.open(server.module_ws_url, server.token("7")) as client:
+            await client.recv_type("connection_success")
+            await client.send(action="refresh", token=token)
+            refusal = await client.recv_type("error")
+            assert "longer than 900 s" in refusal["message"]
+    refused = run_ratewire("token", "7", "--ttl", "3600", cwd=server.workdir)
+    assert refused.returncode == 2 and "jwt.max_ttl_seconds is 900" in refused.stderr

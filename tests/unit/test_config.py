@@ -24,7 +24,7 @@ def test_defaults_when_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert settings.modules.websocket.enabled is True
     assert settings.storage.backend == "sqlite"
     assert settings.storage.resolved_url() == "sqlite:///./ratewire.db"
-    assert settings.jwt.algorithm == "HS256" and settings.jwt.expiry_seconds == 3600
+    assert settings.jwt.algorithm == "HS256" and settings.jwt.expiry_seconds == 900
     assert settings.topics.rating == [
         "rating.global",
         "rating.game.{game_id}",

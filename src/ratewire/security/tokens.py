@@ -60,6 +60,16 @@ class TokenService:
     def __init__(self, settings: JwtSettings) -> None:
         self._settings = settings
         self._algorithms = [settings.algorithm]
+        self._max_ttl = settings.max_ttl_seconds
+        self._default_ttl = settings.expiry_seconds
+        if self._default_ttl > self._max_ttl:
+            log.warning(
+                "jwt.expiry_seconds %d exceeds jwt.max_ttl_seconds %d: tokens are issued for %d s",
+                self._default_ttl,
+                self._max_ttl,
+                self._max_ttl,
+            )
+            self._default_ttl = self._max_ttl
         if len(settings.secret.encode()) < 32:
             log.warning(
                 "jwt.secret is shorter than 32 bytes; set a long random secret in auth.yml "
@@ -75,11 +85,16 @@ class TokenService:
         topics: list[str] | None = None,
     ) -> str:
         """A signed token for ``sub`` that expires after ``ttl_seconds`` (default: configured)."""
+        ttl = ttl_seconds or self._default_ttl
+        if ttl > self._max_ttl:
+            raise ValueError(
+                f"a {ttl} s token would be refused: jwt.max_ttl_seconds is {self._max_ttl}"
+            )
         now = int(time.time())
         claims: dict[str, object] = {
             "sub": sub,
             "iat": now,
-            "exp": now + (ttl_seconds or self._settings.expiry_seconds),
+            "exp": now + ttl,
             "jti": uuid.uuid4().hex,
         }
         if scope:
@@ -106,6 +121,10 @@ class TokenService:
             raise TokenExpired() from None
         except jwt.PyJWTError:
             raise InvalidToken() from None
+        issued = claims.get("iat")
+        start = issued if isinstance(issued, int | float) else time.time()
+        if claims["exp"] - start > self._max_ttl + self._settings.leeway_seconds:
+            raise InvalidToken(f"Invalid token: it lives longer than {self._max_ttl} s")
         sub, scope, topics = claims.get("sub"), claims.get("scope", ""), claims.get("topics")
         if not isinstance(sub, str) or not sub or not isinstance(scope, str):
             raise InvalidToken()
