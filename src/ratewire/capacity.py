@@ -97,6 +97,55 @@ def plan(max_connections: int | None) -> Capacity:
     return Capacity(soft, hard, reserve, max_connections, configured=True)
 
 
+class ConnectionSlots:
+    """WebSocket connections held, in all and per client IP. A slot is taken at TCP accept
+    (at the upgrade request on /ws) and held through the handshake until the socket closes,
+    so a burst of handshakes cannot overshoot either maximum."""
+
+    ADMITTED, OVER_CAPACITY, OVER_IP_CAP = 0, 503, 429
+
+    def __init__(self, max_connections: int = 1 << 30, per_ip: int = 1 << 30) -> None:
+        self.max_connections = max_connections
+        self.per_ip = per_ip
+        self.open = 0
+        self._by_ip: dict[str, int] = {}
+        self.refused_at_capacity = 0
+        self.refused_per_ip = 0
+        self._reported_at = -1.0
+
+    def admit(self, ip: str) -> int:
+        """:attr:`ADMITTED` (a slot taken: pair it with :meth:`release`), or the HTTP status
+        to refuse with: 503 when the process is full, 429 when ``ip`` holds its maximum."""
+        if self.open >= self.max_connections:
+            self.refused_at_capacity += 1
+            self._report()
+            return self.OVER_CAPACITY
+        held = self._by_ip.get(ip, 0)
+        if held >= self.per_ip:
+            self.refused_per_ip += 1
+            return self.OVER_IP_CAP
+        self._by_ip[ip] = held + 1
+        self.open += 1
+        return self.ADMITTED
+
+    def release(self, ip: str) -> None:
+        """A connection admitted for ``ip`` closed."""
+        self.open -= 1
+        held = self._by_ip.pop(ip, 1) - 1
+        if held > 0:
+            self._by_ip[ip] = held
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._reported_at >= 1.0:  # one line a second at most, with the count
+            log.warning(
+                "at capacity (%d WebSocket connections): answered 503 to %d upgrades in all",
+                self.max_connections,
+                self.refused_at_capacity,
+            )
+            self._reported_at = now
+
+
 class AcceptErrorReporter:
     """An event-loop exception handler that turns a flood of accept failures (out of
     descriptors) into one counted log line per second; anything else goes to the default

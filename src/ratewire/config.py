@@ -104,6 +104,8 @@ class TlsSettings(_Section):
 
 class LimitsSettings(_Section):
     ws_connections_per_ip_per_second: float = Field(10, gt=0)
+    #: Open WebSocket connections one client IP may hold at once; over: HTTP 429.
+    ws_connections_per_ip: int = Field(100, ge=1)
     ws_messages_per_client_per_second: float = Field(20, gt=0)
     rest_requests_per_client_per_minute: float = Field(600, gt=0)
     max_message_bytes: int = Field(65536, ge=128)

@@ -143,7 +143,9 @@ class Runtime:
                 probes["storage"] = self.store.ping
             self.app = create_ops_app(probes)
         self.capacity = capacity.plan(settings.limits.max_connections)
-        self.realtime.max_connections = self.capacity.max_connections
+        self.realtime.slots = capacity.ConnectionSlots(
+            self.capacity.max_connections, settings.limits.ws_connections_per_ip
+        )
         self.accept_errors = capacity.AcceptErrorReporter()
         self.descriptors = capacity.DescriptorWatchdog(self.capacity.descriptors)
         self.app.state.metrics_registry = build_registry(
@@ -151,10 +153,10 @@ class Runtime:
                 connections=lambda: len(self.sessions),
                 published_seq=lambda: self.hub.published_seq,
                 deliveries=lambda: self.hub.deliveries,
-                refused_at_capacity=lambda: self.realtime.refused_at_capacity,
+                refused_at_capacity=lambda: self.realtime.slots.refused_at_capacity,
                 accept_errors=lambda: self.accept_errors.count,
                 descriptor_exhausted_seconds=lambda: self.descriptors.exhausted_seconds,
-                max_connections=lambda: self.realtime.max_connections,
+                max_connections=lambda: self.realtime.slots.max_connections,
             )
         )
         self.asgi: ASGIApp = self.app

@@ -161,3 +161,23 @@ async def test_half_open_sockets_refused_at_accept_are_closed_after_the_handshak
     assert sum(closed) == len(sockets)
     for _, writer in sockets:
         writer.close()
+
+
+async def test_one_address_holds_at_most_ws_connections_per_ip(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(env={"RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP": "5"})
+    token = server.token("greedy")
+    held = [await WsClient.open(server.module_ws_url, token) for _ in range(3)]
+    held += [await WsClient.open(server.ws_url, token) for _ in range(2)]  # one count for both
+    for url in (server.module_ws_url, server.ws_url):
+        with pytest.raises(InvalidStatus) as refused:
+            await WsClient.open(url, token)
+        assert refused.value.response.status_code == 429
+        assert int(refused.value.response.headers["Retry-After"]) >= 1
+    await held.pop().close()
+    await asyncio.sleep(0.2)
+    held.append(await WsClient.open(server.module_ws_url, token))  # a slot came back
+    for client in held:
+        assert (await client.recv())["type"] == "connection_success"
+        await client.close()

@@ -22,6 +22,7 @@ from ratewire.security.ratelimit import ConnectionRateLimiter
 
 REFUSED_BODY = b"too many new connections from this address; retry later\n"
 AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
+IP_CAP_BODY = b"too many open connections from this address; close some first\n"
 
 
 class AsgiPeer:
@@ -89,17 +90,23 @@ class WebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        if not self._ctx.admit_connection():
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        slots = self._ctx.slots
+        admitted = slots.admit(ip)
+        if admitted == slots.OVER_CAPACITY:
             await self._refuse(scope, send, 503, RETRY_AFTER_SECONDS, AT_CAPACITY_BODY)
             return
+        if admitted == slots.OVER_IP_CAP:
+            await self._refuse(scope, send, 429, RETRY_AFTER_SECONDS, IP_CAP_BODY)
+            return
         try:
-            await self._serve(scope, receive, send)
+            await self._serve(ip, scope, receive, send)
         finally:
-            self._ctx.release_connection()
+            slots.release(ip)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        retry_after = self._limiter.acquire(client[0] if client else "unknown")
+    async def _serve(self, ip: str, scope: Scope, receive: Receive, send: Send) -> None:
+        retry_after = self._limiter.acquire(ip)
         if retry_after:
             await self._refuse(scope, send, 429, retry_after, REFUSED_BODY)
             return

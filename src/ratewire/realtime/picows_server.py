@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from picows import (
@@ -29,7 +30,7 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
-from ratewire.capacity import RETRY_AFTER_SECONDS
+from ratewire.capacity import RETRY_AFTER_SECONDS, ConnectionSlots
 from ratewire.realtime.handshake import token_from_request
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
@@ -40,6 +41,8 @@ log = logging.getLogger("ratewire.ws")
 _PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
 logging.getLogger("picows").setLevel(logging.WARNING)
 CLOSE_MESSAGE_TOO_BIG = 1009
+AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
+IP_CAP_BODY = b"too many open connections from this address; close some first\n"
 KERNEL_SEND_BUFFER_MAX = 256 * 1024
 CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our close frame
 
@@ -154,18 +157,17 @@ class _AcceptGate(asyncio.Protocol):
 
     def __init__(
         self,
-        make_ws_protocol: Callable[[], Any],
+        make_ws_protocol: Callable[[str], Any],
         limiter: ConnectionRateLimiter,
         kernel_send_buffer: int,
-        admit: Callable[[], bool],
-        release: Callable[[], None],
+        slots: ConnectionSlots,
         handshake_timeout: float,
     ) -> None:
         self._make_ws_protocol = make_ws_protocol
         self._limiter = limiter
         self._kernel_send_buffer = kernel_send_buffer
-        self._admit = admit
-        self._release = release
+        self._slots = slots
+        self._ip = ""
         self._holds_slot = False
         self._handshake_timeout = handshake_timeout
         self._deadline: asyncio.TimerHandle | None = None
@@ -174,24 +176,26 @@ class _AcceptGate(asyncio.Protocol):
         self._refusal = b""
 
     def connection_made(self, transport: Any) -> None:
-        self._holds_slot = self._admit()
-        if not self._holds_slot:
+        peer = transport.get_extra_info("peername")
+        self._ip = ip = peer[0] if peer else "unknown"
+        admitted = self._slots.admit(ip)
+        if admitted != ConnectionSlots.ADMITTED:
             self._refuse_later(transport)
-            self._refusal = _refusal(
-                b"503 Service Unavailable",
-                RETRY_AFTER_SECONDS,
-                b"this server holds as many connections as it can; retry later\n",
+            self._refusal = (
+                _refusal(b"503 Service Unavailable", RETRY_AFTER_SECONDS, AT_CAPACITY_BODY)
+                if admitted == ConnectionSlots.OVER_CAPACITY
+                else _refusal(b"429 Too Many Requests", RETRY_AFTER_SECONDS, IP_CAP_BODY)
             )
             return
-        peer = transport.get_extra_info("peername")
-        retry_after = self._limiter.acquire(peer[0] if peer else "unknown")
+        self._holds_slot = True
+        retry_after = self._limiter.acquire(ip)
         if retry_after == 0:
             # Without a fixed size, Linux grows a socket's send buffer up to 4 MiB for a peer
             # that stopped reading: send_buffer_bytes would not bound what it holds.
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._kernel_send_buffer)
-            ws_protocol = self._make_ws_protocol()
+            ws_protocol = self._make_ws_protocol(ip)
             self._holds_slot = False  # the WebSocket protocol releases it when it closes
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
@@ -225,7 +229,7 @@ class _AcceptGate(asyncio.Protocol):
             self._deadline.cancel()
         if self._holds_slot:
             self._holds_slot = False
-            self._release()
+            self._slots.release(self._ip)
 
     def _reject(self) -> None:
         transport = self._transport
@@ -264,11 +268,11 @@ async def start_module_server(
             return None  # picows answers 404
         return PicowsPeer(ctx, token_from_request(raw_path, request.headers.get("authorization")))
 
-    def make_ws_protocol() -> Any:
+    def make_ws_protocol(ip: str) -> Any:
         # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
         # can sit in front of it.
         return _SlotReleasingProtocol(
-            ctx.release_connection,
+            partial(ctx.slots.release, ip),
             None,
             None,
             False,
@@ -292,8 +296,7 @@ async def start_module_server(
             make_ws_protocol,
             limiter,
             min(limits.send_buffer_bytes, KERNEL_SEND_BUFFER_MAX),
-            ctx.admit_connection,
-            ctx.release_connection,
+            ctx.slots,
             limits.handshake_timeout_seconds,
         ),
         host=host,

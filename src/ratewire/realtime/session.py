@@ -8,17 +8,17 @@ short-lived task per burst, so an idle connection holds no task at all.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
 
+from ratewire.capacity import ConnectionSlots
 from ratewire.config import LimitsSettings
 from ratewire.domain import (
     GameSummary,
@@ -34,7 +34,6 @@ from ratewire.realtime.messages import BadMessage, ClientMessage, decode
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
 
-log = logging.getLogger("ratewire.ws")
 PROTOCOL_VERSION = 1
 REPLAY_PAGE = 256
 
@@ -68,39 +67,11 @@ class RealtimeContext:
     limits: LimitsSettings
     summary_wire: Callable[[GameSummary], dict[str, object]]
     sessions: set[Session]
-    #: WebSocket connections held at most (see ratewire.capacity); over: HTTP 503.
-    max_connections: int = 1 << 30
-    #: Upgrades refused because the process was at ``max_connections``.
-    refused_at_capacity: int = 0
+    #: Who may open a connection now (capacity and per-IP caps).
+    slots: ConnectionSlots = field(default_factory=ConnectionSlots)
 
     def now(self) -> float:
         return time.time()
-
-    #: Connections holding a slot: from TCP accept (or the upgrade request on /ws), through
-    #: the handshake, until closed, so a burst of handshakes cannot overshoot the maximum.
-    open_connections: int = 0
-    refusals_reported_at: float = -1.0
-
-    def admit_connection(self) -> bool:
-        """Take a slot for a new WebSocket connection; False (and counted) when full. Every
-        True must be paired with one :meth:`release_connection`."""
-        if self.open_connections < self.max_connections:
-            self.open_connections += 1
-            return True
-        self.refused_at_capacity += 1
-        now = time.monotonic()
-        if now - self.refusals_reported_at >= 1.0:  # one line a second at most, with the count
-            log.warning(
-                "at capacity (%d WebSocket connections): answered 503 to %d upgrades in all",
-                self.max_connections,
-                self.refused_at_capacity,
-            )
-            self.refusals_reported_at = now
-        return False
-
-    def release_connection(self) -> None:
-        """A connection that held a slot closed."""
-        self.open_connections -= 1
 
 
 class Session:
