@@ -44,6 +44,9 @@ class ServerSettings(_Section):
 class WebSocketModuleSettings(_Section):
     enabled: bool = True
     port: int = Field(8081, ge=0, le=65535)
+    #: Browser origins (scheme://host[:port]) allowed to open WebSockets, on both endpoints;
+    #: None: any. Requests without an Origin header (non-browser clients) are not affected.
+    allowed_origins: list[str] | None = None
 
 
 class ModulesSettings(_Section):

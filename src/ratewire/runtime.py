@@ -122,6 +122,11 @@ class Runtime:
                 settings.ratings.bayesian_prior_mean, settings.ratings.bayesian_prior_weight
             ),
             sessions=self.sessions,
+            allowed_origins=(
+                None
+                if (origins := settings.modules.websocket.allowed_origins) is None
+                else frozenset(o.rstrip("/") for o in origins)
+            ),
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second

@@ -14,6 +14,7 @@ import pytest
 from tests.e2e.wsclient import WsClient
 from tests.support.cli import run_ratewire
 from tests.support.server import ServerProcess
+from websockets.exceptions import InvalidStatus
 
 pytestmark = pytest.mark.e2e
 
@@ -498,3 +499,19 @@ async def test_tokens_living_longer_than_max_ttl_are_refused_everywhere(
             assert "longer than 900 s" in refusal["message"]
     refused = run_ratewire("token", "7", "--ttl", "3600", cwd=server.workdir)
     assert refused.returncode == 2 and "jwt.max_ttl_seconds is 900" in refused.stderr
+
+
+async def test_browser_origins_outside_allowed_origins_get_403_on_both_endpoints(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(
+        env={"RATEWIRE_MODULES__WEBSOCKET__ALLOWED_ORIGINS": '["https://ratings.example/"]'}
+    )
+    token = server.token("7")
+    for url in (server.module_ws_url, server.ws_url):
+        with pytest.raises(InvalidStatus) as refused:
+            await WsClient.open(url, token, headers={"Origin": "https://evil.example"})
+        assert refused.value.response.status_code == 403
+        for headers in ({"Origin": "https://ratings.example"}, None):  # allowed; not a browser
+            async with await WsClient.open(url, token, headers=headers) as client:
+                assert (await client.recv())["type"] == "connection_success"

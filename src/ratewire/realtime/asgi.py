@@ -16,13 +16,14 @@ from collections import deque
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ratewire.capacity import RETRY_AFTER_SECONDS
-from ratewire.realtime.handshake import token_from_request
+from ratewire.realtime.handshake import origin_allowed, token_from_request
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
 REFUSED_BODY = b"too many new connections from this address; retry later\n"
 AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
 IP_CAP_BODY = b"too many open connections from this address; close some first\n"
+ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
 
 
 class AsgiPeer:
@@ -90,6 +91,13 @@ class WebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        if not origin_allowed(
+            origin.decode("latin-1") if origin else None, self._ctx.allowed_origins
+        ):
+            await self._refuse(scope, send, 403, None, ORIGIN_REFUSED_BODY)
+            return
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         slots = self._ctx.slots
@@ -101,11 +109,13 @@ class WebSocketEndpoint:
             await self._refuse(scope, send, 429, RETRY_AFTER_SECONDS, IP_CAP_BODY)
             return
         try:
-            await self._serve(ip, scope, receive, send)
+            await self._serve(ip, headers, scope, receive, send)
         finally:
             slots.release(ip)
 
-    async def _serve(self, ip: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send
+    ) -> None:
         retry_after = self._limiter.acquire(ip)
         if retry_after:
             await self._refuse(scope, send, 429, retry_after, REFUSED_BODY)
@@ -115,7 +125,6 @@ class WebSocketEndpoint:
         session = Session(peer, self._ctx)
         peer.session = session
         writer = asyncio.create_task(peer.write_loop())
-        headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
         session.opened(token_from_request("?" + scope["query_string"].decode(), authorization))
         try:
@@ -140,11 +149,15 @@ class WebSocketEndpoint:
                     await writer
 
     @staticmethod
-    async def _refuse(scope: Scope, send: Send, status: int, retry_after: int, body: bytes) -> None:
+    async def _refuse(
+        scope: Scope, send: Send, status: int, retry_after: int | None, body: bytes
+    ) -> None:
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})  # no HTTP answer possible
             return
-        headers = [(b"retry-after", str(retry_after).encode()), (b"content-type", b"text/plain")]
+        headers = [(b"content-type", b"text/plain")]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
         await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
 

@@ -27,11 +27,13 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ratewire.capacity import RETRY_AFTER_SECONDS, ConnectionSlots
-from ratewire.realtime.handshake import token_from_request
+from ratewire.realtime.handshake import origin_allowed, token_from_request
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
@@ -43,6 +45,7 @@ logging.getLogger("picows").setLevel(logging.WARNING)
 CLOSE_MESSAGE_TOO_BIG = 1009
 AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
 IP_CAP_BODY = b"too many open connections from this address; close some first\n"
+ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
 KERNEL_SEND_BUFFER_MAX = 256 * 1024
 CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our close frame
 
@@ -260,12 +263,16 @@ async def start_module_server(
     with the other workers on this host)."""
     limits = ctx.limits
 
-    def listener_for(request: WSUpgradeRequest) -> PicowsPeer | None:
+    def listener_for(request: WSUpgradeRequest) -> PicowsPeer | Any:
         raw_path = (
             request.path.decode("latin-1") if isinstance(request.path, bytes) else request.path
         )
         if raw_path.partition("?")[0] not in ("", "/"):
             return None  # picows answers 404
+        if not origin_allowed(request.headers.get("origin"), ctx.allowed_origins):
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_error_response(403, ORIGIN_REFUSED_BODY), None
+            )
         return PicowsPeer(ctx, token_from_request(raw_path, request.headers.get("authorization")))
 
     def make_ws_protocol(ip: str) -> Any:

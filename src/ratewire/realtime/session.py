@@ -69,6 +69,8 @@ class RealtimeContext:
     sessions: set[Session]
     #: Who may open a connection now (capacity and per-IP caps).
     slots: ConnectionSlots = field(default_factory=ConnectionSlots)
+    #: Browser origins allowed to upgrade (modules.websocket.allowed_origins); None: any.
+    allowed_origins: frozenset[str] | None = None
 
     def now(self) -> float:
         return time.time()
