@@ -239,8 +239,12 @@ async def test_oversized_bodies_are_413(api: Api) -> None:
 
 async def test_rate_limit_is_429_with_headers(api_with: Callable[..., AsyncIterator[Api]]) -> None:
     async for api in api_with(rest_requests_per_client_per_minute=3):
-        statuses = [(await api.http.get("/games/42/summary")).status_code for _ in range(4)]
-        assert statuses == [200, 200, 200, 429]
+        answers = [await api.http.get("/games/42/summary") for _ in range(4)]
+        assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+        # Every answer tells the client its quota, not only the refusal.
+        assert [a.headers["ratelimit-remaining"] for a in answers[:3]] == ["2", "1", "0"]
+        assert all(a.headers["ratelimit-limit"] == "3" for a in answers)
+        assert 1 <= int(answers[0].headers["ratelimit-reset"]) <= 60
         limited = await api.http.get("/games/42/summary")
         assert_problem(limited, 429, "rate limit")
         assert int(limited.headers["retry-after"]) >= 1

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratewire.api.problems import problem_response
-from ratewire.security.ratelimit import RequestRateLimiter
+from ratewire.security.ratelimit import RateDecision, RequestRateLimiter
 from ratewire.security.tokens import InvalidToken, TokenService
 
 AUTH_STATE_KEY = "auth"
@@ -35,6 +35,26 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
+
+
+def _rate_limit_headers(decision: RateDecision) -> dict[str, str]:
+    """The client's quota, on every answer, so well-behaved clients can pace themselves."""
+    return {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(decision.remaining),
+        "RateLimit-Reset": str(decision.reset_seconds),
+    }
+
+
+def _with_headers(send: Send, extra: dict[str, str]) -> Send:
+    raw = [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *raw]}
+        await send(message)
+
+    return send_with_headers
 
 
 class AdmissionMiddleware:
@@ -83,15 +103,12 @@ class AdmissionMiddleware:
                     429,
                     f"rate limit of {decision.limit} requests per minute exceeded; "
                     f"retry in {reset} s",
-                    headers={
-                        "Retry-After": reset,
-                        "RateLimit-Limit": str(decision.limit),
-                        "RateLimit-Remaining": str(max(decision.remaining, 0)),
-                        "RateLimit-Reset": reset,
-                    },
+                    headers={"Retry-After": reset, **_rate_limit_headers(decision)},
                 )
                 await response(scope, receive, send)
                 return
+            if decision.remaining >= 0:  # -1: the counter store was unreachable
+                send = _with_headers(send, _rate_limit_headers(decision))
 
         if scope["method"] in _BODY_METHODS:
             length = _header(scope, b"content-length")

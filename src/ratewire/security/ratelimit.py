@@ -62,8 +62,6 @@ class RequestRateLimiter:
         once every ten seconds."""
         try:
             allowed = await self._limiter.hit(self._item, key)
-            if allowed:
-                return RateDecision(True, self._item.amount, -1, 0)
             stats = await self._limiter.get_window_stats(self._item, key)
         except Exception as exc:  # the shared store is down; the limits library wraps errors
             now = time.monotonic()
@@ -72,7 +70,7 @@ class RequestRateLimiter:
                 log.warning("rate-limit store unreachable (%s); letting requests through", exc)
             return RateDecision(True, self._item.amount, -1, 0)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
-        return RateDecision(False, self._item.amount, stats.remaining, reset)
+        return RateDecision(allowed, self._item.amount, max(stats.remaining, 0), reset)
 
 
 class ConnectionRateLimiter:
