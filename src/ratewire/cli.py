@@ -166,10 +166,12 @@ def tail(
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
         url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
-    token_value = token_value or TokenService(settings.jwt).issue("tail", scope=SCOPE_ADMIN)
+    issuer = TokenService(settings.jwt)
+    # Without --token, a fresh one for every connection: tail outlives any one token.
+    token_source = token_value or (lambda: issuer.issue("tail", scope=SCOPE_ADMIN))
 
     async def follow() -> None:
-        async for frame in rating_updates(url, token_value, topic, since=since):
+        async for frame in rating_updates(url, token_source, topic, since=since):
             if as_json:
                 click.echo(orjson.dumps(frame).decode())
             elif frame["type"] == "resync":

@@ -88,3 +88,33 @@ def test_token_command_signs_with_the_configured_key() -> None:
     claims = jwt.decode(printed, SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice" and claims["scope"] == "ratings:admin"
     assert 115 <= claims["exp"] - claims["iat"] <= 120 and claims["jti"]
+
+
+async def test_a_token_provider_keeps_the_stream_past_each_tokens_expiry(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(env={"RATEWIRE_JWT__LEEWAY_SECONDS": "0"})
+    issued: list[str] = []
+
+    def short_lived_token() -> str:
+        issued.append(server.token("reader", ttl=1))
+        return issued[-1]
+
+    seen: list[dict[str, Any]] = []
+    stream = rating_updates(server.module_ws_url, short_lived_token, "rating.game.client1")
+
+    async def follow() -> None:
+        async for frame in stream:
+            seen.append(frame)
+            if len(seen) == 3:
+                return
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.5)
+    await post(server, "a")
+    await asyncio.sleep(2.5)  # the first token expired (4002): a new one, and a resume
+    await post(server, "b")
+    await post(server, "c")
+    await asyncio.wait_for(follower, 10)
+    assert [f["offset"] for f in seen] == [1, 2, 3]
+    assert len(issued) >= 2

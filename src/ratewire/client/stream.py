@@ -4,7 +4,7 @@ resume with ``since`` (and the epoch), so no update is missed or repeated."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ class StreamClosed(Exception):
 
 async def rating_updates(
     url: str,
-    token: str,
+    token: str | Callable[[], str],
     topic: str,
     *,
     since: int | None = None,
@@ -29,12 +29,17 @@ async def rating_updates(
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield every ``rating_update`` frame of ``topic`` (after offset ``since`` if given),
     reconnecting with exponential backoff. A frame of type ``resync`` is yielded when the
-    server's history could not cover the gap (``recovered: false``): re-read state via REST."""
+    server's history could not cover the gap (``recovered: false``): re-read state via REST.
+
+    ``token`` may be a callable that returns a fresh token: it is called for every connection,
+    and a connection closed because its token expired (4002) then reconnects and resumes
+    instead of ending the stream (tokens live at most ``jwt.max_ttl_seconds``)."""
     separator = "&" if "?" in url else "?"
     last, epoch, backoff = since, None, 0.5
     while True:
+        current = token() if callable(token) else token
         try:
-            async with connect(f"{url}{separator}token={token}", compression=None) as ws:
+            async with connect(f"{url}{separator}token={current}", compression=None) as ws:
                 hello = orjson.loads(await ws.recv())
                 if hello.get("type") != "connection_success":
                     raise StreamClosed(f"unexpected first frame: {hello}")
@@ -59,11 +64,12 @@ async def rating_updates(
                     elif kind == "error" and frame.get("code") in ("forbidden", "unknown_topic"):
                         raise StreamClosed(f"{topic}: {frame.get('message')}")
         except ConnectionClosed as closed:
-            if closed.rcvd is not None and closed.rcvd.code in FINAL_CLOSE_CODES:
+            renewable = callable(token) and closed.rcvd is not None and closed.rcvd.code == 4002
+            if closed.rcvd is not None and closed.rcvd.code in FINAL_CLOSE_CODES and not renewable:
                 reason = FINAL_CLOSE_CODES[closed.rcvd.code]
                 raise StreamClosed(f"{reason} ({closed.rcvd.reason})") from None
         except InvalidStatus as refused:
-            if refused.response.status_code != 429:
+            if refused.response.status_code not in (429, 503):  # busy: retry later
                 raise StreamClosed(
                     f"upgrade refused: HTTP {refused.response.status_code}"
                 ) from None
