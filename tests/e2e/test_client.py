@@ -97,7 +97,8 @@ async def test_a_token_provider_keeps_the_stream_past_each_tokens_expiry(
     issued: list[str] = []
 
     def short_lived_token() -> str:
-        issued.append(server.token("reader", ttl=1))
+        # exp is whole seconds: a 2 s token lives 1 to 2 s, never too briefly to subscribe.
+        issued.append(server.token("reader", ttl=2))
         return issued[-1]
 
     seen: list[dict[str, Any]] = []
@@ -112,7 +113,7 @@ async def test_a_token_provider_keeps_the_stream_past_each_tokens_expiry(
     follower = asyncio.create_task(follow())
     await asyncio.sleep(0.5)
     await post(server, "a")
-    await asyncio.sleep(2.5)  # the first token expired (4002): a new one, and a resume
+    await asyncio.sleep(3)  # the first token expired (4002): a new one, and a resume
     await post(server, "b")
     await post(server, "c")
     await asyncio.wait_for(follower, 10)
