@@ -110,7 +110,6 @@ class ConnectionSlots:
         self.open = 0
         self._by_ip: dict[str, int] = {}
         self.refused_at_capacity = 0
-        self.refused_per_ip = 0
         self._reported_at = -1.0
 
     def admit(self, ip: str) -> int:
@@ -122,7 +121,6 @@ class ConnectionSlots:
             return self.OVER_CAPACITY
         held = self._by_ip.get(ip, 0)
         if held >= self.per_ip:
-            self.refused_per_ip += 1
             return self.OVER_IP_CAP
         self._by_ip[ip] = held + 1
         self.open += 1

@@ -16,14 +16,16 @@ from collections import deque
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ratewire.capacity import RETRY_AFTER_SECONDS
-from ratewire.realtime.handshake import origin_allowed, token_from_request
+from ratewire.realtime.handshake import (
+    AT_CAPACITY_BODY,
+    IP_CAP_BODY,
+    ORIGIN_REFUSED_BODY,
+    RATE_REFUSED_BODY,
+    origin_allowed,
+    token_from_request,
+)
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
-
-REFUSED_BODY = b"too many new connections from this address; retry later\n"
-AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
-IP_CAP_BODY = b"too many open connections from this address; close some first\n"
-ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
 
 
 class AsgiPeer:
@@ -118,7 +120,7 @@ class WebSocketEndpoint:
     ) -> None:
         retry_after = self._limiter.acquire(ip)
         if retry_after:
-            await self._refuse(scope, send, 429, retry_after, REFUSED_BODY)
+            await self._refuse(scope, send, 429, retry_after, RATE_REFUSED_BODY)
             return
         await send({"type": "websocket.accept"})
         peer = AsgiPeer(send, self._ctx.limits.send_buffer_bytes)

@@ -1,8 +1,14 @@
-"""What both WebSocket endpoints read from an upgrade request."""
+"""What both WebSocket endpoints read from an upgrade request, and how they refuse one."""
 
 from __future__ import annotations
 
 from urllib.parse import parse_qs
+
+#: Plain-text bodies of the HTTP answers that refuse an upgrade, the same on both endpoints.
+RATE_REFUSED_BODY = b"too many new connections from this address; retry later\n"
+AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
+IP_CAP_BODY = b"too many open connections from this address; close some first\n"
+ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
 
 
 def origin_allowed(origin: str | None, allowed: frozenset[str] | None) -> bool:

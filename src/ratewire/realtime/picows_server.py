@@ -33,7 +33,14 @@ from picows import (
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ratewire.capacity import RETRY_AFTER_SECONDS, ConnectionSlots
-from ratewire.realtime.handshake import origin_allowed, token_from_request
+from ratewire.realtime.handshake import (
+    AT_CAPACITY_BODY,
+    IP_CAP_BODY,
+    ORIGIN_REFUSED_BODY,
+    RATE_REFUSED_BODY,
+    origin_allowed,
+    token_from_request,
+)
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
@@ -43,9 +50,6 @@ log = logging.getLogger("ratewire.ws")
 _PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
 logging.getLogger("picows").setLevel(logging.WARNING)
 CLOSE_MESSAGE_TOO_BIG = 1009
-AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
-IP_CAP_BODY = b"too many open connections from this address; close some first\n"
-ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
 KERNEL_SEND_BUFFER_MAX = 256 * 1024
 CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our close frame
 
@@ -204,11 +208,7 @@ class _AcceptGate(asyncio.Protocol):
             ws_protocol.connection_made(transport)
             return
         self._refuse_later(transport)
-        self._refusal = _refusal(
-            b"429 Too Many Requests",
-            retry_after,
-            b"too many new connections from this address; retry later\n",
-        )
+        self._refusal = _refusal(b"429 Too Many Requests", retry_after, RATE_REFUSED_BODY)
 
     def data_received(self, data: bytes) -> None:
         self._head += data
