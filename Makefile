@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ratewire serve
+	$(BIN)/ratewire serve --dev
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -140,6 +140,7 @@ def start_ratewire(
         "RATEWIRE_LIMITS__REST_REQUESTS_PER_CLIENT_PER_MINUTE": "1000000000",
         "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP_PER_SECOND": "1000000",
         "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP": "1000000",
+        "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_USER": "1000000",
         **(env_extra or {}),
     }
     log = (workdir / f"server-{http_port}.log").open("wb")

@@ -35,6 +35,43 @@ def _settings(config_path: Path | None, auth_path: Path | None) -> Settings:
         sys.exit(2)
 
 
+def _with_dev_secret(settings: Settings, *, create: bool) -> tuple[Settings, str | None]:
+    """``settings`` signing with the development secret when no key is configured (created
+    if ``create``), and a line saying so (None when a configured key is used)."""
+    from ratewire.security.dev_secret import DEV_SECRET_FILE, dev_secret, read_dev_secret
+
+    if settings.jwt.secret is not None or settings.jwt.keys:
+        return settings, None
+    if create:
+        secret, created = dev_secret()
+        kept = "generated now and kept" if created else "kept"
+    else:
+        found = read_dev_secret()
+        if found is None:
+            return settings, None
+        secret, kept = found, "kept"
+    jwt_settings = settings.jwt.model_copy(update={"secret": secret})
+    note = (
+        f"dev mode: tokens are signed with a random secret {kept} in ./{DEV_SECRET_FILE} "
+        "(`ratewire token SUB` in this directory uses it); configure jwt.secret for anything else"
+    )
+    return settings.model_copy(update={"jwt": jwt_settings}), note
+
+
+def _token_service(settings: Settings) -> Any:
+    """The TokenService of ``ratewire token``/``tail``/``revoke`` (the dev secret if no key is
+    configured); exits with one line when no key can be used."""
+    from ratewire.security.tokens import TokenService
+
+    settings, _ = _with_dev_secret(settings, create=False)
+    try:
+        # dev: these commands only sign for a server that already accepted the key.
+        return TokenService(settings.jwt, dev=True)
+    except ConfigError as exc:
+        click.echo(f"ratewire: config error: {exc}", err=True)
+        sys.exit(2)
+
+
 @click.group()
 @click.version_option(package_name="ratewire")
 def main() -> None:
@@ -58,6 +95,12 @@ def main() -> None:
     default=None,
     help="processes on this host sharing both ports (default: server.workers, else 1)",
 )
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="local trial: without a configured key, sign with a random secret kept in "
+    "./.ratewire-dev-secret; accept secrets shorter than 32 bytes (with a warning)",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)
 def serve(
     config_path: Path | None,
@@ -65,18 +108,25 @@ def serve(
     log_level: str,
     role: str | None,
     workers: int | None,
+    dev: bool,
     reuse_port: bool,
 ) -> None:
     """Run the server (REST on server.port, WebSockets on modules.websocket.port and /ws)."""
+    import logging
+
     import uvloop
     from redis.exceptions import RedisError
 
     from ratewire.logs import configure_logging
     from ratewire.runtime import Runtime
+    from ratewire.security.keys import load_key_set
     from ratewire.storage import StorageError
     from ratewire.storage.factory import UnsupportedBackend
 
     settings = _settings(config_path, auth_path)
+    dev_note = None
+    if dev:
+        settings, dev_note = _with_dev_secret(settings, create=True)
     server = settings.server.model_copy(
         update={
             "role": role or settings.server.role,
@@ -92,6 +142,13 @@ def serve(
 
     if (problem := settings.deployment_problem()) is not None:
         cannot_start(problem)
+    try:
+        load_key_set(settings.jwt, dev=dev)  # a weak or missing key stops here, in one line
+    except ConfigError as exc:
+        click.echo(f"ratewire: config error: {exc}", err=True)
+        sys.exit(2)
+    if dev_note is not None and not reuse_port:
+        logging.getLogger("ratewire").warning(dev_note)
     if settings.server.workers > 1 and not reuse_port:
         from ratewire.workers import prepare_storage, supervise
 
@@ -99,6 +156,7 @@ def serve(
             *(("--config", str(config_path)) if config_path else ()),
             *(("--auth", str(auth_path)) if auth_path else ()),
             *("--log-level", log_level, "--role", settings.server.role),
+            *(("--dev",) if dev else ()),
         ]
         try:
             uvloop.run(prepare_storage(settings))
@@ -107,7 +165,7 @@ def serve(
         sys.exit(uvloop.run(supervise(settings.server.workers, forwarded)))
 
     async def run() -> None:
-        await Runtime(settings, reuse_port=reuse_port).serve()
+        await Runtime(settings, reuse_port=reuse_port, dev=dev).serve()
 
     try:
         uvloop.run(run())
@@ -128,10 +186,8 @@ def serve(
 def token(
     sub: str, scope: str | None, ttl: int | None, config_path: Path | None, auth_path: Path | None
 ) -> None:
-    """Print a JWT for SUB signed with the configured key."""
-    from ratewire.security.tokens import TokenService
-
-    service = TokenService(_settings(config_path, auth_path).jwt)
+    """Print a JWT for SUB signed with the configured key (or the --dev secret)."""
+    service = _token_service(_settings(config_path, auth_path))
     try:
         click.echo(service.issue(sub, scope=scope, ttl_seconds=ttl))
     except ValueError as exc:
@@ -160,13 +216,13 @@ def tail(
     import orjson
 
     from ratewire.client import StreamClosed, rating_updates
-    from ratewire.security.tokens import SCOPE_ADMIN, TokenService
+    from ratewire.security.tokens import SCOPE_ADMIN
 
     settings = _settings(config_path, auth_path)
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
         url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
-    issuer = TokenService(settings.jwt)
+    issuer = _token_service(settings)
     # Without --token, a fresh one for every connection: tail outlives any one token.
     token_source = token_value or (lambda: issuer.issue("tail", scope=SCOPE_ADMIN))
 
@@ -190,6 +246,56 @@ def tail(
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@click.option("--jti", default=None, help="revoke this one token (its jti claim)")
+@click.option("--sub", default=None, help="revoke every token of this user issued until now")
+@click.option("--reason", default=None, help="kept with the entry")
+@click.option("--list", "list_only", is_flag=True, help="print the revocations in force instead")
+@click.option("--url", default=None, help="REST base URL (default: the configured server port)")
+@click.option("--token", "token_value", default=None, help="admin JWT (default: one minted here)")
+@_config_option
+@_auth_option
+def revoke(
+    jti: str | None,
+    sub: str | None,
+    reason: str | None,
+    list_only: bool,
+    url: str | None,
+    token_value: str | None,
+    config_path: Path | None,
+    auth_path: Path | None,
+) -> None:
+    """Revoke a token (--jti) or every current token of a user (--sub), on every instance;
+    their open WebSocket connections close with 4001 "Token revoked"."""
+    import orjson
+
+    from ratewire.admin_client import AdminRequestFailed, admin_request
+    from ratewire.security.tokens import SCOPE_ADMIN
+
+    if not list_only and (jti is None) == (sub is None):
+        click.echo("ratewire revoke: give exactly one of --jti or --sub (or --list)", err=True)
+        sys.exit(2)
+    settings = _settings(config_path, auth_path)
+    if url is None:
+        scheme = "https" if settings.tls.cert else "http"
+        url = f"{scheme}://127.0.0.1:{settings.server.port}"
+    token_value = token_value or _token_service(settings).issue("ratewire-cli", scope=SCOPE_ADMIN)
+    try:
+        if list_only:
+            answer = admin_request(url, token_value, "GET", "/admin/revocations")
+            for entry in answer["items"]:
+                click.echo(orjson.dumps(entry).decode())
+            return
+        body = {"jti": jti} if jti is not None else {"sub": sub}
+        if reason:
+            body["reason"] = reason
+        answer = admin_request(url, token_value, "POST", "/admin/revocations", body)
+    except AdminRequestFailed as exc:
+        click.echo(f"ratewire revoke: {exc}", err=True)
+        sys.exit(1)
+    click.echo(orjson.dumps(answer).decode())
 
 
 @main.group()

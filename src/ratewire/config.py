@@ -7,13 +7,21 @@ line that names where it came from (file or environment variable), the key and t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "RATEWIRE_"
 #: Sections that live in auth.yml; everything else lives in config.yml.
@@ -39,6 +47,19 @@ class ServerSettings(_Section):
     role: Role = "all"
     #: Processes sharing both ports on this host (SO_REUSEPORT).
     workers: int = Field(1, ge=1, le=256)
+    #: Proxies (CIDRs) whose X-Forwarded-For / Forwarded headers are believed: the client
+    #: address for limits and logs is then the one they report. Others: the peer address.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+        return value
 
 
 class WebSocketModuleSettings(_Section):
@@ -109,6 +130,9 @@ class LimitsSettings(_Section):
     ws_connections_per_ip_per_second: float = Field(10, gt=0)
     #: Open WebSocket connections one client IP may hold at once; over: HTTP 429.
     ws_connections_per_ip: int = Field(100, ge=1)
+    #: Open WebSocket connections one token ``sub`` may hold at once on this instance; over:
+    #: HTTP 429 (token in the upgrade request) or close 4008 (token in an auth frame).
+    ws_connections_per_user: int = Field(20, ge=1)
     ws_messages_per_client_per_second: float = Field(20, gt=0)
     rest_requests_per_client_per_minute: float = Field(600, gt=0)
     max_message_bytes: int = Field(65536, ge=128)
@@ -141,14 +165,64 @@ class RatingsSettings(_Section):
     bayesian_prior_weight: float = Field(10, ge=0)
 
 
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256"]
+
+
+class JwtKeySettings(_Section):
+    """One key of ``jwt.keys``: tokens whose header names ``kid`` are verified with it, with
+    ``algorithm`` and no other (so a token cannot pick the algorithm its key is used with)."""
+
+    kid: str = Field(min_length=1, max_length=128)
+    algorithm: JwtAlgorithm = "HS256"
+    #: HS* keys: the shared secret (32 bytes at least).
+    secret: str | None = None
+    #: RS256/ES256: the PEM public key, inline or in a file (verify-only, e.g. an identity
+    #: provider's key).
+    public_key: str | None = None
+    public_key_file: str | None = None
+    #: RS256/ES256: a PEM private key file, if ratewire itself should sign with this key.
+    private_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _material_matches_algorithm(self) -> JwtKeySettings:
+        if self.algorithm.startswith("HS"):
+            if not self.secret:
+                raise ValueError(f"key {self.kid!r}: {self.algorithm} needs a secret")
+            if self.public_key or self.public_key_file or self.private_key_file:
+                raise ValueError(f"key {self.kid!r}: {self.algorithm} takes a secret, not PEM keys")
+        else:
+            if self.secret:
+                raise ValueError(f"key {self.kid!r}: {self.algorithm} takes PEM keys, not a secret")
+            if not (self.public_key or self.public_key_file or self.private_key_file):
+                raise ValueError(
+                    f"key {self.kid!r}: {self.algorithm} needs public_key, public_key_file "
+                    "or private_key_file"
+                )
+        return self
+
+
 class JwtSettings(_Section):
-    secret: str = "YOUR_SUPER_SECRET"
+    #: The guide's single shared secret (tokens without ``kid``). None: none configured
+    #: (``serve --dev`` then generates one; see ratewire.security.dev_secret).
+    secret: str | None = None
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    #: Several keys at once, for rotation without downtime: listed newest first; the first one
+    #: that can sign signs new tokens, every one of them verifies tokens naming its kid.
+    keys: list[JwtKeySettings] = Field(default_factory=list)
     expiry_seconds: int = Field(900, gt=0)
     #: Tokens living longer than this (exp - iat, or exp - now without iat) are refused
     #: everywhere: a stolen token stays useful for minutes, not years.
     max_ttl_seconds: int = Field(900, gt=0)
     leeway_seconds: float = Field(5, ge=0)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_kids(cls, value: list[JwtKeySettings]) -> list[JwtKeySettings]:
+        kids = [key.kid for key in value]
+        for kid in kids:
+            if kids.count(kid) > 1:
+                raise ValueError(f"kid {kid!r} is listed twice")
+        return value
 
 
 class Settings(_Section):

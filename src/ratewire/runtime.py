@@ -23,8 +23,10 @@ from starlette.types import ASGIApp
 from ratewire import capacity
 from ratewire.api import create_app
 from ratewire.api.app import create_ops_app
+from ratewire.api.http_protocol import http_protocol_with_head_timeout
 from ratewire.api.ops import ReadinessProbe
 from ratewire.broker import Broker, LocalBroker
+from ratewire.broker.announcements import Announcements, LocalAnnouncements, RedisAnnouncements
 from ratewire.broker.redis import RedisBroker
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
@@ -33,19 +35,29 @@ from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
 from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.picows_server import start_module_server
-from ratewire.realtime.session import CLOSE_GOING_AWAY, RealtimeContext, Session
+from ratewire.realtime.session import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_GOING_AWAY,
+    RealtimeContext,
+    Session,
+)
 from ratewire.relay import Relay
+from ratewire.revocations import RevocationService
+from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
 from ratewire.security.ratelimit import (
     ConnectionRateLimiter,
     RequestRateLimiter,
     shared_rate_limit_uri,
 )
+from ratewire.security.revocation import REVOKED_REASON, Revocation
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
 from ratewire.storage import RatingStore, open_store
 from ratewire.storage.factory import UnsupportedBackend
 
 log = logging.getLogger("ratewire")
+#: How often the deny list is read again from the store (a safety net under announcements).
+REVOCATION_POLL_SECONDS = 10.0
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -74,7 +86,7 @@ class Runtime:
     """One ratewire instance: storage, service, relay, hub, REST and WebSocket servers, as
     its role (``server.role``) asks."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False, dev: bool = False) -> None:
         problem = settings.deployment_problem()
         if problem is not None:
             raise UnsupportedBackend(problem)
@@ -83,7 +95,7 @@ class Runtime:
         self.serves_rest = role in ("all", "api")
         self.serves_websockets = role in ("all", "stream")
         self.reuse_port = reuse_port
-        self.tokens = TokenService(settings.jwt)
+        self.tokens = TokenService(settings.jwt, dev=dev)
         self.store: RatingStore | None = (
             open_store(settings.storage) if settings.storage.backend != "none" else None
         )
@@ -100,6 +112,22 @@ class Runtime:
             )
         else:
             self.broker = self.local_broker = LocalBroker()
+        self.announcements: Announcements = (
+            RedisAnnouncements(settings.broker.url, prefix=settings.broker.prefix)
+            if settings.broker.backend == "redis"
+            else LocalAnnouncements()
+        )
+        self.revocations = RevocationService(
+            self.tokens,
+            self.store,
+            self.announcements,
+            self._close_revoked,
+            # Workers sharing a store without a cluster broker learn of each other's
+            # revocations only from the store: read it often enough to keep the 1 s promise.
+            poll_seconds=0.5
+            if settings.server.workers > 1 and settings.broker.backend == "local"
+            else REVOCATION_POLL_SECONDS,
+        )
         self.service: RatingService | None = None
         self.relay: Relay | None = None
         if self.serves_rest and self.store is not None:
@@ -127,6 +155,7 @@ class Runtime:
                 if (origins := settings.modules.websocket.allowed_origins) is None
                 else frozenset(o.rstrip("/") for o in origins)
             ),
+            proxies=TrustedProxies(settings.server.trusted_proxies),
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second
@@ -142,6 +171,7 @@ class Runtime:
                     shared_rate_limit_uri(settings.broker),
                 ),
                 readiness_probes=probes,
+                revocations=self.revocations,
             )
         else:
             if self.store is not None:
@@ -149,7 +179,9 @@ class Runtime:
             self.app = create_ops_app(probes)
         self.capacity = capacity.plan(settings.limits.max_connections)
         self.realtime.slots = capacity.ConnectionSlots(
-            self.capacity.max_connections, settings.limits.ws_connections_per_ip
+            self.capacity.max_connections,
+            settings.limits.ws_connections_per_ip,
+            settings.limits.ws_connections_per_user,
         )
         self.accept_errors = capacity.AcceptErrorReporter()
         self.descriptors = capacity.DescriptorWatchdog(self.capacity.descriptors)
@@ -169,6 +201,8 @@ class Runtime:
             self.asgi = mount_websocket(
                 self.app, WebSocketEndpoint(self.realtime, self.connection_limiter)
             )
+        if self.realtime.proxies:
+            self.asgi = ClientAddressMiddleware(self.asgi, self.realtime.proxies)
         self._module_server: asyncio.Server | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -200,6 +234,16 @@ class Runtime:
             self.hub.published_seq = self.relay.cursor
         if self.relay is not None:
             self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
+        await self.revocations.start()
+
+    def _close_revoked(self, revocation: Revocation) -> None:
+        deny = self.tokens.deny_list
+        for session in list(self.sessions):
+            principal = session.principal
+            if principal is not None and deny.revokes(
+                revocation, principal.sub, principal.jti, principal.issued_at
+            ):
+                session.close(CLOSE_AUTH_FAILED, REVOKED_REASON)
 
     def _on_broker_event(self, event: RatingEvent) -> None:
         self.hub.publish(event)
@@ -248,6 +292,7 @@ class Runtime:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
+        await self.revocations.stop()
         await self.broker.close()
         if self.store is not None:
             await self.store.close()
@@ -284,7 +329,10 @@ class Runtime:
             self.asgi,
             host=settings.server.host,
             port=settings.server.port,
-            http="httptools",
+            http=http_protocol_with_head_timeout(settings.limits.handshake_timeout_seconds),
+            # Client addresses from proxy headers: only server.trusted_proxies, handled by
+            # ClientAddressMiddleware (uvicorn would trust 127.0.0.1 by default).
+            proxy_headers=False,
             ws="websockets-sansio",
             ws_per_message_deflate=False,
             ws_max_size=settings.limits.max_message_bytes,

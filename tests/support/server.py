@@ -63,6 +63,7 @@ class ServerProcess:
             "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP_PER_SECOND": "1000",
             # Tests open many connections from 127.0.0.1: lifted here, tested where it matters.
             "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP": "100000",
+            "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_USER": "100000",
             **(env or {}),
         }
         self._tokens = TokenService(JwtSettings(secret=SECRET))

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from fastapi import APIRouter, FastAPI
 
 from ratewire import __version__
+from ratewire.api.admin import router as admin_router
 from ratewire.api.admission import AdmissionMiddleware
 from ratewire.api.ops import ReadinessProbe
 from ratewire.api.ops import router as ops_router
@@ -14,6 +15,7 @@ from ratewire.api.problems import install_problem_handlers
 from ratewire.api.routes import router
 from ratewire.api.topic_history import router as topic_history_router
 from ratewire.config import Settings
+from ratewire.revocations import RevocationService
 from ratewire.security.ratelimit import RequestRateLimiter
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
@@ -33,15 +35,20 @@ def create_app(
     limiter: RequestRateLimiter | None = None,
     extra_routers: tuple[APIRouter, ...] = (),
     readiness_probes: Mapping[str, ReadinessProbe] | None = None,
+    revocations: RevocationService | None = None,
 ) -> FastAPI:
-    """An ASGI app serving the REST API over ``service`` (which the caller starts and stops)."""
+    """An ASGI app serving the REST API over ``service`` (which the caller starts and stops),
+    with the /admin routes when ``revocations`` is given."""
     app = FastAPI(title="ratewire", version=__version__, description=DESCRIPTION)
     app.state.service = service
+    app.state.revocations = revocations
     app.state.readiness_probes = {"storage": service.store.ping, **(readiness_probes or {})}
     install_problem_handlers(app)
     app.include_router(router)
     app.include_router(ops_router)
     app.include_router(topic_history_router)
+    if revocations is not None:
+        app.include_router(admin_router)
     for extra in extra_routers:
         app.include_router(extra)
     app.add_middleware(

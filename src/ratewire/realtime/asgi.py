@@ -21,8 +21,10 @@ from ratewire.realtime.handshake import (
     IP_CAP_BODY,
     ORIGIN_REFUSED_BODY,
     RATE_REFUSED_BODY,
+    USER_CAP_BODY,
+    USER_CAP_REACHED,
     origin_allowed,
-    token_from_request,
+    upgrade_credentials,
 )
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
@@ -122,13 +124,19 @@ class WebSocketEndpoint:
         if retry_after:
             await self._refuse(scope, send, 429, retry_after, RATE_REFUSED_BODY)
             return
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        credentials = upgrade_credentials(
+            self._ctx, "?" + scope["query_string"].decode("latin-1"), authorization
+        )
+        if credentials is USER_CAP_REACHED:
+            await self._refuse(scope, send, 429, RETRY_AFTER_SECONDS, USER_CAP_BODY)
+            return
         await send({"type": "websocket.accept"})
         peer = AsgiPeer(send, self._ctx.limits.send_buffer_bytes)
         session = Session(peer, self._ctx)
         peer.session = session
         writer = asyncio.create_task(peer.write_loop())
-        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-        session.opened(token_from_request("?" + scope["query_string"].decode(), authorization))
+        session.opened(credentials)
         try:
             while not writer.done():
                 receiving = asyncio.ensure_future(receive())

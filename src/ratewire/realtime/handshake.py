@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
+
+from ratewire.security.tokens import InvalidToken, Principal
+
+if TYPE_CHECKING:
+    from ratewire.realtime.session import RealtimeContext
 
 #: Plain-text bodies of the HTTP answers that refuse an upgrade, the same on both endpoints.
 RATE_REFUSED_BODY = b"too many new connections from this address; retry later\n"
 AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
 IP_CAP_BODY = b"too many open connections from this address; close some first\n"
 ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
+USER_CAP_BODY = b"this user holds too many open connections; close some first\n"
+#: What :func:`upgrade_credentials` returns when the token's user is at its connection cap.
+USER_CAP_REACHED = InvalidToken("user connection cap reached")
 
 
 def origin_allowed(origin: str | None, allowed: frozenset[str] | None) -> bool:
@@ -29,3 +38,20 @@ def token_from_request(path: str, authorization: str | None) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return None
+
+
+def upgrade_credentials(
+    ctx: RealtimeContext, path: str, authorization: str | None
+) -> Principal | InvalidToken | None:
+    """The upgrade's token, verified now (so a user over ``limits.ws_connections_per_user``
+    gets HTTP 429 before any WebSocket work): its principal, why it is invalid (the session
+    closes with 4001 once open, as the protocol says), :data:`USER_CAP_REACHED`, or None when
+    the request carries no token (it may come in an ``auth`` frame)."""
+    token = token_from_request(path, authorization)
+    if token is None:
+        return None
+    try:
+        principal = ctx.tokens.verify(token)
+    except InvalidToken as exc:
+        return exc
+    return USER_CAP_REACHED if ctx.slots.user_full(principal.sub) else principal

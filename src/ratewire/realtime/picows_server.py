@@ -38,11 +38,15 @@ from ratewire.realtime.handshake import (
     IP_CAP_BODY,
     ORIGIN_REFUSED_BODY,
     RATE_REFUSED_BODY,
+    USER_CAP_BODY,
+    USER_CAP_REACHED,
     origin_allowed,
-    token_from_request,
+    upgrade_credentials,
 )
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.security.proxies import TrustedProxies
 from ratewire.security.ratelimit import ConnectionRateLimiter
+from ratewire.security.tokens import InvalidToken, Principal
 
 log = logging.getLogger("ratewire.ws")
 # An adapter, not a Logger: picows builds a child Logger per connection for a Logger (memory
@@ -57,12 +61,19 @@ CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our c
 class PicowsPeer(WSListener):
     """One picows connection, adapting it to a :class:`Session`."""
 
-    __slots__ = ("_ctx", "_fragments", "_token", "session", "transport")
+    __slots__ = ("_client_ip", "_ctx", "_fragments", "_token", "session", "transport")
 
-    def __init__(self, ctx: RealtimeContext, token: str | None) -> None:
+    def __init__(
+        self,
+        ctx: RealtimeContext,
+        token: str | Principal | InvalidToken | None,
+        client_ip: str | None = None,
+    ) -> None:
         super().__init__()
         self._ctx = ctx
         self._token = token
+        # Set when a trusted proxy reported the client: its per-IP slot is released here.
+        self._client_ip = client_ip
         self._fragments: bytearray | None = None
         self.transport: WSTransport | None = None
         self.session: Session | None = None
@@ -104,6 +115,9 @@ class PicowsPeer(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is not None:
             self.session.closed_by_peer()
+        if self._client_ip is not None:
+            self._ctx.slots.release_ip(self._client_ip)
+            self._client_ip = None
 
     def pause_writing(self) -> None:
         # The kernel and transport buffers hold send_buffer_bytes already: this client cannot
@@ -164,13 +178,15 @@ class _AcceptGate(asyncio.Protocol):
 
     def __init__(
         self,
-        make_ws_protocol: Callable[[str], Any],
+        make_ws_protocol: Callable[[str, bool], Any],
         limiter: ConnectionRateLimiter,
         kernel_send_buffer: int,
         slots: ConnectionSlots,
         handshake_timeout: float,
+        proxies: TrustedProxies,
     ) -> None:
         self._make_ws_protocol = make_ws_protocol
+        self._proxies = proxies
         self._limiter = limiter
         self._kernel_send_buffer = kernel_send_buffer
         self._slots = slots
@@ -185,7 +201,10 @@ class _AcceptGate(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
         self._ip = ip = peer[0] if peer else "unknown"
-        admitted = self._slots.admit(ip)
+        # A trusted proxy speaks for many clients: their addresses (and per-IP limits) are
+        # known only once the request head names them (listener_for).
+        via_proxy = self._proxies.trusts(ip)
+        admitted = self._slots.admit(None if via_proxy else ip)
         if admitted != ConnectionSlots.ADMITTED:
             self._refuse_later(transport)
             self._refusal = (
@@ -195,14 +214,14 @@ class _AcceptGate(asyncio.Protocol):
             )
             return
         self._holds_slot = True
-        retry_after = self._limiter.acquire(ip)
+        retry_after = 0 if via_proxy else self._limiter.acquire(ip)
         if retry_after == 0:
             # Without a fixed size, Linux grows a socket's send buffer up to 4 MiB for a peer
             # that stopped reading: send_buffer_bytes would not bound what it holds.
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._kernel_send_buffer)
-            ws_protocol = self._make_ws_protocol(ip)
+            ws_protocol = self._make_ws_protocol(ip, via_proxy)
             self._holds_slot = False  # the WebSocket protocol releases it when it closes
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
@@ -232,7 +251,7 @@ class _AcceptGate(asyncio.Protocol):
             self._deadline.cancel()
         if self._holds_slot:
             self._holds_slot = False
-            self._slots.release(self._ip)
+            self._slots.release(None if self._proxies.trusts(self._ip) else self._ip)
 
     def _reject(self) -> None:
         transport = self._transport
@@ -263,30 +282,49 @@ async def start_module_server(
     with the other workers on this host)."""
     limits = ctx.limits
 
-    def listener_for(request: WSUpgradeRequest) -> PicowsPeer | Any:
+    def refuse(status: int, body: bytes, retry_after: int | None = None) -> Any:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_error_response(status, body, headers), None
+        )
+
+    def listener_for(proxy_ip: str | None, request: WSUpgradeRequest) -> PicowsPeer | Any:
         raw_path = (
             request.path.decode("latin-1") if isinstance(request.path, bytes) else request.path
         )
         if raw_path.partition("?")[0] not in ("", "/"):
             return None  # picows answers 404
-        if not origin_allowed(request.headers.get("origin"), ctx.allowed_origins):
-            return WSUpgradeResponseWithListener(
-                WSUpgradeResponse.create_error_response(403, ORIGIN_REFUSED_BODY), None
-            )
-        return PicowsPeer(ctx, token_from_request(raw_path, request.headers.get("authorization")))
+        headers = request.headers
+        if not origin_allowed(headers.get("origin"), ctx.allowed_origins):
+            return refuse(403, ORIGIN_REFUSED_BODY)
+        client_ip = None
+        if proxy_ip is not None:
+            client_ip = ctx.proxies.client_ip(proxy_ip, headers.get)
+            if not ctx.slots.admit_ip(client_ip):
+                return refuse(429, IP_CAP_BODY, RETRY_AFTER_SECONDS)
+            retry_after = limiter.acquire(client_ip)
+            if retry_after:
+                ctx.slots.release_ip(client_ip)
+                return refuse(429, RATE_REFUSED_BODY, retry_after)
+        credentials = upgrade_credentials(ctx, raw_path, headers.get("authorization"))
+        if credentials is USER_CAP_REACHED:
+            if client_ip is not None:
+                ctx.slots.release_ip(client_ip)
+            return refuse(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
+        return PicowsPeer(ctx, credentials, client_ip)
 
-    def make_ws_protocol(ip: str) -> Any:
+    def make_ws_protocol(ip: str, via_proxy: bool) -> Any:
         # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
         # can sit in front of it.
         return _SlotReleasingProtocol(
-            partial(ctx.slots.release, ip),
+            partial(ctx.slots.release, None if via_proxy else ip),
             None,
             None,
             False,
-            listener_for,
+            partial(listener_for, ip if via_proxy else None),
             _PICOWS_LOGGER,
             True,
-            limits.auth_timeout_seconds,
+            limits.handshake_timeout_seconds,  # the upgrade request must be in by then
             True,
             limits.ping_interval_seconds,
             limits.ping_interval_seconds,
@@ -305,6 +343,7 @@ async def start_module_server(
             min(limits.send_buffer_bytes, KERNEL_SEND_BUFFER_MAX),
             ctx.slots,
             limits.handshake_timeout_seconds,
+            ctx.proxies,
         ),
         host=host,
         port=port,

@@ -32,6 +32,7 @@ from ratewire.realtime.history import HistorySource, SnapshotUnavailable
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
 from ratewire.security.permissions import may_subscribe
+from ratewire.security.proxies import TrustedProxies
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
 
 PROTOCOL_VERSION = 1
@@ -41,6 +42,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TOKEN_EXPIRED = 4002
 CLOSE_RATE_LIMITED = 4008
+TOO_MANY_FOR_USER = "Too many connections for this user"
 CLOSE_TOO_SLOW = 4009
 
 
@@ -71,6 +73,8 @@ class RealtimeContext:
     slots: ConnectionSlots = field(default_factory=ConnectionSlots)
     #: Browser origins allowed to upgrade (modules.websocket.allowed_origins); None: any.
     allowed_origins: frozenset[str] | None = None
+    #: Proxies whose forwarded client addresses are believed (server.trusted_proxies).
+    proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
 
     def now(self) -> float:
         return time.time()
@@ -86,6 +90,7 @@ class Session:
         "_ctx",
         "_denied",
         "_expiry_timer",
+        "_holds_user_slot",
         "_inbox",
         "_worker",
         "client_id",
@@ -112,12 +117,14 @@ class Session:
         self._bucket = ctx.limits.ws_messages_per_client_per_second
         self._bucket_at = time.monotonic()
         self._denied = 0
+        self._holds_user_slot = False
 
     # -- lifecycle (called by the adapter) -------------------------------------------------
 
-    def opened(self, token: str | None) -> None:
-        """The WebSocket is open. With a token (query or header), authenticate now; without,
-        wait for an ``auth`` frame for ``limits.auth_timeout_seconds``."""
+    def opened(self, token: str | Principal | InvalidToken | None) -> None:
+        """The WebSocket is open. With a token (query or header; or the outcome of verifying
+        it, when the adapter did at upgrade), authenticate now; without, wait for an ``auth``
+        frame for ``limits.auth_timeout_seconds``."""
         self._ctx.sessions.add(self)
         if token is not None:
             self._authenticate(token, None)
@@ -136,6 +143,9 @@ class Session:
         for name in self.topics:
             self._ctx.hub.drop(name, self)
         self.topics.clear()
+        if self._holds_user_slot and self.principal is not None:
+            self._holds_user_slot = False
+            self._ctx.slots.release_user(self.principal.sub)
         for timer in (self._auth_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
@@ -239,15 +249,23 @@ class Session:
 
     # -- auth --------------------------------------------------------------------------------
 
-    def _authenticate(self, token: str, message_id: object) -> None:
+    def _authenticate(self, token: str | Principal | InvalidToken, message_id: object) -> None:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
         try:
-            principal = self._ctx.tokens.verify(token)
+            if isinstance(token, InvalidToken):
+                raise token
+            principal = token if isinstance(token, Principal) else self._ctx.tokens.verify(token)
         except InvalidToken as exc:
             self.close(CLOSE_AUTH_FAILED, exc.reason)
             return
+        if not self._ctx.slots.admit_user(principal.sub):
+            # An upgrade carrying the token got HTTP 429 already; this one authenticated in a
+            # frame (or raced another upgrade), so it can only be closed.
+            self.close(CLOSE_RATE_LIMITED, TOO_MANY_FOR_USER)
+            return
+        self._holds_user_slot = True
         self.principal = principal
         self.client_id = uuid.uuid4().hex
         self._arm_expiry(principal)

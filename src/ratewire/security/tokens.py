@@ -1,4 +1,5 @@
-"""JWT issue and verification (PyJWT, algorithm pinned, ``exp`` required)."""
+"""JWT issue and verification (PyJWT; algorithm pinned per key, ``exp`` required, lifetime
+bounded, deny list consulted)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from ratewire.config import JwtSettings
+from ratewire.security.keys import load_key_set
+from ratewire.security.revocation import REVOKED_REASON, DenyList
 
-# The guide's example secret is shorter than RFC 7518 recommends; ratewire warns once at start
-# (TokenService) instead of on every signature.
+# Short secrets stop the start (security.keys) unless --dev, which warns once; PyJWT would
+# warn again on every signature.
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 log = logging.getLogger("ratewire.tokens")
 
@@ -35,6 +38,11 @@ class TokenExpired(InvalidToken):
         super().__init__("Token expired")
 
 
+class TokenRevoked(InvalidToken):
+    def __init__(self) -> None:
+        super().__init__(REVOKED_REASON)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a verified token speaks for."""
@@ -44,6 +52,7 @@ class Principal:
     scopes: frozenset[str]
     expires_at: float
     topics: tuple[str, ...] | None = None  # allowed topic patterns, if the token limits them
+    issued_at: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -55,13 +64,19 @@ class Principal:
 
 
 class TokenService:
-    """Issues and verifies the HS* JWTs configured in ``auth.yml``."""
+    """Issues and verifies the JWTs of the key set in ``auth.yml`` (see security.keys), and
+    refuses tokens on the deny list (see security.revocation)."""
 
-    def __init__(self, settings: JwtSettings) -> None:
+    def __init__(
+        self, settings: JwtSettings, *, dev: bool = False, deny_list: DenyList | None = None
+    ) -> None:
         self._settings = settings
-        self._algorithms = [settings.algorithm]
+        self._keys = load_key_set(settings, dev=dev)
         self._max_ttl = settings.max_ttl_seconds
+        self._leeway = settings.leeway_seconds
         self._default_ttl = settings.expiry_seconds
+        #: Revocations in force; every verification consults it.
+        self.deny_list = deny_list if deny_list is not None else DenyList()
         if self._default_ttl > self._max_ttl:
             log.warning(
                 "jwt.expiry_seconds %d exceeds jwt.max_ttl_seconds %d: tokens are issued for %d s",
@@ -70,11 +85,11 @@ class TokenService:
                 self._max_ttl,
             )
             self._default_ttl = self._max_ttl
-        if len(settings.secret.encode()) < 32:
-            log.warning(
-                "jwt.secret is shorter than 32 bytes; set a long random secret in auth.yml "
-                "or RATEWIRE_JWT__SECRET before exposing this server"
-            )
+
+    @property
+    def max_lifetime(self) -> float:
+        """The longest any acceptable token can still verify from now (revocation lifetime)."""
+        return self._max_ttl + 2 * self._leeway
 
     def issue(
         self,
@@ -85,45 +100,61 @@ class TokenService:
         topics: list[str] | None = None,
     ) -> str:
         """A signed token for ``sub`` that expires after ``ttl_seconds`` (default: configured)."""
+        key = self._keys.signing
+        if key is None or key.signer is None:
+            raise ValueError("no configured key can sign (every jwt.keys entry is verify-only)")
         ttl = ttl_seconds or self._default_ttl
         if ttl > self._max_ttl:
             raise ValueError(
                 f"a {ttl} s token would be refused: jwt.max_ttl_seconds is {self._max_ttl}"
             )
-        now = int(time.time())
+        now = time.time()
         claims: dict[str, object] = {
             "sub": sub,
-            "iat": now,
-            "exp": now + ttl,
+            # Millisecond precision: a token issued right after a revocation of its user
+            # (kind sub) must tell it was issued after it.
+            "iat": round(now, 3),
+            "exp": int(now) + ttl,
             "jti": uuid.uuid4().hex,
         }
         if scope:
             claims["scope"] = scope
         if topics is not None:
             claims["topics"] = topics
-        return jwt.encode(claims, self._settings.secret, algorithm=self._settings.algorithm)
+        headers = {"kid": key.kid} if key.kid is not None else None
+        return jwt.encode(claims, key.signer, algorithm=key.algorithm, headers=headers)
 
     def valid_until(self, principal: Principal) -> float:
         """When ``principal``'s token stops verifying (its ``exp`` plus the allowed leeway)."""
-        return principal.expires_at + self._settings.leeway_seconds
+        return principal.expires_at + self._leeway
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; :class:`InvalidToken` / :class:`TokenExpired` else."""
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        key = self._keys.for_kid(kid)
+        if key is None:
+            raise InvalidToken(f"Invalid token: unknown key id {str(kid)[:64]!r}")
+        try:
             claims = jwt.decode(
                 token,
-                self._settings.secret,
-                algorithms=self._algorithms,
+                key.verifier,
+                algorithms=[key.algorithm],  # pinned per key: no algorithm confusion
                 options={"require": ["exp", "sub"]},
-                leeway=self._settings.leeway_seconds,
+                leeway=self._leeway,
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("Invalid token: not valid yet (nbf or iat in the future)") from None
         except jwt.PyJWTError:
             raise InvalidToken() from None
         issued = claims.get("iat")
-        start = issued if isinstance(issued, int | float) else time.time()
-        if claims["exp"] - start > self._max_ttl + self._settings.leeway_seconds:
+        issued_at = float(issued) if isinstance(issued, int | float) else None
+        start = issued_at if issued_at is not None else time.time()
+        if claims["exp"] - start > self._max_ttl + self._leeway:
             raise InvalidToken(f"Invalid token: it lives longer than {self._max_ttl} s")
         sub, scope, topics = claims.get("sub"), claims.get("scope", ""), claims.get("topics")
         if not isinstance(sub, str) or not sub or not isinstance(scope, str):
@@ -133,10 +164,14 @@ class TokenService:
         ):
             raise InvalidToken()
         jti = claims.get("jti")
+        jti = jti if isinstance(jti, str) else None
+        if self.deny_list.is_revoked(sub, jti, issued_at):
+            raise TokenRevoked()
         return Principal(
             sub=sub,
-            jti=jti if isinstance(jti, str) else None,
+            jti=jti,
             scopes=frozenset(scope.split()),
             expires_at=float(claims["exp"]),
             topics=tuple(topics) if topics is not None else None,
+            issued_at=issued_at,
         )

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, RatingEvent, Topic
+from ratewire.security.revocation import Revocation
 
 
 class StorageError(Exception):
@@ -122,3 +123,10 @@ class RatingStore(Protocol):
     async def prune_history(self, keep_per_topic: int, older_than: datetime) -> int:
         """Drop events that are older than ``older_than`` or outside the last ``keep_per_topic``
         of every topic they belong to; returns how many went."""
+
+    async def add_revocation(self, revocation: Revocation) -> None:
+        """Keep ``revocation``, replacing an entry of the same kind and value."""
+
+    async def revocations(self, now: float) -> list[Revocation]:
+        """The entries still in force at ``now`` (UNIX seconds). Expired entries are never
+        returned (and deleted when the next one is added)."""

@@ -25,6 +25,7 @@ from ratewire.domain import (
 )
 from ratewire.domain.rating import EventKind
 from ratewire.domain.topics import GLOBAL_TOPIC
+from ratewire.security.revocation import Revocation
 from ratewire.storage.base import AlreadyExists, NotFound, VersionMismatch, WriteResult
 
 
@@ -39,6 +40,7 @@ class MemoryStore:
         self._heads: dict[str, int] = {}
         self._events: list[RatingEvent] = []  # ordered by seq
         self._by_topic: dict[str, list[RatingEvent]] = {}  # ordered by that topic's offset
+        self._revocations: dict[str, Revocation] = {}
 
     async def start(self) -> None:
         return None
@@ -197,6 +199,16 @@ class MemoryStore:
             self._by_topic[name] = [e for e in events if kept(e)]
         self._by_topic = {name: events for name, events in self._by_topic.items() if events}
         return before - len(self._events)
+
+    # -- revocations ----------------------------------------------------------------------
+
+    async def add_revocation(self, revocation: Revocation) -> None:
+        self._revocations[revocation.key] = revocation
+
+    async def revocations(self, now: float) -> list[Revocation]:
+        for key in [k for k, entry in self._revocations.items() if entry.expires_at <= now]:
+            del self._revocations[key]
+        return list(self._revocations.values())
 
 
 __all__ = ["MemoryStore"]

@@ -60,6 +60,7 @@ from ratewire.domain import (
     TopicKind,
 )
 from ratewire.domain.rating import EventKind
+from ratewire.security.revocation import Revocation
 from ratewire.storage.base import (
     AlreadyExists,
     NotFound,
@@ -137,6 +138,19 @@ events = Table(
     Index("ix_rating_events_game", "game_id", "game_offset"),
     Index("ix_rating_events_user", "user_id", "user_offset"),
     Index("ix_rating_events_occurred_at", "occurred_at"),
+)
+
+#: The token deny list (ratewire.security.revocation); times in epoch milliseconds.
+revocations = Table(
+    "token_revocations",
+    metadata,
+    Column("kind", String(8), primary_key=True),
+    Column("value", String(255), primary_key=True),
+    Column("revoked_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_by", String(255), nullable=True),
+    Column("reason", Text, nullable=True),
+    Index("ix_token_revocations_expires_at", "expires_at"),
 )
 
 _HISTOGRAM = [game_summaries.c[f"h{score}"] for score in range(1, 6)]
@@ -819,3 +833,43 @@ class SqlStore:
             return int(expired.rowcount or 0) + int(outside.rowcount or 0)
 
         return await self._write(body)
+
+    # -- revocations ----------------------------------------------------------------------
+
+    async def add_revocation(self, revocation: Revocation) -> None:
+        row = {
+            "revoked_at": round(revocation.revoked_at * 1000),
+            "expires_at": round(revocation.expires_at * 1000),
+            "revoked_by": revocation.revoked_by,
+            "reason": revocation.reason,
+        }
+        key = (revocations.c.kind == revocation.kind) & (revocations.c.value == revocation.value)
+
+        def body(conn: Connection) -> None:
+            conn.execute(delete(revocations).where(revocations.c.expires_at <= row["revoked_at"]))
+            # Portable upsert: the pair is the primary key, and revocations are rare.
+            if conn.execute(update(revocations).where(key).values(**row)).rowcount == 0:
+                conn.execute(
+                    insert(revocations).values(kind=revocation.kind, value=revocation.value, **row)
+                )
+
+        await self._write(body)
+
+    async def revocations(self, now: float) -> list[Revocation]:
+        cutoff = round(now * 1000)
+
+        def body(conn: Connection) -> list[Revocation]:
+            rows = conn.execute(select(revocations).where(revocations.c.expires_at > cutoff)).all()
+            return [
+                Revocation(
+                    kind=row.kind,
+                    value=row.value,
+                    revoked_at=row.revoked_at / 1000,
+                    expires_at=row.expires_at / 1000,
+                    revoked_by=row.revoked_by,
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
+
+        return await self._read(body)
