@@ -102,7 +102,7 @@ async def test_half_open_sockets_are_closed_and_normal_clients_keep_working(
     for _, writer in attackers:
         writer.close()
     deadline = time.monotonic() + 5
-    while open_descriptors(server.pid) > baseline + 10 and time.monotonic() < deadline:
+    while open_descriptors(server.pid) > baseline + 10 and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     assert open_descriptors(server.pid) <= baseline + 10  # our two clients, and some slack
     for client in clients:
