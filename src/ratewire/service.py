@@ -4,7 +4,6 @@ store, and hands each committed event to whoever listens (the relay)."""
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ def encode_cursor(rating_id: str) -> str:
 def decode_cursor(cursor: str) -> str:
     try:
         decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error; non-ASCII input
         raise BadCursor(f"cursor {cursor!r} is not one this server handed out") from None
     if not decoded.startswith("r_"):
         raise BadCursor(f"cursor {cursor!r} is not one this server handed out")

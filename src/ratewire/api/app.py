@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from ratewire import __version__
 from ratewire.api.admin import router as admin_router
 from ratewire.api.admission import AdmissionMiddleware
+from ratewire.api.openapi import complete_problem_responses
 from ratewire.api.ops import ReadinessProbe
 from ratewire.api.ops import router as ops_router
 from ratewire.api.problems import install_problem_handlers
@@ -51,6 +52,7 @@ def create_app(
         app.include_router(admin_router)
     for extra in extra_routers:
         app.include_router(extra)
+    complete_problem_responses(app)
     app.add_middleware(
         AdmissionMiddleware,
         tokens=tokens,

@@ -24,6 +24,7 @@ from ratewire.api.schemas import (
     problem_responses,
 )
 from ratewire.domain import Rating, RatingChanges, RatingDraft, validate_identifier
+from ratewire.domain.rating import IDENTIFIER_RE
 from ratewire.security.tokens import InvalidToken, Principal
 from ratewire.service import RatingService
 
@@ -85,6 +86,8 @@ Service = Annotated[RatingService, Depends(get_service)]
 Caller = Annotated[Principal, Depends(require_principal)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description='"<version>"')]
 RatingId = Annotated[str, Path(max_length=64)]
+#: Documents the identifier rule (validate_identifier enforces it, with its own message).
+IdentifierInPath = Path(pattern=IDENTIFIER_RE.pattern)
 
 
 @router.post(
@@ -109,8 +112,8 @@ async def create_rating(body: RatingCreate, service: Service, caller: Caller) ->
     summary="Create or replace the rating of one user for one game (idempotent)",
 )
 async def upsert_rating(
-    gameId: Annotated[GameId, Path()],
-    userId: Annotated[UserId, Path()],
+    gameId: Annotated[GameId, IdentifierInPath],
+    userId: Annotated[UserId, IdentifierInPath],
     body: RatingReplace,
     service: Service,
     caller: Caller,
@@ -179,12 +182,12 @@ async def list_ratings(
 async def top_games(
     service: Service,
     limit: Annotated[int, Query(ge=1, le=500)] = 10,
-    minCount: Annotated[int, Query(ge=1)] = 1,
+    minCount: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
 ) -> Response:
     games = await service.top_games(limit, minCount)
     return _json({"items": [service.summary_wire(s) for s in games]})
 
 
 @router.get("/games/{gameId}/summary", response_model=SummaryOut, responses=problem_responses(422))
-async def game_summary(gameId: Annotated[GameId, Path()], service: Service) -> Response:
+async def game_summary(gameId: Annotated[GameId, IdentifierInPath], service: Service) -> Response:
     return _json(service.summary_wire(await service.summary(gameId)))

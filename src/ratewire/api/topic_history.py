@@ -14,13 +14,18 @@ from starlette.responses import Response
 
 from ratewire.api.problems import ApiProblem
 from ratewire.api.routes import Caller, Service
+from ratewire.api.schemas import problem_responses
 from ratewire.domain import event_offset, parse_topic
 from ratewire.security.permissions import may_subscribe
 
 router = APIRouter()
 
 
-@router.get("/topics/{topic}/events", summary="History of a topic (what `since` resume replays)")
+@router.get(
+    "/topics/{topic}/events",
+    responses=problem_responses(401, 403, 404, 410),
+    summary="History of a topic (what `since` resume replays)",
+)
 async def topic_events(
     topic: Annotated[str, Path(max_length=80)],
     service: Service,
