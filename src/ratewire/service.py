@@ -43,7 +43,7 @@ def encode_cursor(rating_id: str) -> str:
 def decode_cursor(cursor: str) -> str:
     try:
         decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):  # binascii.Error; non-ASCII input
+    except (ValueError, UnicodeDecodeError):  # binascii.Error, and non-ASCII input
         raise BadCursor(f"cursor {cursor!r} is not one this server handed out") from None
     if not decoded.startswith("r_"):
         raise BadCursor(f"cursor {cursor!r} is not one this server handed out")
