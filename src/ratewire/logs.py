@@ -30,6 +30,26 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class ClientFaultFilter(logging.Filter):
+    """Turns the WebSocket libraries' error records about a *client's* bad frames (oversized,
+    invalid UTF-8) into one INFO line without a traceback: they are the client's fault, the
+    connection is closed with the protocol's code, and a hostile client must not be able to
+    fill the log with tracebacks or page anyone."""
+
+    _CLIENT_FAULTS = ("WS parser error", "Invalid UTF-8 sequence received from client")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno >= logging.ERROR
+            and isinstance(record.msg, str)
+            and record.msg.startswith(self._CLIENT_FAULTS)
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -47,6 +67,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Send every logger (ours and uvicorn's) as JSON lines to stderr, tokens redacted."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
+    handler.addFilter(ClientFaultFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -58,6 +58,7 @@ from ratewire.storage.factory import UnsupportedBackend
 log = logging.getLogger("ratewire")
 #: How often the deny list is read again from the store (a safety net under announcements).
 REVOCATION_POLL_SECONDS = 10.0
+WS_BACKSTOP_FACTOR = 4
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -335,7 +336,9 @@ class Runtime:
             proxy_headers=False,
             ws="websockets-sansio",
             ws_per_message_deflate=False,
-            ws_max_size=settings.limits.max_message_bytes,
+            # /ws closes messages over max_message_bytes with 1009 itself (a clean close);
+            # this is the backstop that bounds what uvicorn buffers for one message.
+            ws_max_size=settings.limits.max_message_bytes * WS_BACKSTOP_FACTOR,
             ws_ping_interval=settings.limits.ping_interval_seconds,
             ws_ping_timeout=settings.limits.ping_interval_seconds,
             lifespan="off",

@@ -26,7 +26,12 @@ from ratewire.realtime.handshake import (
     origin_allowed,
     upgrade_credentials,
 )
-from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.realtime.session import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_TOO_SLOW,
+    RealtimeContext,
+    Session,
+)
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
 
@@ -137,6 +142,7 @@ class WebSocketEndpoint:
         peer.session = session
         writer = asyncio.create_task(peer.write_loop())
         session.opened(credentials)
+        max_bytes = self._ctx.limits.max_message_bytes
         try:
             while not writer.done():
                 receiving = asyncio.ensure_future(receive())
@@ -149,7 +155,13 @@ class WebSocketEndpoint:
                 message = receiving.result()
                 if message["type"] == "websocket.disconnect":
                     break
-                session.received(message.get("bytes") or (message.get("text") or "").encode())
+                payload = message.get("bytes") or (message.get("text") or "").encode()
+                if len(payload) > max_bytes:
+                    # A close handshake, as on the module port: uvicorn's own limit (a larger
+                    # backstop, see runtime) drops the socket, and the client never sees why.
+                    session.close(CLOSE_MESSAGE_TOO_BIG, "Message too big")
+                    continue
+                session.received(payload)
         finally:
             session.closed_by_peer()
             peer.close(1000, "")

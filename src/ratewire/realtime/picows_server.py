@@ -43,7 +43,12 @@ from ratewire.realtime.handshake import (
     origin_allowed,
     upgrade_credentials,
 )
-from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.realtime.session import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_TOO_SLOW,
+    RealtimeContext,
+    Session,
+)
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import InvalidToken, Principal
@@ -53,7 +58,6 @@ log = logging.getLogger("ratewire.ws")
 # per idle connection). WARNING: picows logs every accepted connection at INFO.
 _PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
 logging.getLogger("picows").setLevel(logging.WARNING)
-CLOSE_MESSAGE_TOO_BIG = 1009
 KERNEL_SEND_BUFFER_MAX = 256 * 1024
 CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our close frame
 
