@@ -41,6 +41,7 @@ from ratewire.realtime.session import (
     RealtimeContext,
     Session,
 )
+from ratewire.realtime.uvicorn_ws import CleanCloseWebSocketProtocol
 from ratewire.relay import Relay
 from ratewire.revocations import RevocationService
 from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
@@ -334,7 +335,7 @@ class Runtime:
             # Client addresses from proxy headers: only server.trusted_proxies, handled by
             # ClientAddressMiddleware (uvicorn would trust 127.0.0.1 by default).
             proxy_headers=False,
-            ws="websockets-sansio",
+            ws=CleanCloseWebSocketProtocol,
             ws_per_message_deflate=False,
             # /ws closes messages over max_message_bytes with 1009 itself (a clean close);
             # this is the backstop that bounds what uvicorn buffers for one message.

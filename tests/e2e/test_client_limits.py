@@ -124,3 +124,21 @@ async def test_rest_limits_believe_forwarded_for_only_from_trusted_proxies(
         header = {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}
         codes = [(await http.get("/games/l/summary", headers=header)).status_code for _ in "1234"]
     assert codes == [200, 200, 200, 429]
+
+
+async def test_one_connection_holds_at_most_max_subscriptions(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(env={"RATEWIRE_LIMITS__MAX_SUBSCRIPTIONS_PER_CONNECTION": "3"})
+    for url in (server.module_ws_url, server.ws_url):
+        async with await WsClient.open(url, server.token("7")) as client:
+            assert (await client.recv())["type"] == "connection_success"
+            for game in ("a", "b", "c"):
+                await client.subscribe(f"rating.game.{game}")
+            await client.send(action="subscribe", topic="rating.game.d", id="over")
+            refusal = await client.recv_type("error")
+            assert (refusal["code"], refusal["id"]) == ("too_many_subscriptions", "over")
+            await client.subscribe("rating.game.a")  # subscribing again is not one more
+            await client.send(action="unsubscribe", topic="rating.game.b")
+            await client.recv_type("unsubscribed")
+            assert (await client.subscribe("rating.game.d"))["topic"] == "rating.game.d"

@@ -31,6 +31,11 @@ def pem_public(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def drop_lines(path: Path, marker: str) -> None:
+    kept = [line for line in path.read_text().splitlines() if marker not in line]
+    path.write_text("\n".join(kept) + "\n")
+
+
 async def rest_status(server: ServerProcess, token: str) -> tuple[int, str]:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         answer = await http.put(
@@ -103,6 +108,15 @@ async def test_key_set_rotation_and_public_key_tokens_on_rest_and_websocket(
     issued = printed.stdout.strip()
     assert jwt.get_unverified_header(issued)["kid"] == "new"
     assert (await rest_status(server, issued))[0] in (200, 201)
+
+    # Rotation done: the old key is removed, and what it signed stops working at once.
+    drop_lines(Path(server.args[1]), "kid: old")
+    server.restart()
+    assert (await rest_status(server, accepted["old (still listed)"])) == (
+        401,
+        "Invalid token: unknown key id 'old'",
+    )
+    assert (await rest_status(server, accepted["new"]))[0] in (200, 201)
 
 
 async def test_algorithm_confusion_and_forged_headers_are_refused(

@@ -323,6 +323,20 @@ async def test_oversized_frame_closes_1009(server: ServerProcess, ws_url: str) -
     assert code == 1009
 
 
+async def test_text_frames_that_are_not_utf8_close_1007(server: ServerProcess, ws_url: str) -> None:
+    ws = await WsClient.open(ws_url, server.token("7"))
+    await ws.recv()
+    await ws.connection.send(b'{"action":"ping","id":"\xff"}', text=True)
+    await ws.send(action="ping", id="after")  # unread by the server: the close still arrives
+    code, _ = await ws.closed_with()
+    assert code == 1007
+    # The same bytes as a binary frame are just a message that is not valid JSON.
+    async with await WsClient.open(ws_url, server.token("7")) as other:
+        await other.recv()
+        await other.connection.send(b'{"action":"ping","id":"\xff"}')
+        assert (await other.recv_type("error"))["code"] == "bad_request"
+
+
 async def stalled_subscriber(server: ServerProcess, url: str, topic: str) -> WsClient:
     """A subscriber of ``topic`` that has stopped reading (resume with resume_reading())."""
     slow = await WsClient.open(url, server.token("7"))

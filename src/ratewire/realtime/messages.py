@@ -34,6 +34,8 @@ def decode(payload: bytes) -> ClientMessage:
         raise BadMessage(f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadMessage(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec raises it for bad UTF-8 inside a JSON string
+        raise BadMessage("not valid JSON: a string is not UTF-8") from None
     if message.since is not None and message.since < 0:
         raise BadMessage("invalid message: since must be >= 0")
     return message

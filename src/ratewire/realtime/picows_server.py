@@ -44,6 +44,7 @@ from ratewire.realtime.handshake import (
     upgrade_credentials,
 )
 from ratewire.realtime.session import (
+    CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TOO_SLOW,
     RealtimeContext,
@@ -65,7 +66,15 @@ CLOSE_HANDSHAKE_SECONDS = 5.0  # how long a closed peer may take to answer our c
 class PicowsPeer(WSListener):
     """One picows connection, adapting it to a :class:`Session`."""
 
-    __slots__ = ("_client_ip", "_ctx", "_fragments", "_token", "session", "transport")
+    __slots__ = (
+        "_client_ip",
+        "_ctx",
+        "_fragmented_text",
+        "_fragments",
+        "_token",
+        "session",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -79,6 +88,7 @@ class PicowsPeer(WSListener):
         # Set when a trusted proxy reported the client: its per-IP slot is released here.
         self._client_ip = client_ip
         self._fragments: bytearray | None = None
+        self._fragmented_text = False
         self.transport: WSTransport | None = None
         self.session: Session | None = None
 
@@ -100,9 +110,10 @@ class PicowsPeer(WSListener):
         msg_type = frame.msg_type
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
             if frame.fin:
-                session.received(frame.get_payload_as_bytes())
+                self._deliver(session, frame.get_payload_as_bytes(), msg_type == WSMsgType.TEXT)
             else:
                 self._fragments = bytearray(frame.get_payload_as_memoryview())
+                self._fragmented_text = msg_type == WSMsgType.TEXT
         elif msg_type == WSMsgType.CONTINUATION and self._fragments is not None:
             self._fragments += frame.get_payload_as_memoryview()
             if len(self._fragments) > self._ctx.limits.max_message_bytes:
@@ -110,11 +121,22 @@ class PicowsPeer(WSListener):
                 self.close(CLOSE_MESSAGE_TOO_BIG, "Message too big")
             elif frame.fin:
                 payload, self._fragments = bytes(self._fragments), None
-                session.received(payload)
+                self._deliver(session, payload, self._fragmented_text)
         elif msg_type == WSMsgType.CLOSE:
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
             transport.disconnect()
+
+    def _deliver(self, session: Session, payload: bytes, text: bool) -> None:
+        # RFC 6455 section 8.1: a text message that is not UTF-8 fails the connection (1007),
+        # as /ws does (uvicorn checks there). Client messages are small and rate-limited.
+        if text and not payload.isascii():
+            try:
+                payload.decode()
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_PAYLOAD, "Invalid UTF-8")
+                return
+        session.received(payload)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is not None:
