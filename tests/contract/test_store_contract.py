@@ -308,3 +308,21 @@ async def test_close_commits_the_writes_already_queued(
         assert (await reopened.summary("queued")).count == 30
     finally:
         await reopened.close()
+
+
+async def test_revocations_are_kept_replaced_and_expire(store: RatingStore) -> None:
+    from ratewire.security.revocation import Revocation
+
+    now = 1_800_000_000.0
+    by_jti = Revocation("jti", "j1", now, now + 910, "root", "stolen")
+    by_sub = Revocation("sub", "7", now, now + 10)
+    for entry in (by_jti, by_sub):
+        await store.add_revocation(entry)
+    assert sorted(await store.revocations(now), key=lambda r: r.kind) == [by_jti, by_sub]
+    # The same target again replaces the entry (a later revocation of the same user).
+    later = Revocation("sub", "7", now + 5, now + 915, "admin", None)
+    await store.add_revocation(later)
+    assert sorted(await store.revocations(now + 5), key=lambda r: r.kind) == [by_jti, later]
+    # Entries are gone once no token they cover could still verify.
+    assert await store.revocations(now + 911) == [later]
+    assert await store.revocations(now + 916) == []
