@@ -225,6 +225,21 @@ class JwtSettings(_Section):
         return value
 
 
+class AuditSettings(_Section):
+    """The audit log (see ratewire.audit)."""
+
+    enabled: bool = True
+    #: HMAC key of the chain (32+ bytes; keep it out of the database's reach, e.g. in auth.yml
+    #: or RATEWIRE_AUDIT__KEY). None: a plain SHA-256 chain, which a database writer could
+    #: recompute after an edit (the start warns).
+    key: str | None = None
+    #: Entries older than this are pruned (the chain stays verifiable from a checkpoint);
+    #: 0 keeps everything.
+    retention_days: float = Field(365, ge=0)
+    #: How often buffered connection and authentication entries are written.
+    flush_seconds: float = Field(0.2, gt=0, le=10)
+
+
 class Settings(_Section):
     """Everything ratewire reads at start."""
 
@@ -238,6 +253,7 @@ class Settings(_Section):
     history: HistorySettings = HistorySettings()
     ratings: RatingsSettings = RatingsSettings()
     jwt: JwtSettings = JwtSettings()
+    audit: AuditSettings = AuditSettings()
 
     def deployment_problem(self) -> str | None:
         """Why this combination of role, workers and backends cannot work, or None."""

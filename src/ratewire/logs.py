@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
 
+#: The id of the REST request being handled, added to every log line written meanwhile.
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _TOKEN_IN_QUERY = re.compile(r"(?i)([?&](?:token|access_token)=)[^&\s\"]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
@@ -58,6 +61,9 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["requestId"] = request_id
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from ratewire.audit import AuditContext
 from ratewire.broker.announcements import Announcements
 from ratewire.security.revocation import Revocation, RevocationKind
 from ratewire.security.tokens import TokenService
@@ -63,7 +64,13 @@ class RevocationService:
         await self._announcements.close()
 
     async def revoke(
-        self, kind: RevocationKind, value: str, *, by: str | None, reason: str | None
+        self,
+        kind: RevocationKind,
+        value: str,
+        *,
+        by: str | None,
+        reason: str | None,
+        audit: AuditContext | None = None,
     ) -> Revocation:
         """Revoke one token (``jti``) or every token of a user issued until now (``sub``).
         Effective here when this returns; on other instances within milliseconds."""
@@ -77,7 +84,8 @@ class RevocationService:
             reason=reason,
         )
         if self._store is not None:
-            await self._store.add_revocation(revocation)  # StorageError: nothing revoked
+            # One transaction with its audit entry. StorageError: nothing revoked.
+            await self._store.add_revocation(revocation, audit)
         self._take(revocation)
         try:
             await self._announcements.announce(revocation)

@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,8 @@ from ratewire.api import create_app
 from ratewire.api.app import create_ops_app
 from ratewire.api.http_protocol import http_protocol_with_head_timeout
 from ratewire.api.ops import ReadinessProbe
+from ratewire.audit import AuditChain, AuditContext, AuditRecord
+from ratewire.audit.log import AuditLog
 from ratewire.broker import Broker, LocalBroker
 from ratewire.broker.announcements import Announcements, LocalAnnouncements, RedisAnnouncements
 from ratewire.broker.redis import RedisBroker
@@ -60,6 +63,8 @@ log = logging.getLogger("ratewire")
 #: How often the deny list is read again from the store (a safety net under announcements).
 REVOCATION_POLL_SECONDS = 10.0
 WS_BACKSTOP_FACTOR = 4
+#: How often audit retention runs (each run that removes entries adds a checkpoint entry).
+AUDIT_PRUNE_SECONDS = 3600.0
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -130,6 +135,10 @@ class Runtime:
             if settings.server.workers > 1 and settings.broker.backend == "local"
             else REVOCATION_POLL_SECONDS,
         )
+        self.audit_log: AuditLog | None = None
+        if settings.audit.enabled and self.store is not None:
+            self.store.use_audit(AuditChain(settings.audit.key))
+            self.audit_log = AuditLog(self.store, flush_seconds=settings.audit.flush_seconds)
         self.service: RatingService | None = None
         self.relay: Relay | None = None
         if self.serves_rest and self.store is not None:
@@ -158,6 +167,7 @@ class Runtime:
                 else frozenset(o.rstrip("/") for o in origins)
             ),
             proxies=TrustedProxies(settings.server.trusted_proxies),
+            audit=self.audit_log,
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second
@@ -174,6 +184,7 @@ class Runtime:
                 ),
                 readiness_probes=probes,
                 revocations=self.revocations,
+                audit=self.audit_log,
             )
         else:
             if self.store is not None:
@@ -215,6 +226,9 @@ class Runtime:
         """Open storage and the broker, start the relay and the history pruner."""
         if self.store is not None:
             await self.store.start()
+        self._announce_audit_mode()
+        if self.audit_log is not None:
+            self.audit_log.start()
         if self.redis_broker is not None:
             broker = self.redis_broker
             await broker.connect(self.store.epoch if self.store is not None else None)
@@ -295,6 +309,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
         await self.revocations.stop()
+        if self.audit_log is not None:
+            await self.audit_log.stop()
         await self.broker.close()
         if self.store is not None:
             await self.store.close()
@@ -303,10 +319,46 @@ class Runtime:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stopping.set()
 
+    def _announce_audit_mode(self) -> None:
+        audit = self.settings.audit
+        if not audit.enabled:
+            log.warning("audit log off (audit.enabled: false): changes are not recorded")
+        elif self.store is None:
+            log.warning(
+                "audit: this instance has no database, so its WebSocket connects, disconnects "
+                "and refused tokens are not recorded (changes are, by the api instances)"
+            )
+        elif not audit.key or len(audit.key.encode()) < 32:
+            log.warning(
+                "audit.key is not set (or shorter than 32 bytes): the audit chain is plain "
+                "SHA-256, so whoever can write to the database could rebuild it after an edit; "
+                "set a 32+ byte RATEWIRE_AUDIT__KEY"
+            )
+
+    async def _prune_audit(self) -> None:
+        assert self.store is not None
+        days = self.settings.audit.retention_days
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        record = AuditRecord.now("audit.pruned", AuditContext(actor="ratewire"), retentionDays=days)
+        removed = await self.store.prune_audit(int(cutoff.timestamp() * 1000), record)
+        if removed:
+            log.info("pruned %d audit entries older than %g days", removed, days)
+
     async def _prune_forever(self) -> None:
         history = self.settings.history
         assert self.store is not None
+        audit_pruned_at = -AUDIT_PRUNE_SECONDS
         while True:
+            if (
+                self.audit_log is not None
+                and self.settings.audit.retention_days > 0
+                and time.monotonic() - audit_pruned_at >= AUDIT_PRUNE_SECONDS
+            ):
+                audit_pruned_at = time.monotonic()
+                try:
+                    await self._prune_audit()
+                except Exception:
+                    log.exception("audit pruning failed; will retry")
             await asyncio.sleep(history.prune_interval_seconds)
             cutoff = datetime.now(UTC) - timedelta(seconds=history.max_age_seconds)
             try:

@@ -7,6 +7,7 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ratewire.audit import AuditContext
 from ratewire.config import RatingsSettings
 from ratewire.domain import (
     GameSummary,
@@ -76,15 +77,21 @@ class RatingService:
                 "(needs scope ratings:admin or ratings:write:any)"
             )
 
-    async def create(self, principal: Principal, draft: RatingDraft) -> WriteResult:
-        self._check_owner(principal, draft.user_id)
-        return self._committed(await self.store.create(draft, utc_now()))
-
-    async def upsert(
-        self, principal: Principal, draft: RatingDraft, expected_version: int | None
+    async def create(
+        self, principal: Principal, draft: RatingDraft, audit: AuditContext | None = None
     ) -> WriteResult:
         self._check_owner(principal, draft.user_id)
-        return self._committed(await self.store.upsert(draft, expected_version, utc_now()))
+        return self._committed(await self.store.create(draft, utc_now(), audit))
+
+    async def upsert(
+        self,
+        principal: Principal,
+        draft: RatingDraft,
+        expected_version: int | None,
+        audit: AuditContext | None = None,
+    ) -> WriteResult:
+        self._check_owner(principal, draft.user_id)
+        return self._committed(await self.store.upsert(draft, expected_version, utc_now(), audit))
 
     async def get(self, rating_id: str) -> Rating:
         return await self.store.get(rating_id)
@@ -95,19 +102,26 @@ class RatingService:
         rating_id: str,
         changes: RatingChanges,
         expected_version: int | None,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         current = await self.store.get(rating_id)
         self._check_owner(principal, current.user_id)
         return self._committed(
-            await self.store.update(rating_id, changes, expected_version, utc_now())
+            await self.store.update(rating_id, changes, expected_version, utc_now(), audit)
         )
 
     async def delete(
-        self, principal: Principal, rating_id: str, expected_version: int | None
+        self,
+        principal: Principal,
+        rating_id: str,
+        expected_version: int | None,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         current = await self.store.get(rating_id)
         self._check_owner(principal, current.user_id)
-        return self._committed(await self.store.delete(rating_id, expected_version, utc_now()))
+        return self._committed(
+            await self.store.delete(rating_id, expected_version, utc_now(), audit)
+        )
 
     async def list_ratings(
         self, game_id: str | None, user_id: str | None, limit: int, cursor: str | None

@@ -326,3 +326,45 @@ async def test_revocations_are_kept_replaced_and_expire(store: RatingStore) -> N
     # Entries are gone once no token they cover could still verify.
     assert await store.revocations(now + 911) == [later]
     assert await store.revocations(now + 916) == []
+
+
+async def test_the_audit_chain_records_changes_and_survives_pruning(store: RatingStore) -> None:
+    from ratewire.audit import AuditChain, AuditContext, AuditQuery, AuditRecord
+    from ratewire.audit.verify import verify_chain
+
+    chain = AuditChain("contract-audit-key-0123456789abcdef")
+    store.use_audit(chain)
+    who = AuditContext(actor="7", scopes="", ip="192.0.2.1", request_id="req-1")
+    created = await store.create(RatingDraft("g", "7", 3, None), utc_now(), who)
+    await store.update(created.rating.id, RatingChanges(score=5), None, utc_now(), who)
+    await store.delete(created.rating.id, None, utc_now(), who)
+    old = AuditRecord(
+        "ws.connect", int((utc_now() - timedelta(days=30)).timestamp() * 1000), who, None, {}
+    )
+    await store.append_audit([old, old])
+    entries = await store.audit_entries(AuditQuery(limit=10, oldest_first=True))
+    assert [e.action for e in entries] == [
+        "rating.create",
+        "rating.update",
+        "rating.delete",
+        "ws.connect",
+        "ws.connect",
+    ]
+    update = entries[1].to_wire()
+    assert (update["detail"]["before"]["score"], update["detail"]["after"]["score"]) == (3, 5)
+    assert (update["actor"], update["ip"], update["requestId"]) == ("7", "192.0.2.1", "req-1")
+    assert [e.seq for e in await store.audit_entries(AuditQuery(actor="7", limit=2))] == [5, 4]
+    assert (await verify_chain(store, chain)).problem is None
+    # Retention drops the two old entries; what is left still verifies from the checkpoint.
+    cutoff = int((utc_now() - timedelta(days=1)).timestamp() * 1000)
+    pruned = AuditRecord.now("audit.pruned", AuditContext(actor="ratewire"))
+    assert await store.prune_audit(cutoff, pruned) == 5  # everything up to the last old one
+    head = await store.audit_head()
+    assert (head.seq, head.pruned_seq) == (6, 5)
+    remaining = await store.audit_entries(AuditQuery(limit=10, oldest_first=True))
+    assert [e.action for e in remaining] == ["audit.pruned"]
+    verdict = await verify_chain(store, chain)
+    assert verdict.problem is None and verdict.checked == 1
+    # The same entries checked with another key do not verify.
+    forged = await verify_chain(store, AuditChain("another-key-0123456789abcdef012345"))
+    assert forged.problem is not None and "#6" in forged.problem

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
+from ratewire.api.admission import request_audit_context
 from ratewire.api.problems import ApiProblem
 from ratewire.api.routes import JSON, require_principal
 from ratewire.api.schemas import problem_responses
@@ -76,12 +77,19 @@ class RevocationListOut(BaseModel):
     responses=problem_responses(401, 403, 415, 422, 429, 503),
     summary="Revoke one token (jti) or every current token of a user (sub)",
 )
-async def revoke(body: RevocationCreate, caller: Admin, revocations: Revocations) -> Response:
+async def revoke(
+    body: RevocationCreate, request: Request, caller: Admin, revocations: Revocations
+) -> Response:
+    audit = request_audit_context(request.scope, caller)
     if body.jti is not None:
-        revocation = await revocations.revoke("jti", body.jti, by=caller.sub, reason=body.reason)
+        revocation = await revocations.revoke(
+            "jti", body.jti, by=caller.sub, reason=body.reason, audit=audit
+        )
     else:
         assert body.sub is not None
-        revocation = await revocations.revoke("sub", body.sub, by=caller.sub, reason=body.reason)
+        revocation = await revocations.revoke(
+            "sub", body.sub, by=caller.sub, reason=body.reason, audit=audit
+        )
     return Response(orjson.dumps(revocation.to_wire()), 201, media_type=JSON)
 
 

@@ -7,16 +7,24 @@ task and copies.
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratewire.api.problems import problem_response
+from ratewire.audit import AuditContext
+from ratewire.audit.log import AuditLog
+from ratewire.logs import request_id_var
+from ratewire.security.proxies import VIA_TRUSTED_PROXY
 from ratewire.security.ratelimit import RateDecision, RequestRateLimiter
-from ratewire.security.tokens import InvalidToken, TokenService
+from ratewire.security.tokens import InvalidToken, Principal, TokenService
 
 AUTH_STATE_KEY = "auth"
+REQUEST_ID_STATE_KEY = "request_id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -57,10 +65,23 @@ def _with_headers(send: Send, extra: dict[str, str]) -> Send:
     return send_with_headers
 
 
+def request_audit_context(scope: Scope, principal: Principal | None) -> AuditContext:
+    """The audit context of an HTTP request: its token's subject, the client address and the
+    request id."""
+    client = scope.get("client")
+    return AuditContext(
+        actor=principal.sub if principal is not None else None,
+        scopes=" ".join(sorted(principal.scopes)) if principal is not None else "",
+        ip=client[0] if client else None,
+        request_id=scope.get("state", {}).get(REQUEST_ID_STATE_KEY),
+    )
+
+
 class AdmissionMiddleware:
-    """Verifies any bearer token (result in ``scope["state"]["auth"]``), applies the REST rate
-    limit per token ``sub`` (else per IP), and rejects bodies that are too large (413) or not
-    JSON (415)."""
+    """Gives every request an id (``X-Request-Id``, also in its log lines and audit entries),
+    verifies any bearer token (result in ``scope["state"]["auth"]``; refusals are audited),
+    applies the REST rate limit per token ``sub`` (else per IP), and rejects bodies that are
+    too large (413) or not JSON (415)."""
 
     def __init__(
         self,
@@ -69,16 +90,30 @@ class AdmissionMiddleware:
         tokens: TokenService,
         limiter: RequestRateLimiter,
         max_body_bytes: int,
+        audit: AuditLog | None = None,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A proxy we trust may hand us the id its own logs use; anyone else's is ignored.
+        offered = _header(scope, b"x-request-id") if scope.get(VIA_TRUSTED_PROXY) else None
+        request_id = offered if offered and _REQUEST_ID.match(offered) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state[REQUEST_ID_STATE_KEY] = request_id
+        reset = request_id_var.set(request_id)
+        try:
+            await self._admit(scope, receive, _with_headers(send, {"X-Request-Id": request_id}))
+        finally:
+            request_id_var.reset(reset)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         auth: Any = None
         authorization = _header(scope, b"authorization")
         if authorization is not None:
@@ -90,6 +125,16 @@ class AdmissionMiddleware:
                     auth = self.tokens.verify(token.strip())
                 except InvalidToken as exc:
                     auth = exc
+            if isinstance(auth, InvalidToken) and self.audit is not None:
+                sub, jti = auth.claimed
+                self.audit.record(
+                    "auth.refused",
+                    request_audit_context(scope, None),
+                    reason=auth.reason,
+                    channel="rest",
+                    sub=sub,
+                    jti=jti,
+                )
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
 
         if scope["path"] not in _UNLIMITED_PATHS:

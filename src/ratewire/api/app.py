@@ -9,12 +9,14 @@ from fastapi import APIRouter, FastAPI
 from ratewire import __version__
 from ratewire.api.admin import router as admin_router
 from ratewire.api.admission import AdmissionMiddleware
+from ratewire.api.audit import router as audit_router
 from ratewire.api.openapi import complete_problem_responses
 from ratewire.api.ops import ReadinessProbe
 from ratewire.api.ops import router as ops_router
 from ratewire.api.problems import install_problem_handlers
 from ratewire.api.routes import router
 from ratewire.api.topic_history import router as topic_history_router
+from ratewire.audit.log import AuditLog
 from ratewire.config import Settings
 from ratewire.revocations import RevocationService
 from ratewire.security.ratelimit import RequestRateLimiter
@@ -37,6 +39,7 @@ def create_app(
     extra_routers: tuple[APIRouter, ...] = (),
     readiness_probes: Mapping[str, ReadinessProbe] | None = None,
     revocations: RevocationService | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """An ASGI app serving the REST API over ``service`` (which the caller starts and stops),
     with the /admin routes when ``revocations`` is given."""
@@ -50,6 +53,8 @@ def create_app(
     app.include_router(topic_history_router)
     if revocations is not None:
         app.include_router(admin_router)
+    if audit is not None:
+        app.include_router(audit_router)
     for extra in extra_routers:
         app.include_router(extra)
     complete_problem_responses(app)
@@ -58,6 +63,7 @@ def create_app(
         tokens=tokens,
         limiter=limiter or RequestRateLimiter(settings.limits.rest_requests_per_client_per_minute),
         max_body_bytes=settings.limits.max_body_bytes,
+        audit=audit,
     )
     return app
 

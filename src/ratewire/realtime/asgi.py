@@ -138,10 +138,11 @@ class WebSocketEndpoint:
             return
         await send({"type": "websocket.accept"})
         peer = AsgiPeer(send, self._ctx.limits.send_buffer_bytes)
-        session = Session(peer, self._ctx)
+        session = Session(peer, self._ctx, ip, "/ws")
         peer.session = session
         writer = asyncio.create_task(peer.write_loop())
         session.opened(credentials)
+        peer_code: int | None = None
         max_bytes = self._ctx.limits.max_message_bytes
         try:
             while not writer.done():
@@ -154,6 +155,7 @@ class WebSocketEndpoint:
                     break
                 message = receiving.result()
                 if message["type"] == "websocket.disconnect":
+                    peer_code = message.get("code")
                     break
                 payload = message.get("bytes") or (message.get("text") or "").encode()
                 if len(payload) > max_bytes:
@@ -163,7 +165,7 @@ class WebSocketEndpoint:
                     continue
                 session.received(payload)
         finally:
-            session.closed_by_peer()
+            session.closed_by_peer(peer_code)
             peer.close(1000, "")
             if not writer.done():
                 writer.cancel()

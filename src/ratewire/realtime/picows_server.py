@@ -71,6 +71,8 @@ class PicowsPeer(WSListener):
         "_ctx",
         "_fragmented_text",
         "_fragments",
+        "_peer_close_code",
+        "_releases_ip",
         "_token",
         "session",
         "transport",
@@ -80,13 +82,16 @@ class PicowsPeer(WSListener):
         self,
         ctx: RealtimeContext,
         token: str | Principal | InvalidToken | None,
-        client_ip: str | None = None,
+        client_ip: str,
+        releases_ip: bool = False,
     ) -> None:
         super().__init__()
         self._ctx = ctx
         self._token = token
-        # Set when a trusted proxy reported the client: its per-IP slot is released here.
         self._client_ip = client_ip
+        self._peer_close_code: int | None = None
+        # Set when a trusted proxy reported the client: its per-IP slot is released here.
+        self._releases_ip = releases_ip
         self._fragments: bytearray | None = None
         self._fragmented_text = False
         self.transport: WSTransport | None = None
@@ -99,7 +104,7 @@ class PicowsPeer(WSListener):
         transport.underlying_transport.set_write_buffer_limits(
             high=self._ctx.limits.send_buffer_bytes
         )
-        self.session = Session(self, self._ctx)
+        self.session = Session(self, self._ctx, self._client_ip, "module")
         self.session.opened(self._token)
         self._token = None
 
@@ -123,6 +128,7 @@ class PicowsPeer(WSListener):
                 payload, self._fragments = bytes(self._fragments), None
                 self._deliver(session, payload, self._fragmented_text)
         elif msg_type == WSMsgType.CLOSE:
+            self._peer_close_code = frame.get_close_code().value
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -140,10 +146,10 @@ class PicowsPeer(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is not None:
-            self.session.closed_by_peer()
-        if self._client_ip is not None:
+            self.session.closed_by_peer(self._peer_close_code)
+        if self._releases_ip:
+            self._releases_ip = False
             self._ctx.slots.release_ip(self._client_ip)
-            self._client_ip = None
 
     def pause_writing(self) -> None:
         # The kernel and transport buffers hold send_buffer_bytes already: this client cannot
@@ -314,7 +320,7 @@ async def start_module_server(
             WSUpgradeResponse.create_error_response(status, body, headers), None
         )
 
-    def listener_for(proxy_ip: str | None, request: WSUpgradeRequest) -> PicowsPeer | Any:
+    def listener_for(peer_ip: str, via_proxy: bool, request: WSUpgradeRequest) -> PicowsPeer | Any:
         raw_path = (
             request.path.decode("latin-1") if isinstance(request.path, bytes) else request.path
         )
@@ -323,9 +329,9 @@ async def start_module_server(
         headers = request.headers
         if not origin_allowed(headers.get("origin"), ctx.allowed_origins):
             return refuse(403, ORIGIN_REFUSED_BODY)
-        client_ip = None
-        if proxy_ip is not None:
-            client_ip = ctx.proxies.client_ip(proxy_ip, headers.get)
+        client_ip = peer_ip
+        if via_proxy:
+            client_ip = ctx.proxies.client_ip(peer_ip, headers.get)
             if not ctx.slots.admit_ip(client_ip):
                 return refuse(429, IP_CAP_BODY, RETRY_AFTER_SECONDS)
             retry_after = limiter.acquire(client_ip)
@@ -334,10 +340,10 @@ async def start_module_server(
                 return refuse(429, RATE_REFUSED_BODY, retry_after)
         credentials = upgrade_credentials(ctx, raw_path, headers.get("authorization"))
         if credentials is USER_CAP_REACHED:
-            if client_ip is not None:
+            if via_proxy:
                 ctx.slots.release_ip(client_ip)
             return refuse(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
-        return PicowsPeer(ctx, credentials, client_ip)
+        return PicowsPeer(ctx, credentials, client_ip, releases_ip=via_proxy)
 
     def make_ws_protocol(ip: str, via_proxy: bool) -> Any:
         # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
@@ -347,7 +353,7 @@ async def start_module_server(
             None,
             None,
             False,
-            partial(listener_for, ip if via_proxy else None),
+            partial(listener_for, ip, via_proxy),
             _PICOWS_LOGGER,
             True,
             limits.handshake_timeout_seconds,  # the upgrade request must be in by then

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import orjson
 
+from ratewire.audit import AuditContext
+from ratewire.audit.log import AuditLog
 from ratewire.capacity import ConnectionSlots
 from ratewire.config import LimitsSettings
 from ratewire.domain import (
@@ -44,8 +46,11 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TOKEN_EXPIRED = 4002
 CLOSE_RATE_LIMITED = 4008
+CLOSE_ABNORMAL = 1006  # no close frame: the connection just went away
 TOO_MANY_FOR_USER = "Too many connections for this user"
 CLOSE_TOO_SLOW = 4009
+#: Disconnects the audit log names apart, so they can be filtered for.
+_DISCONNECT_ACTIONS = {CLOSE_RATE_LIMITED: "ws.rate_limited", CLOSE_TOO_SLOW: "ws.too_slow"}
 
 
 class Peer(Protocol):
@@ -75,6 +80,8 @@ class RealtimeContext:
     slots: ConnectionSlots = field(default_factory=ConnectionSlots)
     #: Browser origins allowed to upgrade (modules.websocket.allowed_origins); None: any.
     allowed_origins: frozenset[str] | None = None
+    #: Where connects, disconnects and refused tokens are recorded (None: audit log off).
+    audit: AuditLog | None = None
     #: Proxies whose forwarded client addresses are believed (server.trusted_proxies).
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
 
@@ -89,8 +96,11 @@ class Session:
         "_auth_timer",
         "_bucket",
         "_bucket_at",
+        "_client_ip",
+        "_close_code",
         "_ctx",
         "_denied",
+        "_endpoint",
         "_expiry_timer",
         "_holds_user_slot",
         "_inbox",
@@ -103,8 +113,13 @@ class Session:
         "topics",
     )
 
-    def __init__(self, peer: Peer, ctx: RealtimeContext) -> None:
+    def __init__(
+        self, peer: Peer, ctx: RealtimeContext, client_ip: str | None = None, endpoint: str = ""
+    ) -> None:
         self.peer = peer
+        self._client_ip = client_ip
+        self._endpoint = endpoint
+        self._close_code: int | None = None  # set when the server closes
         self.send = peer.send_text  # what the hub calls, once per delivered frame
         self._ctx = ctx
         self.principal: Principal | None = None
@@ -136,10 +151,19 @@ class Session:
             self._ctx.limits.auth_timeout_seconds, self.close, CLOSE_AUTH_FAILED, "Invalid token"
         )
 
-    def closed_by_peer(self) -> None:
-        """The connection is gone: release everything it held."""
+    def closed_by_peer(self, code: int | None = None) -> None:
+        """The connection is gone (``code``: the close code the client sent, if any): release
+        everything it held."""
         if self.closed and self not in self._ctx.sessions:
             return
+        if self.principal is not None and self._ctx.audit is not None:
+            final = self._close_code or code or CLOSE_ABNORMAL
+            self._ctx.audit.record(
+                _DISCONNECT_ACTIONS.get(final, "ws.disconnect"),
+                self._audit_context(),
+                code=final,
+                endpoint=self._endpoint,
+            )
         self.closed = True
         self._ctx.sessions.discard(self)
         for name in self.topics:
@@ -160,6 +184,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self._close_code = code
         for name in self.topics:
             self._ctx.hub.drop(name, self)
         self.peer.close(code, reason)
@@ -260,6 +285,17 @@ class Session:
                 raise token
             principal = token if isinstance(token, Principal) else self._ctx.tokens.verify(token)
         except InvalidToken as exc:
+            if self._ctx.audit is not None:
+                sub, jti = exc.claimed
+                self._ctx.audit.record(
+                    "auth.refused",
+                    self._audit_context(),
+                    reason=exc.reason,
+                    channel="websocket",
+                    endpoint=self._endpoint,
+                    sub=sub,
+                    jti=jti,
+                )
             self.close(CLOSE_AUTH_FAILED, exc.reason)
             return
         if not self._ctx.slots.admit_user(principal.sub):
@@ -269,6 +305,8 @@ class Session:
             return
         self._holds_user_slot = True
         self.principal = principal
+        if self._ctx.audit is not None:
+            self._ctx.audit.record("ws.connect", self._audit_context(), endpoint=self._endpoint)
         self.client_id = uuid.uuid4().hex
         self._arm_expiry(principal)
         self.send(
@@ -279,6 +317,14 @@ class Session:
                 userId=principal.sub,
                 protocol=PROTOCOL_VERSION,
             )
+        )
+
+    def _audit_context(self) -> AuditContext:
+        principal = self.principal
+        return AuditContext(
+            actor=principal.sub if principal is not None else None,
+            scopes=" ".join(sorted(principal.scopes)) if principal is not None else "",
+            ip=self._client_ip,
         )
 
     def _arm_expiry(self, principal: Principal) -> None:

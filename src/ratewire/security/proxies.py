@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Set in the ASGI scope when the peer is a trusted proxy (its X-Request-Id is believed too).
+VIA_TRUSTED_PROXY = "ratewire.via_trusted_proxy"
 
 
 def _address(token: str) -> str | None:
@@ -95,6 +97,6 @@ class ClientAddressMiddleware:
                 return ",".join(values) if values else None
 
             ip = self.proxies.client_ip(client[0], header)
-            if ip != client[0]:
-                scope = {**scope, "client": (ip, 0)}
+            scope = {**scope, "client": (ip, 0) if ip != client[0] else client}
+            scope[VIA_TRUSTED_PROXY] = True
         await self.app(scope, receive, send)

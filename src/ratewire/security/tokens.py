@@ -31,6 +31,8 @@ class InvalidToken(Exception):
     def __init__(self, reason: str = "Invalid token") -> None:
         super().__init__(reason)
         self.reason = reason
+        #: The (sub, jti) the refused token claims, unverified: for the audit log.
+        self.claimed: tuple[str | None, str | None] = (None, None)
 
 
 class TokenExpired(InvalidToken):
@@ -129,7 +131,15 @@ class TokenService:
         return principal.expires_at + self._leeway
 
     def verify(self, token: str) -> Principal:
-        """The principal of a valid token; :class:`InvalidToken` / :class:`TokenExpired` else."""
+        """The principal of a valid token; :class:`InvalidToken` / :class:`TokenExpired` else
+        (with what the token claims in ``claimed``, for the audit log)."""
+        try:
+            return self._verify(token)
+        except InvalidToken as refused:
+            refused.claimed = unverified_identity(token)
+            raise
+
+    def _verify(self, token: str) -> Principal:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
@@ -175,3 +185,17 @@ class TokenService:
             topics=tuple(topics) if topics is not None else None,
             issued_at=issued_at,
         )
+
+
+def unverified_identity(token: str) -> tuple[str | None, str | None]:
+    """The ``sub`` and ``jti`` a token claims, read without verifying it: for the audit
+    entry of a refused token (never the token itself). (None, None) when unreadable."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None, None
+    sub, jti = claims.get("sub"), claims.get("jti")
+    return (
+        sub[:255] if isinstance(sub, str) else None,
+        jti[:255] if isinstance(jti, str) else None,
+    )

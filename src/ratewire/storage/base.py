@@ -1,16 +1,20 @@
 """The ``RatingStore`` protocol every backend implements, and the errors it raises.
 
-A store owns three things that change together in one transaction per write: the rating
-row, its game's summary counters, and the change's event (the outbox) with its offset on each
-of the three topics. The event log doubles as each topic's history on a single node.
+A store owns the things that change together in one transaction per write: the rating row,
+its game's summary counters, the change's event (the outbox) with its offset on each of the
+three topics, and (with the audit log on) the change's audit entry. The event log doubles as
+each topic's history on a single node.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from ratewire.audit import AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
+from ratewire.audit.entry import AuditHead
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, RatingEvent, Topic
 from ratewire.security.revocation import Revocation
 
@@ -73,11 +77,17 @@ class RatingStore(Protocol):
     async def ping(self) -> None:
         """Raise :class:`StorageUnavailable` if the backend does not answer."""
 
-    async def create(self, draft: RatingDraft, now: datetime) -> WriteResult:
+    async def create(
+        self, draft: RatingDraft, now: datetime, audit: AuditContext | None = None
+    ) -> WriteResult:
         """Store a new rating; :class:`AlreadyExists` if (game, user) has one."""
 
     async def upsert(
-        self, draft: RatingDraft, expected_version: int | None, now: datetime
+        self,
+        draft: RatingDraft,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         """Create or replace the (game, user) rating; ``created`` tells which."""
 
@@ -85,12 +95,21 @@ class RatingStore(Protocol):
         """The rating, or :class:`NotFound`."""
 
     async def update(
-        self, rating_id: str, changes: RatingChanges, expected_version: int | None, now: datetime
+        self,
+        rating_id: str,
+        changes: RatingChanges,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         """Apply ``changes``; :class:`NotFound` / :class:`VersionMismatch`."""
 
     async def delete(
-        self, rating_id: str, expected_version: int | None, now: datetime
+        self,
+        rating_id: str,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         """Remove the rating; the event carries it as it was."""
 
@@ -124,9 +143,29 @@ class RatingStore(Protocol):
         """Drop events that are older than ``older_than`` or outside the last ``keep_per_topic``
         of every topic they belong to; returns how many went."""
 
-    async def add_revocation(self, revocation: Revocation) -> None:
-        """Keep ``revocation``, replacing an entry of the same kind and value."""
+    async def add_revocation(
+        self, revocation: Revocation, audit: AuditContext | None = None
+    ) -> None:
+        """Keep ``revocation``, replacing an entry of the same kind and value (and record it in
+        the audit log, in the same transaction)."""
 
     async def revocations(self, now: float) -> list[Revocation]:
         """The entries still in force at ``now`` (UNIX seconds). Expired entries are never
         returned (and deleted when the next one is added)."""
+
+    def use_audit(self, chain: AuditChain | None) -> None:
+        """Record every change in the audit log, sealed with ``chain`` (None: no audit log)."""
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Append ``records`` to the audit chain, in order, in one transaction."""
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching ``query``, newest first unless ``query.oldest_first``."""
+
+    async def audit_head(self) -> AuditHead:
+        """The chain's last entry and its pruning checkpoint."""
+
+    async def prune_audit(self, older_than_ms: int, record: AuditRecord) -> int:
+        """Drop entries older than ``older_than_ms`` (epoch ms), keeping the chain verifiable:
+        the last dropped entry becomes the checkpoint, recorded as ``record`` (action
+        ``audit.pruned``) with ``throughSeq``/``throughMac`` added. Returns how many went."""

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import bisect
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 
+from ratewire.audit import GENESIS, AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
+from ratewire.audit.entry import AuditHead
+from ratewire.audit.records import rating_audit_record, revocation_audit_record
 from ratewire.domain import (
     GameSummary,
     Rating,
@@ -41,6 +45,9 @@ class MemoryStore:
         self._events: list[RatingEvent] = []  # ordered by seq
         self._by_topic: dict[str, list[RatingEvent]] = {}  # ordered by that topic's offset
         self._revocations: dict[str, Revocation] = {}
+        self._audit_chain: AuditChain | None = None
+        self._audit_log: list[AuditEntry] = []
+        self._audit_head = AuditHead(0, GENESIS, 0, GENESIS)
 
     async def start(self) -> None:
         return None
@@ -59,7 +66,12 @@ class MemoryStore:
         return offset
 
     def _commit(
-        self, kind: EventKind, old: Rating | None, new: Rating | None, now: datetime
+        self,
+        kind: EventKind,
+        old: Rating | None,
+        new: Rating | None,
+        now: datetime,
+        audit: AuditContext | None,
     ) -> RatingEvent:
         current = new or old
         assert current is not None
@@ -88,6 +100,7 @@ class MemoryStore:
         self._events.append(event)
         for name in (GLOBAL_TOPIC, game_topic(event.game_id), user_topic(event.user_id)):
             self._by_topic.setdefault(name, []).append(event)
+        self._audit([rating_audit_record(kind, old, new, now, event.seq, audit)])
         return event
 
     def _current(self, rating_id: str, expected_version: int | None) -> Rating:
@@ -98,40 +111,55 @@ class MemoryStore:
             raise VersionMismatch(rating_id, expected_version, rating.version)
         return rating
 
-    async def create(self, draft: RatingDraft, now: datetime) -> WriteResult:
+    async def create(
+        self, draft: RatingDraft, now: datetime, audit: AuditContext | None = None
+    ) -> WriteResult:
         existing = self._by_pair.get((draft.game_id, draft.user_id))
         if existing is not None:
             raise AlreadyExists(draft.game_id, draft.user_id, existing)
         rating = Rating.new(draft, now)
-        return WriteResult(rating, self._commit("created", None, rating, now), created=True)
+        return WriteResult(rating, self._commit("created", None, rating, now, audit), created=True)
 
     async def upsert(
-        self, draft: RatingDraft, expected_version: int | None, now: datetime
+        self,
+        draft: RatingDraft,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         existing_id = self._by_pair.get((draft.game_id, draft.user_id))
         if existing_id is None:
             if expected_version is not None:
                 raise VersionMismatch(f"{draft.game_id}/{draft.user_id}", expected_version, None)
-            return await self.create(draft, now)
+            return await self.create(draft, now, audit)
         changes = RatingChanges(
             score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
         )
-        return await self.update(existing_id, changes, expected_version, now)
+        return await self.update(existing_id, changes, expected_version, now, audit)
 
     async def update(
-        self, rating_id: str, changes: RatingChanges, expected_version: int | None, now: datetime
+        self,
+        rating_id: str,
+        changes: RatingChanges,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         old = self._current(rating_id, expected_version)
         new = changes.apply(old, now)
         if new is None:
             return WriteResult(old, None)
-        return WriteResult(new, self._commit("updated", old, new, now))
+        return WriteResult(new, self._commit("updated", old, new, now, audit))
 
     async def delete(
-        self, rating_id: str, expected_version: int | None, now: datetime
+        self,
+        rating_id: str,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         old = self._current(rating_id, expected_version)
-        return WriteResult(old, self._commit("deleted", old, None, now))
+        return WriteResult(old, self._commit("deleted", old, None, now, audit))
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -202,13 +230,74 @@ class MemoryStore:
 
     # -- revocations ----------------------------------------------------------------------
 
-    async def add_revocation(self, revocation: Revocation) -> None:
+    async def add_revocation(
+        self, revocation: Revocation, audit: AuditContext | None = None
+    ) -> None:
         self._revocations[revocation.key] = revocation
+        self._audit([revocation_audit_record(revocation, audit)])
 
     async def revocations(self, now: float) -> list[Revocation]:
         for key in [k for k, entry in self._revocations.items() if entry.expires_at <= now]:
             del self._revocations[key]
         return list(self._revocations.values())
+
+    # -- audit log ------------------------------------------------------------------------
+
+    def use_audit(self, chain: AuditChain | None) -> None:
+        self._audit_chain = chain
+
+    def _audit(self, records: Sequence[AuditRecord]) -> None:
+        chain = self._audit_chain
+        if chain is None:
+            return
+        head = self._audit_head
+        seq, mac = head.seq, head.mac
+        for record in records:
+            seq += 1
+            entry = chain.seal(mac, seq, record)
+            mac = entry.mac
+            self._audit_log.append(entry)
+        self._audit_head = AuditHead(seq, mac, head.pruned_seq, head.pruned_mac)
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        self._audit(records)
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        def wanted(entry: AuditEntry) -> bool:
+            return (
+                (query.actor is None or entry.actor == query.actor)
+                and (query.action is None or entry.action == query.action)
+                and (query.rating_id is None or entry.rating_id == query.rating_id)
+                and (query.ip is None or entry.ip == query.ip)
+                and (query.since_ms is None or entry.at_ms >= query.since_ms)
+                and (query.until_ms is None or entry.at_ms < query.until_ms)
+                and (query.before_seq is None or entry.seq < query.before_seq)
+                and (query.after_seq is None or entry.seq > query.after_seq)
+            )
+
+        ordered = self._audit_log if query.oldest_first else reversed(self._audit_log)
+        found: list[AuditEntry] = []
+        for entry in ordered:
+            if wanted(entry):
+                found.append(entry)
+                if len(found) == query.limit:
+                    break
+        return found
+
+    async def audit_head(self) -> AuditHead:
+        return self._audit_head
+
+    async def prune_audit(self, older_than_ms: int, record: AuditRecord) -> int:
+        old = [entry for entry in self._audit_log if entry.at_ms < older_than_ms]
+        if self._audit_chain is None or not old:
+            return 0
+        through = old[-1]
+        detail = {**record.detail, "throughSeq": through.seq, "throughMac": through.mac}
+        self._audit([AuditRecord(record.action, record.at_ms, record.context, None, detail)])
+        self._audit_log = [entry for entry in self._audit_log if entry.seq > through.seq]
+        head = self._audit_head
+        self._audit_head = AuditHead(head.seq, head.mac, through.seq, through.mac)
+        return through.seq - head.pruned_seq
 
 
 __all__ = ["MemoryStore"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -49,6 +49,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ratewire.audit import AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
+from ratewire.audit.entry import AuditHead
+from ratewire.audit.records import rating_audit_record, revocation_audit_record
 from ratewire.domain import (
     GameSummary,
     Rating,
@@ -68,6 +71,7 @@ from ratewire.storage.base import (
     VersionMismatch,
     WriteResult,
 )
+from ratewire.storage.sql_audit import AuditTables
 
 log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
@@ -152,6 +156,8 @@ revocations = Table(
     Column("reason", Text, nullable=True),
     Index("ix_token_revocations_expires_at", "expires_at"),
 )
+
+audit_tables = AuditTables(metadata)
 
 _HISTOGRAM = [game_summaries.c[f"h{score}"] for score in range(1, 6)]
 _HISTOGRAM_NAMES = tuple(column.name for column in _HISTOGRAM)
@@ -324,8 +330,10 @@ class SqlStore:
         self.dialect = make_url(self.url).get_backend_name()
         self.epoch = ""
         self._sql = _Statements(self.dialect)
+        self._audit_chain: AuditChain | None = None
         self._async: AsyncEngine | None = None
         self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._deadlock_retries: dict[asyncio.Future[Any], int] = {}
         self._batcher: asyncio.Task[None] | None = None
         self._sqlite_writer: Engine | None = None
         self._sqlite_reader: Engine | None = None
@@ -386,6 +394,10 @@ class SqlStore:
         except (OSError, DBAPIError) as exc:
             raise self._unavailable(exc) from exc
 
+    @staticmethod
+    def _deadlocked(exc: BaseException) -> bool:
+        return isinstance(exc, DBAPIError) and _is_deadlock(exc)
+
     def _unavailable(self, exc: BaseException) -> StorageUnavailable:
         # Callers get the driver's one-line reason (a 503 over REST); the traceback is kept
         # for debug logging only: an unreachable database is not a bug to trace.
@@ -420,13 +432,24 @@ class SqlStore:
                 outcomes = await self._run_batch([body for body, _ in batch])
             except Exception as exc:  # nothing of the batch is stored (for one write: its error)
                 outcomes = [(False, exc)] * len(batch)
-            for (_, done), (succeeded, value) in zip(batch, outcomes, strict=True):
+            retry = []
+            for (body, done), (succeeded, value) in zip(batch, outcomes, strict=True):
                 if done.done():
                     continue  # the caller went away; its write still committed (or not)
                 if succeeded:
                     done.set_result(value)
+                elif self._deadlocked(value) and self._deadlock_retries.get(done, 0) < 5:
+                    # Batches of two instances can lock game rows in opposite orders; the
+                    # victim's write rolled back to its savepoint: run it again, first.
+                    self._deadlock_retries[done] = self._deadlock_retries.get(done, 0) + 1
+                    retry.append((body, done))
                 else:
+                    self._deadlock_retries.pop(done, None)
                     done.set_exception(value)
+            self._queued_writes[:0] = retry
+            for _, done in batch:
+                if done.done():
+                    self._deadlock_retries.pop(done, None)
 
     async def _run_batch(self, bodies: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
         if self._sqlite_writer is not None:
@@ -531,6 +554,7 @@ class SqlStore:
             (store_meta, {"key": "schema_version", "value": str(SCHEMA_VERSION)}),
             (store_meta, {"key": "epoch", "value": secrets.token_hex(8)}),
             (global_head, {"id": 1, "last_offset": 0}),
+            (audit_tables.head, audit_tables.seed_row()),
         ):
             key = next(iter(row))
             if not conn.scalar(select(func.count()).where(table.c[key] == row[key])):
@@ -584,8 +608,10 @@ class SqlStore:
         old: Rating | None,
         new: Rating | None,
         now: datetime,
+        audit: AuditContext | None,
     ) -> RatingEvent:
-        """Move the counters and append the event; the rating row is already written."""
+        """Move the counters and append the event (and its audit entry); the rating row is
+        already written."""
         current = new or old
         assert current is not None
         delta = SummaryDelta.between(
@@ -616,6 +642,10 @@ class SqlStore:
                 "occurred_at": _ms(now),
             },
         )
+        if self._audit_chain is not None:
+            audit_tables.append(
+                conn, self._audit_chain, [rating_audit_record(kind, old, new, now, seq, audit)]
+            )
         return RatingEvent(
             seq, kind, current.game_id, current.user_id, game_offset, user_offset, data, now
         )
@@ -635,7 +665,9 @@ class SqlStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def create(self, draft: RatingDraft, now: datetime) -> WriteResult:
+    async def create(
+        self, draft: RatingDraft, now: datetime, audit: AuditContext | None = None
+    ) -> WriteResult:
         rating = Rating.new(draft, now)
 
         def body(conn: Connection) -> WriteResult:
@@ -652,7 +684,8 @@ class SqlStore:
                     "version": rating.version,
                 },
             )
-            return WriteResult(rating, self._record(conn, "created", None, rating, now), True)
+            event = self._record(conn, "created", None, rating, now, audit)
+            return WriteResult(rating, event, True)
 
         try:
             return await self._write(body)
@@ -663,7 +696,11 @@ class SqlStore:
             raise AlreadyExists(draft.game_id, draft.user_id, existing) from None
 
     async def upsert(
-        self, draft: RatingDraft, expected_version: int | None, now: datetime
+        self,
+        draft: RatingDraft,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         changes = RatingChanges(
             score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
@@ -678,17 +715,22 @@ class SqlStore:
                         f"{draft.game_id}/{draft.user_id}", expected_version, None
                     )
                 try:
-                    return await self.create(draft, now)
+                    return await self.create(draft, now, audit)
                 except AlreadyExists:
                     continue  # a concurrent writer created it first: update that one instead
             try:
-                return await self.update(existing_id, changes, expected_version, now)
+                return await self.update(existing_id, changes, expected_version, now, audit)
             except NotFound:
                 continue  # deleted between the lookup and the update: create it again
         raise StorageUnavailable(f"upsert of {draft.game_id}/{draft.user_id} kept racing; retry")
 
     async def update(
-        self, rating_id: str, changes: RatingChanges, expected_version: int | None, now: datetime
+        self,
+        rating_id: str,
+        changes: RatingChanges,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         def body(conn: Connection) -> WriteResult:
             old = self._locked(conn, rating_id, expected_version)
@@ -705,7 +747,7 @@ class SqlStore:
                     "b_version": new.version,
                 },
             )
-            return WriteResult(new, self._record(conn, "updated", old, new, now))
+            return WriteResult(new, self._record(conn, "updated", old, new, now, audit))
 
         try:
             return await self._write(body)
@@ -713,12 +755,16 @@ class SqlStore:
             return WriteResult(unchanged.rating, None)
 
     async def delete(
-        self, rating_id: str, expected_version: int | None, now: datetime
+        self,
+        rating_id: str,
+        expected_version: int | None,
+        now: datetime,
+        audit: AuditContext | None = None,
     ) -> WriteResult:
         def body(conn: Connection) -> WriteResult:
             old = self._locked(conn, rating_id, expected_version)
             conn.execute(self._sql.delete_rating, {"rid": rating_id})
-            return WriteResult(old, self._record(conn, "deleted", old, None, now))
+            return WriteResult(old, self._record(conn, "deleted", old, None, now, audit))
 
         return await self._write(body)
 
@@ -836,7 +882,9 @@ class SqlStore:
 
     # -- revocations ----------------------------------------------------------------------
 
-    async def add_revocation(self, revocation: Revocation) -> None:
+    async def add_revocation(
+        self, revocation: Revocation, audit: AuditContext | None = None
+    ) -> None:
         row = {
             "revoked_at": round(revocation.revoked_at * 1000),
             "expires_at": round(revocation.expires_at * 1000),
@@ -852,6 +900,9 @@ class SqlStore:
                 conn.execute(
                     insert(revocations).values(kind=revocation.kind, value=revocation.value, **row)
                 )
+            if self._audit_chain is not None:
+                record = revocation_audit_record(revocation, audit)
+                audit_tables.append(conn, self._audit_chain, [record])
 
         await self._write(body)
 
@@ -873,3 +924,28 @@ class SqlStore:
             ]
 
         return await self._read(body)
+
+    # -- audit log ------------------------------------------------------------------------
+
+    def use_audit(self, chain: AuditChain | None) -> None:
+        self._audit_chain = chain
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        chain = self._audit_chain
+        if chain is None or not records:
+            return
+        await self._write(lambda conn: audit_tables.append(conn, chain, records))
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self._read(lambda conn: audit_tables.entries(conn, query))
+
+    async def audit_head(self) -> AuditHead:
+        return await self._read(audit_tables.read_head)
+
+    async def prune_audit(self, older_than_ms: int, record: AuditRecord) -> int:
+        chain = self._audit_chain
+        if chain is None:
+            return 0
+        return await self._write(
+            lambda conn: audit_tables.prune(conn, chain, older_than_ms, record)
+        )

@@ -1,0 +1,125 @@
+"""Audit entries: who (actor, scopes, address, request), what (action, rating, detail), when.
+
+Actions (stable names, documented in the README):
+
+- ``rating.create``, ``rating.update``, ``rating.delete``: detail ``{"before", "after",
+  "eventSeq"}``, written in the transaction of the change;
+- ``revocation.create``: detail ``{"kind", "value", "reason", "expiresAt"}``, in the
+  transaction of the revocation;
+- ``auth.refused``: detail ``{"reason", "channel", "sub"?, "jti"?}`` (never the token);
+- ``ws.connect``, ``ws.disconnect`` (detail ``{"code", "endpoint"}``), ``ws.rate_limited``
+  (close 4008), ``ws.too_slow`` (close 4009);
+- ``audit.pruned``: detail ``{"throughSeq", "throughMac"}``, the checkpoint of a prune.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class AuditContext:
+    """Who is acting, and from where: taken from the request or connection."""
+
+    actor: str | None = None
+    scopes: str = ""
+    ip: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An entry before the store gives it its place in the chain."""
+
+    action: str
+    at_ms: int
+    context: AuditContext = field(default_factory=AuditContext)
+    rating_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def now(
+        cls,
+        action: str,
+        context: AuditContext | None = None,
+        *,
+        rating_id: str | None = None,
+        at: datetime | None = None,
+        **detail: Any,
+    ) -> AuditRecord:
+        moment = at or datetime.now(UTC)
+        return cls(
+            action,
+            int(moment.timestamp() * 1000),
+            context or AuditContext(),
+            rating_id,
+            detail,
+        )
+
+    def detail_text(self) -> str:
+        """The detail as stored: canonical JSON (sorted keys), which the MAC covers."""
+        return orjson.dumps(self.detail, option=orjson.OPT_SORT_KEYS).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A stored entry: its place in the chain (``seq``) and its MAC over the previous one."""
+
+    seq: int
+    at_ms: int
+    action: str
+    actor: str | None
+    scopes: str
+    ip: str | None
+    request_id: str | None
+    rating_id: str | None
+    detail_text: str
+    mac: str
+
+    def to_wire(self) -> dict[str, Any]:
+        """As ``GET /audit`` and ``ratewire audit export`` give it (field names are stable)."""
+        at = datetime.fromtimestamp(self.at_ms / 1000, UTC)
+        return {
+            "seq": self.seq,
+            "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "action": self.action,
+            "actor": self.actor,
+            "scopes": self.scopes.split() if self.scopes else [],
+            "ip": self.ip,
+            "requestId": self.request_id,
+            "ratingId": self.rating_id,
+            "detail": orjson.loads(self.detail_text),
+            "mac": self.mac,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of ``GET /audit`` and ``audit export``. ``before_seq`` pages newest first;
+    ``after_seq`` walks oldest first (verify, export)."""
+
+    actor: str | None = None
+    action: str | None = None
+    rating_id: str | None = None
+    ip: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    before_seq: int | None = None
+    after_seq: int | None = None
+    limit: int = 100
+    oldest_first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The chain's anchor in the store: its last entry, and the checkpoint of what retention
+    pruned (verification starts there)."""
+
+    seq: int
+    mac: str
+    pruned_seq: int
+    pruned_mac: str

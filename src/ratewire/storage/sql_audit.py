@@ -1,0 +1,171 @@
+"""The audit log's tables and statements for the SQL stores (see ratewire.audit).
+
+Appends take the ``audit_head`` row's lock (``SELECT ... FOR UPDATE``; SQLite has one writer),
+so instances sharing a database extend one chain, in one order. A rating write takes it last,
+after the global head row it already holds, so lock order stays the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from ratewire.audit import GENESIS, AuditChain, AuditEntry, AuditQuery, AuditRecord
+from ratewire.audit.entry import AuditHead
+
+
+class AuditTables:
+    """``audit_log`` and ``audit_head`` on ``metadata``, and what runs on them."""
+
+    def __init__(self, metadata: MetaData) -> None:
+        self.log = Table(
+            "audit_log",
+            metadata,
+            Column("seq", BigInteger, primary_key=True, autoincrement=False),
+            Column("at_ms", BigInteger, nullable=False),
+            Column("action", String(32), nullable=False),
+            Column("actor", String(255), nullable=True),
+            Column("scopes", String(255), nullable=False),
+            Column("ip", String(64), nullable=True),
+            Column("request_id", String(64), nullable=True),
+            Column("rating_id", String(40), nullable=True),
+            Column("detail", Text, nullable=False),
+            Column("mac", String(64), nullable=False),
+            Index("ix_audit_log_actor", "actor", "seq"),
+            Index("ix_audit_log_action", "action", "seq"),
+            Index("ix_audit_log_rating", "rating_id", "seq"),
+            Index("ix_audit_log_ip", "ip", "seq"),
+            Index("ix_audit_log_at", "at_ms"),
+        )
+        self.head = Table(
+            "audit_head",
+            metadata,
+            Column("id", SmallInteger, primary_key=True, autoincrement=False),
+            Column("seq", BigInteger, nullable=False),
+            Column("mac", String(64), nullable=False),
+            Column("pruned_seq", BigInteger, nullable=False),
+            Column("pruned_mac", String(64), nullable=False),
+        )
+        self._lock_head = select(self.head).where(self.head.c.id == 1).with_for_update()
+        self._insert = insert(self.log)
+
+    def seed_row(self) -> dict[str, Any]:
+        return {"id": 1, "seq": 0, "mac": GENESIS, "pruned_seq": 0, "pruned_mac": GENESIS}
+
+    def append(
+        self, conn: Connection, chain: AuditChain, records: Sequence[AuditRecord]
+    ) -> list[AuditEntry]:
+        """Seal ``records`` after the current head and insert them (inside ``conn``'s
+        transaction)."""
+        head = conn.execute(self._lock_head).one()
+        seq, mac = int(head.seq), str(head.mac)
+        entries = []
+        for record in records:
+            seq += 1
+            entry = chain.seal(mac, seq, record)
+            mac = entry.mac
+            entries.append(entry)
+        if entries:
+            conn.execute(self._insert, [self._row(entry) for entry in entries])
+            conn.execute(update(self.head).where(self.head.c.id == 1).values(seq=seq, mac=mac))
+        return entries
+
+    @staticmethod
+    def _row(entry: AuditEntry) -> dict[str, Any]:
+        return {
+            "seq": entry.seq,
+            "at_ms": entry.at_ms,
+            "action": entry.action,
+            "actor": entry.actor,
+            "scopes": entry.scopes,
+            "ip": entry.ip,
+            "request_id": entry.request_id,
+            "rating_id": entry.rating_id,
+            "detail": entry.detail_text,
+            "mac": entry.mac,
+        }
+
+    def read_head(self, conn: Connection) -> AuditHead:
+        row = conn.execute(select(self.head).where(self.head.c.id == 1)).one()
+        return AuditHead(int(row.seq), row.mac, int(row.pruned_seq), row.pruned_mac)
+
+    def entries(self, conn: Connection, query: AuditQuery) -> list[AuditEntry]:
+        log = self.log
+        conditions = []
+        for column, value in (
+            (log.c.actor, query.actor),
+            (log.c.action, query.action),
+            (log.c.rating_id, query.rating_id),
+            (log.c.ip, query.ip),
+        ):
+            if value is not None:
+                conditions.append(column == value)
+        if query.since_ms is not None:
+            conditions.append(log.c.at_ms >= query.since_ms)
+        if query.until_ms is not None:
+            conditions.append(log.c.at_ms < query.until_ms)
+        if query.before_seq is not None:
+            conditions.append(log.c.seq < query.before_seq)
+        if query.after_seq is not None:
+            conditions.append(log.c.seq > query.after_seq)
+        order = log.c.seq.asc() if query.oldest_first else log.c.seq.desc()
+        statement = select(log).where(and_(True, *conditions)).order_by(order).limit(query.limit)
+        return [
+            AuditEntry(
+                int(row.seq),
+                int(row.at_ms),
+                row.action,
+                row.actor,
+                row.scopes,
+                row.ip,
+                row.request_id,
+                row.rating_id,
+                row.detail,
+                row.mac,
+            )
+            for row in conn.execute(statement)
+        ]
+
+    def prune(
+        self, conn: Connection, chain: AuditChain, older_than_ms: int, record: AuditRecord
+    ) -> int:
+        """Delete entries older than ``older_than_ms``; the last one deleted becomes the
+        checkpoint verification starts from, itself recorded as a chained ``audit.pruned``
+        entry (``record`` with the checkpoint added to its detail)."""
+        log = self.log
+        last = conn.execute(
+            select(log.c.seq, log.c.mac)
+            .where(log.c.at_ms < older_than_ms)
+            .order_by(log.c.seq.desc())
+            .limit(1)
+        ).first()
+        if last is None:
+            return 0
+        through_seq, through_mac = int(last.seq), str(last.mac)
+        detail = {**record.detail, "throughSeq": through_seq, "throughMac": through_mac}
+        checkpoint = AuditRecord(record.action, record.at_ms, record.context, None, detail)
+        self.append(conn, chain, [checkpoint])
+        removed = conn.execute(delete(log).where(log.c.seq <= through_seq)).rowcount
+        conn.execute(
+            update(self.head)
+            .where(self.head.c.id == 1)
+            .values(pruned_seq=through_seq, pruned_mac=through_mac)
+        )
+        return int(removed or 0)
