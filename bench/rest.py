@@ -2,6 +2,7 @@
 process, against a real ``ratewire serve`` on sqlite or postgresql.
 
     python -m bench.rest --backend sqlite --seconds 10 --connections 32
+    python -m bench.rest --backend both --audit both    # the audit log's cost, same run
     ratewire bench rest --backend postgresql
 
 Afterwards it checks that every 201 was stored: the summaries' counts add up to the number
@@ -34,6 +35,7 @@ POSTGRES_ADMIN = os.environ.get("RATEWIRE_BENCH_POSTGRES", "postgresql://127.0.0
 @dataclass
 class Measurement:
     backend: str
+    audit: bool
     endpoint: str
     requests_per_s: float
     p50_ms: float
@@ -68,12 +70,13 @@ def wrk(
     return result
 
 
-def measured(backend: str, endpoint: str, raw: dict[str, int]) -> Measurement:
+def measured(backend: str, audit: bool, endpoint: str, raw: dict[str, int]) -> Measurement:
     errors = sum(
         raw[k] for k in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")
     )
     return Measurement(
         backend,
+        audit,
         endpoint,
         requests_per_s=round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
         p50_ms=raw["p50_us"] / 1000,
@@ -94,8 +97,8 @@ async def _postgres(statement: str) -> None:
         await connection.close()
 
 
-def run_rest(backend: str, seconds: float, connections: int) -> list[Measurement]:
-    """Measure both endpoints on ``backend``; returns the two measurements."""
+def run_rest(backend: str, seconds: float, connections: int, audit: bool) -> list[Measurement]:
+    """Measure both endpoints on ``backend`` with the audit log on or off."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -104,23 +107,33 @@ def run_rest(backend: str, seconds: float, connections: int) -> list[Measurement
         database = f"ratewire_bench_{secrets.token_hex(4)}"
         asyncio.run(_postgres(f"CREATE DATABASE {database}"))
     url = None if database is None else POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + database
-    target = start_ratewire(backend, url)
+    target = start_ratewire(
+        backend,
+        url,
+        env_extra={
+            "RATEWIRE_AUDIT__ENABLED": "true" if audit else "false",
+            "RATEWIRE_AUDIT__KEY": "bench-audit-key-0123456789abcdef0123456789",
+        },
+    )
+    backend_label = f"{backend}, audit {'on' if audit else 'off'}"
     base = target.post_url.removesuffix("/ratings")
     writer = token("bench-writer", "ratings:write:any")
     run_id = secrets.token_hex(3)
     results = []
     try:
-        with console.status(f"{backend}: warming up"):
+        with console.status(f"{backend_label}: warming up"):
             wrk(base, "post_ratings.lua", [f"w{run_id}", writer, str(GAMES)], 2, 4)
         with console.status(
-            f"{backend}: POST /ratings for {seconds:g} s, {connections} connections"
+            f"{backend_label}: POST /ratings for {seconds:g} s, {connections} connections"
         ):
             post = wrk(base, "post_ratings.lua", [run_id, writer, str(GAMES)], seconds, connections)
-        with console.status(f"{backend}: GET summary for {seconds:g} s, {connections} connections"):
+        with console.status(
+            f"{backend_label}: GET summary for {seconds:g} s, {connections} connections"
+        ):
             get = wrk(base, "get_summary.lua", [str(GAMES)], seconds, connections)
         results = [
-            measured(backend, "POST /ratings", post),
-            measured(backend, "GET /games/{id}/summary", get),
+            measured(backend, audit, "POST /ratings", post),
+            measured(backend, audit, "GET /games/{id}/summary", get),
         ]
         stored = sum(httpx.get(f"{base}/games/g{g}/summary").json()["count"] for g in range(GAMES))
         warmup_stored = stored - (post["requests"] - post["non_2xx"])
@@ -142,16 +155,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--audit",
+        choices=["on", "off", "both"],
+        default="on",
+        help="audit log on (the default), off, or both in the same run to compare",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    results = [m for b in backends for m in run_rest(b, args.seconds, args.connections)]
+    modes = [True, False] if args.audit == "both" else [args.audit == "on"]
+    results = [
+        m
+        for b in backends
+        for audit in modes
+        for m in run_rest(b, args.seconds, args.connections, audit)
+    ]
     table = Table(title=f"REST load (wrk, 2 threads, {args.connections} connections)")
-    for column in ("backend", "endpoint", "requests/s", "p50 ms", "p99 ms", "max ms", "errors"):
+    for column in (
+        "backend",
+        "audit",
+        "endpoint",
+        "requests/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+    ):
         table.add_column(column, justify="right")
     for m in results:
         table.add_row(
             m.backend,
+            "on" if m.audit else "off",
             m.endpoint,
             f"{m.requests_per_s:,.0f}",
             f"{m.p50_ms:.2f}",

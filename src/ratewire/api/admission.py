@@ -7,8 +7,10 @@ task and copies.
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
+import secrets
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -54,8 +56,9 @@ def _rate_limit_headers(decision: RateDecision) -> dict[str, str]:
     }
 
 
-def _with_headers(send: Send, extra: dict[str, str]) -> Send:
-    raw = [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+def _with_headers(send: Send, raw: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` adding ``raw`` (which may still grow until the response starts) to the
+    response's headers: one wrapper per request, whatever admission adds."""
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -63,6 +66,28 @@ def _with_headers(send: Send, extra: dict[str, str]) -> Send:
         await send(message)
 
     return send_with_headers
+
+
+class _RequestIds:
+    """Request ids: a random per-process prefix and a counter (unique across instances
+    without a syscall per request; uuid4 cost a measurable share of a summary read)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._next = itertools.count(1).__next__
+
+    def new(self) -> str:
+        return f"{self._prefix}{self._next():010x}"
+
+
+#: The audit context of the request being handled (set by admission once the token is known).
+_audit_context_var: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
+
+
+def current_audit_context() -> AuditContext | None:
+    """Who makes the REST request being handled, from where (for its audit entries). A
+    context variable, not a FastAPI dependency: a dependency cost 6% of write throughput."""
+    return _audit_context_var.get()
 
 
 def request_audit_context(scope: Scope, principal: Principal | None) -> AuditContext:
@@ -97,6 +122,7 @@ class AdmissionMiddleware:
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.audit = audit
+        self._ids = _RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,16 +130,23 @@ class AdmissionMiddleware:
             return
         # A proxy we trust may hand us the id its own logs use; anyone else's is ignored.
         offered = _header(scope, b"x-request-id") if scope.get(VIA_TRUSTED_PROXY) else None
-        request_id = offered if offered and _REQUEST_ID.match(offered) else uuid.uuid4().hex
+        request_id = offered if offered and _REQUEST_ID.match(offered) else self._ids.new()
         state = scope.setdefault("state", {})
         state[REQUEST_ID_STATE_KEY] = request_id
+        extra_headers = [(b"x-request-id", request_id.encode())]
         reset = request_id_var.set(request_id)
         try:
-            await self._admit(scope, receive, _with_headers(send, {"X-Request-Id": request_id}))
+            await self._admit(scope, receive, _with_headers(send, extra_headers), extra_headers)
         finally:
             request_id_var.reset(reset)
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> None:
         auth: Any = None
         authorization = _header(scope, b"authorization")
         if authorization is not None:
@@ -136,6 +169,8 @@ class AdmissionMiddleware:
                     jti=jti,
                 )
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
+        if isinstance(auth, Principal):
+            _audit_context_var.set(request_audit_context(scope, auth))
 
         if scope["path"] not in _UNLIMITED_PATHS:
             sub = getattr(auth, "sub", None)
@@ -153,7 +188,10 @@ class AdmissionMiddleware:
                 await response(scope, receive, send)
                 return
             if decision.remaining >= 0:  # -1: the counter store was unreachable
-                send = _with_headers(send, _rate_limit_headers(decision))
+                extra_headers.extend(
+                    (name.lower().encode(), value.encode())
+                    for name, value in _rate_limit_headers(decision).items()
+                )
 
         if scope["method"] in _BODY_METHODS:
             length = _header(scope, b"content-length")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from ratewire.api.admission import AUTH_STATE_KEY, request_audit_context
+from ratewire.api.admission import AUTH_STATE_KEY, current_audit_context
 from ratewire.api.problems import ApiProblem
 from ratewire.api.schemas import (
     GameId,
@@ -23,7 +23,6 @@ from ratewire.api.schemas import (
     UserId,
     problem_responses,
 )
-from ratewire.audit import AuditContext
 from ratewire.domain import Rating, RatingChanges, RatingDraft, validate_identifier
 from ratewire.domain.rating import IDENTIFIER_RE
 from ratewire.security.tokens import InvalidToken, Principal
@@ -60,13 +59,6 @@ async def require_principal(
     )
 
 
-async def audit_context(
-    request: Request, caller: Annotated[Principal, Depends(require_principal)]
-) -> AuditContext:
-    """Who makes this request, from where: what the audit entry of its change records."""
-    return request_audit_context(request.scope, caller)
-
-
 def parse_if_match(value: str | None) -> int | None:
     """The version an ``If-Match`` header names (``"3"``, ``W/"3"`` or ``3``), or None."""
     if value is None:
@@ -92,7 +84,6 @@ def _rating_response(rating: Rating, status: int = 200, *, location: bool = Fals
 
 Service = Annotated[RatingService, Depends(get_service)]
 Caller = Annotated[Principal, Depends(require_principal)]
-Audited = Annotated[AuditContext, Depends(audit_context)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description='"<version>"')]
 RatingId = Annotated[str, Path(max_length=64)]
 #: Documents the identifier rule (validate_identifier enforces it, with its own message).
@@ -106,13 +97,11 @@ IdentifierInPath = Path(pattern=IDENTIFIER_RE.pattern)
     responses=problem_responses(401, 403, 409, 413, 415, 422, 429),
     summary="Create a rating",
 )
-async def create_rating(
-    body: RatingCreate, service: Service, caller: Caller, audit: Audited
-) -> Response:
+async def create_rating(body: RatingCreate, service: Service, caller: Caller) -> Response:
     draft = RatingDraft(body.gameId, body.userId or caller.sub, body.score, body.comment)
     if body.userId is None:
         validate_identifier(caller.sub, "userId (from the token's sub)")
-    result = await service.create(caller, draft, audit)
+    result = await service.create(caller, draft, current_audit_context())
     return _rating_response(result.rating, 201, location=True)
 
 
@@ -128,11 +117,10 @@ async def upsert_rating(
     body: RatingReplace,
     service: Service,
     caller: Caller,
-    audit: Audited,
     if_match: IfMatch = None,
 ) -> Response:
     draft = RatingDraft(gameId, userId, body.score, body.comment)
-    result = await service.upsert(caller, draft, parse_if_match(if_match), audit)
+    result = await service.upsert(caller, draft, parse_if_match(if_match), current_audit_context())
     return _rating_response(result.rating, 201 if result.created else 200, location=result.created)
 
 
@@ -152,7 +140,6 @@ async def patch_rating(
     body: RatingPatch,
     service: Service,
     caller: Caller,
-    audit: Audited,
     if_match: IfMatch = None,
 ) -> Response:
     changes = RatingChanges(
@@ -160,7 +147,9 @@ async def patch_rating(
         comment=body.comment,
         clear_comment="comment" in body.model_fields_set and body.comment is None,
     )
-    result = await service.update(caller, rating_id, changes, parse_if_match(if_match), audit)
+    result = await service.update(
+        caller, rating_id, changes, parse_if_match(if_match), current_audit_context()
+    )
     return _rating_response(result.rating)
 
 
@@ -171,10 +160,9 @@ async def delete_rating(
     rating_id: RatingId,
     service: Service,
     caller: Caller,
-    audit: Audited,
     if_match: IfMatch = None,
 ) -> Response:
-    await service.delete(caller, rating_id, parse_if_match(if_match), audit)
+    await service.delete(caller, rating_id, parse_if_match(if_match), current_audit_context())
     return Response(status_code=204)
 
 

@@ -71,7 +71,7 @@ from ratewire.storage.base import (
     VersionMismatch,
     WriteResult,
 )
-from ratewire.storage.sql_audit import AuditTables
+from ratewire.storage.sql_audit import AuditCursor, AuditTables
 
 log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
@@ -331,6 +331,7 @@ class SqlStore:
         self.epoch = ""
         self._sql = _Statements(self.dialect)
         self._audit_chain: AuditChain | None = None
+        self._audit_cursor = AuditCursor()
         self._async: AsyncEngine | None = None
         self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._deadlock_retries: dict[asyncio.Future[Any], int] = {}
@@ -473,19 +474,25 @@ class SqlStore:
                     raise
         raise AssertionError("unreachable")
 
-    @staticmethod
     def _apply(
-        conn: Connection, bodies: list[Callable[[Connection], Any]]
+        self, conn: Connection, bodies: list[Callable[[Connection], Any]]
     ) -> list[tuple[bool, Any]]:
+        # Batches never overlap, so one cursor at a time (see sql_audit.AuditCursor).
+        cursor = self._audit_cursor = AuditCursor()
         if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
-            return [(True, bodies[0](conn))]
+            outcome = bodies[0](conn)
+            audit_tables.flush(conn, cursor)
+            return [(True, outcome)]
         outcomes: list[tuple[bool, Any]] = []
         for body in bodies:
+            before = cursor.snapshot()
             try:
                 with conn.begin_nested():
                     outcomes.append((True, body(conn)))
             except Exception as exc:
+                cursor.restore(before)
                 outcomes.append((False, exc))
+        audit_tables.flush(conn, cursor)
         return outcomes
 
     async def _read(self, body: Callable[[Connection], _T]) -> _T:
@@ -643,9 +650,8 @@ class SqlStore:
             },
         )
         if self._audit_chain is not None:
-            audit_tables.append(
-                conn, self._audit_chain, [rating_audit_record(kind, old, new, now, seq, audit)]
-            )
+            record = rating_audit_record(kind, old, new, now, seq, audit)
+            audit_tables.append(conn, self._audit_chain, [record], self._audit_cursor)
         return RatingEvent(
             seq, kind, current.game_id, current.user_id, game_offset, user_offset, data, now
         )
@@ -902,7 +908,7 @@ class SqlStore:
                 )
             if self._audit_chain is not None:
                 record = revocation_audit_record(revocation, audit)
-                audit_tables.append(conn, self._audit_chain, [record])
+                audit_tables.append(conn, self._audit_chain, [record], self._audit_cursor)
 
         await self._write(body)
 
@@ -934,7 +940,9 @@ class SqlStore:
         chain = self._audit_chain
         if chain is None or not records:
             return
-        await self._write(lambda conn: audit_tables.append(conn, chain, records))
+        await self._write(
+            lambda conn: audit_tables.append(conn, chain, records, self._audit_cursor)
+        )
 
     async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
         return await self._read(lambda conn: audit_tables.entries(conn, query))
@@ -947,5 +955,5 @@ class SqlStore:
         if chain is None:
             return 0
         return await self._write(
-            lambda conn: audit_tables.prune(conn, chain, older_than_ms, record)
+            lambda conn: audit_tables.prune(conn, chain, older_than_ms, record, self._audit_cursor)
         )
