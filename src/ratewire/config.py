@@ -163,6 +163,8 @@ class RatingsSettings(_Section):
 
     bayesian_prior_mean: float = Field(3.0, ge=1, le=5)
     bayesian_prior_weight: float = Field(10, ge=0)
+    #: Game summaries kept in memory (an LRU, see ratewire.summaries); 0 turns the cache off.
+    summary_cache_size: int = Field(10_000, ge=0)
 
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256"]

@@ -21,7 +21,9 @@ class RuntimeCollector(Collector):
         accept_errors: Callable[[], int] = lambda: 0,
         max_connections: Callable[[], int] = lambda: 0,
         descriptor_exhausted_seconds: Callable[[], int] = lambda: 0,
+        summary_cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0),
     ) -> None:
+        self._summary_cache = summary_cache
         self._descriptor_exhausted_seconds = descriptor_exhausted_seconds
         self._connections = connections
         self._published_seq = published_seq
@@ -61,6 +63,20 @@ class RuntimeCollector(Collector):
             "ratewire_descriptors_exhausted_seconds",
             "Seconds the process had no file descriptor left (connections closed at accept)",
             self._descriptor_exhausted_seconds(),
+        )
+        hits, misses, entries = self._summary_cache()
+        yield CounterMetricFamily(
+            "ratewire_summary_cache_hits",
+            "Summary and top-games reads answered from memory",
+            hits,
+        )
+        yield CounterMetricFamily(
+            "ratewire_summary_cache_misses",
+            "Summary and top-games reads that went to the store",
+            misses,
+        )
+        yield GaugeMetricFamily(
+            "ratewire_summary_cache_entries", "Game summaries held in memory", entries
         )
 
 

@@ -14,8 +14,9 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -58,6 +59,7 @@ from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
 from ratewire.storage import RatingStore, open_store
 from ratewire.storage.factory import UnsupportedBackend
+from ratewire.summaries import SummaryCache
 
 log = logging.getLogger("ratewire")
 #: How often the deny list is read again from the store (a safety net under announcements).
@@ -65,6 +67,8 @@ REVOCATION_POLL_SECONDS = 10.0
 WS_BACKSTOP_FACTOR = 4
 #: How often audit retention runs (each run that removes entries adds a checkpoint entry).
 AUDIT_PRUNE_SECONDS = 3600.0
+#: How long one shutdown step may take before the next one goes ahead.
+SHUTDOWN_STEP_SECONDS = 5.0
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -140,9 +144,12 @@ class Runtime:
             self.store.use_audit(AuditChain(settings.audit.key))
             self.audit_log = AuditLog(self.store, flush_seconds=settings.audit.flush_seconds)
         self.service: RatingService | None = None
+        self.summary_cache: SummaryCache | None = None
         self.relay: Relay | None = None
         if self.serves_rest and self.store is not None:
-            self.service = RatingService(self.store, settings.ratings)
+            cache_size = settings.ratings.summary_cache_size
+            self.summary_cache = SummaryCache(cache_size) if cache_size else None
+            self.service = RatingService(self.store, settings.ratings, self.summary_cache)
             self.relay = Relay(self.store, self.broker)
             self.service.add_listener(self.relay.notify)
         history: HistorySource
@@ -207,6 +214,15 @@ class Runtime:
                 accept_errors=lambda: self.accept_errors.count,
                 descriptor_exhausted_seconds=lambda: self.descriptors.exhausted_seconds,
                 max_connections=lambda: self.realtime.slots.max_connections,
+                summary_cache=lambda: (
+                    (0, 0, 0)
+                    if self.summary_cache is None
+                    else (
+                        self.summary_cache.hits,
+                        self.summary_cache.misses,
+                        len(self.summary_cache),
+                    )
+                ),
             )
         )
         self.asgi: ASGIApp = self.app
@@ -235,7 +251,9 @@ class Runtime:
             relay_cursor = await broker.cursor()
             await broker.start(
                 self._on_broker_event,
-                follow=self.serves_websockets,
+                # An api instance follows too when it caches summaries: its answers must
+                # not lag behind other instances' writes longer than the stream does.
+                follow=self.serves_websockets or self.summary_cache is not None,
                 relay=self.relay is not None,
                 gap_reader=self.store.events_after if self.store is not None else None,
                 on_reset=self._ask_everyone_to_resume,
@@ -245,7 +263,7 @@ class Runtime:
                 await self.relay.start(relay_cursor or 0)
         else:
             assert self.local_broker is not None and self.relay is not None
-            await self.local_broker.start(self.hub.publish)
+            await self.local_broker.start(self._deliver)
             await self.relay.start()
             self.hub.published_seq = self.relay.cursor
         if self.relay is not None:
@@ -261,8 +279,13 @@ class Runtime:
             ):
                 session.close(CLOSE_AUTH_FAILED, REVOKED_REASON)
 
-    def _on_broker_event(self, event: RatingEvent) -> None:
+    def _deliver(self, event: RatingEvent) -> None:
         self.hub.publish(event)
+        if self.summary_cache is not None:
+            self.summary_cache.saw(event.game_id, event.game_offset)
+
+    def _on_broker_event(self, event: RatingEvent) -> None:
+        self._deliver(event)
         if self.relay is not None:
             self.relay.advance(event.seq)
 
@@ -300,20 +323,37 @@ class Runtime:
         await asyncio.sleep(0.05)  # let the close frames go out
 
     async def stop(self) -> None:
-        """After the servers: publish what in-flight requests committed, close everything."""
-        await self.close_connections()
+        """After the servers: publish what in-flight requests committed, close everything.
+
+        Each step has a deadline: with the database or Redis gone, a step may wait on
+        something that never answers, and a stopping server must still stop (the outbox
+        keeps whatever was committed)."""
+        await self._bounded("closing connections", self.close_connections())
         if self.relay is not None:
-            await self.relay.stop()
+            await self._bounded("stopping the relay", self.relay.stop())
         if self._prune_task is not None:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
-        await self.revocations.stop()
+        await self._bounded("stopping revocation updates", self.revocations.stop())
         if self.audit_log is not None:
-            await self.audit_log.stop()
-        await self.broker.close()
+            await self._bounded("writing the last audit entries", self.audit_log.stop())
+        await self._bounded("closing the broker", self.broker.close())
         if self.store is not None:
-            await self.store.close()
+            await self._bounded("closing storage", self.store.close())
+
+    @staticmethod
+    async def _bounded(step: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_SECONDS)
+        if not done:
+            task.cancel()
+            log.warning("shutdown: %s took over %.0f s; going on", step, SHUTDOWN_STEP_SECONDS)
+            return
+        if (error := task.exception()) is not None and not isinstance(error, Exception):
+            raise error
+        if error is not None:
+            log.warning("shutdown: %s failed (%s)", step, error)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""

@@ -4,7 +4,7 @@ store, and hands each committed event to whoever listens (the relay)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ratewire.audit import AuditContext
@@ -19,6 +19,7 @@ from ratewire.domain import (
 )
 from ratewire.security.tokens import Principal
 from ratewire.storage.base import RatingStore, WriteResult
+from ratewire.summaries import SummaryCache
 
 EventListener = Callable[[RatingEvent], None]
 
@@ -54,10 +55,17 @@ def decode_cursor(cursor: str) -> str:
 class RatingService:
     """Create, read, change and delete ratings; summaries and rankings."""
 
-    def __init__(self, store: RatingStore, settings: RatingsSettings) -> None:
+    def __init__(
+        self, store: RatingStore, settings: RatingsSettings, cache: SummaryCache | None = None
+    ) -> None:
         self.store = store
         self._settings = settings
         self._listeners: list[EventListener] = []
+        #: Summaries and top games from memory (None: every read goes to the store).
+        self.cache = cache
+        if cache is not None:
+            # At commit, before the 2xx: a read after the write sees it (read-your-writes).
+            self.add_listener(lambda event: cache.saw(event.game_id, event.game_offset))
 
     def add_listener(self, listener: EventListener) -> None:
         """Call ``listener`` with every event this service commits (after the commit)."""
@@ -133,7 +141,9 @@ class RatingService:
         return RatingPage(items, encode_cursor(items[-1].id) if more else None)
 
     async def summary(self, game_id: str) -> GameSummary:
-        return await self.store.summary(game_id)
+        if self.cache is None:
+            return await self.store.summary(game_id)
+        return await self.cache.summary(game_id, self.store.summary)
 
     def summary_wire(self, summary: GameSummary) -> dict[str, object]:
         """The summary as sent over REST and in WebSocket snapshots."""
@@ -142,9 +152,14 @@ class RatingService:
         )
 
     async def top_games(self, limit: int, min_count: int) -> list[GameSummary]:
-        return await self.store.top_games(
-            limit,
-            min_count,
-            self._settings.bayesian_prior_mean,
-            self._settings.bayesian_prior_weight,
-        )
+        def read() -> Awaitable[list[GameSummary]]:
+            return self.store.top_games(
+                limit,
+                min_count,
+                self._settings.bayesian_prior_mean,
+                self._settings.bayesian_prior_weight,
+            )
+
+        if self.cache is None:
+            return await read()
+        return await self.cache.top_games((limit, min_count), read)

@@ -32,11 +32,12 @@ ClusterFactory = Callable[..., ServerProcess]
 
 @pytest.fixture
 def instance(
-    server_factory: Callable[..., ServerProcess],
     redis_server: RedisServer,
     fresh_postgres_url: str,
+    server_factory: Callable[..., ServerProcess],
 ) -> ClusterFactory:
-    """Start one instance of the test's cluster: ``instance(role="stream", env={...})``."""
+    """Start one instance of the test's cluster: ``instance(role="stream", env={...})``.
+    (Fixtures tear down in reverse: the instances stop before Redis and the database go.)"""
 
     def start(
         *, role: str = "all", env: dict[str, str] | None = None, **options: Any

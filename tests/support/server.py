@@ -152,6 +152,8 @@ class ServerProcess:
         self.start()
 
     def stop(self) -> None:
-        self.terminate()
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
+        try:
+            self.terminate()
+        finally:  # a server that does not stop in time fails the test, and is killed anyway
+            if self.process is not None and self.process.poll() is None:
+                self.kill()

@@ -75,8 +75,32 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status, headers=headers, media_type=JSON)
 
 
+#: Stored answers must be revalidated (cheap: ETag and 304) before each use, so no HTTP cache
+#: ever serves an answer older than what this server has delivered.
+REVALIDATE = "no-cache"
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not Modified: the `ETag` in `If-None-Match` is current"}
+}
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 asks for GET)."""
+    if if_none_match is None:
+        return False
+    bare = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == bare:
+            return True
+    return False
+
+
+def _not_modified(etag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": REVALIDATE})
+
+
 def _rating_response(rating: Rating, status: int = 200, *, location: bool = False) -> Response:
-    headers = {"ETag": f'"{rating.version}"'}
+    headers = {"ETag": f'"{rating.version}"', "Cache-Control": REVALIDATE}
     if location:
         headers["Location"] = f"/ratings/{rating.id}"
     return _json(rating.to_wire(), status, headers)
@@ -85,6 +109,10 @@ def _rating_response(rating: Rating, status: int = 200, *, location: bool = Fals
 Service = Annotated[RatingService, Depends(get_service)]
 Caller = Annotated[Principal, Depends(require_principal)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description='"<version>"')]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(alias="If-None-Match", description="the ETag of an answer you hold: 304 if current"),
+]
 RatingId = Annotated[str, Path(max_length=64)]
 #: Documents the identifier rule (validate_identifier enforces it, with its own message).
 IdentifierInPath = Path(pattern=IDENTIFIER_RE.pattern)
@@ -124,9 +152,19 @@ async def upsert_rating(
     return _rating_response(result.rating, 201 if result.created else 200, location=result.created)
 
 
-@router.get("/ratings/{rating_id}", response_model=RatingOut, responses=problem_responses(404))
-async def get_rating(rating_id: RatingId, service: Service) -> Response:
-    return _rating_response(await service.get(rating_id))
+@router.get(
+    "/ratings/{rating_id}",
+    response_model=RatingOut,
+    responses={**NOT_MODIFIED, **problem_responses(404)},
+)
+async def get_rating(
+    rating_id: RatingId, service: Service, if_none_match: IfNoneMatch = None
+) -> Response:
+    rating = await service.get(rating_id)
+    etag = f'"{rating.version}"'
+    if etag_matches(if_none_match, etag):
+        return _not_modified(etag)
+    return _rating_response(rating)
 
 
 @router.patch(
@@ -193,6 +231,20 @@ async def top_games(
     return _json({"items": [service.summary_wire(s) for s in games]})
 
 
-@router.get("/games/{gameId}/summary", response_model=SummaryOut, responses=problem_responses(422))
-async def game_summary(gameId: Annotated[GameId, IdentifierInPath], service: Service) -> Response:
-    return _json(service.summary_wire(await service.summary(gameId)))
+@router.get(
+    "/games/{gameId}/summary",
+    response_model=SummaryOut,
+    responses={**NOT_MODIFIED, **problem_responses(422)},
+)
+async def game_summary(
+    gameId: Annotated[GameId, IdentifierInPath],
+    service: Service,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    summary = await service.summary(gameId)
+    # The game topic's offset names the summary's state (the epoch: which database's).
+    etag = f'"{service.store.epoch}-{summary.offset}"'
+    if etag_matches(if_none_match, etag):
+        return _not_modified(etag)
+    headers = {"ETag": etag, "Cache-Control": REVALIDATE}
+    return _json(service.summary_wire(summary), headers=headers)
