@@ -1,5 +1,6 @@
-"""REST load benchmark: POST /ratings and GET /games/{id}/summary, load from wrk in a second
-process, against a real ``ratewire serve`` on sqlite or postgresql.
+"""REST load benchmark: /healthz, GET summary (cached), GET rating, POST create and PUT upsert,
+each also as a ratio to /healthz; load from wrk in a second process, against a real
+``ratewire serve`` on sqlite or postgresql.
 
     python -m bench.rest --backend sqlite --seconds 10 --connections 32
     python -m bench.rest --backend both --audit both    # the audit log's cost, same run
@@ -123,20 +124,33 @@ def run_rest(backend: str, seconds: float, connections: int, audit: bool) -> lis
     try:
         with console.status(f"{backend_label}: warming up"):
             wrk(base, "post_ratings.lua", [f"w{run_id}", writer, str(GAMES)], 2, 4)
-        with console.status(
-            f"{backend_label}: POST /ratings for {seconds:g} s, {connections} connections"
-        ):
-            post = wrk(base, "post_ratings.lua", [run_id, writer, str(GAMES)], seconds, connections)
-        with console.status(
-            f"{backend_label}: GET summary for {seconds:g} s, {connections} connections"
-        ):
-            get = wrk(base, "get_summary.lua", [str(GAMES)], seconds, connections)
+
+        def measure(endpoint: str, script: str, args: list[str]) -> Measurement:
+            with console.status(
+                f"{backend_label}: {endpoint} for {seconds:g} s, {connections} connections"
+            ):
+                raw = wrk(base, script, args, seconds, connections)
+            runs[endpoint] = raw
+            return measured(backend, audit, endpoint, raw)
+
+        runs: dict[str, dict[str, int]] = {}
+        some_rating = httpx.post(
+            f"{base}/ratings",
+            json={"gameId": "g0", "userId": f"probe-{run_id}", "score": 3},
+            headers={"Authorization": f"Bearer {writer}"},
+        ).json()["id"]
+        httpx.get(f"{base}/games/g0/summary")  # cached from here on: the reads below are hits
         results = [
-            measured(backend, audit, "POST /ratings", post),
-            measured(backend, audit, "GET /games/{id}/summary", get),
+            measure("GET /healthz", "get_path.lua", ["/healthz"]),
+            measure("GET /games/{id}/summary", "get_path.lua", ["/games/g0/summary"]),
+            measure("GET /ratings/{id}", "get_path.lua", [f"/ratings/{some_rating}"]),
+            measure("POST /ratings", "post_ratings.lua", [run_id, writer, str(GAMES)]),
+            measure("PUT /games/{g}/ratings/{u}", "put_ratings.lua", [run_id, writer, str(GAMES)]),
         ]
+        post = runs["POST /ratings"]
         stored = sum(httpx.get(f"{base}/games/g{g}/summary").json()["count"] for g in range(GAMES))
-        warmup_stored = stored - (post["requests"] - post["non_2xx"])
+        # POSTs create; PUTs after them replace or create (at most 2 x 50 pairs per game).
+        warmup_stored = stored - (post["requests"] - post["non_2xx"]) - 1
         if warmup_stored < 0:
             raise SystemExit(f"{backend}: {-warmup_stored} acknowledged ratings are missing")
         console.print(f"{backend}: every acknowledged rating is stored ({stored} in the summaries)")
@@ -177,18 +191,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "audit",
         "endpoint",
         "requests/s",
+        "x /healthz",
         "p50 ms",
         "p99 ms",
         "max ms",
         "errors",
     ):
         table.add_column(column, justify="right")
+    healthz = {
+        (m.backend, m.audit): m.requests_per_s for m in results if m.endpoint == "GET /healthz"
+    }
     for m in results:
         table.add_row(
             m.backend,
             "on" if m.audit else "off",
             m.endpoint,
             f"{m.requests_per_s:,.0f}",
+            f"{m.requests_per_s / healthz[(m.backend, m.audit)]:.2f}",
             f"{m.p50_ms:.2f}",
             f"{m.p99_ms:.2f}",
             f"{m.max_ms:.1f}",

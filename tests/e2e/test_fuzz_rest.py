@@ -6,6 +6,7 @@ number of examples per operation, so it is repeatable and stays inside the suite
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import schemathesis
@@ -55,13 +56,23 @@ def _operations() -> list[tuple[str, str, schemathesis.GenerationMode]]:
     for path, item in app.openapi()["paths"].items():
         for method, operation in item.items():
             cases.append((method.upper(), path, schemathesis.GenerationMode.POSITIVE))
-            # Negative cases need something schemathesis can break: a query or header parameter,
-            # or a body (it cannot send an invalid path segment; with nothing else to break,
-            # hypothesis reports the case unsatisfiable).
-            breakable = [p for p in operation.get("parameters", []) if p["in"] != "path"]
+            # Negative cases need something schemathesis can break: a constrained query or
+            # header parameter, or a body (it cannot send an invalid path segment, and any
+            # header value is a valid free-form string; with nothing to break, hypothesis
+            # reports the case unsatisfiable).
+            breakable = [p for p in operation.get("parameters", []) if _breakable(p)]
             if breakable or "requestBody" in operation:
                 cases.append((method.upper(), path, schemathesis.GenerationMode.NEGATIVE))
     return cases
+
+
+def _breakable(parameter: dict[str, Any]) -> bool:
+    if parameter["in"] == "path":
+        return False
+    schema = parameter.get("schema", {})
+    options = schema.get("anyOf", [schema])
+    constrained = {"pattern", "maxLength", "minLength", "enum", "minimum", "maximum", "format"}
+    return any(o.get("type") not in ("string", "null") or constrained & set(o) for o in options)
 
 
 @pytest.fixture(scope="module")

@@ -93,3 +93,29 @@ async def test_an_answer_is_never_older_than_what_was_delivered(
             # Once the instance has delivered offset N, its summary reflects N ratings.
             summary = (await http.get("/games/fresh/summary")).json()
             assert summary["count"] >= update["offset"] == n
+
+
+async def test_the_fast_summary_path_answers_exactly_as_the_documented_route(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    headers = {"Authorization": f"Bearer {server.token('7')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        await http.put("/games/same/ratings/7", json={"score": 5}, headers=headers)
+        fast = await http.get("/games/same/summary")
+        # A query string sends the request through FastAPI's route instead.
+        routed = await http.get("/games/same/summary", params={"via": "route"})
+        assert fast.content == routed.content
+        for name in ("content-type", "etag", "cache-control", "x-request-id"):
+            assert (name in fast.headers) and (name in routed.headers), name
+            if name != "x-request-id":
+                assert fast.headers[name] == routed.headers[name], name
+        etag = {"If-None-Match": fast.headers["ETag"]}
+        assert (await http.get("/games/same/summary", headers=etag)).status_code == 304
+        invalid = await http.get("/games/not%20valid/summary")
+        assert invalid.status_code == 422
+        assert invalid.headers["content-type"] == "application/problem+json"
+        assert "gameId" in invalid.json()["detail"]
+        document = (await http.get("/openapi.json")).json()
+        operation = document["paths"]["/games/{gameId}/summary"]["get"]
+        assert set(operation["responses"]) == {"200", "304", "422", "429", "503"}

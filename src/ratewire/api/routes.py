@@ -23,7 +23,7 @@ from ratewire.api.schemas import (
     UserId,
     problem_responses,
 )
-from ratewire.domain import Rating, RatingChanges, RatingDraft, validate_identifier
+from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, validate_identifier
 from ratewire.domain.rating import IDENTIFIER_RE
 from ratewire.security.tokens import InvalidToken, Principal
 from ratewire.service import RatingService
@@ -93,6 +93,11 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         if candidate == "*" or candidate.removeprefix("W/") == bare:
             return True
     return False
+
+
+def summary_etag(service: RatingService, summary: GameSummary) -> str:
+    """The game topic's offset names the summary's state (the epoch: which database's)."""
+    return f'"{service.store.epoch}-{summary.offset}"'
 
 
 def _not_modified(etag: str) -> Response:
@@ -242,8 +247,7 @@ async def game_summary(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     summary = await service.summary(gameId)
-    # The game topic's offset names the summary's state (the epoch: which database's).
-    etag = f'"{service.store.epoch}-{summary.offset}"'
+    etag = summary_etag(service, summary)
     if etag_matches(if_none_match, etag):
         return _not_modified(etag)
     headers = {"ETag": etag, "Cache-Control": REVALIDATE}
