@@ -124,6 +124,15 @@ async def test_rest_limits_believe_forwarded_for_only_from_trusted_proxies(
         header = {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}
         codes = [(await http.get("/games/l/summary", headers=header)).status_code for _ in "1234"]
     assert codes == [200, 200, 200, 429]
+    # A trusted proxy's request id is kept (its logs and ours then name requests alike);
+    # anyone else gets one of ours.
+    async with httpx.AsyncClient(base_url=server.base_url, transport=forwarded) as http:
+        kept = await http.get("/healthz", headers={"X-Request-Id": "edge-7f3a"})
+    untrusted = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+    async with httpx.AsyncClient(base_url=server.base_url, transport=untrusted) as http:
+        replaced = await http.get("/healthz", headers={"X-Request-Id": "edge-7f3a"})
+    assert kept.headers["X-Request-Id"] == "edge-7f3a"
+    assert replaced.headers["X-Request-Id"] != "edge-7f3a"
 
 
 async def test_one_connection_holds_at_most_max_subscriptions(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import replace
 
 import orjson
 
@@ -56,8 +57,7 @@ class AuditChain:
     def seal(self, previous: str, seq: int, record: AuditRecord) -> AuditEntry:
         """``record`` as the entry at ``seq`` after the entry whose MAC is ``previous``."""
         context = record.context
-        detail_text = record.detail_text()
-        canonical = self._canonical(
+        unsealed = AuditEntry(
             seq,
             record.at_ms,
             record.action,
@@ -66,20 +66,10 @@ class AuditChain:
             context.ip,
             context.request_id,
             record.rating_id,
-            detail_text,
+            record.detail_text(),
+            "",
         )
-        return AuditEntry(
-            seq,
-            record.at_ms,
-            record.action,
-            context.actor,
-            context.scopes,
-            context.ip,
-            context.request_id,
-            record.rating_id,
-            detail_text,
-            self._mac(previous, canonical),
-        )
+        return replace(unsealed, mac=self.expected_mac(previous, unsealed))
 
     def expected_mac(self, previous: str, entry: AuditEntry) -> str:
         """The MAC ``entry`` must carry if it follows the entry whose MAC is ``previous``."""
