@@ -10,7 +10,7 @@ from ratewire import __version__
 from ratewire.api.admin import router as admin_router
 from ratewire.api.admission import AdmissionMiddleware
 from ratewire.api.audit import router as audit_router
-from ratewire.api.fast_reads import FastSummaryReads
+from ratewire.api.fast_paths import FastPaths
 from ratewire.api.openapi import complete_problem_responses
 from ratewire.api.ops import ReadinessProbe
 from ratewire.api.ops import router as ops_router
@@ -59,7 +59,7 @@ def create_app(
     for extra in extra_routers:
         app.include_router(extra)
     complete_problem_responses(app)
-    app.add_middleware(FastSummaryReads)  # added first: admission wraps it
+    app.add_middleware(FastPaths)  # added first: admission wraps it
     app.add_middleware(
         AdmissionMiddleware,
         tokens=tokens,

@@ -72,6 +72,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.sql_audit import AuditCursor, AuditTables
+from ratewire.storage.sql_exec import StatementRunner
 
 log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
@@ -331,7 +332,8 @@ class SqlStore:
         self.epoch = ""
         self._sql = _Statements(self.dialect)
         self._audit_chain: AuditChain | None = None
-        self._audit_cursor = AuditCursor()
+        self._run = StatementRunner(raw_sqlite=self.dialect == "sqlite")
+        self._audit_cursor = AuditCursor(self._run)
         self._async: AsyncEngine | None = None
         self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._deadlock_retries: dict[asyncio.Future[Any], int] = {}
@@ -478,7 +480,7 @@ class SqlStore:
         self, conn: Connection, bodies: list[Callable[[Connection], Any]]
     ) -> list[tuple[bool, Any]]:
         # Batches never overlap, so one cursor at a time (see sql_audit.AuditCursor).
-        cursor = self._audit_cursor = AuditCursor()
+        cursor = self._audit_cursor = AuditCursor(self._run)
         if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
             outcome = bodies[0](conn)
             audit_tables.flush(conn, cursor)
@@ -597,14 +599,14 @@ class SqlStore:
         """Add ``values`` to the counters of row ``key`` (creating it); its new last_offset."""
         name, value = key
         if self._sql.returning:
-            return int(conn.execute(stmt, {name: value, **values}).scalar_one())
+            return int(self._run.scalar(conn, stmt, {name: value, **values}))
         conn.execute(stmt, {name: value, **values})
         query = self._sql.game_offset if name == "game_id" else self._sql.user_offset
         return int(conn.scalar(query, {"key": value}) or 0)
 
     def _next_seq(self, conn: Connection) -> int:
         if self._sql.returning:
-            return int(conn.execute(self._sql.bump_global).scalar_one())
+            return int(self._run.scalar(conn, self._sql.bump_global))
         conn.execute(self._sql.bump_global)
         return int(conn.scalar(self._sql.global_offset) or 0)
 
@@ -636,7 +638,8 @@ class SqlStore:
         )
         seq = self._next_seq(conn)
         data = current.to_wire()
-        conn.execute(
+        self._run.execute(
+            conn,
             self._sql.insert_event,
             {
                 "seq": seq,
@@ -677,7 +680,8 @@ class SqlStore:
         rating = Rating.new(draft, now)
 
         def body(conn: Connection) -> WriteResult:
-            conn.execute(
+            self._run.execute(
+                conn,
                 self._sql.insert_rating,
                 {
                     "id": rating.id,
@@ -743,7 +747,8 @@ class SqlStore:
             new = changes.apply(old, now)
             if new is None:
                 raise _NoChange(old)
-            conn.execute(
+            self._run.execute(
+                conn,
                 self._sql.update_rating,
                 {
                     "rid": rating_id,
@@ -769,7 +774,7 @@ class SqlStore:
     ) -> WriteResult:
         def body(conn: Connection) -> WriteResult:
             old = self._locked(conn, rating_id, expected_version)
-            conn.execute(self._sql.delete_rating, {"rid": rating_id})
+            self._run.execute(conn, self._sql.delete_rating, {"rid": rating_id})
             return WriteResult(old, self._record(conn, "deleted", old, None, now, audit))
 
         return await self._write(body)

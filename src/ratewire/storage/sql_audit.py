@@ -35,14 +35,16 @@ from sqlalchemy.engine import Connection
 
 from ratewire.audit import GENESIS, AuditChain, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
+from ratewire.storage.sql_exec import StatementRunner
 
 
 class AuditCursor:
     """The chain's head within one transaction, and the entries sealed so far."""
 
-    __slots__ = ("head", "pending")
+    __slots__ = ("head", "pending", "run")
 
-    def __init__(self) -> None:
+    def __init__(self, run: StatementRunner) -> None:
+        self.run = run
         self.head: tuple[int, str] | None = None
         self.pending: list[AuditEntry] = []
 
@@ -108,8 +110,9 @@ class AuditTables:
         """Seal ``records`` after the transaction's head (locking it on first use); they are
         written by :meth:`flush` when the transaction's writes are done."""
         if cursor.head is None:
-            head = conn.execute(self._lock_head).one()
-            cursor.head = (int(head.seq), str(head.mac))
+            # Column order of audit_head: id, seq, mac, pruned_seq, pruned_mac.
+            head = cursor.run.one(conn, self._lock_head)
+            cursor.head = (int(head[1]), str(head[2]))
         seq, mac = cursor.head
         for record in records:
             seq += 1
@@ -122,9 +125,9 @@ class AuditTables:
         """Insert the transaction's entries and move the head past them."""
         if not cursor.pending or cursor.head is None:
             return
-        conn.execute(self._insert, [self._row(entry) for entry in cursor.pending])
+        cursor.run.executemany(conn, self._insert, [self._row(entry) for entry in cursor.pending])
         seq, mac = cursor.head
-        conn.execute(self._move_head, {"b_seq": seq, "b_mac": mac})
+        cursor.run.execute(conn, self._move_head, {"b_seq": seq, "b_mac": mac})
         cursor.pending.clear()
 
     @staticmethod
