@@ -489,7 +489,7 @@ class SqlStore:
         for body in bodies:
             before = cursor.snapshot()
             try:
-                with conn.begin_nested():
+                with self._run.savepoint(conn):
                     outcomes.append((True, body(conn)))
             except Exception as exc:
                 cursor.restore(before)

@@ -10,8 +10,9 @@ handed to the driver changes.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -76,6 +77,25 @@ class StatementRunner:
             assert row is not None
             return tuple(row)
         return tuple(conn.execute(stmt, dict(params) if params is not None else None).one())
+
+    @contextlib.contextmanager
+    def savepoint(self, conn: Connection) -> Iterator[None]:
+        """One write of a group-commit batch: undone alone if it raises."""
+        if not self._raw:
+            with conn.begin_nested():
+                yield
+            return
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        # SQLAlchemy's savepoint objects cost as much as the write's own statements here.
+        driver.execute("SAVEPOINT ratewire_write")
+        try:
+            yield
+        except BaseException:
+            driver.execute("ROLLBACK TO ratewire_write")
+            driver.execute("RELEASE ratewire_write")
+            raise
+        driver.execute("RELEASE ratewire_write")
 
     def executemany(self, conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
