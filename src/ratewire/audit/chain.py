@@ -27,6 +27,8 @@ class AuditChain:
 
     def __init__(self, key: str | None) -> None:
         self._key = key.encode() if key else None
+        # Keyed once; each MAC copies the keyed state instead of keying again.
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256) if self._key else None
 
     @property
     def keyed(self) -> bool:
@@ -34,29 +36,35 @@ class AuditChain:
 
     def _mac(self, previous: str, canonical: bytes) -> str:
         message = previous.encode() + b"\n" + canonical
-        if self._key is None:
+        if self._keyed is None:
             return hashlib.sha256(message).hexdigest()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        mac = self._keyed.copy()
+        mac.update(message)
+        return mac.hexdigest()
 
     @staticmethod
-    def _canonical(
-        seq: int,
-        at_ms: int,
-        action: str,
-        actor: str | None,
-        scopes: str,
-        ip: str | None,
-        request_id: str | None,
-        rating_id: str | None,
-        detail_text: str,
-    ) -> bytes:
-        return orjson.dumps(
-            [seq, at_ms, action, actor, scopes, ip, request_id, rating_id, detail_text]
+    def _canonical(entry: AuditEntry, detail: bytes) -> bytes:
+        # The fields as one JSON array, a newline, then the detail's JSON as stored: no raw
+        # newline can occur inside the array (JSON escapes it), so the split is unambiguous,
+        # and the detail is not escaped a second time.
+        fields = orjson.dumps(
+            [
+                entry.seq,
+                entry.at_ms,
+                entry.action,
+                entry.actor,
+                entry.scopes,
+                entry.ip,
+                entry.request_id,
+                entry.rating_id,
+            ]
         )
+        return fields + b"\n" + detail
 
     def seal(self, previous: str, seq: int, record: AuditRecord) -> AuditEntry:
         """``record`` as the entry at ``seq`` after the entry whose MAC is ``previous``."""
         context = record.context
+        detail = record.detail_json()
         unsealed = AuditEntry(
             seq,
             record.at_ms,
@@ -66,25 +74,15 @@ class AuditChain:
             context.ip,
             context.request_id,
             record.rating_id,
-            record.detail_text(),
+            detail.decode(),
             "",
         )
-        return replace(unsealed, mac=self.expected_mac(previous, unsealed))
+        mac = self._mac(previous, self._canonical(unsealed, detail))
+        return replace(unsealed, mac=mac)
 
     def expected_mac(self, previous: str, entry: AuditEntry) -> str:
         """The MAC ``entry`` must carry if it follows the entry whose MAC is ``previous``."""
-        canonical = self._canonical(
-            entry.seq,
-            entry.at_ms,
-            entry.action,
-            entry.actor,
-            entry.scopes,
-            entry.ip,
-            entry.request_id,
-            entry.rating_id,
-            entry.detail_text,
-        )
-        return self._mac(previous, canonical)
+        return self._mac(previous, self._canonical(entry, entry.detail_text.encode()))
 
     def verifies(self, previous: str, entry: AuditEntry) -> bool:
         return hmac.compare_digest(self.expected_mac(previous, entry), entry.mac)

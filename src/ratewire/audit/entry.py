@@ -60,9 +60,9 @@ class AuditRecord:
             detail,
         )
 
-    def detail_text(self) -> str:
+    def detail_json(self) -> bytes:
         """The detail as stored: canonical JSON (sorted keys), which the MAC covers."""
-        return orjson.dumps(self.detail, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(self.detail, option=orjson.OPT_SORT_KEYS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -653,7 +653,7 @@ class SqlStore:
             },
         )
         if self._audit_chain is not None:
-            record = rating_audit_record(kind, old, new, now, seq, audit)
+            record = rating_audit_record(kind, old, new, now, seq, audit, data)
             audit_tables.append(conn, self._audit_chain, [record], self._audit_cursor)
         return RatingEvent(
             seq, kind, current.game_id, current.user_id, game_offset, user_offset, data, now
