@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.servers import ROOT, start_ratewire, token
+from bench.servers import ROOT, start_cluster, start_ratewire, token
 
 WRK_DIR = ROOT / "bench" / "wrk"
 GAMES = 16
@@ -104,18 +104,20 @@ def run_rest(backend: str, seconds: float, connections: int, audit: bool) -> lis
 
     console = Console(stderr=True)
     database = None
-    if backend == "postgresql":
-        database = f"ratewire_bench_{secrets.token_hex(4)}"
-        asyncio.run(_postgres(f"CREATE DATABASE {database}"))
-    url = None if database is None else POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + database
-    target = start_ratewire(
-        backend,
-        url,
-        env_extra={
-            "RATEWIRE_AUDIT__ENABLED": "true" if audit else "false",
-            "RATEWIRE_AUDIT__KEY": "bench-audit-key-0123456789abcdef0123456789",
-        },
-    )
+    audit_env = {
+        "RATEWIRE_AUDIT__ENABLED": "true" if audit else "false",
+        "RATEWIRE_AUDIT__KEY": "bench-audit-key-0123456789abcdef0123456789",
+    }
+    if backend == "cluster":
+        # Two instances on PostgreSQL and Redis; the load goes to the first (the second
+        # follows the stream, as every instance of a cluster does).
+        target = start_cluster("cluster", 2, env_extra=audit_env)
+    else:
+        if backend == "postgresql":
+            database = f"ratewire_bench_{secrets.token_hex(4)}"
+            asyncio.run(_postgres(f"CREATE DATABASE {database}"))
+        url = None if database is None else POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + database
+        target = start_ratewire(backend, url, env_extra=audit_env)
     backend_label = f"{backend}, audit {'on' if audit else 'off'}"
     base = target.post_url.removesuffix("/ratings")
     writer = token("bench-writer", "ratings:write:any")
@@ -166,7 +168,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from rich.table import Table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--backend",
+        choices=["sqlite", "postgresql", "cluster", "both", "all"],
+        default="both",
+        help="both: sqlite and postgresql; cluster: two instances on PostgreSQL + Redis, "
+        "load on the first; all: the three",
+    )
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
@@ -177,7 +185,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
-    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    backends = {
+        "both": ["sqlite", "postgresql"],
+        "all": ["sqlite", "postgresql", "cluster"],
+    }.get(args.backend, [args.backend])
     modes = [True, False] if args.audit == "both" else [args.audit == "on"]
     results = [
         m

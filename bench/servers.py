@@ -229,7 +229,12 @@ def _fresh_postgres() -> tuple[str, Callable[[], None]]:
 
 
 def start_cluster(
-    name: str, instances: int = 1, *, broker: str = "redis", workers: int = 1
+    name: str,
+    instances: int = 1,
+    *,
+    broker: str = "redis",
+    workers: int = 1,
+    env_extra: dict[str, str] | None = None,
 ) -> Target:
     """``instances`` ratewire processes on one new PostgreSQL database sharing a Redis broker
     (a prefix of their own): writes go to the first, subscribers are spread over all."""
@@ -239,6 +244,7 @@ def start_cluster(
     workdir = Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
     env = {"RATEWIRE_BROKER__BACKEND": broker, "RATEWIRE_BROKER__URL": REDIS_URL}
     env["RATEWIRE_BROKER__PREFIX"] = f"bench-{secrets.token_hex(4)}"
+    env.update(env_extra or {})
     args = ("--workers", str(workers)) if workers > 1 else ()
     started = [
         start_ratewire("postgresql", url, env_extra=env, args=args, workdir=workdir)

@@ -461,11 +461,16 @@ def bench_fanout(
 
 
 @bench.command("rest")
-@click.option("--backend", type=click.Choice(["sqlite", "postgresql", "both"]), default="both")
+@click.option(
+    "--backend",
+    type=click.Choice(["sqlite", "postgresql", "cluster", "both", "all"]),
+    default="both",
+    show_default=True,
+)
 @click.option("--seconds", type=click.FloatRange(min=1), default=10, show_default=True)
 @click.option("--connections", type=click.IntRange(min=1), default=32, show_default=True)
 def bench_rest(backend: str, seconds: float, connections: int) -> None:
-    """POST /ratings and GET summary under wrk load, on sqlite and/or postgresql."""
+    """/healthz, summary, rating, POST and PUT under wrk load (sqlite, postgresql, cluster)."""
     rest = _bench_module("rest")
     rest.main(["--backend", backend, "--seconds", str(seconds), "--connections", str(connections)])
 
