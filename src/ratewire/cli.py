@@ -249,6 +249,7 @@ def tail(
 
 
 @main.command()
+@click.argument("token_id", metavar="[JTI]", required=False)
 @click.option("--jti", default=None, help="revoke this one token (its jti claim)")
 @click.option("--sub", default=None, help="revoke every token of this user issued until now")
 @click.option("--reason", default=None, help="kept with the entry")
@@ -258,6 +259,7 @@ def tail(
 @_config_option
 @_auth_option
 def revoke(
+    token_id: str | None,
     jti: str | None,
     sub: str | None,
     reason: str | None,
@@ -267,13 +269,18 @@ def revoke(
     config_path: Path | None,
     auth_path: Path | None,
 ) -> None:
-    """Revoke a token (--jti) or every current token of a user (--sub), on every instance;
-    their open WebSocket connections close with 4001 "Token revoked"."""
+    """Revoke a token (JTI or --jti) or every current token of a user (--sub), on every
+    instance; their open WebSocket connections close with 4001 "Token revoked"."""
     import orjson
 
     from ratewire.admin_client import AdminRequestFailed, admin_request
     from ratewire.security.tokens import SCOPE_ADMIN
 
+    if token_id is not None:
+        if jti is not None and jti != token_id:
+            click.echo("ratewire revoke: give the jti once (JTI or --jti)", err=True)
+            sys.exit(2)
+        jti = token_id
     if not list_only and (jti is None) == (sub is None):
         click.echo("ratewire revoke: give exactly one of --jti or --sub (or --list)", err=True)
         sys.exit(2)

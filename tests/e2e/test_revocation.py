@@ -136,6 +136,11 @@ async def test_the_deny_list_survives_a_restart_and_the_cli_revokes_and_lists(
     assert (await rest_write(server, victim, "9")).status_code == 401
     listed = await asyncio.to_thread(run_ratewire, "revoke", "--list", cwd=server.workdir, env=env)
     assert listed.returncode == 0 and '"value":"9"' in listed.stdout
+    victim_jti = jti_of(server.token("10"))
+    positional = await asyncio.to_thread(
+        run_ratewire, "revoke", victim_jti, cwd=server.workdir, env=env
+    )
+    assert positional.returncode == 0 and f'"value":"{victim_jti}"' in positional.stdout
     usage = await asyncio.to_thread(run_ratewire, "revoke", cwd=server.workdir, env=env)
     assert usage.returncode == 2 and "exactly one of --jti or --sub" in usage.stderr
     unreachable = await asyncio.to_thread(
