@@ -14,7 +14,7 @@
 //       every matching client;
 //     * no history, no resume, no backpressure, no rate limits, memory only.
 //   Offsets are counted per topic (1, 2, 3, ...) and the epoch is the constant
-//   "node", so its frames follow the ratewire wire contract (PROTOCOL.md,
+//   "node", so its frames follow the ratewire wire contract (docs/protocol.md,
 //   protocol 1) closely enough that the same clients and benchmark harness
 //   can drive it.
 //

@@ -1,4 +1,4 @@
-"""The ``ratewire`` command line (PROTOCOL.md section 6)."""
+"""The ``ratewire`` command line (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The REST API of PROTOCOL.md section 2, in process."""
+"""The REST API of docs/protocol.md, in process."""
 
 from __future__ import annotations
 

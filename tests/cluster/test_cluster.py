@@ -1,4 +1,4 @@
-"""Several instances sharing PostgreSQL and Redis behave as one (PROTOCOL.md section 4 across
+"""Several instances sharing PostgreSQL and Redis behave as one (docs/protocol.md across
 the cluster): every acknowledged write reaches every subscriber of every instance exactly
 once and in order, whatever instance it was written to, and through the failures a cluster
 meets."""

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
 
-#: Close codes a client may legitimately see here (PROTOCOL.md section 3 and RFC 6455).
+#: Close codes a client may legitimately see here (docs/protocol.md and RFC 6455).
 ALLOWED_CLOSE_CODES = {1000, 1002, 1003, 1007, 1009, 4001, 4008}
 #: Not UTF-8: bare bytes, a truncated sequence inside a JSON string, an encoded surrogate.
 NOT_UTF8 = [b"\xff\xfe", b'{"action":"ping","id":"\xc3"}', b"\xed\xa0\x80"]

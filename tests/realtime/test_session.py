@@ -1,4 +1,4 @@
-"""The WebSocket message protocol (PROTOCOL.md section 3), driven without a socket."""
+"""The WebSocket message protocol (docs/protocol.md), driven without a socket."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The REST routes of PROTOCOL.md section 2: ratings, summaries, rankings."""
+"""The REST routes of docs/protocol.md: ratings, summaries, rankings."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class RatingPatch(_Body):
 
 
 class RatingOut(BaseModel):
-    """A rating as the API returns it (PROTOCOL.md section 1)."""
+    """A rating as the API returns it (docs/protocol.md)."""
 
     id: str
     gameId: str

@@ -1,4 +1,4 @@
-"""``GET /topics/{topic}/events``: a topic's retained history over REST (PROTOCOL.md 4).
+"""``GET /topics/{topic}/events``: a topic's retained history over REST (docs/protocol.md).
 
 The same events, offsets and epoch a WebSocket resume with ``since`` would replay; the same
 permissions as subscribing.

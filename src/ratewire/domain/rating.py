@@ -1,4 +1,4 @@
-"""The rating (PROTOCOL.md section 1) and the event every change of one produces."""
+"""The rating (docs/protocol.md) and the event every change of one produces."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ class Rating:
         )
 
     def to_wire(self) -> dict[str, Any]:
-        """The camelCase JSON object of PROTOCOL.md section 1."""
+        """The camelCase JSON object of docs/protocol.md."""
         updated = format_timestamp(self.updated_at)
         return {
             "id": self.id,

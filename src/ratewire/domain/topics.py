@@ -1,4 +1,4 @@
-"""Topic names, parsing and the default subscribe permissions (PROTOCOL.md section 3)."""
+"""Topic names, parsing and the default subscribe permissions (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One WebSocket connection's protocol logic (PROTOCOL.md section 3), independent of the
+"""One WebSocket connection's protocol logic (docs/protocol.md), independent of the
 WebSocket library: an adapter feeds it text payloads and gives it a :class:`Peer` to write to.
 
 Messages are handled in arrival order. Those that need the store (subscribe) run in a

@@ -1,4 +1,4 @@
-"""Who may subscribe to (or read the history of) which topic (PROTOCOL.md section 3)."""
+"""Who may subscribe to (or read the history of) which topic (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ SCOPE_WRITE_ANY = "ratings:write:any"
 
 
 class InvalidToken(Exception):
-    """The token cannot be used. ``reason`` is the text clients see (PROTOCOL.md section 3)."""
+    """The token cannot be used. ``reason`` is the text clients see (docs/protocol.md)."""
 
     def __init__(self, reason: str = "Invalid token") -> None:
         super().__init__(reason)

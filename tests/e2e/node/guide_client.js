@@ -6,7 +6,7 @@
 // `url + '?token=' + token` (no path, exactly as the guide builds it), sends one
 // `{"action":"subscribe","topic":TOPIC}` when the socket opens, and then just
 // listens. The tests use it to check that a client written against the guide
-// still works unchanged against ratewire (PROTOCOL.md promises that).
+// still works unchanged against ratewire (docs/protocol.md promises that).
 //
 // Output on stdout, one JSON object per line:
 //   {"type":"_open"}                          the socket is open (post ratings now)
