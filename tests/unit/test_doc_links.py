@@ -31,9 +31,13 @@ def test_relative_links_resolve(page: Path) -> None:
             continue
         path, _, anchor = target.partition("#")
         destination = (page.parent / path).resolve() if path else page
-        if not destination.exists() or ROOT not in destination.parents and destination != ROOT:
-            broken.append(target)
-        elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
+        outside = ROOT not in destination.parents and destination != ROOT
+        missing_anchor = bool(anchor) and destination.suffix == ".md"
+        if (
+            not destination.exists()
+            or outside
+            or (missing_anchor and anchor not in anchors(destination))
+        ):
             broken.append(target)
     assert not broken, f"{page.name}: links that do not resolve: {broken}"
 
