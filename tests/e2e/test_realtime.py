@@ -366,6 +366,15 @@ async def test_slow_client_is_cut_with_4009_and_can_resume(
         await ws.send(action="subscribe", topic=f"rating.game.{game}", since=0)
         replayed = await ws.updates(WRITES, within=15)
         assert [u["offset"] for u in replayed] == list(range(1, WRITES + 1))
+    # The cut is in the audit log, under its own action.
+    admin = {"Authorization": f"Bearer {server.token('root', scope='ratings:admin')}"}
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        for _ in range(50):
+            entries = (await http.get("/audit?action=ws.too_slow", headers=admin)).json()["items"]
+            if entries:
+                break
+            await asyncio.sleep(0.1)
+    assert entries and entries[0]["detail"]["code"] == 4009
 
 
 async def test_per_ip_connection_limit_answers_429(module_server_factory: ServerFactory) -> None:
