@@ -26,6 +26,7 @@ from ratewire.security.tokens import Principal
 from ratewire.service import RatingService
 
 _PREFIX, _SUFFIX = "/games/", "/summary"
+_REVALIDATE = REVALIDATE.encode()
 
 
 class FastPaths:
@@ -60,34 +61,10 @@ class FastPaths:
             await self.app(scope, receive, send)  # the same error answer as the route's
             return
         etag = summary_etag(service, summary)
-        if_none_match = None
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                if_none_match = value.decode("latin-1")
-        if etag_matches(if_none_match, etag):
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 304,
-                    "headers": [(b"etag", etag.encode()), (b"cache-control", REVALIDATE.encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
+        if etag_matches(_header(scope, b"if-none-match"), etag):
+            await _answer(send, 304, etag, None)
             return
-        body = orjson.dumps(service.summary_wire(summary))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-length", str(len(body)).encode()),
-                    (b"content-type", b"application/json"),
-                    (b"etag", etag.encode()),
-                    (b"cache-control", REVALIDATE.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 200, etag, orjson.dumps(service.summary_wire(summary)))
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("state", {}).get(AUTH_STATE_KEY)
@@ -108,21 +85,34 @@ class FastPaths:
             await self.app(scope, receive, send)  # the route explains (422, 403, 409, 503...)
             return
         rating = result.rating
-        payload = orjson.dumps(rating.to_wire())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 201,
-                "headers": [
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"content-type", b"application/json"),
-                    (b"etag", f'"{rating.version}"'.encode()),
-                    (b"cache-control", REVALIDATE.encode()),
-                    (b"location", f"/ratings/{rating.id}".encode()),
-                ],
-            }
+        await _answer(
+            send,
+            201,
+            f'"{rating.version}"',
+            orjson.dumps(rating.to_wire()),
+            [(b"location", f"/ratings/{rating.id}".encode())],
         )
-        await send({"type": "http.response.body", "body": payload})
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    etag: str,
+    body: bytes | None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """The answer the FastAPI route would give: JSON (or no body, for 304), ETag and
+    Cache-Control."""
+    headers = [(b"etag", etag.encode()), (b"cache-control", _REVALIDATE)]
+    if body is not None:
+        headers[:0] = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
+    await send({"type": "http.response.body", "body": body or b""})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
