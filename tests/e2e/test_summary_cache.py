@@ -149,3 +149,40 @@ async def test_the_fast_write_path_answers_as_the_documented_route(
             first, second = (a.json() for a in answers)
             assert (first["type"], first["title"]) == (second["type"], second["title"])
         assert (await http.post("/ratings", json={"gameId": "w4", "score": 2})).status_code == 401
+
+
+async def test_the_fast_upsert_path_answers_as_the_documented_route(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    headers = {"Authorization": f"Bearer {server.token('7')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        for params in (None, {"via": "route"}):
+            game = "u1" if params is None else "u2"
+            created = await http.put(
+                f"/games/{game}/ratings/7", params=params, json={"score": 2}, headers=headers
+            )
+            assert created.status_code == 201
+            assert created.headers["location"] == f"/ratings/{created.json()['id']}"
+            replaced = await http.put(
+                f"/games/{game}/ratings/7",
+                params=params,
+                json={"score": 5},
+                headers={**headers, "If-Match": '"1"'},
+            )
+            assert (replaced.status_code, replaced.headers["etag"]) == (200, '"2"')
+            assert "location" not in replaced.headers
+        # Refusals come from the route either way: stale version, bad If-Match, other user.
+        cases = [
+            ("/games/u1/ratings/7", {"If-Match": '"1"'}, {"score": 3}),
+            ("/games/u1/ratings/7", {"If-Match": "soon"}, {"score": 3}),
+            ("/games/u1/ratings/8", {}, {"score": 3}),
+            ("/games/u1/ratings/7", {}, {"score": 6}),
+        ]
+        for path, extra, body in cases:
+            fast, routed = [
+                await http.put(path, params=params, json=body, headers={**headers, **extra})
+                for params in (None, {"via": "route"})
+            ]
+            assert fast.status_code == routed.status_code >= 400, path
+            assert fast.json()["type"] == routed.json()["type"]
