@@ -282,13 +282,19 @@ async def test_sigkill_under_writes_leaves_one_entry_per_change(
     exported = await asyncio.to_thread(cli, server, "export")
     changes = [orjson.loads(line) for line in exported.stdout.splitlines()]
     change_seqs = [c["detail"]["eventSeq"] for c in changes if c["action"].startswith("rating.")]
+    event_seqs: list[int] = []
+    admin = {"Authorization": f"Bearer {server.token('root', scope=ADMIN)}"}
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
-        history = await http.get(
-            "/topics/rating.global/events",
-            params={"limit": 1000},
-            headers={"Authorization": f"Bearer {server.token('root', scope=ADMIN)}"},
-        )
-    event_seqs = [event["offset"] for event in history.json()["events"]]
+        while True:  # every committed event, a page at a time
+            page = await http.get(
+                "/topics/rating.global/events",
+                params={"since": event_seqs[-1] if event_seqs else 0, "limit": 1000},
+                headers=admin,
+            )
+            events = page.json()["events"]
+            if not events:
+                break
+            event_seqs.extend(event["offset"] for event in events)
     # Exactly one entry per committed change, and no entry without its change.
     assert sorted(change_seqs) == event_seqs
     audited_ratings = {c["ratingId"] for c in changes if c["action"].startswith("rating.")}
