@@ -334,6 +334,7 @@ class SqlStore:
         self._audit_chain: AuditChain | None = None
         self._run = StatementRunner(raw_sqlite=self.dialect == "sqlite")
         self._audit_cursor = AuditCursor(self._run)
+        self._audit_head_written: tuple[int, str] | None = None
         self._async: AsyncEngine | None = None
         self._queued_writes: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._deadlock_retries: dict[asyncio.Future[Any], int] = {}
@@ -480,10 +481,10 @@ class SqlStore:
         self, conn: Connection, bodies: list[Callable[[Connection], Any]]
     ) -> list[tuple[bool, Any]]:
         # Batches never overlap, so one cursor at a time (see sql_audit.AuditCursor).
-        cursor = self._audit_cursor = AuditCursor(self._run)
+        cursor = self._audit_cursor = AuditCursor(self._run, self._audit_head_written)
         if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
             outcome = bodies[0](conn)
-            audit_tables.flush(conn, cursor)
+            self._flush_audit(conn, cursor)
             return [(True, outcome)]
         outcomes: list[tuple[bool, Any]] = []
         for body in bodies:
@@ -494,8 +495,16 @@ class SqlStore:
             except Exception as exc:
                 cursor.restore(before)
                 outcomes.append((False, exc))
-        audit_tables.flush(conn, cursor)
+        self._flush_audit(conn, cursor)
         return outcomes
+
+    def _flush_audit(self, conn: Connection, cursor: AuditCursor) -> None:
+        wrote = bool(cursor.pending)
+        audit_tables.flush(conn, cursor)
+        if wrote:
+            # What the next transaction assumes (checked when it moves the head; a commit
+            # that fails after this only costs the next one a locked read).
+            self._audit_head_written = cursor.head
 
     async def _read(self, body: Callable[[Connection], _T]) -> _T:
         try:

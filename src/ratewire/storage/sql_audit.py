@@ -39,14 +39,24 @@ from ratewire.storage.sql_exec import StatementRunner
 
 
 class AuditCursor:
-    """The chain's head within one transaction, and the entries sealed so far."""
+    """The chain's head within one transaction, and the entries sealed so far.
 
-    __slots__ = ("head", "pending", "run")
+    ``assumed``: the head this process wrote last. The transaction seals after it without
+    reading the head row, and :meth:`AuditTables.flush` moves the head only if it is still
+    there (one statement instead of a locked read and a write: on PostgreSQL each is a round
+    trip inside the write transaction). If another instance extended the chain meanwhile, the
+    entries are sealed again after the real head.
+    """
 
-    def __init__(self, run: StatementRunner) -> None:
+    __slots__ = ("assumed", "chain", "head", "pending", "records", "run")
+
+    def __init__(self, run: StatementRunner, assumed: tuple[int, str] | None = None) -> None:
         self.run = run
+        self.assumed = assumed
+        self.chain: AuditChain | None = None
         self.head: tuple[int, str] | None = None
         self.pending: list[AuditEntry] = []
+        self.records: list[AuditRecord] = []
 
     def snapshot(self) -> tuple[tuple[int, str] | None, int]:
         return self.head, len(self.pending)
@@ -55,6 +65,7 @@ class AuditCursor:
         """Forget what a write that rolled back to its savepoint sealed."""
         self.head, kept = snapshot
         del self.pending[kept:]
+        del self.records[kept:]
 
 
 class AuditTables:
@@ -97,6 +108,15 @@ class AuditTables:
             .where(self.head.c.id == 1)
             .values(seq=bindparam("b_seq"), mac=bindparam("b_mac"))
         )
+        self._move_head_from = (
+            update(self.head)
+            .where(
+                self.head.c.id == 1,
+                self.head.c.seq == bindparam("b_old_seq"),
+                self.head.c.mac == bindparam("b_old_mac"),
+            )
+            .values(seq=bindparam("b_seq"), mac=bindparam("b_mac"))
+        )
 
     def seed_row(self) -> dict[str, Any]:
         return {"id": 1, "seq": 0, "mac": GENESIS, "pruned_seq": 0, "pruned_mac": GENESIS}
@@ -108,28 +128,56 @@ class AuditTables:
         records: Sequence[AuditRecord],
         cursor: AuditCursor,
     ) -> None:
-        """Seal ``records`` after the transaction's head (locking it on first use); they are
-        written by :meth:`flush` when the transaction's writes are done."""
+        """Seal ``records`` after the transaction's head; they are written by :meth:`flush`
+        when the transaction's writes are done."""
         if cursor.head is None:
-            # Column order of audit_head: id, seq, mac, pruned_seq, pruned_mac.
-            head = cursor.run.one(conn, self._lock_head)
-            cursor.head = (int(head[1]), str(head[2]))
+            cursor.head = cursor.assumed or self._read_locked(conn, cursor)
+        cursor.chain = chain
         seq, mac = cursor.head
         for record in records:
             seq += 1
             entry = chain.seal(mac, seq, record)
             mac = entry.mac
             cursor.pending.append(entry)
+            cursor.records.append(record)
         cursor.head = (seq, mac)
 
+    def _read_locked(self, conn: Connection, cursor: AuditCursor) -> tuple[int, str]:
+        # Column order of audit_head: id, seq, mac, pruned_seq, pruned_mac.
+        head = cursor.run.one(conn, self._lock_head)
+        return int(head[1]), str(head[2])
+
     def flush(self, conn: Connection, cursor: AuditCursor) -> None:
-        """Insert the transaction's entries and move the head past them."""
+        """Move the head past the transaction's entries (locking it) and insert them."""
         if not cursor.pending or cursor.head is None:
             return
-        cursor.run.executemany(conn, self._insert, [self._row(entry) for entry in cursor.pending])
         seq, mac = cursor.head
-        cursor.run.execute(conn, self._move_head, {"b_seq": seq, "b_mac": mac})
+        moved = True
+        if cursor.assumed is not None:
+            old_seq, old_mac = cursor.assumed
+            moved = (
+                cursor.run.rowcount(
+                    conn,
+                    self._move_head_from,
+                    {"b_seq": seq, "b_mac": mac, "b_old_seq": old_seq, "b_old_mac": old_mac},
+                )
+                == 1
+            )
+            if not moved:  # another instance extended the chain: seal again after its head
+                assert cursor.chain is not None
+                seq, mac = self._read_locked(conn, cursor)
+                cursor.pending.clear()
+                for record in cursor.records:
+                    seq += 1
+                    entry = cursor.chain.seal(mac, seq, record)
+                    mac = entry.mac
+                    cursor.pending.append(entry)
+                cursor.head = (seq, mac)
+        if not moved or cursor.assumed is None:
+            cursor.run.execute(conn, self._move_head, {"b_seq": seq, "b_mac": mac})
+        cursor.run.executemany(conn, self._insert, [self._row(entry) for entry in cursor.pending])
         cursor.pending.clear()
+        cursor.records.clear()
 
     @staticmethod
     def _row(entry: AuditEntry) -> dict[str, Any]:

@@ -63,6 +63,12 @@ class StatementRunner:
         else:
             conn.execute(stmt, dict(params) if params is not None else None)
 
+    def rowcount(self, conn: Connection, stmt: Any, params: Mapping[str, Any]) -> int:
+        """How many rows a DML statement changed."""
+        if self._raw:
+            return int(self._driver_execute(conn, stmt, params).rowcount)
+        return int(conn.execute(stmt, dict(params)).rowcount)
+
     def scalar(self, conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the only row (a RETURNING or a one-row select)."""
         if self._raw:

@@ -1,0 +1,32 @@
+"""Two stores writing one database's audit log in turn (two instances of a cluster): each
+assumes the head it wrote last, finds it moved, seals again after the real head, and the
+chain stays one valid chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ratewire.audit import AuditChain, AuditContext, AuditQuery, AuditRecord
+from ratewire.audit.verify import verify_chain
+from ratewire.storage.sql import SqlStore
+
+
+async def test_interleaved_writers_keep_one_valid_chain(tmp_path: Path) -> None:
+    chain = AuditChain("two-writers-key-0123456789abcdef0123")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = SqlStore(url), SqlStore(url)
+    for store in (first, second):
+        await store.start()
+        store.use_audit(chain)
+    try:
+        for turn in range(6):
+            writer = (first, second)[turn % 2]
+            record = AuditRecord.now("ws.connect", AuditContext(actor=f"w{turn}"))
+            await writer.append_audit([record, record])
+        entries = await first.audit_entries(AuditQuery(limit=100, oldest_first=True))
+        assert [e.seq for e in entries] == list(range(1, 13))
+        assert [e.actor for e in entries][::2] == [f"w{turn}" for turn in range(6)]
+        assert (await verify_chain(first, chain)).problem is None
+    finally:
+        await first.close()
+        await second.close()
