@@ -68,6 +68,20 @@ class AuditCursor:
         del self.records[kept:]
 
 
+def _sealed(
+    chain: AuditChain, head: tuple[int, str], records: Sequence[AuditRecord]
+) -> tuple[list[AuditEntry], tuple[int, str]]:
+    """``records`` sealed one after the other from ``head``, and the new head."""
+    seq, mac = head
+    entries = []
+    for record in records:
+        seq += 1
+        entry = chain.seal(mac, seq, record)
+        mac = entry.mac
+        entries.append(entry)
+    return entries, (seq, mac)
+
+
 class AuditTables:
     """``audit_log`` and ``audit_head`` on ``metadata``, and what runs on them."""
 
@@ -133,14 +147,9 @@ class AuditTables:
         if cursor.head is None:
             cursor.head = cursor.assumed or self._read_locked(conn, cursor)
         cursor.chain = chain
-        seq, mac = cursor.head
-        for record in records:
-            seq += 1
-            entry = chain.seal(mac, seq, record)
-            mac = entry.mac
-            cursor.pending.append(entry)
-            cursor.records.append(record)
-        cursor.head = (seq, mac)
+        entries, cursor.head = _sealed(chain, cursor.head, records)
+        cursor.pending.extend(entries)
+        cursor.records.extend(records)
 
     def _read_locked(self, conn: Connection, cursor: AuditCursor) -> tuple[int, str]:
         # Column order of audit_head: id, seq, mac, pruned_seq, pruned_mac.
@@ -165,14 +174,9 @@ class AuditTables:
             )
             if not moved:  # another instance extended the chain: seal again after its head
                 assert cursor.chain is not None
-                seq, mac = self._read_locked(conn, cursor)
-                cursor.pending.clear()
-                for record in cursor.records:
-                    seq += 1
-                    entry = cursor.chain.seal(mac, seq, record)
-                    mac = entry.mac
-                    cursor.pending.append(entry)
-                cursor.head = (seq, mac)
+                head = self._read_locked(conn, cursor)
+                cursor.pending, cursor.head = _sealed(cursor.chain, head, cursor.records)
+                seq, mac = cursor.head
         if not moved or cursor.assumed is None:
             cursor.run.execute(conn, self._move_head, {"b_seq": seq, "b_mac": mac})
         cursor.run.executemany(conn, self._insert, [self._row(entry) for entry in cursor.pending])
