@@ -31,7 +31,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def request_header(scope: Scope, name: bytes) -> str | None:
+    """The value of request header ``name`` (lower-case bytes), or None."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
@@ -129,7 +130,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         # A proxy we trust may hand us the id its own logs use; anyone else's is ignored.
-        offered = _header(scope, b"x-request-id") if scope.get(VIA_TRUSTED_PROXY) else None
+        offered = request_header(scope, b"x-request-id") if scope.get(VIA_TRUSTED_PROXY) else None
         request_id = offered if offered and _REQUEST_ID.match(offered) else self._ids.new()
         state = scope.setdefault("state", {})
         state[REQUEST_ID_STATE_KEY] = request_id
@@ -148,7 +149,7 @@ class AdmissionMiddleware:
         extra_headers: list[tuple[bytes, bytes]],
     ) -> None:
         auth: Any = None
-        authorization = _header(scope, b"authorization")
+        authorization = request_header(scope, b"authorization")
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -194,18 +195,18 @@ class AdmissionMiddleware:
                 )
 
         if scope["method"] in _BODY_METHODS:
-            length = _header(scope, b"content-length")
+            length = request_header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 await self._too_large(scope, receive, send)
                 return
-            has_body = (length is not None and length != "0") or _header(
+            has_body = (length is not None and length != "0") or request_header(
                 scope, b"transfer-encoding"
             ) is not None
-            if has_body and not _is_json(_header(scope, b"content-type")):
+            if has_body and not _is_json(request_header(scope, b"content-type")):
                 response = problem_response(
                     415,
                     "request body must be JSON (Content-Type: application/json), got "
-                    f"{_header(scope, b'content-type') or 'no Content-Type'}",
+                    f"{request_header(scope, b'content-type') or 'no Content-Type'}",
                 )
                 await response(scope, receive, send)
                 return

@@ -17,7 +17,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratewire.api.admission import AUTH_STATE_KEY, current_audit_context
+from ratewire.api.admission import AUTH_STATE_KEY, current_audit_context, request_header
 from ratewire.api.routes import REVALIDATE, etag_matches, parse_if_match, summary_etag
 from ratewire.api.schemas import RatingCreate, RatingReplace
 from ratewire.domain import RatingDraft, validate_identifier
@@ -64,14 +64,14 @@ class FastPaths:
             await self.app(scope, receive, send)  # the same error answer as the route's
             return
         etag = summary_etag(service, summary)
-        if etag_matches(_header(scope, b"if-none-match"), etag):
+        if etag_matches(request_header(scope, b"if-none-match"), etag):
             await _answer(send, 304, etag, None)
             return
         await _answer(send, 200, etag, orjson.dumps(service.summary_wire(summary)))
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("state", {}).get(AUTH_STATE_KEY)
-        length = _header(scope, b"content-length")
+        length = request_header(scope, b"content-length")
         if not isinstance(principal, Principal) or length is None:
             await self.app(scope, receive, send)  # 401, chunked bodies: the route's business
             return
@@ -104,7 +104,7 @@ class FastPaths:
             or not IDENTIFIER_RE.match(game_id)
             or not IDENTIFIER_RE.match(user_id)
             or not isinstance(principal, Principal)
-            or _header(scope, b"content-length") is None
+            or request_header(scope, b"content-length") is None
         ):
             await self.app(scope, receive, send)  # the route explains what is wrong
             return
@@ -113,7 +113,7 @@ class FastPaths:
             fields = RatingReplace.model_validate_json(body)
             draft = RatingDraft(game_id, user_id, fields.score, fields.comment)
             service: RatingService = scope["app"].state.service
-            version = parse_if_match(_header(scope, b"if-match"))  # the route's own rule
+            version = parse_if_match(request_header(scope, b"if-match"))  # the route's own rule
             result = await service.upsert(principal, draft, version, current_audit_context())
         except Exception:
             await self.app(scope, receive, send)  # a failed write changed nothing
@@ -147,13 +147,6 @@ async def _answer(
         {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
     )
     await send({"type": "http.response.body", "body": body or b""})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 async def _buffered(receive: Receive) -> tuple[bytes, Receive]:

@@ -223,6 +223,7 @@ class _AcceptGate(asyncio.Protocol):
         self._kernel_send_buffer = kernel_send_buffer
         self._slots = slots
         self._ip = ""
+        self._slot_ip: str | None = None
         self._holds_slot = False
         self._handshake_timeout = handshake_timeout
         self._deadline: asyncio.TimerHandle | None = None
@@ -236,7 +237,8 @@ class _AcceptGate(asyncio.Protocol):
         # A trusted proxy speaks for many clients: their addresses (and per-IP limits) are
         # known only once the request head names them (listener_for).
         via_proxy = self._proxies.trusts(ip)
-        admitted = self._slots.admit(None if via_proxy else ip)
+        self._slot_ip = None if via_proxy else ip  # what the slot was taken for
+        admitted = self._slots.admit(self._slot_ip)
         if admitted != ConnectionSlots.ADMITTED:
             self._refuse_later(transport)
             self._refusal = (
@@ -283,7 +285,7 @@ class _AcceptGate(asyncio.Protocol):
             self._deadline.cancel()
         if self._holds_slot:
             self._holds_slot = False
-            self._slots.release(None if self._proxies.trusts(self._ip) else self._ip)
+            self._slots.release(self._slot_ip)
 
     def _reject(self) -> None:
         transport = self._transport

@@ -51,6 +51,8 @@ class TrustedProxies:
         return bool(self._networks)
 
     def trusts(self, ip: str) -> bool:
+        if not self._networks:
+            return False  # the usual case, asked at every accept: no address parsing
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
