@@ -114,6 +114,9 @@ class ConnectionSlots:
         self._by_ip: dict[str, int] = {}
         self._by_user: dict[str, int] = {}
         self.refused_at_capacity = 0
+        #: Connections refused because their IP or user held its maximum (for /metrics).
+        self.refused_per_ip = 0
+        self.refused_per_user = 0
         self._reported_at = -1.0
 
     def admit(self, ip: str | None) -> int:
@@ -134,6 +137,7 @@ class ConnectionSlots:
         """Count one more connection of ``ip`` unless it holds its maximum already."""
         held = self._by_ip.get(ip, 0)
         if held >= self.per_ip:
+            self.refused_per_ip += 1
             return False
         self._by_ip[ip] = held + 1
         return True
@@ -150,14 +154,19 @@ class ConnectionSlots:
             self.release_ip(ip)
 
     def user_full(self, sub: str) -> bool:
-        """Whether ``sub`` holds ``per_user`` connections already (checked at upgrade)."""
-        return self._by_user.get(sub, 0) >= self.per_user
+        """Whether ``sub`` holds ``per_user`` connections already (checked at upgrade, which
+        is refused when it does)."""
+        if self._by_user.get(sub, 0) >= self.per_user:
+            self.refused_per_user += 1
+            return True
+        return False
 
     def admit_user(self, sub: str) -> bool:
         """Count one more authenticated connection of ``sub``; False when it holds its
         maximum (pair a True with :meth:`release_user`)."""
         held = self._by_user.get(sub, 0)
         if held >= self.per_user:
+            self.refused_per_user += 1
             return False
         self._by_user[sub] = held + 1
         return True

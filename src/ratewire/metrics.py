@@ -1,86 +1,263 @@
-"""Prometheus metrics, read from the runtime's own counters at scrape time: nothing is added
-to the per-event or per-request path."""
+"""Prometheus metrics (``/metrics``).
+
+Most series are counts the runtime keeps anyway (plain ints on the hub, the sessions, the
+limiters); they are copied into prometheus-client metrics when scraped, so the per-delivery
+path pays nothing for them. Only the two latency histograms are observed as things happen:
+once per event (commit to send) and once per REST request.
+
+Several workers on one host (``serve --workers N``) share a port, so a scrape reaches any one
+of them. They run prometheus-client's multi-process mode: the supervisor gives them one
+``PROMETHEUS_MULTIPROC_DIR``, each worker copies its counts into its own file every second
+(and right before answering a scrape), and any worker's ``/metrics`` answers the sum over all
+workers. Separate instances (hosts, containers) are scraped one by one, each with its own
+``instance`` label, as Prometheus does by default.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+#: Set by ``serve --workers`` for its workers (prometheus-client reads it at import).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: How often a worker copies its counts into its multi-process file.
+SYNC_SECONDS = 1.0
+#: Seconds from commit to the frame leaving the server: sub-millisecond to a few seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+GaugeMode = Literal["livesum", "livemax"]
+#: Route label of requests no route matched (keeps the label set bounded).
+UNMATCHED_ROUTE = "unmatched"
 
 
-class RuntimeCollector(Collector):
-    """Connections, subscriptions, published events and deliveries."""
+def _zero() -> int:
+    return 0
 
-    def __init__(
-        self,
-        connections: Callable[[], int],
-        published_seq: Callable[[], int],
-        deliveries: Callable[[], int],
-        refused_at_capacity: Callable[[], int] = lambda: 0,
-        accept_errors: Callable[[], int] = lambda: 0,
-        max_connections: Callable[[], int] = lambda: 0,
-        descriptor_exhausted_seconds: Callable[[], int] = lambda: 0,
-        summary_cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0),
-    ) -> None:
-        self._summary_cache = summary_cache
-        self._descriptor_exhausted_seconds = descriptor_exhausted_seconds
-        self._connections = connections
-        self._published_seq = published_seq
-        self._deliveries = deliveries
-        self._refused_at_capacity = refused_at_capacity
-        self._accept_errors = accept_errors
-        self._max_connections = max_connections
 
-    def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "ratewire_websocket_connections", "Open WebSocket connections", self._connections()
+def _none() -> Mapping[str, int]:
+    return {}
+
+
+@dataclass
+class MetricSources:
+    """Where each series is read at scrape time (callables, so the owners stay unaware)."""
+
+    connections: Callable[[], int] = _zero
+    connections_opened: Callable[[], int] = _zero
+    #: Close code -> connections closed with it (1006: the peer vanished without one).
+    connections_closed: Callable[[], Mapping[str, int]] = _none
+    #: Topic kind (global, game, user, game_wildcard) -> subscriptions.
+    subscriptions: Callable[[], Mapping[str, int]] = _none
+    events_published: Callable[[], int] = _zero
+    deliveries: Callable[[], int] = _zero
+    slow_consumers_cut: Callable[[], int] = _zero
+    relay_lag_seconds: Callable[[], float] = lambda: 0.0
+    #: Where the limit applied (rest, ws_message, ws_connect_rate, ws_per_ip, ws_per_user)
+    #: -> refusals.
+    rate_limited: Callable[[], Mapping[str, int]] = _none
+    #: Where (rest, relay) -> storage operations that failed.
+    storage_errors: Callable[[], Mapping[str, int]] = _none
+    max_connections: Callable[[], int] = _zero
+    refused_at_capacity: Callable[[], int] = _zero
+    accept_errors: Callable[[], int] = _zero
+    descriptors_exhausted_seconds: Callable[[], int] = _zero
+    summary_cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+
+
+@dataclass
+class _Copied:
+    """A counter fed from a running total: adds what the total grew by since the last copy."""
+
+    metric: Counter
+    seen: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    def copy(self, total: float, *labels: str) -> None:
+        grown = total - self.seen.get(labels, 0)
+        if grown > 0:
+            (self.metric.labels(*labels) if labels else self.metric).inc(grown)
+            self.seen[labels] = total
+
+
+class Metrics:
+    """The process's metrics: a registry to scrape, two histograms to observe into."""
+
+    def __init__(self, sources: MetricSources, multiprocess_dir: str | None = None) -> None:
+        self.sources = sources
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = registry = CollectorRegistry(auto_describe=False)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> _Copied:
+            return _Copied(Counter(name, doc, labels, registry=registry))
+
+        def gauge(
+            name: str, doc: str, labels: tuple[str, ...] = (), mode: GaugeMode = "livesum"
+        ) -> Gauge:
+            # live*: a dead worker's gauges leave the totals (its counters stay in).
+            return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
+
+        self._connections = gauge(
+            "ratewire_websocket_connections", "Open WebSocket connections", mode="livesum"
         )
-        yield CounterMetricFamily(
+        self._opened = counter("ratewire_websocket_opened", "WebSocket connections opened")
+        self._closed = counter(
+            "ratewire_websocket_closed",
+            "WebSocket connections closed, by close code (1006: gone without a close frame)",
+            ("code",),
+        )
+        self._subscriptions = gauge(
+            "ratewire_subscriptions", "Subscriptions held, by topic kind", ("kind",), "livesum"
+        )
+        self._published = counter(
             "ratewire_events_published",
-            "Rating events handed to subscribers (the global offset)",
-            self._published_seq(),
+            "Rating events this instance's relay handed to the broker (summed over instances: "
+            "every committed event once)",
         )
-        yield CounterMetricFamily(
-            "ratewire_deliveries", "rating_update frames written to subscribers", self._deliveries()
+        self._deliveries = counter(
+            "ratewire_deliveries", "rating_update frames written to subscribers"
         )
-        yield GaugeMetricFamily(
+        self._slow = counter(
+            "ratewire_slow_consumers_cut",
+            "Connections closed with 4009 because their send buffer overflowed",
+        )
+        self._relay_lag = gauge(
+            "ratewire_relay_lag_seconds",
+            "Age of the oldest committed event the relay has not published yet (0: none)",
+            mode="livemax",
+        )
+        self._rate_limited = counter(
+            "ratewire_rate_limited",
+            "Requests, messages and connections refused by a limit, by limit",
+            ("limit",),
+        )
+        self._storage_errors = counter(
+            "ratewire_storage_errors",
+            "Storage operations that failed (the store was unreachable or refused), by caller",
+            ("where",),
+        )
+        self._max_connections = gauge(
             "ratewire_websocket_max_connections",
             "WebSocket connections this process holds at most (limits.max_connections)",
-            self._max_connections(),
+            mode="livesum",
         )
-        yield CounterMetricFamily(
+        self._refused_at_capacity = counter(
             "ratewire_websocket_refused_at_capacity",
             "WebSocket upgrades answered 503 because the process was at max_connections",
-            self._refused_at_capacity(),
         )
-        yield CounterMetricFamily(
+        self._accept_errors = counter(
             "ratewire_accept_errors",
             "Connections the server could not accept (out of file descriptors)",
-            self._accept_errors(),
         )
-        yield CounterMetricFamily(
+        self._descriptors_exhausted = counter(
             "ratewire_descriptors_exhausted_seconds",
             "Seconds the process had no file descriptor left (connections closed at accept)",
-            self._descriptor_exhausted_seconds(),
         )
-        hits, misses, entries = self._summary_cache()
-        yield CounterMetricFamily(
-            "ratewire_summary_cache_hits",
-            "Summary and top-games reads answered from memory",
-            hits,
+        self._cache_hits = counter(
+            "ratewire_summary_cache_hits", "Summary and top-games reads answered from memory"
         )
-        yield CounterMetricFamily(
-            "ratewire_summary_cache_misses",
-            "Summary and top-games reads that went to the store",
-            misses,
+        self._cache_misses = counter(
+            "ratewire_summary_cache_misses", "Summary and top-games reads that went to the store"
         )
-        yield GaugeMetricFamily(
-            "ratewire_summary_cache_entries", "Game summaries held in memory", entries
+        self._cache_entries = gauge(
+            "ratewire_summary_cache_entries", "Game summaries held in memory", mode="livesum"
+        )
+        self.commit_to_send = Histogram(
+            "ratewire_commit_to_send_seconds",
+            "Seconds from an event's commit to its frames being handed to subscribers",
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self._http_requests = Counter(
+            "ratewire_http_requests",
+            "REST requests answered, by route template, method and status",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self._http_latency = Histogram(
+            "ratewire_http_request_duration_seconds",
+            "Seconds from a REST request's arrival to its response, by route template",
+            ("route", "method"),
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
         )
 
+    # -- observed as things happen ---------------------------------------------------------
 
-def build_registry(collector: RuntimeCollector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry
+    def observe_delivery(self, committed_at: float) -> None:
+        """An event (committed at wall time ``committed_at``) was handed to the hub."""
+        self.commit_to_send.observe(max(0.0, time.time() - committed_at))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """A REST request was answered."""
+        self._http_requests.labels(route, method, str(status)).inc()
+        self._http_latency.labels(route, method).observe(seconds)
+
+    # -- copied when scraped ---------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Copy the runtime's counts into the metrics."""
+        s = self.sources
+        self._connections.set(s.connections())
+        self._opened.copy(s.connections_opened())
+        for code, count in s.connections_closed().items():
+            self._closed.copy(count, code)
+        for kind, count in s.subscriptions().items():
+            self._subscriptions.labels(kind).set(count)
+        self._published.copy(s.events_published())
+        self._deliveries.copy(s.deliveries())
+        self._slow.copy(s.slow_consumers_cut())
+        self._relay_lag.set(s.relay_lag_seconds())
+        for limit, count in s.rate_limited().items():
+            self._rate_limited.copy(count, limit)
+        for where, count in s.storage_errors().items():
+            self._storage_errors.copy(count, where)
+        self._max_connections.set(s.max_connections())
+        self._refused_at_capacity.copy(s.refused_at_capacity())
+        self._accept_errors.copy(s.accept_errors())
+        self._descriptors_exhausted.copy(s.descriptors_exhausted_seconds())
+        hits, misses, entries = s.summary_cache()
+        self._cache_hits.copy(hits)
+        self._cache_misses.copy(misses)
+        self._cache_entries.set(entries)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process, or every worker in multi-process mode."""
+        self.sync()
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            combined, path=self.multiprocess_dir
+        )
+        return generate_latest(combined)
+
+    async def sync_forever(self) -> None:
+        """In multi-process mode, keep this worker's file current for the others' scrapes."""
+        if self.multiprocess_dir is None:
+            return
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            self.sync()
+
+
+def multiprocess_dir_from_env() -> str | None:
+    """The shared directory of ``serve --workers`` (None: a single process)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def forget_worker(pid: int, directory: str) -> None:
+    """A worker died: drop its live gauges from the totals (its counters stay counted)."""
+    with contextlib.suppress(FileNotFoundError):
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

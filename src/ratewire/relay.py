@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from ratewire.broker.base import Broker
 from ratewire.domain import RatingEvent, Topic, TopicKind
@@ -52,6 +53,18 @@ class Relay:
         self._draining = asyncio.Lock()  # the run loop and flush() must not publish twice
         #: The ``seq`` of the last event published.
         self.cursor = 0
+        #: Events this relay published (another instance's are not counted).
+        self.published = 0
+        #: Store reads or publishes that failed.
+        self.failures = 0
+        # Commit time (epoch seconds) of the oldest event known to wait for publishing.
+        self._oldest_waiting_at: float | None = None
+
+    def lag_seconds(self) -> float:
+        """How long the oldest committed event the relay knows of has waited to be
+        published (0 when it is caught up)."""
+        oldest = self._oldest_waiting_at
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     async def start(self, cursor: int | None = None) -> None:
         """Begin relaying after ``cursor`` (default: the store's current head)."""
@@ -71,6 +84,8 @@ class Relay:
         """Called by the service right after it committed ``event``."""
         if event.seq > self.cursor:
             self._told[event.seq] = event
+            if self._oldest_waiting_at is None:
+                self._oldest_waiting_at = event.occurred_at.timestamp()
             self._wake.set()
 
     async def flush(self) -> None:
@@ -97,6 +112,7 @@ class Relay:
             try:
                 await self._drain(read_store=not woken and self._broker.holds_lease())
             except Exception as exc:
+                self.failures += 1
                 # The store or broker failed: keep the cursor, retry on the next tick. One line
                 # per outage, not one per tick (the broker's reader logs when it is back).
                 if not self._failing:
@@ -136,6 +152,8 @@ class Relay:
             if not events:
                 self._forget_published()
                 return
+            if self._oldest_waiting_at is None:
+                self._oldest_waiting_at = events[0].occurred_at.timestamp()
             if not await self._publish(events) and self.cursor == 0:
                 return  # the broker waits for the lease holder to seed it
             if len(events) < READ_BATCH:
@@ -153,12 +171,18 @@ class Relay:
                 log.warning("relay: the broker lost its stream; republishing the outbox")
             self.cursor = 0
             return False
+        self.published += max(0, result - after)
         self.cursor = result
         self._forget_published()
         return result >= events[-1].seq
 
     def _forget_published(self) -> None:
         if not self._told:
-            return  # the common case, once per event in cluster mode: nothing to scan
+            # The common case, once per event in cluster mode: nothing to scan.
+            self._oldest_waiting_at = None
+            return
         for seq in [s for s in self._told if s <= self.cursor]:
             del self._told[seq]
+        self._oldest_waiting_at = (
+            self._told[min(self._told)].occurred_at.timestamp() if self._told else None
+        )

@@ -34,7 +34,7 @@ from ratewire.broker.announcements import Announcements, LocalAnnouncements, Red
 from ratewire.broker.redis import RedisBroker
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
-from ratewire.metrics import RuntimeCollector, build_registry
+from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
 from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
@@ -42,6 +42,7 @@ from ratewire.realtime.picows_server import start_module_server
 from ratewire.realtime.session import (
     CLOSE_AUTH_FAILED,
     CLOSE_GOING_AWAY,
+    CLOSE_TOO_SLOW,
     RealtimeContext,
     Session,
 )
@@ -180,23 +181,26 @@ class Runtime:
             settings.limits.ws_connections_per_ip_per_second
         )
         probes: dict[str, ReadinessProbe] = {"broker": self.broker.ping}
+        self.rest_limiter = RequestRateLimiter(
+            settings.limits.rest_requests_per_client_per_minute,
+            shared_rate_limit_uri(settings.broker),
+        )
+        self.metrics = Metrics(self._metric_sources(), multiprocess_dir_from_env())
         if self.service is not None:
             self.app: FastAPI = create_app(
                 settings,
                 self.service,
                 self.tokens,
-                limiter=RequestRateLimiter(
-                    settings.limits.rest_requests_per_client_per_minute,
-                    shared_rate_limit_uri(settings.broker),
-                ),
+                limiter=self.rest_limiter,
                 readiness_probes=probes,
                 revocations=self.revocations,
                 audit=self.audit_log,
+                metrics=self.metrics,
             )
         else:
             if self.store is not None:
                 probes["storage"] = self.store.ping
-            self.app = create_ops_app(probes)
+            self.app = create_ops_app(probes, self.metrics)
         self.capacity = capacity.plan(settings.limits.max_connections)
         self.realtime.slots = capacity.ConnectionSlots(
             self.capacity.max_connections,
@@ -205,26 +209,6 @@ class Runtime:
         )
         self.accept_errors = capacity.AcceptErrorReporter()
         self.descriptors = capacity.DescriptorWatchdog(self.capacity.descriptors)
-        self.app.state.metrics_registry = build_registry(
-            RuntimeCollector(
-                connections=lambda: len(self.sessions),
-                published_seq=lambda: self.hub.published_seq,
-                deliveries=lambda: self.hub.deliveries,
-                refused_at_capacity=lambda: self.realtime.slots.refused_at_capacity,
-                accept_errors=lambda: self.accept_errors.count,
-                descriptor_exhausted_seconds=lambda: self.descriptors.exhausted_seconds,
-                max_connections=lambda: self.realtime.slots.max_connections,
-                summary_cache=lambda: (
-                    (0, 0, 0)
-                    if self.summary_cache is None
-                    else (
-                        self.summary_cache.hits,
-                        self.summary_cache.misses,
-                        len(self.summary_cache),
-                    )
-                ),
-            )
-        )
         self.asgi: ASGIApp = self.app
         if self.serves_websockets:
             self.asgi = mount_websocket(
@@ -233,8 +217,53 @@ class Runtime:
         if self.realtime.proxies:
             self.asgi = ClientAddressMiddleware(self.asgi, self.realtime.proxies)
         self._module_server: asyncio.Server | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+
+    def _metric_sources(self) -> MetricSources:
+        stats = self.realtime.stats
+
+        def slots() -> capacity.ConnectionSlots:
+            return self.realtime.slots
+
+        def rate_limited() -> dict[str, int]:
+            refused = {
+                "ws_message": stats.messages_refused,
+                "ws_connect_rate": self.connection_limiter.refused,
+                "ws_per_ip": slots().refused_per_ip,
+                "ws_per_user": slots().refused_per_user,
+            }
+            if self.service is not None:
+                refused["rest"] = self.rest_limiter.refused
+            return refused
+
+        def storage_errors() -> dict[str, int]:
+            errors = {"rest": int(getattr(self.app.state, "storage_errors", 0))}
+            if self.relay is not None:
+                errors["relay"] = self.relay.failures
+            return errors
+
+        cache = self.summary_cache
+        return MetricSources(
+            connections=lambda: len(self.sessions),
+            connections_opened=lambda: stats.opened,
+            connections_closed=lambda: stats.closed,
+            subscriptions=self.hub.subscriptions_by_kind,
+            events_published=lambda: self.relay.published if self.relay is not None else 0,
+            deliveries=lambda: self.hub.deliveries,
+            slow_consumers_cut=lambda: stats.closed.get(str(CLOSE_TOO_SLOW), 0),
+            relay_lag_seconds=lambda: self.relay.lag_seconds() if self.relay is not None else 0.0,
+            rate_limited=rate_limited,
+            storage_errors=storage_errors,
+            max_connections=lambda: slots().max_connections,
+            refused_at_capacity=lambda: slots().refused_at_capacity,
+            accept_errors=lambda: self.accept_errors.count,
+            descriptors_exhausted_seconds=lambda: self.descriptors.exhausted_seconds,
+            summary_cache=lambda: (
+                (0, 0, 0) if cache is None else (cache.hits, cache.misses, len(cache))
+            ),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -269,6 +298,7 @@ class Runtime:
         if self.relay is not None:
             self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
         await self.revocations.start()
+        self._metrics_task = asyncio.create_task(self.metrics.sync_forever(), name="metrics")
 
     def _close_revoked(self, revocation: Revocation) -> None:
         deny = self.tokens.deny_list
@@ -281,6 +311,7 @@ class Runtime:
 
     def _deliver(self, event: RatingEvent) -> None:
         self.hub.publish(event)
+        self.metrics.observe_delivery(event.occurred_at.timestamp())
         if self.summary_cache is not None:
             self.summary_cache.saw(event.game_id, event.game_offset)
 
@@ -331,10 +362,11 @@ class Runtime:
         await self._bounded("closing connections", self.close_connections())
         if self.relay is not None:
             await self._bounded("stopping the relay", self.relay.stop())
-        if self._prune_task is not None:
-            self._prune_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prune_task
+        for task in (self._prune_task, self._metrics_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._bounded("stopping revocation updates", self.revocations.stop())
         if self.audit_log is not None:
             await self._bounded("writing the last audit entries", self.audit_log.stop())

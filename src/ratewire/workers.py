@@ -3,7 +3,9 @@
 Each worker is a full ``ratewire serve`` bound with SO_REUSEPORT, so the kernel spreads new
 connections over them; they share the store and the broker exactly as instances on separate
 hosts do, so a write on one reaches subscribers on every other. This process only starts
-them, forwards SIGTERM/SIGINT, and restarts a worker that died (with backoff).
+them, forwards SIGTERM/SIGINT, and restarts a worker that died (with backoff). It also gives
+them a shared directory for prometheus-client's multi-process mode, so a scrape of any worker
+answers for all of them (see ratewire.metrics).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from ratewire.config import Settings
+from ratewire.metrics import MULTIPROC_ENV, forget_worker
 from ratewire.storage import open_store
 
 log = logging.getLogger("ratewire.workers")
@@ -37,7 +42,8 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    env = {**os.environ, "RATEWIRE_SERVER__WORKERS": "1"}
+    metrics_dir = tempfile.mkdtemp(prefix="ratewire-metrics-")
+    env = {**os.environ, "RATEWIRE_SERVER__WORKERS": "1", MULTIPROC_ENV: metrics_dir}
     command = [sys.executable, "-m", "ratewire", "serve", *serve_args, "--reuse-port"]
     processes: dict[int, asyncio.subprocess.Process] = {}
 
@@ -51,6 +57,7 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
             processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
             code = await process.wait()
+            forget_worker(process.pid, metrics_dir)
             if stopping.is_set():
                 return
             backoff = 0.5 if loop.time() - started > 30 else min(backoff * 2, RESTART_BACKOFF_MAX)
@@ -68,4 +75,5 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
     for keeper in keepers:
         keeper.cancel()
     await asyncio.gather(*keepers, return_exceptions=True)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.follower import Follower, assert_exactly_once
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
@@ -19,6 +20,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 def worker_pids(parent: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
+
+
+async def worker_totals(http: httpx.AsyncClient, names: dict[str, float]) -> dict[str, float]:
+    """The unlabelled samples ``names`` of one /metrics answer."""
+    text = (await http.get("/metrics")).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in names and not sample.labels
+    }
 
 
 async def test_two_workers_share_both_ports_and_every_subscriber_gets_every_write(
@@ -54,6 +66,17 @@ async def test_two_workers_share_both_ports_and_every_subscriber_gets_every_writ
             assert answer.status_code == 201
     for follower in followers:
         await follower.wait_for(12)
+    # Any worker's /metrics answers for both (multi-process mode): each scrape, whichever
+    # worker takes it, counts all 16 connections and the 12 events once.
+    wanted = {"ratewire_websocket_connections": 16.0, "ratewire_events_published_total": 12.0}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        for _ in range(40):
+            answers = [await worker_totals(http, wanted) for _ in range(6)]
+            if all(answer == wanted for answer in answers):
+                break
+            await asyncio.sleep(0.25)  # workers copy their counts every second
+    assert answers == [wanted] * 6
+    for follower in followers:
         await follower.stop()
         assert_exactly_once(follower, 12)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from ratewire.broker import LocalBroker
 from ratewire.domain import RatingEvent
@@ -50,3 +51,39 @@ async def test_restart_resumes_at_the_head_without_republishing(harness: Harness
     relay.notify(await harness.commit("42", "2"))
     await relay.stop()
     assert published == [2]
+
+
+class _DownBroker(LocalBroker):
+    """A broker that refuses every publish until ``up`` is set."""
+
+    up = False
+
+    async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
+        if not self.up:
+            raise ConnectionError("broker down")
+        return await super().publish(events, after)
+
+
+async def test_relay_lag_grows_while_events_wait_and_is_zero_once_published(
+    harness: Harness,
+) -> None:
+    broker = _DownBroker()
+    published: list[int] = []
+    await broker.start(lambda event: published.append(event.seq))
+    relay = Relay(harness.store, broker, poll_interval=0.05)
+    await relay.start()
+    assert relay.lag_seconds() == 0
+    relay.notify(await harness.commit("42", "1"))
+    await asyncio.sleep(0.3)
+    waited = relay.lag_seconds()
+    assert waited >= 0.25  # the operator's alert sees the event waiting
+    assert relay.failures >= 1 and published == []
+    broker.up = True
+    for _ in range(50):
+        if published:
+            break
+        await asyncio.sleep(0.05)
+    await relay.stop()
+    assert published == [1]
+    assert relay.lag_seconds() == 0
+    assert relay.published == 1

@@ -15,10 +15,12 @@ from ratewire.api.openapi import complete_problem_responses
 from ratewire.api.ops import ReadinessProbe
 from ratewire.api.ops import router as ops_router
 from ratewire.api.problems import install_problem_handlers
+from ratewire.api.request_metrics import RequestMetrics
 from ratewire.api.routes import router
 from ratewire.api.topic_history import router as topic_history_router
 from ratewire.audit.log import AuditLog
 from ratewire.config import Settings
+from ratewire.metrics import Metrics
 from ratewire.revocations import RevocationService
 from ratewire.security.ratelimit import RequestRateLimiter
 from ratewire.security.tokens import TokenService
@@ -41,6 +43,7 @@ def create_app(
     readiness_probes: Mapping[str, ReadinessProbe] | None = None,
     revocations: RevocationService | None = None,
     audit: AuditLog | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """An ASGI app serving the REST API over ``service`` (which the caller starts and stops),
     with the /admin routes when ``revocations`` is given."""
@@ -48,16 +51,17 @@ def create_app(
     app.state.service = service
     app.state.revocations = revocations
     app.state.readiness_probes = {"storage": service.store.ping, **(readiness_probes or {})}
+    app.state.metrics = metrics
+    app.state.storage_errors = 0  # answers 503 because the store failed (for /metrics)
     install_problem_handlers(app)
-    app.include_router(router)
-    app.include_router(ops_router)
-    app.include_router(topic_history_router)
+    routers = [router, ops_router, topic_history_router]
     if revocations is not None:
-        app.include_router(admin_router)
+        routers.append(admin_router)
     if audit is not None:
-        app.include_router(audit_router)
-    for extra in extra_routers:
-        app.include_router(extra)
+        routers.append(audit_router)
+    routers.extend(extra_routers)
+    for included in routers:
+        app.include_router(included)
     complete_problem_responses(app)
     app.add_middleware(FastPaths)  # added first: admission wraps it
     app.add_middleware(
@@ -67,14 +71,21 @@ def create_app(
         max_body_bytes=settings.limits.max_body_bytes,
         audit=audit,
     )
+    if metrics is not None:
+        # Added last, so it sees every answer; the routes label requests refused unrouted.
+        routes = [route for included in routers for route in included.routes]
+        app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
     return app
 
 
-def create_ops_app(readiness_probes: Mapping[str, ReadinessProbe]) -> FastAPI:
+def create_ops_app(
+    readiness_probes: Mapping[str, ReadinessProbe], metrics: Metrics | None = None
+) -> FastAPI:
     """The main port of a ``stream`` instance: only /healthz, /readyz and /metrics (its
     WebSocket endpoint ``/ws`` is dispatched in front of this app)."""
     app = FastAPI(title="ratewire (stream role)", version=__version__, docs_url=None)
     app.state.readiness_probes = dict(readiness_probes)
+    app.state.metrics = metrics
     install_problem_handlers(app)
     app.include_router(ops_router)
     return app

@@ -18,6 +18,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratewire.api.admission import AUTH_STATE_KEY, current_audit_context, request_header
+from ratewire.api.request_metrics import ROUTE_TEMPLATE_KEY
 from ratewire.api.routes import REVALIDATE, etag_matches, parse_if_match, summary_etag
 from ratewire.api.schemas import RatingCreate, RatingReplace
 from ratewire.domain import RatingDraft, validate_identifier
@@ -64,6 +65,7 @@ class FastPaths:
             await self.app(scope, receive, send)  # the same error answer as the route's
             return
         etag = summary_etag(service, summary)
+        scope[ROUTE_TEMPLATE_KEY] = "/games/{gameId}/summary"
         if etag_matches(request_header(scope, b"if-none-match"), etag):
             await _answer(send, 304, etag, None)
             return
@@ -88,6 +90,7 @@ class FastPaths:
             await self.app(scope, receive, send)  # the route explains (422, 403, 409, 503...)
             return
         rating = result.rating
+        scope[ROUTE_TEMPLATE_KEY] = "/ratings"
         await _answer(
             send,
             201,
@@ -119,6 +122,7 @@ class FastPaths:
             await self.app(scope, receive, send)  # a failed write changed nothing
             return
         rating = result.rating
+        scope[ROUTE_TEMPLATE_KEY] = "/games/{gameId}/ratings/{userId}"
         await _answer(
             send,
             201 if result.created else 200,

@@ -7,8 +7,10 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
+
+from ratewire.metrics import Metrics
 
 router = APIRouter()
 
@@ -24,8 +26,8 @@ def _json(body: object, status: int = 200) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    registry = getattr(request.app.state, "metrics_registry", None)
-    body = generate_latest(registry) if registry is not None else b""
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    body = metrics.exposition() if metrics is not None else b""
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

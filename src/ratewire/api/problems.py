@@ -136,7 +136,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_bad_cursor(_: Request, exc: Exception) -> Response:
         return problem_response(422, f"cursor: {exc}", slug="validation")
 
-    async def on_unavailable(_: Request, exc: Exception) -> Response:
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        request.app.state.storage_errors = getattr(request.app.state, "storage_errors", 0) + 1
         return problem_response(503, f"storage unavailable: {exc}", headers={"Retry-After": "1"})
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:

@@ -20,7 +20,15 @@ from typing import Protocol
 
 import orjson
 
-from ratewire.domain import GAME_WILDCARD, GLOBAL_TOPIC, RatingEvent, game_topic, user_topic
+from ratewire.domain import (
+    GAME_WILDCARD,
+    GLOBAL_TOPIC,
+    RatingEvent,
+    TopicKind,
+    game_topic,
+    parse_topic,
+    user_topic,
+)
 from ratewire.realtime import frames
 
 log = logging.getLogger("ratewire.hub")
@@ -92,6 +100,16 @@ class Hub:
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._live.get(topic, ())) + len(self._pending.get(topic, ()))
+
+    def subscriptions_by_kind(self) -> dict[str, int]:
+        """Subscriptions held, by topic kind (O(topics): for /metrics, not the hot path)."""
+        counts = dict.fromkeys((kind.value for kind in TopicKind), 0)
+        for held in (self._live, self._pending):
+            for topic, subscribers in held.items():
+                parsed = parse_topic(topic)
+                if parsed is not None:
+                    counts[parsed.kind.value] += len(subscribers)
+        return counts
 
     def _promote(self, topic: str, subscriber: Subscriber) -> None:
         pending = self._pending[topic].pop(subscriber)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +67,17 @@ class Peer(Protocol):
 
 
 @dataclass(slots=True)
+class ConnectionStats:
+    """Running counts over every connection of the process (read by /metrics)."""
+
+    opened: int = 0
+    #: Close code (as text, the metric label) -> connections that ended with it.
+    closed: Counter[str] = field(default_factory=Counter)
+    #: Frames refused for exceeding the per-connection message rate.
+    messages_refused: int = 0
+
+
+@dataclass(slots=True)
 class RealtimeContext:
     """What every session shares."""
 
@@ -84,6 +95,7 @@ class RealtimeContext:
     audit: AuditLog | None = None
     #: Proxies whose forwarded client addresses are believed (server.trusted_proxies).
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
+    stats: ConnectionStats = field(default_factory=ConnectionStats)
 
     def now(self) -> float:
         return time.time()
@@ -143,6 +155,7 @@ class Session:
         it, when the adapter did at upgrade), authenticate now; without, wait for an ``auth``
         frame for ``limits.auth_timeout_seconds``."""
         self._ctx.sessions.add(self)
+        self._ctx.stats.opened += 1
         if token is not None:
             self._authenticate(token, None)
             return
@@ -156,8 +169,9 @@ class Session:
         everything it held."""
         if self.closed and self not in self._ctx.sessions:
             return
+        final = self._close_code or code or CLOSE_ABNORMAL
+        self._ctx.stats.closed[str(final)] += 1
         if self.principal is not None and self._ctx.audit is not None:
-            final = self._close_code or code or CLOSE_ABNORMAL
             self._ctx.audit.record(
                 _DISCONNECT_ACTIONS.get(final, "ws.disconnect"),
                 self._audit_context(),
@@ -234,6 +248,7 @@ class Session:
             self._denied = 0
             return True
         self._denied += 1
+        self._ctx.stats.messages_refused += 1
         if self._denied > rate:
             self.close(CLOSE_RATE_LIMITED, "Message rate exceeded")
         else:

@@ -53,6 +53,8 @@ class RequestRateLimiter:
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._item = RateLimitItemPerMinute(max(1, int(per_minute)))
         self._last_failure_log = -math.inf
+        #: Requests refused with 429 (for /metrics).
+        self.refused = 0
 
     async def check(self, key: str) -> RateDecision:
         """Count one request for ``key``; the decision says if it is over the limit.
@@ -70,6 +72,8 @@ class RequestRateLimiter:
                 log.warning("rate-limit store unreachable (%s); letting requests through", exc)
             return RateDecision(True, self._item.amount, -1, 0)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
+        if not allowed:
+            self.refused += 1
         return RateDecision(allowed, self._item.amount, max(stats.remaining, 0), reset)
 
 
@@ -85,6 +89,8 @@ class ConnectionRateLimiter:
         self._burst = max(1.0, per_second)
         self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
         self._calls = 0
+        #: Connections refused for coming too fast (for /metrics).
+        self.refused = 0
 
     def acquire(self, ip: str) -> int:
         """0 if ``ip`` may connect now (and counts it), else the seconds to wait."""
@@ -98,6 +104,7 @@ class ConnectionRateLimiter:
             self._buckets[ip] = (tokens - 1, now)
             return 0
         self._buckets[ip] = (tokens, now)
+        self.refused += 1
         return max(1, math.ceil((1 - tokens) / self._rate))
 
     def _forget_idle(self, now: float) -> None:
