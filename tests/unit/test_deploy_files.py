@@ -1,11 +1,17 @@
 """What CI can check of deploy/ without Docker: the compose file and the Dockerfile say what
-the README promises. (deploy/haproxy.cfg is run for real by tests/cluster/test_haproxy.py.)"""
+the README promises, and the Grafana dashboard and alert rules query series ratewire exports.
+(deploy/haproxy.cfg is run for real by tests/cluster/test_haproxy.py.)"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from ratewire.metrics import Metrics, MetricSources
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -34,3 +40,55 @@ def test_dockerfile_is_multi_stage_non_root_with_a_readiness_healthcheck() -> No
     assert users and users[-1] not in ("root", "0")
     healthcheck = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
     assert "/readyz" in " ".join(lines[healthcheck : healthcheck + 2])
+
+
+def _exported_families() -> dict[str, set[str]]:
+    """Metric family -> its label names, as a real ``Metrics`` exposes them."""
+    metrics = Metrics(MetricSources())
+    metrics.observe_request("/ratings", "POST", 201, 0.001)
+    metrics.observe_delivery(0.0)
+    families: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        labels = families.setdefault(family.name, set())
+        for sample in family.samples:
+            labels.update(sample.labels)
+    for name, label in (
+        ("ratewire_websocket_closed", "code"),
+        ("ratewire_subscriptions", "kind"),
+        ("ratewire_rate_limited", "limit"),
+        ("ratewire_storage_errors", "where"),
+    ):
+        families[name].add(label)  # labelled series without samples yet
+    return families
+
+
+def _queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "ratewire-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert {rule["alert"] for rule in alerts} >= {
+        "RatewireRelayLagging",
+        "RatewireSlowConsumersCut",
+        "RatewireHigh5xxRatio",
+    }
+    for rule in alerts:
+        assert rule["labels"]["severity"] in ("page", "warning")
+        assert rule["annotations"]["summary"]
+    return exprs + [rule["expr"] for rule in alerts]
+
+
+def test_dashboard_and_alerts_query_only_series_and_labels_ratewire_exports() -> None:
+    families = _exported_families()
+    queries = _queries()
+    assert len(queries) >= 15
+    for query in queries:
+        names = re.findall(r"\bratewire_[a-z0-9_]+", query)
+        assert names, query
+        for name in names:
+            family = re.sub(r"_(total|bucket|count|sum)$", "", name)
+            assert family in families or name in families, f"{name} in {query!r}"
+            known = families.get(family, families.get(name, set())) | {"le", "instance"}
+            for grouping in re.findall(r"by \(([^)]*)\)", query):
+                for label in filter(None, (part.strip() for part in grouping.split(","))):
+                    assert label in known or label == "instance", f"{label} in {query!r}"
