@@ -10,6 +10,7 @@ from ratewire import __version__
 from ratewire.api.admin import router as admin_router
 from ratewire.api.admission import AdmissionMiddleware
 from ratewire.api.audit import router as audit_router
+from ratewire.api.dashboard import router as dashboard_router
 from ratewire.api.fast_paths import FastPaths
 from ratewire.api.openapi import complete_problem_responses
 from ratewire.api.ops import ReadinessProbe
@@ -54,7 +55,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.storage_errors = 0  # answers 503 because the store failed (for /metrics)
     install_problem_handlers(app)
-    routers = [router, ops_router, topic_history_router]
+    routers = [router, ops_router, topic_history_router, dashboard_router]
     if revocations is not None:
         routers.append(admin_router)
     if audit is not None:
