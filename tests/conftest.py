@@ -121,3 +121,29 @@ def module_server_factory(
 ) -> Iterator[Callable[..., ServerProcess]]:
     """Like ``server_factory``, for servers shared by a module's tests."""
     yield from _factory(tmp_path_factory)
+
+
+REDIS_TEST_URL = os.environ.get("RATEWIRE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_run_prefix() -> Iterator[str]:
+    """A key prefix for this run on the machine's Redis; its keys are deleted at the end."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (OSError, redis.RedisError) as exc:
+        unavailable(f"Redis at {REDIS_TEST_URL}", exc)
+    prefix = f"rwt_{secrets.token_hex(4)}"
+    yield prefix
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def redis_store_url(redis_run_prefix: str) -> str:
+    """A Redis storage URL with a key prefix of this test's own (an empty store)."""
+    return f"{REDIS_TEST_URL}?prefix={redis_run_prefix}_{secrets.token_hex(4)}"

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ratewire.storage.base import RatingStore
 from ratewire.storage.memory import MemoryStore
+from ratewire.storage.redis_store import RedisStore
 from ratewire.storage.sql import SqlStore, async_url, metadata
 
 BACKENDS = [
@@ -17,6 +18,7 @@ BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
     pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
 
 
@@ -35,13 +37,20 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'contract.db'}"
+    if backend == "redis":
+        # A key prefix of its own per test: the clean slate a dropped schema gives.
+        return str(request.getfixturevalue("redis_store_url"))
     return str(request.getfixturevalue("postgres_url" if backend == "postgresql" else "mysql_url"))
 
 
 @pytest.fixture
 def open_store(store_url: str) -> Callable[[], RatingStore]:
     """Make a (not yet started) store on the test's database (a new, empty one for memory)."""
-    return lambda: MemoryStore() if store_url == "memory://" else SqlStore(store_url)
+    if store_url == "memory://":
+        return MemoryStore
+    if store_url.startswith("redis"):
+        return lambda: RedisStore(store_url)
+    return lambda: SqlStore(store_url)
 
 
 @pytest.fixture

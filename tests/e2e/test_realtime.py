@@ -411,9 +411,20 @@ async def test_sigterm_closes_connections_with_1001(module_server_factory: Serve
 # -- delivery guarantees ------------------------------------------------------------------
 
 
-async def test_sigkill_after_2xx_loses_nothing(module_server_factory: ServerFactory) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def killable_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Server options for a durable backend (the Redis one keeps its data in the machine's
+    Redis, which outlives ratewire)."""
+    if request.param == "redis":
+        return {"backend": "redis", "storage_url": request.getfixturevalue("redis_store_url")}
+    return {}
+
+
+async def test_sigkill_after_2xx_loses_nothing(
+    module_server_factory: ServerFactory, killable_storage: dict[str, Any]
+) -> None:
     """Every write that got a 2xx is delivered once and in order, across a kill -9."""
-    server = module_server_factory()
+    server = module_server_factory(**killable_storage)
     game = unique("g")
     ws = await WsClient.open(server.module_ws_url, server.token("7"))
     await ws.recv()

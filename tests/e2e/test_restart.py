@@ -17,11 +17,14 @@ pytestmark = pytest.mark.e2e
         "sqlite",
         pytest.param("postgresql", marks=pytest.mark.postgresql),
         pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
 def durable(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     if request.param == "sqlite":
         return "sqlite", None
+    if request.param == "redis":
+        return "redis", str(request.getfixturevalue("redis_store_url"))
     url = request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mysql_url")
     return request.param, url
 

@@ -13,15 +13,19 @@ from tests.support.server import free_port
 
 
 class RedisServer:
-    """One redis-server process; no persistence unless ``appendonly``."""
+    """One redis-server process; no persistence unless ``appendonly`` (fsync'd as
+    ``appendfsync`` says)."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, appendfsync: str = "everysec"
+    ) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.executable = executable
         self.workdir = workdir
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -39,6 +43,7 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", self.appendfsync,
                 "--dir", str(self.workdir),
             ],
             stdout=log,

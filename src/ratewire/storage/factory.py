@@ -20,7 +20,11 @@ def open_store(settings: StorageSettings) -> RatingStore:
         from ratewire.storage.sql import SqlStore
 
         return SqlStore(settings.resolved_url())
+    if settings.backend == "redis":
+        from ratewire.storage.redis_store import RedisStore
+
+        return RedisStore(settings.resolved_url())
     raise UnsupportedBackend(
-        f"storage.backend: {settings.backend!r} is not available yet; "
-        "use memory, sqlite, postgresql or mysql"
+        f"storage.backend: {settings.backend!r} is not available; "
+        "use memory, sqlite, postgresql, mysql or redis"
     )

@@ -1,0 +1,230 @@
+"""The audit chain of the Redis store.
+
+Redis scripts cannot compute HMAC-SHA256, so a write cannot seal its own entry. It queues
+the record instead (``S:audit:pending``), atomically with the change; whoever seals next
+(the writer, right after its write, before it answers) takes the queue in order, seals it
+after the chain's head in Python, and appends it with a script that checks the head and the
+queue did not move meanwhile. A writer killed between its write and the seal leaves its
+record queued, and the next seal (any process's, or the store's start) takes it: the entry
+is never lost, and the chain's order is the order of the writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ratewire.audit import GENESIS, AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
+from ratewire.audit.entry import AuditHead
+from ratewire.storage.redis_scripts import PRUNE_AUDIT, SEAL
+
+#: Records sealed per script call.
+SEAL_BATCH = 500
+#: Entries read per round trip when a query filters.
+READ_BATCH = 200
+
+
+def encode_record(record: AuditRecord) -> bytes:
+    """A record as queued (the event's seq, for a rating change, is added when sealed)."""
+    context = record.context
+    return orjson.dumps(
+        [
+            record.action,
+            record.at_ms,
+            context.actor,
+            context.scopes,
+            context.ip,
+            context.request_id,
+            record.rating_id,
+            record.detail,
+        ]
+    )
+
+
+def _decode_pending(item: bytes) -> AuditRecord:
+    seq, _, body = item.partition(b"|")
+    action, at_ms, actor, scopes, ip, request_id, rating_id, detail = orjson.loads(body)
+    if seq != b"0":
+        detail = {**detail, "eventSeq": int(seq)}
+    return AuditRecord(
+        action, at_ms, AuditContext(actor, scopes, ip, request_id), rating_id, detail
+    )
+
+
+def _entry_args(entry: AuditEntry) -> list[Any]:
+    return [
+        entry.seq,
+        entry.mac,
+        entry.at_ms,
+        entry.action,
+        entry.actor or "",
+        entry.scopes,
+        entry.ip or "",
+        entry.request_id or "",
+        entry.rating_id or "",
+        entry.detail_text,
+    ]
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
+    def text(name: bytes) -> str | None:
+        return fields[name].decode() or None
+
+    return AuditEntry(
+        seq=int(entry_id.split(b"-", 1)[0]),
+        at_ms=int(fields[b"at"]),
+        action=fields[b"act"].decode(),
+        actor=text(b"who"),
+        scopes=fields[b"sc"].decode(),
+        ip=text(b"ip"),
+        request_id=text(b"rq"),
+        rating_id=text(b"rid"),
+        detail_text=fields[b"d"].decode(),
+        mac=fields[b"mac"].decode(),
+    )
+
+
+def _matches(entry: AuditEntry, query: AuditQuery) -> bool:
+    return (
+        (query.actor is None or entry.actor == query.actor)
+        and (query.action is None or entry.action == query.action)
+        and (query.rating_id is None or entry.rating_id == query.rating_id)
+        and (query.ip is None or entry.ip == query.ip)
+        and (query.since_ms is None or entry.at_ms >= query.since_ms)
+        and (query.until_ms is None or entry.at_ms < query.until_ms)
+    )
+
+
+class RedisAuditChain:
+    """Queue, seal and read the audit chain kept under ``prefix``."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        """``client``: a redis.asyncio client that does not decode answers (bytes)."""
+        self._client = client
+        self._prefix = prefix
+        self.chain: AuditChain | None = None
+        self.pending_key = f"{prefix}:audit:pending"
+        self._stream = f"{prefix}:audit"
+        self._head_key = f"{prefix}:audit:head"
+        self._seal_script = client.register_script(SEAL)
+        self._prune_script = client.register_script(PRUNE_AUDIT)
+        self._lock = asyncio.Lock()
+        self._queued = 0  # records this process queued
+        self._sealed_through = 0  # ...of which every one is sealed (by anyone)
+
+    async def start(self) -> None:
+        await self._client.hsetnx(self._head_key, "seq", 0)
+        await self._client.hsetnx(self._head_key, "mac", GENESIS)
+        await self._client.hsetnx(self._head_key, "pseq", 0)
+        await self._client.hsetnx(self._head_key, "pmac", GENESIS)
+        if self.chain is not None:
+            await self.seal()  # what a process killed after its write left queued
+
+    def queued(self) -> int:
+        """Note one record queued by this process; returns its ticket for :meth:`seal`."""
+        self._queued += 1
+        return self._queued
+
+    async def queue(self, records: Sequence[AuditRecord]) -> int:
+        """Queue records that belong to no write (connects, refusals, checkpoints)."""
+        await self._client.rpush(self.pending_key, *(b"0|" + encode_record(r) for r in records))
+        self._queued += len(records)
+        return self._queued
+
+    async def head(self) -> AuditHead:
+        seq, mac, pruned_seq, pruned_mac = await self._client.hmget(
+            self._head_key, "seq", "mac", "pseq", "pmac"
+        )
+        return AuditHead(
+            int(seq or 0),
+            (mac or GENESIS.encode()).decode(),
+            int(pruned_seq or 0),
+            (pruned_mac or GENESIS.encode()).decode(),
+        )
+
+    async def seal(self, ticket: int = 0) -> None:
+        """Seal every queued record (at least this process's up to ``ticket``)."""
+        chain = self.chain
+        if chain is None:
+            return
+        async with self._lock:
+            if ticket and self._sealed_through >= ticket:
+                return  # a seal that ran while we waited took ours too
+            covered = self._queued
+            while True:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.hmget(self._head_key, "seq", "mac")
+                    pipe.lrange(self.pending_key, 0, SEAL_BATCH - 1)
+                    (seq_raw, mac_raw), items = await pipe.execute()
+                if not items:
+                    break
+                seq, mac = int(seq_raw or 0), (mac_raw or GENESIS.encode()).decode()
+                args: list[Any] = [seq, mac, len(items), items[0]]
+                for item in items:
+                    seq += 1
+                    entry = chain.seal(mac, seq, _decode_pending(item))
+                    mac = entry.mac
+                    args.extend(_entry_args(entry))
+                await self._seal_script(keys=[self._prefix], args=args)
+                # 0: another process sealed first; read again (either way, go on until empty)
+            self._sealed_through = max(self._sealed_through, covered)
+
+    async def entries(self, query: AuditQuery) -> list[AuditEntry]:
+        """Sealed entries matching ``query``: O(entries looked at), newest (or oldest) first."""
+        found: list[AuditEntry] = []
+        if query.oldest_first:
+            start = "-" if query.after_seq is None else f"({query.after_seq}-0"
+        else:
+            start = "+" if query.before_seq is None else f"({query.before_seq}-0"
+        while len(found) < query.limit:
+            if query.oldest_first:
+                batch = await self._client.xrange(self._stream, start, "+", count=READ_BATCH)
+            else:
+                batch = await self._client.xrevrange(self._stream, start, "-", count=READ_BATCH)
+            for entry_id, fields in batch:
+                entry = _entry(entry_id, fields)
+                if _matches(entry, query):
+                    found.append(entry)
+                    if len(found) == query.limit:
+                        break
+            if len(batch) < READ_BATCH:
+                break
+            start = "(" + batch[-1][0].decode()
+        return found
+
+    async def prune(self, older_than_ms: int, record: AuditRecord) -> int:
+        """Drop entries older than ``older_than_ms``; the last one dropped becomes the
+        checkpoint, recorded as ``record``. Returns how many went."""
+        chain = self.chain
+        if chain is None:
+            return 0
+        await self.seal()
+        async with self._lock:
+            while True:
+                head = await self.head()
+                through: AuditEntry | None = None
+                start = "-"
+                while True:
+                    batch = await self._client.xrange(self._stream, start, "+", count=READ_BATCH)
+                    old = [_entry(i, f) for i, f in batch if int(f[b"at"]) < older_than_ms]
+                    if old:
+                        through = old[-1]
+                    # Every entry is looked at (hourly, O(entries)): an old entry appended
+                    # late (a backfill) still moves the checkpoint past it, as on SQL.
+                    if len(batch) < READ_BATCH:
+                        break
+                    start = "(" + batch[-1][0].decode()
+                if through is None:
+                    return 0
+                detail = {**record.detail, "throughSeq": through.seq, "throughMac": through.mac}
+                checkpoint = chain.seal(
+                    head.mac,
+                    head.seq + 1,
+                    AuditRecord(record.action, record.at_ms, record.context, None, detail),
+                )
+                args = [head.seq, head.mac, through.seq, through.mac, *_entry_args(checkpoint)]
+                if await self._prune_script(keys=[self._prefix], args=args):
+                    return through.seq - head.pruned_seq

@@ -1,0 +1,47 @@
+"""What the Redis store makes of its URL and of the server's persistence settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ratewire.storage.redis_store import from_ms, persistence_warning, split_url, to_ms
+
+
+@pytest.mark.parametrize(
+    ("config", "warned"),
+    [
+        ({"appendonly": "yes", "appendfsync": "always", "save": ""}, None),
+        ({"appendonly": "yes", "appendfsync": "everysec", "save": ""}, "up to a second"),
+        ({"appendonly": "yes", "appendfsync": "no", "save": ""}, "had not flushed"),
+        ({"appendonly": "no", "appendfsync": "always", "save": "3600 1"}, "last RDB snapshot"),
+        ({"appendonly": "no", "appendfsync": "everysec", "save": ""}, "loses every rating"),
+    ],
+)
+def test_persistence_settings_that_cannot_keep_acknowledged_writes_are_named(
+    config: dict[str, str], warned: str | None
+) -> None:
+    warning = persistence_warning(config)
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None and warned in warning
+
+
+def test_the_prefix_is_taken_out_of_the_url_and_the_rest_kept() -> None:
+    assert split_url("redis://:pw@host:6380/2?prefix=shop&ssl_cert_reqs=none") == (
+        "redis://:pw@host:6380/2?ssl_cert_reqs=none",
+        "shop",
+    )
+    assert split_url("rediss://host/0") == ("rediss://host/0", "ratewire")
+
+
+def test_millisecond_times_round_trip_exactly() -> None:
+    # 1.123 s is not exact in binary floating point: float seconds would give 1122 ms.
+    moment = datetime(2026, 11, 25, 12, 0, 1, 123000, tzinfo=UTC)
+    assert from_ms(to_ms(moment)) == moment
+    assert all(
+        from_ms(to_ms(from_ms(ms))) == from_ms(ms)
+        for ms in range(1_764_000_000_000, 1_764_000_001_000)
+    )
