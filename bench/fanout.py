@@ -40,6 +40,7 @@ from bench.servers import (
     start_node_guide,
     start_ratewire,
     start_ratewire_asgi,
+    start_redis_storage,
     token,
 )
 
@@ -338,6 +339,7 @@ def run_fanout(
         "pg-redis": lambda: start_cluster("pg-redis"),
         "cluster-3": lambda: start_cluster("cluster-3", instances=3),
         "workers-2": lambda: start_cluster("workers-2", workers=2),
+        "redis-store": lambda: start_redis_storage("redis-store"),
     }
     results = []
     for name in targets:
@@ -380,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "cluster-3",
             "workers-2",
             "cluster",
+            "redis-store",
+            "storage",
         ],
         default="both",
     )
@@ -390,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "all": ("ratewire", "ratewire-asgi", "node-guide"),
         # Cluster mode against its single-node baselines, on PostgreSQL, in one run.
         "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
+        # The storage backends, single node: SQLite (the default) and Redis.
+        "storage": ("ratewire", "redis-store"),
     }.get(args.target, (args.target,))
     run_fanout(
         args.subs,

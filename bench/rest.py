@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.servers import ROOT, start_cluster, start_ratewire, token
+from bench.servers import ROOT, start_cluster, start_ratewire, start_redis_storage, token
 
 WRK_DIR = ROOT / "bench" / "wrk"
 GAMES = 16
@@ -108,7 +108,9 @@ def run_rest(backend: str, seconds: float, connections: int, audit: bool) -> lis
         "RATEWIRE_AUDIT__ENABLED": "true" if audit else "false",
         "RATEWIRE_AUDIT__KEY": "bench-audit-key-0123456789abcdef0123456789",
     }
-    if backend == "cluster":
+    if backend == "redis":
+        target = start_redis_storage(env_extra=audit_env)
+    elif backend == "cluster":
         # Two instances on PostgreSQL and Redis; the load goes to the first (the second
         # follows the stream, as every instance of a cluster does).
         target = start_cluster("cluster", 2, env_extra=audit_env)
@@ -170,10 +172,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--backend",
-        choices=["sqlite", "postgresql", "cluster", "both", "all"],
+        choices=["sqlite", "postgresql", "redis", "cluster", "both", "storage", "all"],
         default="both",
-        help="both: sqlite and postgresql; cluster: two instances on PostgreSQL + Redis, "
-        "load on the first; all: the three",
+        help="both: sqlite and postgresql; redis: the Redis store (its own redis-server, AOF "
+        "fsync always); storage: sqlite, postgresql and redis; cluster: two instances on "
+        "PostgreSQL + Redis, load on the first; all: the four",
     )
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
@@ -187,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     backends = {
         "both": ["sqlite", "postgresql"],
-        "all": ["sqlite", "postgresql", "cluster"],
+        "storage": ["sqlite", "postgresql", "redis"],
+        "all": ["sqlite", "postgresql", "redis", "cluster"],
     }.get(args.backend, [args.backend])
     modes = [True, False] if args.audit == "both" else [args.audit == "on"]
     results = [

@@ -261,3 +261,49 @@ def start_cluster(
         ws_urls=[t.ws_url for t in started],
         cleanup=[drop],
     )
+
+
+def start_redis_storage(
+    name: str = "redis", *, appendfsync: str = "always", env_extra: dict[str, str] | None = None
+) -> Target:
+    """ratewire on the Redis storage backend, with a redis-server of its own that logs every
+    write to its append-only file and fsyncs it as ``appendfsync`` says (``always``: as
+    durable as SQLite's synchronous=FULL, which the SQLite target runs with)."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("redis-server is not installed: apt-get install redis-server")
+    workdir = Path(tempfile.mkdtemp(prefix="ratewire-bench-redis-"))
+    port = free_port()
+    redis_process = subprocess.Popen(
+        [
+            executable,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", appendfsync,
+            "--dir", str(workdir),
+        ],
+        stdout=(workdir / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+        ).stdout.strip()
+        != "PONG"
+    ):
+        if time.monotonic() > deadline or redis_process.poll() is not None:
+            raise SystemExit(f"redis-server did not start: {(workdir / 'redis.log').read_text()}")
+        time.sleep(0.05)
+    target = start_ratewire("redis", url, env_extra=env_extra, workdir=workdir)
+    target.name = name
+
+    def stop_redis() -> None:
+        redis_process.terminate()
+        redis_process.wait(10)
+
+    target.cleanup.append(stop_redis)
+    return target

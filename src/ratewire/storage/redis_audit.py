@@ -1,25 +1,36 @@
 """The audit chain of the Redis store.
 
 Redis scripts cannot compute HMAC-SHA256, so a write cannot seal its own entry. It queues
-the record instead (``S:audit:pending``), atomically with the change; whoever seals next
-(the writer, right after its write, before it answers) takes the queue in order, seals it
-after the chain's head in Python, and appends it with a script that checks the head and the
-queue did not move meanwhile. A writer killed between its write and the seal leaves its
-record queued, and the next seal (any process's, or the store's start) takes it: the entry
-is never lost, and the chain's order is the order of the writes.
+the record instead (``S:audit:pending``), atomically with the change. A sealer task, woken
+by each write, takes the queue in order, seals it after the chain's head in Python, and
+appends it with a script that checks the head and the queue did not move meanwhile: a burst
+of writes is sealed in one or two round trips, off the writers' path. Every read of the
+chain (``GET /audit``, verify, prune) seals first, so it sees every write acknowledged before
+it. A process killed before its records were sealed leaves them queued, and the next seal
+(any process's, or the store's start) takes them: an entry is never lost, and the chain's
+order is the order of the writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from ratewire.audit import GENESIS, AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
-from ratewire.storage.redis_scripts import PRUNE_AUDIT, SEAL
+from ratewire.storage.redis_scripts import PENDING, PRUNE_AUDIT, SEAL
+
+log = logging.getLogger("ratewire.storage.redis")
+ScriptRunner = Callable[[str, str, list[Any], list[Any]], Awaitable[Any]]
+PENDING_SHA = hashlib.sha1(PENDING.encode()).hexdigest()
+SEAL_SHA = hashlib.sha1(SEAL.encode()).hexdigest()
 
 #: Records sealed per script call.
 SEAL_BATCH = 500
@@ -101,19 +112,20 @@ def _matches(entry: AuditEntry, query: AuditQuery) -> bool:
 class RedisAuditChain:
     """Queue, seal and read the audit chain kept under ``prefix``."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
-        """``client``: a redis.asyncio client that does not decode answers (bytes)."""
+    def __init__(self, client: Any, prefix: str, run_script: ScriptRunner) -> None:
+        """``client``: a redis.asyncio client that does not decode answers (bytes);
+        ``run_script(script, sha, keys, args)`` runs a script on the store's write path."""
         self._client = client
+        self._run_script = run_script
+        self._wake = asyncio.Event()
+        self._sealer: asyncio.Task[None] | None = None
         self._prefix = prefix
         self.chain: AuditChain | None = None
         self.pending_key = f"{prefix}:audit:pending"
         self._stream = f"{prefix}:audit"
         self._head_key = f"{prefix}:audit:head"
-        self._seal_script = client.register_script(SEAL)
         self._prune_script = client.register_script(PRUNE_AUDIT)
         self._lock = asyncio.Lock()
-        self._queued = 0  # records this process queued
-        self._sealed_through = 0  # ...of which every one is sealed (by anyone)
 
     async def start(self) -> None:
         await self._client.hsetnx(self._head_key, "seq", 0)
@@ -122,19 +134,42 @@ class RedisAuditChain:
         await self._client.hsetnx(self._head_key, "pmac", GENESIS)
         if self.chain is not None:
             await self.seal()  # what a process killed after its write left queued
+            self._sealer = asyncio.create_task(self._seal_when_woken(), name="audit-sealer")
 
-    def queued(self) -> int:
-        """Note one record queued by this process; returns its ticket for :meth:`seal`."""
-        self._queued += 1
-        return self._queued
+    async def stop(self) -> None:
+        """Seal what is queued and stop the sealer."""
+        if self._sealer is not None:
+            self._sealer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sealer
+            self._sealer = None
+            with contextlib.suppress(RedisError, OSError):
+                await self.seal()
 
-    async def queue(self, records: Sequence[AuditRecord]) -> int:
+    def queued(self) -> None:
+        """A write queued a record: seal it soon."""
+        self._wake.set()
+
+    async def _seal_when_woken(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.seal()
+            except (RedisError, OSError) as exc:
+                # Redis is away: the records stay queued; the next write or read retries.
+                log.warning("audit: sealing failed (%s); the records stay queued", exc)
+
+    async def queue(self, records: Sequence[AuditRecord]) -> None:
         """Queue records that belong to no write (connects, refusals, checkpoints)."""
         await self._client.rpush(self.pending_key, *(b"0|" + encode_record(r) for r in records))
-        self._queued += len(records)
-        return self._queued
 
     async def head(self) -> AuditHead:
+        """The chain's head, after sealing what is queued."""
+        await self.seal()
+        return await self._read_head()
+
+    async def _read_head(self) -> AuditHead:
         seq, mac, pruned_seq, pruned_mac = await self._client.hmget(
             self._head_key, "seq", "mac", "pseq", "pmac"
         )
@@ -145,20 +180,16 @@ class RedisAuditChain:
             (pruned_mac or GENESIS.encode()).decode(),
         )
 
-    async def seal(self, ticket: int = 0) -> None:
-        """Seal every queued record (at least this process's up to ``ticket``)."""
+    async def seal(self) -> None:
+        """Seal every queued record."""
         chain = self.chain
         if chain is None:
             return
         async with self._lock:
-            if ticket and self._sealed_through >= ticket:
-                return  # a seal that ran while we waited took ours too
-            covered = self._queued
             while True:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.hmget(self._head_key, "seq", "mac")
-                    pipe.lrange(self.pending_key, 0, SEAL_BATCH - 1)
-                    (seq_raw, mac_raw), items = await pipe.execute()
+                seq_raw, mac_raw, items = await self._run_script(
+                    PENDING, PENDING_SHA, [self._prefix], [SEAL_BATCH]
+                )
                 if not items:
                     break
                 seq, mac = int(seq_raw or 0), (mac_raw or GENESIS.encode()).decode()
@@ -168,12 +199,12 @@ class RedisAuditChain:
                     entry = chain.seal(mac, seq, _decode_pending(item))
                     mac = entry.mac
                     args.extend(_entry_args(entry))
-                await self._seal_script(keys=[self._prefix], args=args)
+                await self._run_script(SEAL, SEAL_SHA, [self._prefix], args)
                 # 0: another process sealed first; read again (either way, go on until empty)
-            self._sealed_through = max(self._sealed_through, covered)
 
     async def entries(self, query: AuditQuery) -> list[AuditEntry]:
         """Sealed entries matching ``query``: O(entries looked at), newest (or oldest) first."""
+        await self.seal()
         found: list[AuditEntry] = []
         if query.oldest_first:
             start = "-" if query.after_seq is None else f"({query.after_seq}-0"
@@ -204,7 +235,7 @@ class RedisAuditChain:
         await self.seal()
         async with self._lock:
             while True:
-                head = await self.head()
+                head = await self._read_head()
                 through: AuditEntry | None = None
                 start = "-"
                 while True:

@@ -187,6 +187,14 @@ if #entries < tonumber(ARGV[4]) then return {removed, last or ARGV[3], 1} end
 return {removed, last, 0}
 """
 
+#: The audit chain's head and the first ARGV[1] records waiting to be sealed, read at one
+#: instant: {head seq, head mac, {records...}}.
+PENDING = """
+local head = redis.call('HMGET', KEYS[1] .. ':audit:head', 'seq', 'mac')
+local items = redis.call('LRANGE', KEYS[1] .. ':audit:pending', 0, tonumber(ARGV[1]) - 1)
+return {head[1] or '0', head[2] or '', items}
+"""
+
 #: Append sealed audit entries if the chain's head is still the one they were sealed after
 #: (ARGV[1] seq, ARGV[2] mac) and the pending queue still starts with what was sealed
 #: (ARGV[3] items, the first being ARGV[4]). ARGV[5..]: per entry seq, mac, then the fields.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -61,6 +62,9 @@ from ratewire.storage.base import (
 )
 from ratewire.storage.redis_audit import RedisAuditChain, encode_record
 from ratewire.storage.redis_scripts import LIST, PRUNE, RANK, TOP, WRITE
+from ratewire.storage.redis_wire import PipelinedConnection
+
+_WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest()
 
 log = logging.getLogger("ratewire.storage.redis")
 
@@ -159,12 +163,12 @@ class RedisStore:
             redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
         )
         self.epoch = ""
-        self._write = self._client.register_script(WRITE)
+        self._wire = PipelinedConnection(redis_url)
         self._list = self._client.register_script(LIST)
         self._rank = self._client.register_script(RANK)
         self._top = self._client.register_script(TOP)
         self._prune = self._client.register_script(PRUNE)
-        self.audit = RedisAuditChain(self._client, self.prefix)
+        self.audit = RedisAuditChain(self._client, self.prefix, self._run_script)
         self._rankings: set[str] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -212,6 +216,8 @@ class RedisStore:
     async def close(self) -> None:
         """Wait for the writes already sent, then disconnect."""
         await self._idle.wait()
+        await self.audit.stop()
+        self._wire.close()
         await self._client.aclose()
 
     async def ping(self) -> None:
@@ -274,13 +280,23 @@ class RedisStore:
             self.prefix,
             self.epoch,
         ]
-        answer: list[Any] = await self._write(args=args)
+        answer: list[Any] = await self._run_script(WRITE, _WRITE_SHA, [], args)
+        answer.append(wire)  # the event's data: formatted once
         return answer
 
-    def _event(
-        self, kind: EventKind, current: Rating, answer: list[Any], now: datetime
-    ) -> RatingEvent:
-        _, seq, game_offset, user_offset = answer
+    async def _run_script(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
+        """EVALSHA on the pipelined connection; EVAL when Redis does not know the script (a
+        restarted Redis forgets them)."""
+        try:
+            return await self._wire.call("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self._wire.call("EVAL", script, len(keys), *keys, *args)
+
+    @staticmethod
+    def _event(kind: EventKind, current: Rating, answer: list[Any], now: datetime) -> RatingEvent:
+        _, seq, game_offset, user_offset, wire = answer
         return RatingEvent(
             seq=int(seq),
             kind=kind,
@@ -288,13 +304,13 @@ class RedisStore:
             user_id=current.user_id,
             game_offset=int(game_offset),
             user_offset=int(user_offset),
-            data=current.to_wire(),
+            data=wire,
             occurred_at=now,
         )
 
-    async def _sealed(self) -> None:
+    def _audit_queued(self) -> None:
         if self.audit.chain is not None:
-            await self.audit.seal(self.audit.queued())
+            self.audit.queued()
 
     async def create(
         self, draft: RatingDraft, now: datetime, audit: AuditContext | None = None
@@ -304,7 +320,7 @@ class RedisStore:
             answer = await self._apply("create", "created", None, rating, now, audit)
             if answer[0] == b"exists":
                 raise AlreadyExists(draft.game_id, draft.user_id, answer[1].decode())
-            await self._sealed()
+            self._audit_queued()
         return WriteResult(rating, self._event("created", rating, answer, now), created=True)
 
     async def upsert(
@@ -363,7 +379,7 @@ class RedisStore:
                     "delete" if new is None else "update", kind, old, new, now, audit
                 )
                 if answer[0] == b"ok":
-                    await self._sealed()
+                    self._audit_queued()
                     return WriteResult(new or old, self._event(kind, new or old, answer, now))
             if answer[0] == b"missing":
                 raise NotFound(rating_id)
@@ -510,7 +526,7 @@ class RedisStore:
                     record = encode_record(revocation_audit_record(revocation, audit))
                     pipe.rpush(self.audit.pending_key, b"0|" + record)
                 await pipe.execute()
-            await self._sealed()
+            self._audit_queued()
             await self._forget_expired(revocation.revoked_at)
 
     async def _forget_expired(self, now: float) -> None:
@@ -535,7 +551,8 @@ class RedisStore:
         if self.audit.chain is None or not records:
             return
         async with self._writing():
-            await self.audit.seal(await self.audit.queue(records))
+            await self.audit.queue(records)
+            await self.audit.seal()
 
     async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
         async with self._reaching_redis():
