@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
 from tests.support.server import SECRET, ServerProcess
 
@@ -119,3 +120,56 @@ async def test_a_token_provider_keeps_the_stream_past_each_tokens_expiry(
     await asyncio.wait_for(follower, 10)
     assert [f["offset"] for f in seen] == [1, 2, 3]
     assert len(issued) >= 2
+
+
+async def test_tail_prints_json_lines_for_pipes_and_resumes_from_since(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    for user in ("a", "b", "c"):
+        await post(server, user)
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ratewire",
+        "tail",
+        "rating.game.client1",
+        "--since",
+        "1",
+        "--json",
+        "--url",
+        server.module_ws_url,
+        "--token",
+        server.token("tailer"),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET},
+    )
+    assert tail.stdout is not None
+    try:
+        lines = [orjson.loads(await asyncio.wait_for(tail.stdout.readline(), 10)) for _ in "ab"]
+        await post(server, "d")
+        lines.append(orjson.loads(await asyncio.wait_for(tail.stdout.readline(), 10)))
+    finally:
+        tail.terminate()
+        await tail.wait()
+    assert [(f["type"], f["offset"], f["data"]["userId"]) for f in lines] == [
+        ("rating_update", 2, "b"),
+        ("rating_update", 3, "c"),
+        ("rating_update", 4, "d"),
+    ]
+
+
+def test_tail_lines_in_a_terminal_are_coloured_and_readable() -> None:
+    from datetime import UTC, datetime
+
+    from ratewire.cli import _tail_line
+    from ratewire.client import Gap, Rating, Update
+
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    update = Update("rating.game.42", 7, "deleted", Rating("r_1", "42", "u", 4, None, now, now, 2))
+    plain = _tail_line(update, as_json=False, colour=False)
+    assert plain == "rating.game.42 #7 deleted game=42 user=u score=4"
+    coloured = _tail_line(update, as_json=False, colour=True)
+    assert "\x1b[31m" in coloured and "★★★★" in coloured  # deleted in red, the score as stars
+    gap = _tail_line(Gap("rating.game.42", 3, 9), as_json=False, colour=False)
+    assert "resuming at #9" in gap

@@ -5,7 +5,7 @@ Field names follow Python; the wire's camelCase names are in docs/protocol.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -75,10 +75,13 @@ class Update:
     offset: int
     event: EventKind
     rating: Rating
+    #: The rating as the server sent it (camelCase JSON fields).
+    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_wire(cls, frame: dict[str, Any]) -> Update:
-        return cls(frame["topic"], frame["offset"], frame["event"], Rating.from_wire(frame["data"]))
+        data = frame["data"]
+        return cls(frame["topic"], frame["offset"], frame["event"], Rating.from_wire(data), data)
 
 
 @dataclass(frozen=True, slots=True)
