@@ -1,0 +1,183 @@
+"""``ratewire mcp``: a Model Context Protocol server over a running ratewire, for AI agents.
+
+Tools read and write through the REST API (:class:`~ratewire.client.Client`); the resource
+``rating://games/{game_id}/summary`` is a game's live summary. Subscriptions are driven by
+the WebSocket stream, not by polling: the server follows ``rating.game.*`` and publishes a
+resource-updated event for a game's summary on each of its changes, which reaches every MCP
+client listening for that URI (``subscriptions/listen``, MCP 2026-07-28) as
+``notifications/resources/updated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+
+from ratewire.client import Client, Gap, HistoryPage, RatewireError, Rating, Summary, Update
+from ratewire.client.connection import TokenProvider
+
+log = logging.getLogger("ratewire.mcp")
+
+SUMMARY_URI = "rating://games/{game_id}/summary"
+INSTRUCTIONS = """ratewire holds users' 1-5 ratings of games. Read a game's summary (count,
+mean, Bayesian mean, histogram), the top games, recent ratings of a game or a user, and a
+topic's change history; submit a rating. Subscribe to rating://games/{id}/summary to be told
+when that game's ratings change."""
+
+
+def summary_uri(game_id: str) -> str:
+    return SUMMARY_URI.format(game_id=game_id)
+
+
+def _summary(summary: Summary) -> dict[str, Any]:
+    return {
+        "gameId": summary.game_id,
+        "count": summary.count,
+        "mean": summary.mean,
+        "bayesianMean": summary.bayesian_mean,
+        "histogram": {str(score): n for score, n in summary.histogram.items()},
+    }
+
+
+def _rating(rating: Rating) -> dict[str, Any]:
+    fields = asdict(rating)
+    for key in ("created_at", "updated_at"):
+        fields[key] = fields[key].isoformat()
+    return fields
+
+
+def _history(page: HistoryPage) -> dict[str, Any]:
+    return {
+        "topic": page.topic,
+        "head": page.head,
+        "epoch": page.epoch,
+        "events": [
+            {"offset": u.offset, "event": u.event, "rating": _rating(u.rating)}
+            for u in page.updates
+        ],
+    }
+
+
+class RatewireMCP:
+    """The MCP server of one ratewire: its tools, its resource, and the stream follower."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        *,
+        rest_url: str | None = None,
+    ) -> None:
+        self.client = Client(url, token, token_provider, rest_url=rest_url)
+        self.bus = InMemorySubscriptionBus()
+        self.server: MCPServer[None] = MCPServer(
+            "ratewire",
+            instructions=INSTRUCTIONS,
+            subscriptions=self.bus,
+            lifespan=self._lifespan,
+        )
+        self._follower: asyncio.Task[None] | None = None
+        self._register()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: MCPServer[None]) -> AsyncIterator[None]:
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.create_task(self._follow(), name="ratewire-mcp-follow")
+        yield None
+
+    async def _follow(self) -> None:
+        """Tell listeners of a game's summary each time the game's ratings change."""
+        try:
+            async for item in self.client.subscribe("rating.game.*"):
+                if isinstance(item, Update):
+                    await self.bus.publish(ResourceUpdated(uri=summary_uri(item.rating.game_id)))
+                elif isinstance(item, Gap):  # some changes were not seen: any summary may be stale
+                    log.warning("stream gap on %s; summaries may have changed unseen", item.topic)
+        except RatewireError as exc:
+            log.error("ratewire stream ended: %s; summary notifications stop", exc)
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        await self.client.close()
+
+    def _register(self) -> None:
+        server, client = self.server, self.client
+
+        @server.tool()
+        async def game_summary(game_id: str) -> dict[str, Any]:
+            """A game's ratings at a glance: count, mean, Bayesian mean (pulled toward the
+            prior while there are few ratings) and the 1-5 histogram."""
+            return _summary(await client.summary(game_id))
+
+        @server.tool()
+        async def top_games(limit: int = 10, min_count: int = 1) -> list[dict[str, Any]]:
+            """The best games by Bayesian mean (with at least ``min_count`` ratings)."""
+            return [_summary(s) for s in await client.top_games(limit, min_count)]
+
+        @server.tool()
+        async def recent_ratings(
+            game_id: str | None = None, user_id: str | None = None, limit: int = 20
+        ) -> list[dict[str, Any]]:
+            """The newest ratings of a game, of a user, or of a user for a game."""
+            if game_id is None and user_id is None:
+                raise ValueError("give game_id, user_id or both")
+            ratings: list[dict[str, Any]] = []
+            async for rating in client.list_ratings(
+                game_id=game_id, user_id=user_id, page_size=min(limit, 500)
+            ):
+                ratings.append(_rating(rating))
+                if len(ratings) >= limit:
+                    break
+            return ratings
+
+        @server.tool()
+        async def submit_rating(
+            game_id: str, score: int, comment: str | None = None, user_id: str | None = None
+        ) -> dict[str, Any]:
+            """Rate a game from 1 to 5 (creates or replaces the rating of ``user_id``,
+            by default the user this server's token belongs to)."""
+            return _rating(await client.rate(game_id, score, comment, user_id=user_id))
+
+        @server.tool()
+        async def events_since(topic: str, since: int = 0, limit: int = 100) -> dict[str, Any]:
+            """The changes of a topic (``rating.global``, ``rating.game.{id}``,
+            ``rating.user.{id}``) after offset ``since``, oldest first; ``head`` is the
+            topic's last offset."""
+            return _history(await client.events(topic, since, limit))
+
+        @server.resource(
+            SUMMARY_URI,
+            name="game-summary",
+            description="A game's live rating summary; subscribe to be told when it changes",
+            mime_type="application/json",
+        )
+        async def game_summary_resource(game_id: str) -> dict[str, Any]:
+            return _summary(await client.summary(game_id))
+
+
+def run(
+    url: str,
+    token: str | None,
+    token_provider: TokenProvider | None,
+    *,
+    rest_url: str | None = None,
+    http_port: int | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Serve MCP on stdio, or on streamable HTTP at ``host:http_port`` (path ``/mcp``)."""
+    app = RatewireMCP(url, token, token_provider, rest_url=rest_url)
+    if http_port is None:
+        app.server.run("stdio")
+    else:
+        app.server.run("streamable-http", host=host, port=http_port)
