@@ -138,7 +138,11 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        ((), {"RATEWIRE_STORAGE__BACKEND": "redis"}, "storage.backend: 'redis' is not available"),
+        (
+            (),
+            {"RATEWIRE_STORAGE__BACKEND": "redis", "RATEWIRE_STORAGE__URL": "redis://127.0.0.1:1/0"},
+            "redis (redis://127.0.0.1:1/0)",
+        ),
         (
             ("--role", "stream"),
             {},

@@ -148,6 +148,8 @@ class RedisAuditChain:
 
     def queued(self) -> None:
         """A write queued a record: seal it soon."""
+        if self._sealer is None and self.chain is not None:  # the chain was set after start
+            self._sealer = asyncio.create_task(self._seal_when_woken(), name="audit-sealer")
         self._wake.set()
 
     async def _seal_when_woken(self) -> None:

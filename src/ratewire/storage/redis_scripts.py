@@ -17,12 +17,12 @@ server and prefix reads the store's streams instead of a copy):
 - ``S:E:cursor``: the last ``seq`` (the global head; also the broker's publish cursor).
 - ``S:E:heads``: game and user topic -> last offset.
 - ``S:E:events``: every retained event (stream entry ``{seq}-0``); ``S:E:t:{topic}``: each
-  game and user topic's retained events (entry ``{offset}-0``). ``S:E:topics``: their names.
+  game and user topic's retained events (entry ``{offset}-0``).
 - ``S:rev``: revocations by key. ``S:audit``: the sealed audit chain (entry ``{seq}-0``),
   ``S:audit:head`` its head, ``S:audit:pending`` records written but not sealed yet.
 
-Scripts build some keys from their arguments; that is fine on a standalone Redis (or one
-behind Sentinel), which is what the store supports, not Redis Cluster.
+Scripts build some keys from their arguments; that is fine on a standalone Redis, which is
+what the store supports, not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ redis.call('XADD', H .. ':events', seq .. '-0', 'e', payload, 'a', at, 'gt', gt,
            'go', go, 'uo', uo)
 redis.call('XADD', H .. ':t:' .. gt, go .. '-0', 'e', payload, 'a', at)
 redis.call('XADD', H .. ':t:' .. ut, uo .. '-0', 'e', payload, 'a', at)
-redis.call('SADD', H .. ':topics', gt, ut)
 if ARGV[22] ~= '' then
   redis.call('RPUSH', S .. ':audit:pending', seq .. '|' .. ARGV[22])
 end

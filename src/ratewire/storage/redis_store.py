@@ -152,7 +152,7 @@ def _prior_name(mean: float, weight: float) -> str:
 
 
 class RedisStore:
-    """A :class:`~ratewire.storage.base.RatingStore` on Redis (standalone or Sentinel)."""
+    """A :class:`~ratewire.storage.base.RatingStore` on a standalone Redis (7 or later)."""
 
     def __init__(self, url: str) -> None:
         redis_url, self.prefix = split_url(url)
