@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ratewire serve --dev
 
+# pytest -n 3: the suite mostly waits on the server processes it starts, so three workers on
+# two cores run it in about 5.5 minutes instead of 9; --dist loadfile keeps each module's
+# shared servers (and any Debian package a module installs) in one worker.
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples && $(BIN)/ruff format --check src tests bench examples && $(BIN)/mypy

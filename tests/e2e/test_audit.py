@@ -255,6 +255,7 @@ async def test_sigkill_under_writes_leaves_one_entry_per_change(
     options = storage_options
     server = server_factory(env={"RATEWIRE_AUDIT__KEY": AUDIT_KEY}, **options)
     acknowledged: list[str] = []
+    enough = asyncio.Event()
 
     async def writer(user: str) -> None:
         headers = {"Authorization": f"Bearer {server.token(user)}"}
@@ -270,9 +271,13 @@ async def test_sigkill_under_writes_leaves_one_entry_per_change(
                     return
                 if answer.status_code in (200, 201):
                     acknowledged.append(answer.json()["id"])
+                    if len(acknowledged) > 50:
+                        enough.set()
 
     writers = [asyncio.create_task(writer(f"u{i}")) for i in range(8)]
-    await asyncio.sleep(1.5)
+    # Killed once a good number of writes were answered (whatever the machine's load), with
+    # eight more in flight.
+    await asyncio.wait_for(enough.wait(), 60)
     server.kill()
     await asyncio.gather(*writers)
     assert len(acknowledged) > 50

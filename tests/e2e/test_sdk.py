@@ -95,15 +95,17 @@ async def test_every_update_once_and_in_order_across_sigkill_and_restart(
     async with Client(server.module_ws_url, token_provider=lambda: server.token("agent")) as client:
         follower = Collector(client.subscribe("rating.game.sdk-kill", since=0))
         acked: list[str] = []
+        some_acked = asyncio.Event()
 
         async def write(first: int, count: int) -> None:
             for index in range(first, first + count):
                 if (rating_id := await post(server, "sdk-kill", f"u{index}")) is not None:
                     acked.append(rating_id)
+                    if len(acked) >= 8:
+                        some_acked.set()
 
         writers = [asyncio.create_task(write(n * 100, 15)) for n in range(4)]
-        await asyncio.sleep(0.3)  # some acknowledged, more in flight
-        assert acked
+        await asyncio.wait_for(some_acked.wait(), 30)  # some acknowledged, more in flight
         server.kill()  # SIGKILL while writes and deliveries are in flight
         await asyncio.gather(*writers)
         server.start()

@@ -140,7 +140,10 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
     [
         (
             (),
-            {"RATEWIRE_STORAGE__BACKEND": "redis", "RATEWIRE_STORAGE__URL": "redis://127.0.0.1:1/0"},
+            {
+                "RATEWIRE_STORAGE__BACKEND": "redis",
+                "RATEWIRE_STORAGE__URL": "redis://127.0.0.1:1/0",
+            },
             "redis (redis://127.0.0.1:1/0)",
         ),
         (
