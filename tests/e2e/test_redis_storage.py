@@ -150,3 +150,23 @@ def test_start_warns_when_redis_persistence_cannot_keep_acknowledged_writes(
 ) -> None:
     server = server_factory(backend="redis", storage_url=volatile_redis.url)
     assert "a Redis restart loses every rating" in server.log_text()
+
+
+async def test_a_password_in_the_url_reaches_every_connection(tmp_path: Path) -> None:
+    from ratewire.domain import RatingDraft, utc_now
+    from ratewire.storage import StorageUnavailable
+    from ratewire.storage.redis_store import RedisStore
+
+    guarded = own_redis(tmp_path, password="s3cret-pass")
+    try:
+        store = RedisStore(guarded.url + "?prefix=pw")  # redis://:s3cret-pass@host:port/0
+        await store.start()
+        written = await store.create(RatingDraft("g", "u", 4, None), utc_now())  # the write path
+        assert await store.get(written.rating.id) == written.rating  # redis-py's path
+        await store.close()
+        wrong = RedisStore(f"redis://:nope@127.0.0.1:{guarded.port}/0")
+        with pytest.raises(StorageUnavailable):
+            await wrong.start()
+        await wrong.close()
+    finally:
+        guarded.stop()

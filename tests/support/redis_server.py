@@ -17,7 +17,12 @@ class RedisServer:
     ``appendfsync`` says)."""
 
     def __init__(
-        self, workdir: Path, *, appendonly: bool = False, appendfsync: str = "everysec"
+        self,
+        workdir: Path,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        password: str | None = None,
     ) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
@@ -26,13 +31,15 @@ class RedisServer:
         self.workdir = workdir
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.password = password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> None:
         log = (self.workdir / "redis.log").open("ab")
@@ -45,12 +52,13 @@ class RedisServer:
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", self.appendfsync,
                 "--dir", str(self.workdir),
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         while time.monotonic() < deadline:
             try:
                 if client.ping():
