@@ -69,6 +69,7 @@ async def test_writes_in_flight_at_sigterm_are_answered_and_kept(
     auth = {"Authorization": f"Bearer {server.token('w', scope='ratings:write:any')}"}
     statuses: list[int] = []
     stored: list[str] = []
+    first_answered = asyncio.Event()
 
     async def write(http: httpx.AsyncClient, index: int) -> None:
         try:
@@ -80,12 +81,13 @@ async def test_writes_in_flight_at_sigterm_are_answered_and_kept(
         statuses.append(response.status_code)
         if response.status_code == 201:
             stored.append(response.json()["id"])
+        first_answered.set()
 
     async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=20) as http:
         writers = [asyncio.create_task(write(http, i)) for i in range(200)]
-        # Long enough that some writes are answered on a loaded CI machine, short enough that
-        # most are still in flight at SIGTERM.
-        await asyncio.sleep(0.2)
+        # SIGTERM once the first write is answered (however loaded the machine), with most of
+        # the others still in flight.
+        await asyncio.wait_for(first_answered.wait(), 30)
         server.terminate(wait=False)
         await asyncio.gather(*writers)
     assert server.wait() == 0

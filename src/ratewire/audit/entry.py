@@ -113,6 +113,19 @@ class AuditQuery:
     limit: int = 100
     oldest_first: bool = False
 
+    def matches(self, entry: AuditEntry) -> bool:
+        """Whether ``entry`` passes every filter (for stores that filter in Python)."""
+        return (
+            (self.actor is None or entry.actor == self.actor)
+            and (self.action is None or entry.action == self.action)
+            and (self.rating_id is None or entry.rating_id == self.rating_id)
+            and (self.ip is None or entry.ip == self.ip)
+            and (self.since_ms is None or entry.at_ms >= self.since_ms)
+            and (self.until_ms is None or entry.at_ms < self.until_ms)
+            and (self.before_seq is None or entry.seq < self.before_seq)
+            and (self.after_seq is None or entry.seq > self.after_seq)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class AuditHead:

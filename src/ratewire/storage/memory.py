@@ -263,22 +263,10 @@ class MemoryStore:
         self._audit(records)
 
     async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
-        def wanted(entry: AuditEntry) -> bool:
-            return (
-                (query.actor is None or entry.actor == query.actor)
-                and (query.action is None or entry.action == query.action)
-                and (query.rating_id is None or entry.rating_id == query.rating_id)
-                and (query.ip is None or entry.ip == query.ip)
-                and (query.since_ms is None or entry.at_ms >= query.since_ms)
-                and (query.until_ms is None or entry.at_ms < query.until_ms)
-                and (query.before_seq is None or entry.seq < query.before_seq)
-                and (query.after_seq is None or entry.seq > query.after_seq)
-            )
-
         ordered = self._audit_log if query.oldest_first else reversed(self._audit_log)
         found: list[AuditEntry] = []
         for entry in ordered:
-            if wanted(entry):
+            if query.matches(entry):
                 found.append(entry)
                 if len(found) == query.limit:
                     break

@@ -98,17 +98,6 @@ def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
     )
 
 
-def _matches(entry: AuditEntry, query: AuditQuery) -> bool:
-    return (
-        (query.actor is None or entry.actor == query.actor)
-        and (query.action is None or entry.action == query.action)
-        and (query.rating_id is None or entry.rating_id == query.rating_id)
-        and (query.ip is None or entry.ip == query.ip)
-        and (query.since_ms is None or entry.at_ms >= query.since_ms)
-        and (query.until_ms is None or entry.at_ms < query.until_ms)
-    )
-
-
 class RedisAuditChain:
     """Queue, seal and read the audit chain kept under ``prefix``."""
 
@@ -219,7 +208,7 @@ class RedisAuditChain:
                 batch = await self._client.xrevrange(self._stream, start, "-", count=READ_BATCH)
             for entry_id, fields in batch:
                 entry = _entry(entry_id, fields)
-                if _matches(entry, query):
+                if query.matches(entry):
                     found.append(entry)
                     if len(found) == query.limit:
                         break
