@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal, overload
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -21,6 +21,7 @@ from ratewire.client.models import (
     HistoryPage,
     PreconditionFailed,
     Rating,
+    Snapshot,
     Summary,
     Update,
     api_error,
@@ -103,6 +104,26 @@ class Client:
 
     # -- the stream --------------------------------------------------------------------
 
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        since: int | None = None,
+        snapshot: Literal[False] = False,
+        *,
+        on_gap: Literal["yield", "raise"] = "yield",
+    ) -> AsyncIterator[Update | Gap]: ...
+
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        since: int | None = None,
+        *,
+        snapshot: Literal[True],
+        on_gap: Literal["yield", "raise"] = "yield",
+    ) -> AsyncIterator[Update | Gap | Snapshot]: ...
+
     async def subscribe(
         self,
         topic: str,
@@ -110,7 +131,7 @@ class Client:
         snapshot: bool = False,
         *,
         on_gap: Literal["yield", "raise"] = "yield",
-    ) -> AsyncIterator[Update | Gap | Any]:
+    ) -> AsyncIterator[Update | Gap | Snapshot]:
         """Every update of ``topic`` (``rating.global``, ``rating.game.{id}``,
         ``rating.game.*``, ``rating.user.{id}``) after offset ``since`` (default: from now),
         exactly once and in order, across reconnects and server restarts.
@@ -124,7 +145,7 @@ class Client:
         sub = await self.stream.add(topic, since, snapshot)
         try:
             while True:
-                item = await self._next(sub)
+                item: Item | BaseException = await self._next(sub)
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, Gap) and on_gap == "raise":
@@ -145,7 +166,7 @@ class Client:
         snapshot: bool = False,
         *,
         on_gap: Literal["yield", "raise"] = "yield",
-    ) -> Any:
+    ) -> Iterator[Update | Gap | Snapshot]:
         """:meth:`subscribe` for code without an event loop (scripts, notebooks): a plain
         iterator, served by a client of its own on a background thread."""
         from ratewire.client.sync import SyncClient

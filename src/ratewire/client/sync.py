@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from ratewire.client.api import KEEP, Client
 from ratewire.client.connection import TokenProvider
-from ratewire.client.models import Gap, HistoryPage, Rating, Summary, Update
+from ratewire.client.models import Gap, HistoryPage, Rating, Snapshot, Summary, Update
 
 T = TypeVar("T")
 
@@ -68,9 +68,13 @@ class SyncClient:
         *,
         on_gap: Literal["yield", "raise"] = "yield",
         close_client: bool = False,
-    ) -> Iterator[Update | Gap | Any]:
+    ) -> Iterator[Update | Gap | Snapshot]:
         """:meth:`Client.subscribe <ratewire.client.Client.subscribe>` as a plain iterator."""
-        updates: AsyncIterator[Any] = self.client.subscribe(topic, since, snapshot, on_gap=on_gap)
+        updates: AsyncIterator[Update | Gap | Snapshot] = (
+            self.client.subscribe(topic, since, snapshot=True, on_gap=on_gap)
+            if snapshot
+            else self.client.subscribe(topic, since, on_gap=on_gap)
+        )
         try:
             while True:
                 try:
