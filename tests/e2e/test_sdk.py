@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from tests.e2e.wsclient import WsClient
 from tests.support.server import ServerProcess
 
 from ratewire.client import (
@@ -281,3 +283,24 @@ def test_the_synchronous_facade_for_scripts(server_factory: ServerFactory) -> No
     for update in async_client.subscribe_sync("rating.user.script", since=0):
         assert update.rating.game_id == "sdk-sync"
         break
+
+
+async def test_an_upgrade_refused_with_429_is_retried_and_nothing_is_missed(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(env={"RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP": "1"})
+    hog = await WsClient.open(server.module_ws_url, server.token("hog"))  # the address's one
+    written = [await post(server, "sdk-429", f"u{i}") for i in range(3)]
+    async with Client(server.module_ws_url, server.token("agent"), max_backoff=1) as client:
+        follower = Collector(client.subscribe("rating.game.sdk-429", since=0))
+        await asyncio.sleep(1.5)  # refused with 429 meanwhile, retrying
+        assert follower.updates == []
+        await hog.close()
+        written.append(await post(server, "sdk-429", "u3"))
+        await follower.wait_for({i for i in written if i})
+        await follower.stop()
+    follower.assert_exactly_once_in_order()
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        metrics = (await http.get("/metrics")).text
+    refused = re.search(r'^ratewire_rate_limited_total\{limit="ws_per_ip"\} (\S+)$', metrics, re.M)
+    assert refused is not None and float(refused.group(1)) >= 1
