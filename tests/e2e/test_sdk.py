@@ -16,6 +16,7 @@ import httpx
 import pytest
 from tests.e2e.wsclient import WsClient
 from tests.support.server import ServerProcess
+from websockets.exceptions import InvalidStatus
 
 from ratewire.client import (
     AuthenticationError,
@@ -289,7 +290,13 @@ async def test_an_upgrade_refused_with_429_is_retried_and_nothing_is_missed(
     server_factory: ServerFactory,
 ) -> None:
     server = server_factory(env={"RATEWIRE_LIMITS__WS_CONNECTIONS_PER_IP": "1"})
-    hog = await WsClient.open(server.module_ws_url, server.token("hog"))  # the address's one
+    # The address's one connection. (The start-up probe's socket may hold the slot a moment.)
+    for _ in range(50):
+        try:
+            hog = await WsClient.open(server.module_ws_url, server.token("hog"))
+            break
+        except InvalidStatus:
+            await asyncio.sleep(0.1)
     written = [await post(server, "sdk-429", f"u{i}") for i in range(3)]
     async with Client(server.module_ws_url, server.token("agent"), max_backoff=1) as client:
         follower = Collector(client.subscribe("rating.game.sdk-429", since=0))
