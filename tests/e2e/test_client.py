@@ -36,7 +36,9 @@ async def test_rating_updates_resumes_across_a_kill(
     server = server_factory()
     seen: list[dict[str, Any]] = []
     two_seen = asyncio.Event()
-    stream = rating_updates(server.module_ws_url, server.token("reader"), "rating.game.client1")
+    stream = rating_updates(
+        server.module_ws_url, server.token("reader"), "rating.game.client1", since=0
+    )
 
     async def follow() -> None:
         async for frame in stream:
@@ -103,7 +105,7 @@ async def test_a_token_provider_keeps_the_stream_past_each_tokens_expiry(
         return issued[-1]
 
     seen: list[dict[str, Any]] = []
-    stream = rating_updates(server.module_ws_url, short_lived_token, "rating.game.client1")
+    stream = rating_updates(server.module_ws_url, short_lived_token, "rating.game.client1", since=0)
 
     async def follow() -> None:
         async for frame in stream:
