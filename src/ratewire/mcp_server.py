@@ -5,7 +5,9 @@ Tools read and write through the REST API (:class:`~ratewire.client.Client`); th
 the WebSocket stream, not by polling: the server follows ``rating.game.*`` and publishes a
 resource-updated event for a game's summary on each of its changes, which reaches every MCP
 client listening for that URI (``subscriptions/listen``, MCP 2026-07-28) as
-``notifications/resources/updated``.
+``notifications/resources/updated``. Clients still on a handshake-era protocol version (up to
+2025-11-25) subscribe with ``resources/subscribe`` instead and are sent the same notification
+on their session.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from mcp.server import MCPServer
+from mcp import types
+from mcp.server import MCPServer, ServerRequestContext
+from mcp.server.connection import Connection
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+from mcp.shared.exceptions import MCPError
 
 from ratewire.client import Client, Gap, HistoryPage, RatewireError, Rating, Summary, Update
 from ratewire.client.connection import TokenProvider
@@ -26,6 +32,7 @@ from ratewire.client.connection import TokenProvider
 log = logging.getLogger("ratewire.mcp")
 
 SUMMARY_URI = "rating://games/{game_id}/summary"
+SUMMARY_URI_PATTERN = re.compile(r"rating://games/([^/]+)/summary")
 INSTRUCTIONS = """ratewire holds users' 1-5 ratings of games. Read a game's summary (count,
 mean, Bayesian mean, histogram), the top games, recent ratings of a game or a user, and a
 topic's change history; submit a rating. Subscribe to rating://games/{id}/summary to be told
@@ -85,7 +92,11 @@ class RatewireMCP:
             lifespan=self._lifespan,
         )
         self._follower: asyncio.Task[None] | None = None
+        # Handshake-era client connections by the URI they subscribed to with
+        # resources/subscribe.
+        self._legacy_subscribers: dict[str, set[Connection]] = {}
         self._register()
+        self._serve_legacy_subscriptions()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: MCPServer[None]) -> AsyncIterator[None]:
@@ -98,11 +109,62 @@ class RatewireMCP:
         try:
             async for item in self.client.subscribe("rating.game.*"):
                 if isinstance(item, Update):
-                    await self.bus.publish(ResourceUpdated(uri=summary_uri(item.rating.game_id)))
+                    uri = summary_uri(item.rating.game_id)
+                    await self.bus.publish(ResourceUpdated(uri=uri))
+                    await self._notify_legacy_subscribers(uri)
                 elif isinstance(item, Gap):  # some changes were not seen: any summary may be stale
                     log.warning("stream gap on %s; summaries may have changed unseen", item.topic)
         except RatewireError as exc:
             log.error("ratewire stream ended: %s; summary notifications stop", exc)
+
+    async def _notify_legacy_subscribers(self, uri: str) -> None:
+        connections = self._legacy_subscribers.get(uri, set())
+        for connection in list(connections):
+            try:
+                await connection.send_resource_updated(uri)
+            except Exception as exc:  # that client has gone; anyio names several ways to go
+                log.debug("dropping a resources/subscribe connection for %s: %r", uri, exc)
+                connections.discard(connection)
+
+    def _serve_legacy_subscriptions(self) -> None:
+        """Answer ``resources/subscribe`` and ``resources/unsubscribe`` for clients that
+        negotiated a handshake-era protocol version (the modern wire uses
+        ``subscriptions/listen``, which :class:`MCPServer` serves from :attr:`bus`)."""
+
+        def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
+            # Each request gets its own ServerSession; the Connection under it is the client's
+            # for as long as it stays, and the SDK keeps no public path to it from here.
+            connection: Connection = ctx.session._connection
+            return connection
+
+        def checked_uri(uri: object) -> str:
+            if SUMMARY_URI_PATTERN.fullmatch(str(uri)) is None:
+                raise MCPError(
+                    types.INVALID_PARAMS,
+                    f"cannot subscribe to {uri}: only rating://games/{{game_id}}/summary",
+                )
+            return str(uri)
+
+        async def subscribe(
+            ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+        ) -> types.EmptyResult:
+            uri = checked_uri(params.uri)
+            self._legacy_subscribers.setdefault(uri, set()).add(connection_of(ctx))
+            return types.EmptyResult()
+
+        async def unsubscribe(
+            ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+        ) -> types.EmptyResult:
+            self._legacy_subscribers.get(str(params.uri), set()).discard(connection_of(ctx))
+            return types.EmptyResult()
+
+        # MCPServer has no public hook for these two (the modern protocol dropped them); the
+        # low-level server it wraps takes them like any other method.
+        lowlevel = self.server._lowlevel_server
+        lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+        lowlevel.add_request_handler(
+            "resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe
+        )
 
     async def close(self) -> None:
         if self._follower is not None:

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from mcp import Client as McpClient
-from mcp import StdioServerParameters
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
 from tests.support.server import SECRET, ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +29,20 @@ def structured(result: Any) -> Any:
         content = result.structured_content
         return content.get("result", content) if isinstance(content, dict) else content
     return json.loads(result.content[0].text)
+
+
+def mcp_over_stdio(server: ServerProcess, agent_token: str) -> StdioServerParameters:
+    """``ratewire mcp`` on stdio, pointed at ``server``."""
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[
+            "-m", "ratewire", "mcp",
+            "--url", server.module_ws_url,
+            "--rest-url", server.base_url,
+            "--token", agent_token,
+        ],
+        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET},
+    )  # fmt: skip
 
 
 async def test_mcp_tools_resource_and_live_notifications_over_stdio(
@@ -42,16 +58,7 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
                 headers={"Authorization": f"Bearer {server.token(user)}"},
             )
             assert answer.status_code == 201
-    parameters = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            "-m", "ratewire", "mcp",
-            "--url", server.module_ws_url,
-            "--rest-url", server.base_url,
-            "--token", agent_token,
-        ],
-        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET},
-    )  # fmt: skip
+    parameters = mcp_over_stdio(server, agent_token)
     async with McpClient(parameters, read_timeout_seconds=20) as mcp:
         tools = {tool.name for tool in (await mcp.list_tools()).tools}
         assert tools == {
@@ -97,6 +104,46 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
             (await mcp.read_resource("rating://games/mcp-1/summary")).contents[0].text
         )
         assert after["count"] == 4
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_a_handshake_era_client_subscribes_with_resources_subscribe(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """Agents whose MCP client still speaks 2025-11-25 (initialize, resources/subscribe) are
+    told of changes the same way."""
+    server = server_factory()
+    updated: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_message(message: types.ServerNotification | Exception) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updated.put_nowait(str(message.params.uri))
+
+    parameters = mcp_over_stdio(server, server.token("agent", ttl=900))
+    async with (
+        stdio_client(parameters) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=20, message_handler=on_message) as mcp,
+    ):
+        handshake = await mcp.initialize()
+        assert handshake.capabilities.resources is not None
+        assert handshake.capabilities.resources.subscribe is True
+        with pytest.raises(MCPError, match="rating://games/"):
+            await mcp.subscribe_resource("rating://users/u1")
+        await mcp.subscribe_resource("rating://games/legacy-1/summary")
+        await mcp.subscribe_resource("rating://games/legacy-2/summary")
+        await mcp.unsubscribe_resource("rating://games/legacy-2/summary")
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            for game in ("legacy-2", "legacy-1"):  # the unsubscribed game first
+                answer = await http.put(
+                    f"/games/{game}/ratings/u1",
+                    json={"score": 3},
+                    headers={"Authorization": f"Bearer {server.token('u1')}"},
+                )
+                assert answer.status_code == 201
+        assert await asyncio.wait_for(updated.get(), 10) == "rating://games/legacy-1/summary"
+        summary = await mcp.read_resource("rating://games/legacy-1/summary")
+        assert json.loads(summary.contents[0].text)["count"] == 1  # type: ignore[union-attr]
+    assert updated.empty()
 
 
 async def test_mcp_over_streamable_http(server_factory: Callable[..., ServerProcess]) -> None:
