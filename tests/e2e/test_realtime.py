@@ -20,6 +20,13 @@ pytestmark = pytest.mark.e2e
 
 ServerFactory = Callable[..., ServerProcess]
 WRITES = 150  # events of ~2 KB for the slow-client test
+# A stalled reader is cut by the send buffer, not by the heartbeat: however long the writes
+# take on a loaded machine, the server's pings (unanswered while the reader is stalled) must
+# not end the connection first.
+STALLED_READER_LIMITS = {
+    "RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384",
+    "RATEWIRE_LIMITS__PING_INTERVAL_SECONDS": "600",
+}
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +356,7 @@ async def stalled_subscriber(server: ServerProcess, url: str, topic: str) -> WsC
 async def test_slow_client_is_cut_with_4009_and_can_resume(
     module_server_factory: ServerFactory,
 ) -> None:
-    server = module_server_factory(env={"RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384"})
+    server = module_server_factory(env=STALLED_READER_LIMITS)
     game = unique("g")
     slow = await stalled_subscriber(server, server.module_ws_url, f"rating.game.{game}")
     comment = "x" * 1900
@@ -491,7 +498,7 @@ async def test_slow_client_on_the_main_port_is_cut_with_4009(
 ) -> None:
     # /ws cannot size its kernel buffers (ASGI hides the socket), so it takes a few MB
     # before the outbox itself overflows.
-    server = module_server_factory(env={"RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384"})
+    server = module_server_factory(env=STALLED_READER_LIMITS)
     game = unique("g")
     slow = await stalled_subscriber(server, server.ws_url, f"rating.game.{game}")
     auth = {"Authorization": f"Bearer {server.token('writer', scope='ratings:write:any')}"}

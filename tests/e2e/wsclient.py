@@ -24,8 +24,15 @@ class WsClient:
     ) -> WsClient:
         if token is not None:
             url = f"{url}{'&' if '?' in url else '?'}token={token}"
+        # No client keepalive: a test that stops reading must not be cut by its own client's
+        # unanswered ping; the server's heartbeat is what the tests exercise.
         connection = await connect(
-            url, additional_headers=headers, compression=None, open_timeout=TIMEOUT, max_size=None
+            url,
+            additional_headers=headers,
+            compression=None,
+            open_timeout=TIMEOUT,
+            max_size=None,
+            ping_interval=None,
         )
         return cls(connection)
 
