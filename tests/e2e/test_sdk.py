@@ -1,7 +1,7 @@
 """The Python client (``ratewire.client``) against real server processes: every update of a
-topic exactly once and in order across SIGKILL and restart, a 4009 cut, two topics on one
-connection, tokens renewed mid-stream; gap markers; the typed REST helpers; the synchronous
-facade."""
+topic exactly once and in order across SIGKILL and restart, a network cut, a 4009 cut, two
+topics on one connection, tokens renewed mid-stream; gap markers; the typed REST helpers; the
+synchronous facade."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import httpx
 import pytest
 from tests.e2e.wsclient import WsClient
 from tests.support.server import ServerProcess
+from tests.support.tcp_proxy import TcpProxy
 from websockets.exceptions import InvalidStatus
 
 from ratewire.client import (
@@ -117,6 +118,33 @@ async def test_every_update_once_and_in_order_across_sigkill_and_restart(
         await follower.stop()
     follower.assert_exactly_once_in_order()
     assert follower.updates[0].offset == 1
+    assert client.stream.connections >= 2
+
+
+async def test_a_network_cut_while_the_server_keeps_writing_loses_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    """The connection drops without a close frame and stays refused for a while; the server
+    goes on committing meanwhile. The client comes back with ``since`` and fills the hole."""
+    server = server_factory()
+    proxy = TcpProxy("127.0.0.1", server.ws_port)
+    try:
+        url = f"ws://127.0.0.1:{proxy.port}/"
+        async with Client(url, token_provider=lambda: server.token("agent")) as client:
+            follower = Collector(client.subscribe("rating.game.sdk-cut", since=0))
+            before = [await post(server, "sdk-cut", f"u{i}") for i in range(5)]
+            await follower.wait_for({i for i in before if i})
+            proxy.cut()
+            during = [await post(server, "sdk-cut", f"u{i}") for i in range(5, 15)]
+            await asyncio.sleep(0.5)  # a few refused reconnects (backoff) before the way opens
+            proxy.restore()
+            after = [await post(server, "sdk-cut", f"u{i}") for i in range(15, 20)]
+            await follower.wait_for({i for i in before + during + after if i})
+            await follower.stop()
+    finally:
+        proxy.close()
+    follower.assert_exactly_once_in_order()
+    assert [u.offset for u in follower.updates] == list(range(1, 21))
     assert client.stream.connections >= 2
 
 
