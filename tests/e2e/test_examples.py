@@ -62,10 +62,15 @@ async def test_cache_invalidation_consumer_rereads_exactly_the_changed_games(
 ) -> None:
     server = server_factory()
     consumer = await run_example(server, "cache_invalidation.py", updates=3)
+    assert consumer.stdout is not None
+    # One change at a time: the consumer re-reads a game when its change arrives, so a second
+    # write landing first would (rightly) be in that read already.
+    lines = []
     for game, user, score in (("doom", "a", 4), ("zelda", "a", 5), ("doom", "b", 2)):
         await rate(server, game, user, score)
+        lines.append((await asyncio.wait_for(consumer.stdout.readline(), 15)).decode().strip())
     output, _ = await asyncio.wait_for(consumer.communicate(), 30)
-    lines = output.decode().strip().splitlines()
+    lines += output.decode().strip().splitlines()
     assert lines == [
         "invalidated doom: 1 ratings, mean 4.0",
         "invalidated zelda: 1 ratings, mean 5.0",
