@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -93,8 +94,9 @@ class RatewireMCP:
         )
         self._follower: asyncio.Task[None] | None = None
         # Handshake-era client connections by the URI they subscribed to with
-        # resources/subscribe.
-        self._legacy_subscribers: dict[str, set[Connection]] = {}
+        # resources/subscribe; held weakly, since a connection that ends is never said to
+        # (a notification to it is dropped, not refused).
+        self._legacy_subscribers: dict[str, weakref.WeakSet[Connection]] = {}
         self._register()
         self._serve_legacy_subscriptions()
 
@@ -118,13 +120,8 @@ class RatewireMCP:
             log.error("ratewire stream ended: %s; summary notifications stop", exc)
 
     async def _notify_legacy_subscribers(self, uri: str) -> None:
-        connections = self._legacy_subscribers.get(uri, set())
-        for connection in list(connections):
-            try:
-                await connection.send_resource_updated(uri)
-            except Exception as exc:  # that client has gone; anyio names several ways to go
-                log.debug("dropping a resources/subscribe connection for %s: %r", uri, exc)
-                connections.discard(connection)
+        for connection in list(self._legacy_subscribers.get(uri, ())):
+            await connection.send_resource_updated(uri)  # never raises: dropped if it has gone
 
     def _serve_legacy_subscriptions(self) -> None:
         """Answer ``resources/subscribe`` and ``resources/unsubscribe`` for clients that
@@ -149,13 +146,15 @@ class RatewireMCP:
             ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
         ) -> types.EmptyResult:
             uri = checked_uri(params.uri)
-            self._legacy_subscribers.setdefault(uri, set()).add(connection_of(ctx))
+            self._legacy_subscribers.setdefault(uri, weakref.WeakSet()).add(connection_of(ctx))
             return types.EmptyResult()
 
         async def unsubscribe(
             ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
         ) -> types.EmptyResult:
-            self._legacy_subscribers.get(str(params.uri), set()).discard(connection_of(ctx))
+            subscribers = self._legacy_subscribers.get(str(params.uri))
+            if subscribers is not None:
+                subscribers.discard(connection_of(ctx))
             return types.EmptyResult()
 
         # MCPServer has no public hook for these two (the modern protocol dropped them); the
