@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -72,7 +73,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.sql_audit import AuditCursor, AuditTables
-from ratewire.storage.sql_exec import StatementRunner
+from ratewire.storage.sql_exec import SqliteRowReader, StatementRunner
 
 log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
@@ -192,15 +193,17 @@ def _from_ms(ms: int) -> datetime:
 
 
 def _rating_from_row(row: Any) -> Rating:
+    """A ``select(ratings)`` row (a SQLAlchemy row or the driver's tuple: by position)."""
+    rating_id, game_id, user_id, score, comment, created_at, updated_at, version = row
     return Rating(
-        id=row.id,
-        game_id=row.game_id,
-        user_id=row.user_id,
-        score=int(row.score),
-        comment=row.comment,
-        created_at=_from_ms(row.created_at),
-        updated_at=_from_ms(row.updated_at),
-        version=int(row.version),
+        id=rating_id,
+        game_id=game_id,
+        user_id=user_id,
+        score=int(score),
+        comment=comment,
+        created_at=_from_ms(created_at),
+        updated_at=_from_ms(updated_at),
+        version=int(version),
     )
 
 
@@ -218,10 +221,13 @@ def _event_from_row(row: Any) -> RatingEvent:
 
 
 def _summary_from_row(game_id: str, row: Any) -> GameSummary:
+    """A ``select(game_summaries)`` row (a SQLAlchemy row or the driver's tuple: by position),
+    or None for a game nobody rated."""
     if row is None:
         return GameSummary.empty(game_id)
-    histogram = (int(row.h1), int(row.h2), int(row.h3), int(row.h4), int(row.h5))
-    return GameSummary(game_id, int(row.count), int(row.total), histogram, int(row.last_offset))
+    _, count, total, h1, h2, h3, h4, h5, last_offset = row
+    histogram = (int(h1), int(h2), int(h3), int(h4), int(h5))
+    return GameSummary(game_id, int(count), int(total), histogram, int(last_offset))
 
 
 class _Statements:
@@ -309,6 +315,17 @@ def _reason(exc: BaseException) -> str:
     )
 
 
+def _configure_sqlite(connection: sqlite3.Connection) -> None:
+    """What every connection to a SQLite store runs first."""
+    connection.isolation_level = None  # we issue BEGIN ourselves
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a 2xx answer means the rating is on disk, even across a power cut.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
 class _NoChange(Exception):
     """Raised inside a write transaction to roll it back when the write changes nothing."""
 
@@ -341,6 +358,7 @@ class SqlStore:
         self._batcher: asyncio.Task[None] | None = None
         self._sqlite_writer: Engine | None = None
         self._sqlite_reader: Engine | None = None
+        self._row_reader: SqliteRowReader | None = None
         if self.dialect == "sqlite":
             sync_url = make_url(self.url).set(drivername="sqlite")
             # One writer thread and connection (SQLite has one writer at a time; queueing in
@@ -349,6 +367,18 @@ class SqlStore:
             self._sqlite_reader = self._sqlite_engine(sync_url, immediate=False, pool_size=4)
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="ratewire-sqlite-w")
             self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="ratewire-sqlite-r")
+            # The database file and options exactly as SQLAlchemy opens them from the URL.
+            args, options = self._sqlite_reader.dialect.create_connect_args(sync_url)
+            connect_args: list[Any] = list(args)
+            # check_same_thread off: close() closes them from the event loop thread.
+            connect_kwargs: dict[str, Any] = {**options, "check_same_thread": False}
+
+            def connect() -> sqlite3.Connection:
+                connection: sqlite3.Connection = sqlite3.connect(*connect_args, **connect_kwargs)
+                _configure_sqlite(connection)
+                return connection
+
+            self._row_reader = SqliteRowReader(self._run, connect)
         else:
             # READ COMMITTED: each statement sees what committed before it, which the
             # lock-then-read steps of a write rely on (MySQL defaults to REPEATABLE READ).
@@ -371,13 +401,7 @@ class SqlStore:
 
         @event.listens_for(engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # FULL: a 2xx answer means the rating is on disk, even across a power cut.
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.close()
+            _configure_sqlite(dbapi_connection)
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
@@ -514,6 +538,16 @@ class SqlStore:
         except (OSError, DBAPIError) as exc:
             raise self._unavailable(exc) from exc
 
+    async def _read_row(self, stmt: Any, params: dict[str, Any]) -> Any:
+        """The first row of a one-row SELECT: on SQLite through the driver (see
+        :class:`SqliteRowReader`), elsewhere like any read."""
+        if self._row_reader is None:
+            return await self._read(lambda conn: conn.execute(stmt, params).first())
+        try:
+            return await self._row_reader.first(stmt, params)
+        except (OSError, DBAPIError) as exc:
+            raise self._unavailable(exc) from exc
+
     async def _read_once(self, body: Callable[[Connection], _T]) -> _T:
         if self._sqlite_reader is not None:
             engine = self._sqlite_reader
@@ -596,6 +630,8 @@ class SqlStore:
         if self._sqlite_writer is not None:
             self._write_thread.shutdown(wait=True)
             self._read_threads.shutdown(wait=True)
+        if self._row_reader is not None:
+            self._row_reader.close()
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.scalar(select(literal(1))))
@@ -791,8 +827,7 @@ class SqlStore:
     # -- reads ----------------------------------------------------------------------------
 
     async def get(self, rating_id: str) -> Rating:
-        query = self._sql.rating_by_id
-        row = await self._read(lambda conn: conn.execute(query, {"rid": rating_id}).first())
+        row = await self._read_row(self._sql.rating_by_id, {"rid": rating_id})
         if row is None:
             raise NotFound(rating_id)
         return _rating_from_row(row)
@@ -810,8 +845,7 @@ class SqlStore:
         return await self._read(lambda conn: [_rating_from_row(row) for row in conn.execute(query)])
 
     async def summary(self, game_id: str) -> GameSummary:
-        query = self._sql.summary
-        row = await self._read(lambda conn: conn.execute(query, {"key": game_id}).first())
+        row = await self._read_row(self._sql.summary, {"key": game_id})
         return _summary_from_row(game_id, row)
 
     async def top_games(
