@@ -73,7 +73,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.sql_audit import AuditCursor, AuditTables
-from ratewire.storage.sql_exec import SqliteRowReader, StatementRunner
+from ratewire.storage.sql_exec import PostgresRowReader, SqliteRowReader, StatementRunner
 
 log = logging.getLogger("ratewire.storage")
 SCHEMA_VERSION = 1
@@ -359,6 +359,7 @@ class SqlStore:
         self._sqlite_writer: Engine | None = None
         self._sqlite_reader: Engine | None = None
         self._row_reader: SqliteRowReader | None = None
+        self._pg_row_reader: PostgresRowReader | None = None
         if self.dialect == "sqlite":
             sync_url = make_url(self.url).set(drivername="sqlite")
             # One writer thread and connection (SQLite has one writer at a time; queueing in
@@ -389,6 +390,9 @@ class SqlStore:
                 pool_pre_ping=True,
                 isolation_level="READ COMMITTED",
             )
+            if self.dialect == "postgresql":
+                _, options = self._async.dialect.create_connect_args(make_url(self.url))
+                self._pg_row_reader = PostgresRowReader(self._async.dialect, options)
 
     @staticmethod
     def _sqlite_engine(url: Any, *, immediate: bool, pool_size: int) -> Engine:
@@ -539,14 +543,19 @@ class SqlStore:
             raise self._unavailable(exc) from exc
 
     async def _read_row(self, stmt: Any, params: dict[str, Any]) -> Any:
-        """The first row of a one-row SELECT: on SQLite through the driver (see
-        :class:`SqliteRowReader`), elsewhere like any read."""
-        if self._row_reader is None:
-            return await self._read(lambda conn: conn.execute(stmt, params).first())
-        try:
-            return await self._row_reader.first(stmt, params)
-        except (OSError, DBAPIError) as exc:
-            raise self._unavailable(exc) from exc
+        """The first row of a one-row SELECT: on SQLite and PostgreSQL through the driver (see
+        :class:`SqliteRowReader`, :class:`PostgresRowReader`), on MySQL like any read."""
+        if self._row_reader is not None:
+            try:
+                return await self._row_reader.first(stmt, params)
+            except (OSError, DBAPIError) as exc:
+                raise self._unavailable(exc) from exc
+        if self._pg_row_reader is not None:
+            try:
+                return await self._pg_row_reader.first(stmt, params)
+            except PostgresRowReader.ERRORS as exc:
+                raise self._unavailable(exc) from exc
+        return await self._read(lambda conn: conn.execute(stmt, params).first())
 
     async def _read_once(self, body: Callable[[Connection], _T]) -> _T:
         if self._sqlite_reader is not None:
@@ -576,6 +585,8 @@ class SqlStore:
                     conn.scalar(select(store_meta.c.value).where(store_meta.c.key == "epoch")),
                 )
             )
+            if self._pg_row_reader is not None:
+                await self._pg_row_reader.start()
         except StorageUnavailable as exc:
             reason = str(exc).removeprefix(f"{self.dialect}: ")
             raise StorageUnavailable(f"cannot open {self._safe_url()}: {reason}") from exc
@@ -624,6 +635,8 @@ class SqlStore:
             await self._batcher  # writes already queued are committed and answered first
         if self._async is not None:
             await self._async.dispose()
+        if self._pg_row_reader is not None:
+            await self._pg_row_reader.close()
         for engine in (self._sqlite_writer, self._sqlite_reader):
             if engine is not None:
                 engine.dispose()
