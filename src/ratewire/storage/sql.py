@@ -379,7 +379,7 @@ class SqlStore:
                 _configure_sqlite(connection)
                 return connection
 
-            self._row_reader = SqliteRowReader(self._run, connect)
+            self._row_reader = SqliteRowReader(self._run.sqlite, connect)
         else:
             # READ COMMITTED: each statement sees what committed before it, which the
             # lock-then-read steps of a write rely on (MySQL defaults to REPEATABLE READ).

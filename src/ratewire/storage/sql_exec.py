@@ -1,4 +1,4 @@
-"""Running prebuilt statements: the write path's, and SQLite's hot single-row reads.
+"""Running prebuilt statements: the write path's, and the hot single-row reads.
 
 Through SQLAlchemy for PostgreSQL and MariaDB. For SQLite's single writer connection, straight
 on the ``sqlite3`` connection with each statement compiled to SQL once: measured with
@@ -29,39 +29,50 @@ _SQLITE = sqlite_dialect.dialect()
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
 
 
-class StatementRunner:
-    """Executes statements on a connection of one store (see the module's docstring)."""
+class StatementCompiler:
+    """Statements compiled once for one dialect, with the values to bind in the driver's
+    order."""
 
-    def __init__(self, *, raw_sqlite: bool) -> None:
-        self._raw = raw_sqlite
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
         self._compiled: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
 
-    def compiled(self, stmt: Any, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        """``stmt`` as SQLite SQL text and the values to bind, for the driver."""
-        sql, names, literals = self._sql(stmt, tuple(params))
-        return sql, self._values(names, params, literals)
-
-    def _sql(self, stmt: Any, keys: tuple[str, ...]) -> _Compiled:
+    def sql(self, stmt: Any, keys: tuple[str, ...]) -> _Compiled:
+        """``stmt`` compiled for parameters named ``keys`` (cached)."""
         cache_key = (id(stmt), keys)
         found = self._compiled.get(cache_key)
         if found is None:
-            compiled = stmt.compile(dialect=_SQLITE, column_keys=list(keys))
+            compiled = stmt.compile(dialect=self._dialect, column_keys=list(keys))
             # Literals in the statement (``id = 1``, ``+ 1``) are bound parameters too.
             found = (compiled.string, tuple(compiled.positiontup or ()), dict(compiled.params))
             self._compiled[cache_key] = found
         return found
 
     @staticmethod
-    def _values(
+    def values(
         names: tuple[str, ...], params: Mapping[str, Any], literals: dict[str, Any]
     ) -> list[Any]:
+        """The values to bind, in the order of ``names``."""
         return [params[name] if name in params else literals[name] for name in names]
 
+    def compiled(self, stmt: Any, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """``stmt`` as SQL text and the values to bind, for the driver."""
+        sql, names, literals = self.sql(stmt, tuple(params))
+        return sql, self.values(names, params, literals)
+
+
+class StatementRunner:
+    """Executes statements on a connection of one store (see the module's docstring)."""
+
+    def __init__(self, *, raw_sqlite: bool) -> None:
+        self._raw = raw_sqlite
+        #: SQLite's statements as the driver takes them (also used by SqliteRowReader).
+        self.sqlite = StatementCompiler(_SQLITE)
+
     def _driver_execute(self, conn: Connection, stmt: Any, params: Mapping[str, Any]) -> Any:
-        sql, names, literals = self._sql(stmt, tuple(params))
+        sql, values = self.sqlite.compiled(stmt, params)
         driver = conn.connection.driver_connection
         assert driver is not None
-        values = self._values(names, params, literals)
         try:
             return driver.execute(sql, values)
         except sqlite3.Error as exc:
@@ -117,10 +128,10 @@ class StatementRunner:
         if not rows:
             return
         if self._raw:
-            sql, names, literals = self._sql(stmt, tuple(rows[0]))
+            sql, names, literals = self.sqlite.sql(stmt, tuple(rows[0]))
             driver = conn.connection.driver_connection
             assert driver is not None
-            many = [self._values(names, row, literals) for row in rows]
+            many = [self.sqlite.values(names, row, literals) for row in rows]
             try:
                 driver.executemany(sql, many)
             except sqlite3.Error as exc:
@@ -141,8 +152,10 @@ class SqliteRowReader:
 
     THREADS = 2
 
-    def __init__(self, runner: StatementRunner, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._runner = runner
+    def __init__(
+        self, statements: StatementCompiler, connect: Callable[[], sqlite3.Connection]
+    ) -> None:
+        self._statements = statements
         self._connect = connect
         self._threads = ThreadPoolExecutor(self.THREADS, thread_name_prefix="ratewire-sqlite-row")
         self._local = threading.local()
@@ -160,7 +173,7 @@ class SqliteRowReader:
     async def first(self, stmt: Any, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row ``stmt`` selects, as a tuple in its columns' order; None if none.
         A driver error is raised as SQLAlchemy would raise it."""
-        sql, values = self._runner.compiled(stmt, params)
+        sql, values = self._statements.compiled(stmt, params)
 
         def read() -> tuple[Any, ...] | None:
             try:
@@ -199,29 +212,19 @@ class PostgresRowReader:
         """``dialect``: the store's (asyncpg's, so statements compile with ``$1``
         parameters); ``connect_options``: ``asyncpg.connect``'s keyword arguments, as
         SQLAlchemy derives them from the store's URL."""
-        self._dialect = dialect
+        self._statements = StatementCompiler(dialect)
         self._options = dict(connect_options)
         self._pool: asyncpg.Pool | None = None
-        self._compiled: dict[tuple[int, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
 
     async def start(self) -> None:
         """Create the pool; it connects on first use (and again after a connection is lost)."""
         self._pool = await asyncpg.create_pool(min_size=0, max_size=self.SIZE, **self._options)
 
-    def _sql(self, stmt: Any, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        key = (id(stmt), tuple(params))
-        found = self._compiled.get(key)
-        if found is None:
-            compiled = stmt.compile(dialect=self._dialect)
-            found = self._compiled[key] = (compiled.string, tuple(compiled.positiontup or ()))
-        sql, names = found
-        return sql, [params[name] for name in names]
-
     async def first(self, stmt: Any, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row ``stmt`` selects, as a tuple in its columns' order; None if none.
         Raises one of :attr:`ERRORS` when PostgreSQL cannot answer."""
         assert self._pool is not None, "start() first"
-        sql, values = self._sql(stmt, params)
+        sql, values = self._statements.compiled(stmt, params)
         async with self._pool.acquire(timeout=self.TIMEOUT_SECONDS) as connection:
             row = await connection.fetchrow(sql, *values, timeout=self.TIMEOUT_SECONDS)
         return None if row is None else tuple(row)
