@@ -358,7 +358,7 @@ class SqlStore:
         self._batcher: asyncio.Task[None] | None = None
         self._sqlite_writer: Engine | None = None
         self._sqlite_reader: Engine | None = None
-        self._row_reader: SqliteRowReader | None = None
+        self._sqlite_row_reader: SqliteRowReader | None = None
         self._pg_row_reader: PostgresRowReader | None = None
         if self.dialect == "sqlite":
             sync_url = make_url(self.url).set(drivername="sqlite")
@@ -379,7 +379,7 @@ class SqlStore:
                 _configure_sqlite(connection)
                 return connection
 
-            self._row_reader = SqliteRowReader(self._run.sqlite, connect)
+            self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, connect)
         else:
             # READ COMMITTED: each statement sees what committed before it, which the
             # lock-then-read steps of a write rely on (MySQL defaults to REPEATABLE READ).
@@ -545,9 +545,9 @@ class SqlStore:
     async def _read_row(self, stmt: Any, params: dict[str, Any]) -> Any:
         """The first row of a one-row SELECT: on SQLite and PostgreSQL through the driver (see
         :class:`SqliteRowReader`, :class:`PostgresRowReader`), on MySQL like any read."""
-        if self._row_reader is not None:
+        if self._sqlite_row_reader is not None:
             try:
-                return await self._row_reader.first(stmt, params)
+                return await self._sqlite_row_reader.first(stmt, params)
             except (OSError, DBAPIError) as exc:
                 raise self._unavailable(exc) from exc
         if self._pg_row_reader is not None:
@@ -643,8 +643,8 @@ class SqlStore:
         if self._sqlite_writer is not None:
             self._write_thread.shutdown(wait=True)
             self._read_threads.shutdown(wait=True)
-        if self._row_reader is not None:
-            self._row_reader.close()
+        if self._sqlite_row_reader is not None:
+            self._sqlite_row_reader.close()
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.scalar(select(literal(1))))
