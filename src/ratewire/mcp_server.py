@@ -33,7 +33,7 @@ from ratewire.client.connection import TokenProvider
 log = logging.getLogger("ratewire.mcp")
 
 SUMMARY_URI = "rating://games/{game_id}/summary"
-SUMMARY_URI_PATTERN = re.compile(r"rating://games/([^/]+)/summary")
+SUMMARY_URI_PATTERN = re.compile(r"rating://games/[^/]+/summary")
 INSTRUCTIONS = """ratewire holds users' 1-5 ratings of games. Read a game's summary (count,
 mean, Bayesian mean, histogram), the top games, recent ratings of a game or a user, and a
 topic's change history; submit a rating. Subscribe to rating://games/{id}/summary to be told

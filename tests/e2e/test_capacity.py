@@ -26,14 +26,6 @@ def open_files_limit(pid: int) -> tuple[int, int]:
     raise AssertionError("no open-files line in /proc/PID/limits")
 
 
-def server_connections(server: ServerProcess) -> float:
-    """The server's own count of open WebSocket connections."""
-    metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
-    found = re.search(r"^ratewire_websocket_connections (\S+)$", metrics, re.MULTILINE)
-    assert found is not None
-    return float(found.group(1))
-
-
 async def open_subscribed(url: str, token: str, count: int) -> list[WsClient]:
     """``count`` clients subscribed to rating.game.cap, opened 16 at a time."""
     clients: list[WsClient] = []
@@ -100,7 +92,7 @@ async def test_beyond_capacity_upgrades_get_503_and_everything_else_keeps_workin
         await client.close()
     for _ in range(50):  # room again, by itself, as soon as the server has seen the closes
         await asyncio.sleep(0.1)
-        if server_connections(server) <= len(held) - 20:
+        if server.open_connections() <= len(held) - 20:
             break
     again = await open_subscribed(server.ws_url, token, 10)
     for client in held[20:] + again:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -84,13 +83,6 @@ async def one_session(url: str, token: str | None, sequence: list[tuple[str, Any
             assert code in ALLOWED_CLOSE_CODES, f"closed with {code} after {sequence!r}"
 
 
-def open_connections(server: ServerProcess) -> float:
-    metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
-    found = re.search(r"^ratewire_websocket_connections (\S+)$", metrics, re.MULTILINE)
-    assert found is not None
-    return float(found.group(1))
-
-
 @pytest.fixture(scope="module")
 def fuzzed_server(module_server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     return module_server_factory(
@@ -140,10 +132,10 @@ def test_generated_frames_never_break_the_server(
         assert (await watcher.updates(1))[0]["data"]["gameId"] == game
         # No leaked connection: only the watcher is left once closes have settled.
         for _ in range(50):
-            if open_connections(server) == 1:
+            if server.open_connections() == 1:
                 break
             await asyncio.sleep(0.1)
-        assert open_connections(server) == 1
+        assert server.open_connections() == 1
         await watcher.close()
 
     asyncio.run(watch_then_check())

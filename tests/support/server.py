@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import socket
@@ -95,6 +96,13 @@ class ServerProcess:
                 claims["scope"] = scope
             return jwt.encode(claims, SECRET, "HS256")
         return self._tokens.issue(sub, scope=scope, ttl_seconds=ttl)
+
+    def open_connections(self) -> float:
+        """The server's own count of open WebSocket connections (from ``/metrics``)."""
+        metrics = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+        found = re.search(r"^ratewire_websocket_connections (\S+)$", metrics, re.MULTILINE)
+        assert found is not None
+        return float(found.group(1))
 
     def log_text(self) -> str:
         return (self.workdir / "server.log").read_text(errors="replace")
