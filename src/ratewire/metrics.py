@@ -2,8 +2,9 @@
 
 Most series are counts the runtime keeps anyway (plain ints on the hub, the sessions, the
 limiters); they are copied into prometheus-client metrics when scraped, so the per-delivery
-path pays nothing for them. Only the two latency histograms are observed as things happen:
-once per event (commit to send) and once per REST request.
+path pays nothing for them. Only the latency histograms are observed as things happen: once
+per event (commit to send, and the stages of the latency budget), once per REST request and
+once per garbage collection.
 
 Several workers on one host (``serve --workers N``) share a port, so a scrape reaches any one
 of them. They run prometheus-client's multi-process mode: the supervisor gives them one
@@ -31,6 +32,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from ratewire.latency import STAGE_BUCKETS, STAGES
 
 #: Set by ``serve --workers`` for its workers (prometheus-client reads it at import).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -194,12 +197,38 @@ class Metrics:
         )
 
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        stages = Histogram(
+            "ratewire_delivery_stage_seconds",
+            "Seconds each stage from a write's request to its last socket write took, once per "
+            "event: commit, relay, encode, first_write, fan_out (the latency budget)",
+            ("stage",),
+            registry=registry,
+            buckets=STAGE_BUCKETS,
+        )
+        # Children looked up once: observe_stage runs five times per event.
+        self._stage_children = {stage: stages.labels(stage) for stage in STAGES}
+        gc_pauses = Histogram(
+            "ratewire_gc_pause_seconds",
+            "Seconds each garbage collection paused the process, by generation",
+            ("generation",),
+            registry=registry,
+            buckets=STAGE_BUCKETS,
+        )
+        self._gc_children = [gc_pauses.labels(str(generation)) for generation in range(3)]
 
     # -- observed as things happen ---------------------------------------------------------
 
     def observe_delivery(self, committed_at: float) -> None:
         """An event (committed at wall time ``committed_at``) was handed to the hub."""
         self.commit_to_send.observe(max(0.0, time.time() - committed_at))
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One event spent ``seconds`` in ``stage`` (see ratewire.latency)."""
+        self._stage_children[stage].observe(seconds)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        """A garbage collection of ``generation`` paused the process for ``seconds``."""
+        self._gc_children[generation].observe(seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """A REST request was answered."""

@@ -1,8 +1,9 @@
 """The relay: hands committed events from the store's outbox to the broker, in commit order.
 
 Fast path: the service tells the relay about each event it committed, so publishing needs no
-read. Events the relay was not told about (committed by another process, or by a request that
-was cancelled between commit and notify) are found by reading the outbox after a short grace
+read; with the in-process broker an event told in order is delivered during that call.
+Events the relay was not told about (committed by another process, or by a request that was
+cancelled between commit and notify) are found by reading the outbox after a short grace
 period, and by a periodic poll. ``seq`` is gapless and in commit order (see storage.sql), so
 "the next seq" is always well defined. On start the relay resumes at the store's head: earlier
 events are served from history (resume with ``since``), never lost.
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from ratewire.broker.base import Broker
 from ratewire.domain import RatingEvent, Topic, TopicKind
@@ -40,9 +42,13 @@ class Relay:
         *,
         poll_interval: float = 0.5,
         gap_grace: float = 0.005,
+        publish_now: Callable[[RatingEvent], None] | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
+        # An in-process broker's hand-off: an event told in order is delivered right in
+        # notify(), with no task switch between the commit and the first socket write.
+        self._publish_now = publish_now
         self._poll_interval = poll_interval
         self._gap_grace = gap_grace
         self._told: dict[int, RatingEvent] = {}
@@ -82,6 +88,18 @@ class Relay:
 
     def notify(self, event: RatingEvent) -> None:
         """Called by the service right after it committed ``event``."""
+        if (
+            self._publish_now is not None
+            and event.seq == self.cursor + 1
+            and not self._told
+            and not self._draining.locked()
+        ):
+            # The next event, nothing waiting before it and no drain under way: publishing it
+            # now keeps seq order, as the run loop would a moment later.
+            self._publish_now(event)
+            self.cursor = event.seq
+            self.published += 1
+            return
         if event.seq > self.cursor:
             self._told[event.seq] = event
             if self._oldest_waiting_at is None:

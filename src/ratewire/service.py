@@ -67,9 +67,13 @@ class RatingService:
             # At commit, before the 2xx: a read after the write sees it (read-your-writes).
             self.add_listener(lambda event: cache.saw(event.game_id, event.game_offset))
 
-    def add_listener(self, listener: EventListener) -> None:
-        """Call ``listener`` with every event this service commits (after the commit)."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: EventListener, *, first: bool = False) -> None:
+        """Call ``listener`` with every event this service commits (after the commit);
+        ``first``: before the listeners added so far."""
+        if first:
+            self._listeners.insert(0, listener)
+        else:
+            self._listeners.append(listener)
 
     def _committed(self, result: WriteResult) -> WriteResult:
         if result.event is not None:

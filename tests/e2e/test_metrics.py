@@ -112,6 +112,15 @@ async def test_metrics_follow_connections_subscriptions_writes_and_refusals(
     assert value(after, "ratewire_subscriptions", kind="game") == 1
     assert value(after, "ratewire_events_published_total") == WRITES
     assert value(after, "ratewire_commit_to_send_seconds_count") == WRITES
+    # The latency budget: each stage once per event (every write had subscribers here).
+    for stage in ("commit", "relay", "encode", "first_write", "fan_out"):
+        assert value(after, "ratewire_delivery_stage_seconds_count", stage=stage) == WRITES
+    budget = sum(
+        value(after, "ratewire_delivery_stage_seconds_sum", stage=stage)
+        for stage in ("relay", "encode", "first_write", "fan_out")
+    )
+    assert 0 < budget <= value(after, "ratewire_commit_to_send_seconds_sum")
+    assert value(after, "ratewire_gc_pause_seconds_count", generation="0") > 0
     # watcher: the global and game topics; other: the game topic.
     assert value(after, "ratewire_deliveries_total") >= 3 * WRITES
     assert value(after, "ratewire_relay_lag_seconds") == 0

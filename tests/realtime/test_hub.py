@@ -54,3 +54,31 @@ async def test_a_failing_subscriber_does_not_stop_the_others(
     assert len(before.frames) == 2 and len(after.frames) == 2
     assert hub.subscriber_count("rating.global") == 2, "the broken one is dropped"
     assert "whose send failed" in caplog.text
+
+
+async def test_a_wildcard_subscriber_that_fails_is_dropped_and_the_rest_still_get_it(
+    harness: Harness,
+) -> None:
+    hub = Hub()
+    game, wild, broken = Recorder(), Recorder(), Broken()
+    hub.begin("rating.game.42", game)
+    hub.ready("rating.game.42", game, 0, 0)
+    for subscriber in (broken, wild):
+        hub.begin("rating.game.*", subscriber)
+        hub.ready("rating.game.*", subscriber, 0, 0)
+    hub.publish(await harness.commit("42", "7"))
+    assert len(game.frames) == 1 and len(wild.frames) == 1
+    assert hub.subscriber_count("rating.game.*") == 1
+    assert hub.deliveries == 2
+
+
+async def test_publish_records_when_the_first_and_last_writes_happened(harness: Harness) -> None:
+    """The latency budget reads these once per event (ratewire_delivery_stage_seconds)."""
+    hub = Hub()
+    hub.publish(await harness.commit("42", "6"))
+    assert hub.encoded_at == 0.0, "nobody subscribed: nothing encoded, nothing timed"
+    subscriber = Recorder()
+    hub.begin("rating.global", subscriber)
+    hub.ready("rating.global", subscriber, 0, 1)
+    hub.publish(await harness.commit("42", "7"))
+    assert 0 < hub.encoded_at <= hub.first_write_at <= hub.last_write_at

@@ -87,3 +87,30 @@ async def test_relay_lag_grows_while_events_wait_and_is_zero_once_published(
     assert published == [1]
     assert relay.lag_seconds() == 0
     assert relay.published == 1
+
+
+async def test_an_in_process_broker_gets_an_event_told_in_order_during_notify(
+    harness: Harness,
+) -> None:
+    """The fast path: no task switch between the commit and the hand-off, and an event told
+    ahead of its predecessor still waits for it (order before speed)."""
+    published: list[int] = []
+    broker = LocalBroker()
+    await broker.start(lambda event: published.append(event.seq))
+    relay = Relay(
+        harness.store,
+        broker,
+        poll_interval=0.05,
+        publish_now=lambda event: published.append(event.seq),
+    )
+    await relay.start()
+    first, second, third = [await harness.commit("42", str(u)) for u in range(3)]
+    relay.notify(first)
+    assert published == [1], "delivered inside notify()"
+    relay.notify(third)
+    assert published == [1], "3 waits for 2"
+    relay.notify(second)
+    await asyncio.sleep(0.05)
+    await relay.stop()
+    assert published == [1, 2, 3]
+    assert relay.published == 3

@@ -15,6 +15,7 @@ reading the store (10,000 subscribers of one game cost one read, not 10,000).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,6 +61,8 @@ class Hub:
         #: The ``seq`` of the last event published; history reads compare against it.
         self.published_seq = 0
         self.deliveries = 0
+        #: Wall-clock times of the last published event (see publish()).
+        self.encoded_at = self.first_write_at = self.last_write_at = 0.0
 
     # -- subscription lifecycle ------------------------------------------------------------
 
@@ -128,21 +131,36 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------------
 
-    def _send(self, topic: str, subscriber: Subscriber, frame: bytes) -> None:
-        # A failing peer must not stop the loop: the relay would publish the event again and
-        # every subscriber before it would get it twice. (try costs nothing until it raises.)
-        try:
-            subscriber.send(frame)
-        except Exception:
-            log.exception("dropping a subscriber of %s whose send failed", topic)
-            self.drop(topic, subscriber)
-        else:
-            self.deliveries += 1
+    def _write(self, topic: str, subscribers: tuple[Subscriber, ...], frame: bytes) -> None:
+        """Hand ``frame`` to every subscriber. Per delivery this is one call and nothing else:
+        the count is kept per topic, and the error handling costs nothing until a send raises."""
+        remaining = iter(subscribers)
+        failed = 0
+        while True:
+            try:
+                for subscriber in remaining:
+                    subscriber.send(frame)
+            except Exception:
+                # A failing peer must not stop the loop: the relay would publish the event
+                # again and every subscriber before it would get it twice. The loop variable
+                # is the one that raised; the iterator goes on after it.
+                log.exception("dropping a subscriber of %s whose send failed", topic)
+                self.drop(topic, subscriber)
+                self.drop(GAME_WILDCARD, subscriber)  # for a game topic, it may be there
+                failed += 1
+                continue
+            break
+        self.deliveries += len(subscribers) - failed
 
     def publish(self, event: RatingEvent) -> None:
         """Deliver ``event`` on its three topics. Never awaits: a slow subscriber's send only
-        grows its own buffer (and is cut when that overflows)."""
+        grows its own buffer (and is cut when that overflows).
+
+        Afterwards ``encoded_at``, ``first_write_at`` and ``last_write_at`` hold when (wall
+        clock) its first frame was ready and its first and last socket writes returned
+        (``encoded_at`` 0: nobody here wanted it); read once per event for the latency budget."""
         data: bytes | None = None
+        encoded_at = first_write_at = 0.0
         game = game_topic(event.game_id)
         for topic, offset in (
             (GLOBAL_TOPIC, event.seq),
@@ -162,18 +180,25 @@ class Hub:
             if data is None:
                 data = orjson.dumps(event.data)
             frame = frames.rating_update(topic, offset, event.kind, data)
-            # Iterate over copies: a send may lead to the subscriber being dropped.
-            if live:
-                for subscriber in tuple(live):
-                    self._send(topic, subscriber, frame)
+            # Over copies: a send may lead to the subscriber being dropped (4009).
+            targets = tuple(live) if live else ()
             if wild_live:
-                for subscriber in tuple(wild_live):
-                    if live is None or subscriber not in live:
-                        self._send(GAME_WILDCARD, subscriber, frame)
+                targets += tuple(wild_live - live) if live else tuple(wild_live)
+            if targets:
+                if not first_write_at:
+                    # The first write of the event, timed on its own (once per event).
+                    encoded_at = time.time()
+                    self._write(topic, targets[:1], frame)
+                    first_write_at = time.time()
+                    targets = targets[1:]
+                self._write(topic, targets, frame)
             for buffered in (pending, wild_pending):
                 if buffered:
                     for entry in buffered.values():
                         entry.buffer.append((event.seq, offset, frame))
+        self.encoded_at = encoded_at
+        self.first_write_at = first_write_at
+        self.last_write_at = time.time() if first_write_at else 0.0
         self.published_seq = event.seq
         if self._waiting:
             for topic, subscriber in tuple(self._waiting):

@@ -104,8 +104,12 @@ class PicowsPeer(WSListener):
         transport.underlying_transport.set_write_buffer_limits(
             high=self._ctx.limits.send_buffer_bytes
         )
-        self.session = Session(self, self._ctx, self._client_ip, "module")
-        self.session.opened(self._token)
+        self.session = session = Session(self, self._ctx, self._client_ip, "module")
+        # What the hub calls per delivery: picows' own send, with no Python frame of ours in
+        # between (send_text's checks are for before the connection exists; picows ignores a
+        # send after close).
+        session.send = partial(transport.send, WSMsgType.TEXT)
+        session.opened(self._token)
         self._token = None
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
