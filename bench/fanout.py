@@ -23,10 +23,11 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import statistics
 import time
 from array import array
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from bench.servers import (
     start_redis_storage,
     token,
 )
+from ratewire.latency import STAGES
 
 BUCKET_NS = 10_000  # 10 us
 BUCKETS = 200_000  # up to 2 s; slower goes in the last bucket
@@ -197,6 +199,9 @@ class Result:
     max_ms: float = 0.0
     connects_per_s: float = 0.0
     idle_kib_per_connection: float = 0.0
+    #: ratewire targets: the server's latency budget over the measured writes (stage ->
+    #: count, mean_ms, p50_ms, p99_ms), from /metrics (ratewire.latency).
+    budget: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def percentile(histogram: Sequence[int], total: int, fraction: float) -> float:
@@ -206,6 +211,78 @@ def percentile(histogram: Sequence[int], total: int, fraction: float) -> float:
         if seen >= wanted:
             return (bucket + 1) * BUCKET_NS / 1e6
     return float("nan")
+
+
+BUDGET_SERIES = {
+    "ratewire_delivery_stage_seconds": "stage",
+    "ratewire_gc_pause_seconds": "generation",
+}
+Histograms = dict[str, tuple[list[tuple[float, float]], float]]
+
+
+def scrape_histograms(metrics_url: str) -> Histograms:
+    """The budget's histograms on a ratewire server: 'stage' or 'gc<N>' -> (cumulative
+    buckets, sum). Empty when the target has no such series (the guide's server)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        answer = httpx.get(metrics_url, timeout=5)
+    except httpx.HTTPError:
+        return {}
+    if answer.status_code != 200 or not answer.headers.get("content-type", "").startswith("text/"):
+        return {}
+    text = answer.text
+    found: dict[str, tuple[list[tuple[float, float]], float]] = {}
+    for family in text_string_to_metric_families(text):
+        label = BUDGET_SERIES.get(family.name)
+        if label is None:
+            continue
+        for sample in family.samples:
+            key = sample.labels.get(label, "")
+            if label == "generation":
+                key = f"gc{key}"
+            buckets, total = found.get(key, ([], 0.0))
+            if sample.name.endswith("_bucket"):
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            found[key] = (buckets, total)
+    return found
+
+
+def _quantile(buckets: list[tuple[float, float]], fraction: float) -> float:
+    """Linear interpolation inside the bucket that holds ``fraction`` of the count."""
+    total = buckets[-1][1]
+    wanted = fraction * total
+    lower_bound = lower_count = 0.0
+    for bound, count in buckets:
+        if count >= wanted:
+            if bound == float("inf"):
+                return lower_bound
+            share = (wanted - lower_count) / (count - lower_count) if count > lower_count else 0
+            return lower_bound + share * (bound - lower_bound)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def budget_between(before: Histograms, after: Histograms) -> dict[str, dict[str, float]]:
+    """Each stage's (and GC generation's) count, mean, p50 and p99 over what happened
+    between two scrapes."""
+    budget = {}
+    for key, (buckets, total) in after.items():
+        earlier, earlier_sum = before.get(key, ([], 0.0))
+        counts = dict(earlier)
+        grown = [(bound, count - counts.get(bound, 0.0)) for bound, count in buckets]
+        count = grown[-1][1] if grown else 0.0
+        if count <= 0:
+            continue
+        budget[key] = {
+            "count": count,
+            "mean_ms": round(1000 * (total - earlier_sum) / count, 3),
+            "p50_ms": round(1000 * _quantile(grown, 0.50), 3),
+            "p99_ms": round(1000 * _quantile(grown, 0.99), 3),
+        }
+    return budget
 
 
 def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) -> Result:
@@ -247,12 +324,15 @@ def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) 
     )
     # Warm-up on another game: first requests compile statements and fill caches.
     asyncio.run(publish(target.post_url, f"warmup{game}", 20, 1.0))
+    metrics_url = target.post_url.rsplit("/", 1)[0] + "/metrics"
+    histograms_before = scrape_histograms(metrics_url)
     started = time.monotonic()
     result.writes_ok, result.writes_failed = asyncio.run(
         publish(target.post_url, game, rate, seconds)
     )
     publish_seconds = time.monotonic() - started
     time.sleep(min(5.0, 1.0 + subs / 2000))  # drain frames still in flight
+    result.budget = budget_between(histograms_before, scrape_histograms(metrics_url))
     merged = array("q", bytes(8 * BUCKETS))
     for pipe in pipes:
         pipe.send("stop")
@@ -317,6 +397,72 @@ def print_table(results: list[Result]) -> None:
     Console(width=160).print(table)
 
 
+def print_budget(results: list[Result]) -> None:
+    """The server-side latency budget of each ratewire run (stage by stage, and GC)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with_budget = [r for r in results if r.budget]
+    if not with_budget:
+        return
+    table = Table(title="latency budget (server side, per event; ms: mean / p50 / p99)")
+    table.add_column("stage")
+    for r in with_budget:
+        table.add_column(r.target, justify="right")
+    keys = [k for k in (*STAGES, "gc0", "gc1", "gc2") if any(k in r.budget for r in with_budget)]
+    for key in keys:
+        cells = []
+        for r in with_budget:
+            b = r.budget.get(key)
+            cells.append(
+                "-"
+                if b is None
+                else f"{b['mean_ms']:.2f} / {b['p50_ms']:.2f} / {b['p99_ms']:.2f}"
+                + (f" (x{b['count']:.0f})" if key.startswith("gc") else "")
+            )
+        table.add_row(key, *cells)
+    Console(width=160).print(table)
+
+
+STARTERS: dict[str, Callable[[], Target]] = {
+    "ratewire": start_ratewire,
+    "ratewire-normal": lambda: start_ratewire(
+        env_extra={"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}, name="ratewire-normal"
+    ),
+    "ratewire-2w": lambda: start_ratewire(args=("--workers", "2"), name="ratewire-2w"),
+    "ratewire-asgi": start_ratewire_asgi,
+    "node-guide": start_node_guide,
+    "pg-local": lambda: start_cluster("pg-local", broker="local"),
+    "pg-redis": lambda: start_cluster("pg-redis"),
+    "cluster-3": lambda: start_cluster("cluster-3", instances=3),
+    "workers-2": lambda: start_cluster("workers-2", workers=2),
+    "redis-store": lambda: start_redis_storage("redis-store"),
+}
+
+
+def _measure(name: str, subs: int, rate: float, seconds: float, procs: int) -> Result:
+    from rich.console import Console
+
+    with Console(stderr=True).status(
+        f"{name}: {subs} subscribers, {'max' if rate == 0 else rate} writes/s, {seconds:g} s"
+    ):
+        target = STARTERS[name]()
+        try:
+            return run_one(target, subs, rate, seconds, procs)
+        finally:
+            target.stop()
+
+
+def _write_json(json_out: Path, payload: dict[str, object]) -> None:
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+        **payload,
+    }
+    json_out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def run_fanout(
     subs: int,
     rate: float,
@@ -327,40 +473,112 @@ def run_fanout(
     json_out: Path | None = None,
 ) -> list[Result]:
     """Run the benchmark against each target in turn (same machine, same run) and report."""
+    raise_fd_limit()
+    results = [_measure(name, subs, rate, seconds, procs) for name in targets]
+    print_table(results)
+    print_budget(results)
+    if json_out is not None:
+        _write_json(json_out, {"results": [asdict(r) for r in results]})
+    return results
+
+
+@dataclass
+class RatioSummary:
+    """One target against the guide's server over alternating rounds."""
+
+    target: str
+    #: Per round: the target's figure divided by the guide's in the same round.
+    p50: list[float]
+    p99: list[float]
+    deliveries: list[float]
+
+    @staticmethod
+    def spread(values: list[float]) -> dict[str, float]:
+        return {
+            "median": round(statistics.median(values), 3),
+            "min": round(min(values), 3),
+            "max": round(max(values), 3),
+        }
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "p50_ratio": {"runs": self.p50, **self.spread(self.p50)},
+            "p99_ratio": {"runs": self.p99, **self.spread(self.p99)},
+            "deliveries_ratio": {"runs": self.deliveries, **self.spread(self.deliveries)},
+        }
+
+
+def run_alternating(
+    subs: int,
+    rate: float,
+    seconds: float,
+    rounds: int,
+    *,
+    targets: Sequence[str] = ("ratewire", "node-guide"),
+    procs: int = 2,
+    json_out: Path | None = None,
+) -> list[RatioSummary]:
+    """``rounds`` rounds of every target, the order rotated each round; each non-guide
+    target's p50, p99 and deliveries/s divided by the guide's of the same round. Single runs
+    on a shared 2-core machine swing by 2x: the median of these ratios is the figure."""
     from rich.console import Console
+    from rich.table import Table
 
     raise_fd_limit()
-    console = Console(stderr=True)
-    starters = {
-        "ratewire": start_ratewire,
-        "ratewire-asgi": start_ratewire_asgi,
-        "node-guide": start_node_guide,
-        "pg-local": lambda: start_cluster("pg-local", broker="local"),
-        "pg-redis": lambda: start_cluster("pg-redis"),
-        "cluster-3": lambda: start_cluster("cluster-3", instances=3),
-        "workers-2": lambda: start_cluster("workers-2", workers=2),
-        "redis-store": lambda: start_redis_storage("redis-store"),
-    }
-    results = []
-    for name in targets:
-        with console.status(
-            f"{name}: {subs} subscribers, {'max' if rate == 0 else rate} writes/s, {seconds:g} s"
-        ):
-            target = starters[name]()
-            try:
-                results.append(run_one(target, subs, rate, seconds, procs))
-            finally:
-                target.stop()
-    print_table(results)
+    names = list(dict.fromkeys([*targets, "node-guide"]))
+    results: list[list[Result]] = []
+    for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        by_name = {name: _measure(name, subs, rate, seconds, procs) for name in order}
+        results.append([by_name[name] for name in names])
+        print_table(results[-1])
+    summaries = []
+    for position, name in enumerate(names):
+        if name == "node-guide":
+            continue
+        guide_at = names.index("node-guide")
+        pairs = [(r[position], r[guide_at]) for r in results]
+        summaries.append(
+            RatioSummary(
+                name,
+                [round(ours.p50_ms / guide.p50_ms, 3) for ours, guide in pairs],
+                [round(ours.p99_ms / guide.p99_ms, 3) for ours, guide in pairs],
+                [round(ours.deliveries_per_s / guide.deliveries_per_s, 3) for ours, guide in pairs],
+            )
+        )
+    table = Table(
+        title=f"{rounds} alternating rounds: ratio to the guide's server (median, min-max)"
+    )
+    for column in ("target", "p50 ratio", "p99 ratio", "deliveries/s ratio", "lost", "gaps/dups"):
+        table.add_column(column, justify="right")
+    for summary in summaries:
+        position = names.index(summary.target)
+        runs = [r[position] for r in results]
+        cells = []
+        for values in (summary.p50, summary.p99, summary.deliveries):
+            spread = RatioSummary.spread(values)
+            cells.append(f"{spread['median']:.2f} ({spread['min']:.2f}-{spread['max']:.2f})")
+        table.add_row(
+            summary.target,
+            *cells,
+            str(sum(r.lost for r in runs)),
+            f"{sum(r.gaps for r in runs)}/{sum(r.duplicates for r in runs)}",
+        )
+    Console(width=160).print(table)
+    print_budget([r for round_results in results for r in round_results][: len(names)])
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
-            "results": [asdict(r) for r in results],
-        }
-        json_out.write_text(json.dumps(payload, indent=2))
-    return results
+        _write_json(
+            json_out,
+            {
+                "subs": subs,
+                "rate": rate,
+                "seconds": seconds,
+                "rounds": [[asdict(r) for r in round_results] for round_results in results],
+                "ratios": [summary.as_dict() for summary in summaries],
+            },
+        )
+    return summaries
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -369,34 +587,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=50, help="writes/s; 0 = as fast as they go")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--procs", type=int, default=2, help="subscriber processes")
-    parser.add_argument(
-        "--target",
-        choices=[
-            "ratewire",
-            "ratewire-asgi",
-            "node-guide",
-            "both",
-            "all",
-            "pg-local",
-            "pg-redis",
-            "cluster-3",
-            "workers-2",
-            "cluster",
-            "redis-store",
-            "storage",
-        ],
-        default="both",
-    )
-    parser.add_argument("--json-out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    targets = {
+    presets: dict[str, tuple[str, ...]] = {
         "both": ("ratewire", "node-guide"),
         "all": ("ratewire", "ratewire-asgi", "node-guide"),
+        # The embedded default three ways (synchronous full and normal, two workers) and the
+        # guide's server.
+        "embedded": ("ratewire", "ratewire-normal", "ratewire-2w", "node-guide"),
         # Cluster mode against its single-node baselines, on PostgreSQL, in one run.
         "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
         # The storage backends, single node: SQLite (the default) and Redis.
         "storage": ("ratewire", "redis-store"),
-    }.get(args.target, (args.target,))
+    }
+    parser.add_argument(
+        "--target",
+        default="both",
+        help=f"a target ({', '.join(STARTERS)}), a comma-separated list of them, or a preset "
+        f"({', '.join(presets)})",
+    )
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="run the targets and the guide's server ROUNDS times, alternating, and report the "
+        "median and spread of each ratio to the guide (5 is what the README's figures use)",
+    )
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    targets = presets.get(args.target) or tuple(args.target.split(","))
+    unknown = [name for name in targets if name not in STARTERS]
+    if unknown:
+        parser.error(f"--target: unknown target {', '.join(unknown)}")
+    if args.alternate:
+        run_alternating(
+            args.subs,
+            args.rate,
+            args.seconds,
+            args.alternate,
+            targets=targets,
+            procs=args.procs,
+            json_out=args.json_out,
+        )
+        return
     run_fanout(
         args.subs,
         args.rate,

@@ -125,6 +125,7 @@ def start_ratewire(
     env_extra: dict[str, str] | None = None,
     args: Sequence[str] = (),
     workdir: Path | None = None,
+    name: str = "ratewire",
 ) -> Target:
     """``ratewire serve`` with limits lifted (the benchmark is one client at a high rate)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
@@ -153,7 +154,7 @@ def start_ratewire(
     )
     wait_http(f"http://127.0.0.1:{http_port}/healthz", process, "ratewire")
     return Target(
-        "ratewire",
+        name,
         f"ws://127.0.0.1:{ws_port}/",
         f"http://127.0.0.1:{http_port}/ratings",
         process,
