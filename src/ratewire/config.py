@@ -97,6 +97,11 @@ StorageBackend = Literal["memory", "sqlite", "postgresql", "mysql", "redis", "no
 class StorageSettings(_Section):
     backend: StorageBackend = "sqlite"
     url: str | None = None
+    #: SQLite's fsync policy in WAL mode. full: every commit is fsynced before its 2xx
+    #: (survives a power cut). normal: a commit survives a crash of the process (SIGKILL
+    #: included) but the last ones may be lost on power loss or an OS crash; no fsync per
+    #: commit, so each write answers sooner.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     def resolved_url(self) -> str:
         """The database URL, with the backend's default when none is configured."""

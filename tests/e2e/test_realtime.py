@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -23,6 +23,7 @@ WRITES = 150  # events of ~2 KB for the slow-client test
 # A stalled reader is cut by the send buffer, not by the heartbeat: however long the writes
 # take on a loaded machine, the server's pings (unanswered while the reader is stalled) must
 # not end the connection first.
+SQLITE_NORMAL = {"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}
 STALLED_READER_LIMITS = {
     "RATEWIRE_LIMITS__SEND_BUFFER_BYTES": "16384",
     "RATEWIRE_LIMITS__PING_INTERVAL_SECONDS": "600",
@@ -33,6 +34,16 @@ STALLED_READER_LIMITS = {
 def server(module_server_factory: ServerFactory) -> ServerProcess:
     """One server for the tests that do not need special limits."""
     return module_server_factory()
+
+
+@pytest.fixture(scope="module", params=["full", "normal"])
+def synchronous_server(
+    request: pytest.FixtureRequest, module_server_factory: ServerFactory
+) -> ServerProcess:
+    """The shared server, and one on storage.sqlite_synchronous: normal (same promises)."""
+    if request.param == "full":
+        return cast(ServerProcess, request.getfixturevalue("server"))
+    return module_server_factory(env=SQLITE_NORMAL)
 
 
 @pytest.fixture(params=["module_port", "main_port_ws"])
@@ -231,9 +242,12 @@ async def test_snapshot_then_live(server: ServerProcess, ws_url: str) -> None:
         assert (await ws.updates(1))[0]["offset"] == 3
 
 
+@pytest.mark.parametrize("endpoint", ["module_port", "main_port_ws"])
 async def test_resume_with_since_replays_what_was_missed(
-    server: ServerProcess, ws_url: str
+    synchronous_server: ServerProcess, endpoint: str
 ) -> None:
+    server = synchronous_server
+    ws_url = server.module_ws_url if endpoint == "module_port" else server.ws_url
     game = unique("g")
     async with await WsClient.open(ws_url, server.token("7")) as ws:
         await ws.recv()
@@ -353,10 +367,13 @@ async def stalled_subscriber(server: ServerProcess, url: str, topic: str) -> WsC
     return slow
 
 
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
 async def test_slow_client_is_cut_with_4009_and_can_resume(
-    module_server_factory: ServerFactory,
+    module_server_factory: ServerFactory, synchronous: str
 ) -> None:
-    server = module_server_factory(env=STALLED_READER_LIMITS)
+    server = module_server_factory(
+        env={**STALLED_READER_LIMITS, "RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": synchronous}
+    )
     game = unique("g")
     slow = await stalled_subscriber(server, server.module_ws_url, f"rating.game.{game}")
     comment = "x" * 1900
@@ -418,12 +435,14 @@ async def test_sigterm_closes_connections_with_1001(module_server_factory: Serve
 # -- delivery guarantees ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["sqlite", "sqlite-normal", pytest.param("redis", marks=pytest.mark.redis)])
 def killable_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Server options for a durable backend (the Redis one keeps its data in the machine's
     Redis, which outlives ratewire)."""
     if request.param == "redis":
         return {"backend": "redis", "storage_url": request.getfixturevalue("redis_store_url")}
+    if request.param == "sqlite-normal":
+        return {"env": SQLITE_NORMAL}
     return {}
 
 

@@ -4,6 +4,7 @@ backend."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -12,29 +13,37 @@ from tests.support.server import ServerProcess
 pytestmark = pytest.mark.e2e
 
 
+#: SQLite's fsync policy: full (the default) and normal keep the same promise across a crash of
+#: the process (normal gives up only power-loss durability).
+SQLITE_NORMAL = {"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}
+
+
 @pytest.fixture(
     params=[
         "sqlite",
+        "sqlite-normal",
         pytest.param("postgresql", marks=pytest.mark.postgresql),
         pytest.param("mysql", marks=pytest.mark.mysql),
         pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
-def durable(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+def durable(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """server_factory options for each durable backend."""
     if request.param == "sqlite":
-        return "sqlite", None
+        return {"backend": "sqlite"}
+    if request.param == "sqlite-normal":
+        return {"backend": "sqlite", "env": SQLITE_NORMAL}
     if request.param == "redis":
-        return "redis", str(request.getfixturevalue("redis_store_url"))
+        return {"backend": "redis", "storage_url": str(request.getfixturevalue("redis_store_url"))}
     url = request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mysql_url")
-    return request.param, url
+    return {"backend": request.param, "storage_url": url}
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_ratings_survive_a_restart(
-    server_factory: Callable[..., ServerProcess], durable: tuple[str, str | None], stop: str
+    server_factory: Callable[..., ServerProcess], durable: dict[str, Any], stop: str
 ) -> None:
-    backend, url = durable
-    server = server_factory(backend=backend, storage_url=url)
+    server = server_factory(**durable)
     game = f"restart-{stop}"
     admin = {"Authorization": f"Bearer {server.token('admin', scope='ratings:admin')}"}
     with httpx.Client(base_url=server.base_url, headers=admin) as http:

@@ -123,6 +123,13 @@ def test_bad_auth_and_env_values_name_their_source(tmp_path: Path) -> None:
         load_settings(None, None, environ={"RATEWIRE_SERVER__PORT": "-1"})
     with pytest.raises(ConfigError, match=r"missing\.yml: file not found"):
         load_settings(tmp_path / "missing.yml", None, environ={})
+    with pytest.raises(
+        ConfigError,
+        match=r"environment RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS: storage\.sqlite_synchronous",
+    ):
+        load_settings(None, None, environ={"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "off"})
+    relaxed = {"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}
+    assert load_settings(None, None, environ=relaxed).storage.sqlite_synchronous == "normal"
 
 
 def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:

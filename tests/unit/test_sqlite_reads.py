@@ -48,3 +48,21 @@ async def test_a_driver_error_is_storage_unavailable(tmp_path: Path) -> None:
             await store.summary("g")
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("full", 2), ("normal", 1)])
+async def test_sqlite_synchronous_reaches_the_writer_connection(
+    tmp_path: Path, setting: str, pragma: int
+) -> None:
+    """storage.sqlite_synchronous is what the write transaction runs under (SQLite's
+    PRAGMA synchronous: 2 FULL, 1 NORMAL), and writes read back the same either way."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'sync.db'}", sqlite_synchronous=setting)  # type: ignore[arg-type]
+    await store.start()
+    try:
+        assert store._sqlite_writer is not None
+        with store._sqlite_writer.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+        created = (await store.create(RatingDraft("g", "u", 4), NOW)).rating
+        assert await store.get(created.id) == created
+    finally:
+        await store.close()

@@ -19,7 +19,7 @@ def open_store(settings: StorageSettings) -> RatingStore:
     if settings.backend in ("sqlite", "postgresql", "mysql"):
         from ratewire.storage.sql import SqlStore
 
-        return SqlStore(settings.resolved_url())
+        return SqlStore(settings.resolved_url(), sqlite_synchronous=settings.sqlite_synchronous)
     if settings.backend == "redis":
         from ratewire.storage.redis_store import RedisStore
 

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -315,13 +315,17 @@ def _reason(exc: BaseException) -> str:
     )
 
 
-def _configure_sqlite(connection: sqlite3.Connection) -> None:
+SqliteSynchronous = Literal["full", "normal"]
+
+
+def _configure_sqlite(connection: sqlite3.Connection, synchronous: SqliteSynchronous) -> None:
     """What every connection to a SQLite store runs first."""
     connection.isolation_level = None  # we issue BEGIN ourselves
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a 2xx answer means the rating is on disk, even across a power cut.
-    cursor.execute("PRAGMA synchronous=FULL")
+    # FULL: a 2xx answer means the rating is on disk, even across a power cut. NORMAL (WAL):
+    # the commit is in the WAL file, so it survives the process dying, not the machine.
+    cursor.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
@@ -343,8 +347,11 @@ class SqlStore:
     3.5 ms per write); one hop per transaction brings a write to well under 1 ms.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, sqlite_synchronous: SqliteSynchronous = "full"
+    ) -> None:
         self.url = async_url(url)
+        self._sqlite_synchronous: SqliteSynchronous = sqlite_synchronous
         self.dialect = make_url(self.url).get_backend_name()
         self.epoch = ""
         self._sql = _Statements(self.dialect)
@@ -376,7 +383,7 @@ class SqlStore:
 
             def connect() -> sqlite3.Connection:
                 connection: sqlite3.Connection = sqlite3.connect(*connect_args, **connect_kwargs)
-                _configure_sqlite(connection)
+                _configure_sqlite(connection, sqlite_synchronous)
                 return connection
 
             self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, connect)
@@ -394,8 +401,7 @@ class SqlStore:
                 _, options = self._async.dialect.create_connect_args(make_url(self.url))
                 self._pg_row_reader = PostgresRowReader(self._async.dialect, options)
 
-    @staticmethod
-    def _sqlite_engine(url: Any, *, immediate: bool, pool_size: int) -> Engine:
+    def _sqlite_engine(self, url: Any, *, immediate: bool, pool_size: int) -> Engine:
         engine = create_engine(
             url,
             pool_size=pool_size,
@@ -403,9 +409,11 @@ class SqlStore:
             connect_args={"check_same_thread": False},  # pooled across the executor's threads
         )
 
+        synchronous = self._sqlite_synchronous
+
         @event.listens_for(engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
-            _configure_sqlite(dbapi_connection)
+            _configure_sqlite(dbapi_connection, synchronous)
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
