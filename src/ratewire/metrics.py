@@ -78,6 +78,8 @@ class MetricSources:
     accept_errors: Callable[[], int] = _zero
     descriptors_exhausted_seconds: Callable[[], int] = _zero
     summary_cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+    #: Outcome (sent, received, dropped) -> commit notices between workers of one host.
+    worker_notices: Callable[[], Mapping[str, int]] = _none
 
 
 @dataclass
@@ -176,6 +178,12 @@ class Metrics:
         self._cache_entries = gauge(
             "ratewire_summary_cache_entries", "Game summaries held in memory", mode="livesum"
         )
+        self._worker_notices = counter(
+            "ratewire_worker_notices",
+            "Commit notices between the workers of one host (serve --workers, in-process "
+            "broker), by outcome: sent, received, dropped (the sibling reads the store instead)",
+            ("outcome",),
+        )
         self.commit_to_send = Histogram(
             "ratewire_commit_to_send_seconds",
             "Seconds from an event's commit to its frames being handed to subscribers",
@@ -271,6 +279,8 @@ class Metrics:
         self._cache_hits.copy(hits)
         self._cache_misses.copy(misses)
         self._cache_entries.set(entries)
+        for outcome, count in s.worker_notices().items():
+            self._worker_notices.copy(count, outcome)
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this process, or every worker in multi-process mode."""

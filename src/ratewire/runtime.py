@@ -33,6 +33,7 @@ from ratewire.audit.log import AuditLog
 from ratewire.broker import Broker, LocalBroker
 from ratewire.broker.announcements import Announcements, LocalAnnouncements, RedisAnnouncements
 from ratewire.broker.redis import RedisBroker
+from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
 from ratewire.latency import DeliveryTimer, GcPauses
@@ -194,7 +195,17 @@ class Runtime:
         self.metrics = Metrics(self._metric_sources(), multiprocess_dir_from_env())
         self.delivery_timer = DeliveryTimer(self.metrics.observe_stage)
         self.gc_pauses = GcPauses(self.metrics.observe_gc_pause)
+        # Workers of one host on the in-process broker tell each other of their commits.
+        self.siblings = (
+            SiblingNotices.from_env()
+            if self.local_broker is not None and self.relay is not None
+            else None
+        )
         if self.service is not None:
+            if self.siblings is not None:
+                # Before the local fan-out: the siblings write to theirs on the other cores
+                # meanwhile.
+                self.service.add_listener(self.siblings.announce, first=True)
             # First listener: the commit is timed before the relay delivers it.
             self.service.add_listener(self.delivery_timer.committed, first=True)
         if self.service is not None:
@@ -274,6 +285,7 @@ class Runtime:
             summary_cache=lambda: (
                 (0, 0, 0) if cache is None else (cache.hits, cache.misses, len(cache))
             ),
+            worker_notices=lambda: self.siblings.counts if self.siblings is not None else {},
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -306,6 +318,8 @@ class Runtime:
             await self.local_broker.start(self._deliver)
             await self.relay.start()
             self.hub.published_seq = self.relay.cursor
+            if self.siblings is not None:
+                self.siblings.start(self.relay.notify)
         if self.relay is not None:
             self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
         await self.revocations.start()
@@ -383,6 +397,8 @@ class Runtime:
         something that never answers, and a stopping server must still stop (the outbox
         keeps whatever was committed)."""
         self.gc_pauses.uninstall()
+        if self.siblings is not None:
+            self.siblings.close()
         await self._bounded("closing connections", self.close_connections())
         if self.relay is not None:
             await self._bounded("stopping the relay", self.relay.stop())

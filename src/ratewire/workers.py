@@ -5,7 +5,8 @@ connections over them; they share the store and the broker exactly as instances 
 hosts do, so a write on one reaches subscribers on every other. This process only starts
 them, forwards SIGTERM/SIGINT, and restarts a worker that died (with backoff). It also gives
 them a shared directory for prometheus-client's multi-process mode, so a scrape of any worker
-answers for all of them (see ratewire.metrics).
+answers for all of them (see ratewire.metrics), and one for their commit notices, so a commit
+in one worker reaches the subscribers of the others at once (see ratewire.broker.siblings).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from ratewire.broker.siblings import NOTIFY_DIR_ENV, WORKER_INDEX_ENV
 from ratewire.config import Settings
 from ratewire.metrics import MULTIPROC_ENV, forget_worker
 from ratewire.storage import open_store
@@ -43,7 +45,13 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     metrics_dir = tempfile.mkdtemp(prefix="ratewire-metrics-")
-    env = {**os.environ, "RATEWIRE_SERVER__WORKERS": "1", MULTIPROC_ENV: metrics_dir}
+    notices_dir = tempfile.mkdtemp(prefix="ratewire-notices-")
+    env = {
+        **os.environ,
+        "RATEWIRE_SERVER__WORKERS": "1",
+        MULTIPROC_ENV: metrics_dir,
+        NOTIFY_DIR_ENV: notices_dir,
+    }
     command = [sys.executable, "-m", "ratewire", "serve", *serve_args, "--reuse-port"]
     processes: dict[int, asyncio.subprocess.Process] = {}
 
@@ -52,7 +60,7 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
         while not stopping.is_set():
             started = loop.time()
             process = await asyncio.create_subprocess_exec(
-                *command, env={**env, "RATEWIRE_WORKER_INDEX": str(index)}
+                *command, env={**env, WORKER_INDEX_ENV: str(index)}
             )
             processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
@@ -76,4 +84,5 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
         keeper.cancel()
     await asyncio.gather(*keepers, return_exceptions=True)
     shutil.rmtree(metrics_dir, ignore_errors=True)
+    shutil.rmtree(notices_dir, ignore_errors=True)
     return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1

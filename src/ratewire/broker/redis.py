@@ -32,14 +32,13 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ratewire.broker.base import EventHandler
+from ratewire.broker.event_codec import decode_event, encode_event
 from ratewire.domain import RatingEvent, Topic, TopicKind
 
 log = logging.getLogger("ratewire.broker")
@@ -80,37 +79,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def encode_event(event: RatingEvent) -> bytes:
-    """One event as stored in a stream entry."""
-    return orjson.dumps(
-        {
-            "seq": event.seq,
-            "kind": event.kind,
-            "gameId": event.game_id,
-            "userId": event.user_id,
-            "gameOffset": event.game_offset,
-            "userOffset": event.user_offset,
-            "data": event.data,
-            "at": int(event.occurred_at.timestamp() * 1000),
-        }
-    )
-
-
-def decode_event(payload: bytes) -> RatingEvent:
-    """The inverse of :func:`encode_event`."""
-    fields = orjson.loads(payload)
-    return RatingEvent(
-        seq=fields["seq"],
-        kind=fields["kind"],
-        game_id=fields["gameId"],
-        user_id=fields["userId"],
-        game_offset=fields["gameOffset"],
-        user_offset=fields["userOffset"],
-        data=fields["data"],
-        occurred_at=datetime.fromtimestamp(fields["at"] / 1000, UTC),
-    )
 
 
 def _entry_number(entry_id: bytes) -> int:

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ratewire.audit import AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
 from ratewire.audit.records import rating_audit_record, revocation_audit_record
-from ratewire.broker.redis import decode_event
+from ratewire.broker.event_codec import decode_event
 from ratewire.domain import (
     GameSummary,
     Rating,

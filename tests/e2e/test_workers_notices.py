@@ -1,0 +1,70 @@
+"""``ratewire serve --workers N`` on the embedded default (SQLite, in-process broker): a commit
+in one worker reaches the subscribers of every other worker through a commit notice, not at
+the relay's next poll of the store, and still exactly once and in order."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.cluster.follower import Follower, assert_exactly_once
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+WRITES = 20
+
+
+async def notice_counts(http: httpx.AsyncClient) -> dict[str, float]:
+    text = (await http.get("/metrics")).text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ratewire_worker_notices_total"
+    }
+
+
+async def test_a_commit_in_one_worker_is_announced_to_the_other(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(args=("--workers", "2"))
+    found = await asyncio.to_thread(
+        subprocess.run, ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
+    )
+    assert len(found.stdout.split()) == 2
+    token = server.token("watcher")
+    followers = [
+        Follower([server.module_ws_url if i % 2 else server.ws_url], token, "rating.game.n").start()
+        for i in range(12)
+    ]
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    # New connections each time: the kernel spreads them, so both workers take writes.
+    for i in range(WRITES):
+        user = f"n{i}"
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            answer = await http.put(
+                f"/games/n/ratings/{user}",
+                json={"score": 1 + i % 5},
+                headers={"Authorization": f"Bearer {server.token(user)}"},
+            )
+        assert answer.status_code == 201
+    for follower in followers:
+        await follower.wait_for(WRITES)
+        assert_exactly_once(follower, WRITES)
+    # Every commit was announced to the other worker, and taken from the notice.
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        for _ in range(40):
+            counts = await notice_counts(http)
+            if counts.get("received") == WRITES:
+                break
+            await asyncio.sleep(0.25)  # workers copy their counts every second
+    assert (counts.get("sent"), counts.get("received")) == (WRITES, WRITES)
+    assert counts.get("dropped", 0) == 0
+    for follower in followers:
+        await follower.stop()
