@@ -9,7 +9,9 @@ peer adapter do between "event published" and "transport.send called".
     python -m bench.hub --json-out bench/results/hub.json
 
 A delivery is one frame handed to one subscriber's transport. The figure is the median over
-``--repeat`` rounds of ``--events`` events each (microseconds per delivery).
+``--repeat`` rounds of ``--events`` events each (microseconds per delivery). ``--batch K``
+publishes K events at a time, as a group commit hands them over: each subscriber then gets one
+socket write per K frames.
 """
 
 from __future__ import annotations
@@ -52,8 +54,20 @@ class FakeTransport:
 
 
 class _FakeUnderlying:
+    """The raw transport under picows: pre-framed writes of several frames land here."""
+
+    __slots__ = ("bytes_written", "writes")
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.bytes_written = 0
+
     def set_write_buffer_limits(self, high: int) -> None:
         return None
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.bytes_written += len(data)
 
 
 class _NoHistory:
@@ -76,7 +90,7 @@ def _event(seq: int, game: str) -> RatingEvent:
     return RatingEvent(seq, "created", game, f"u{seq}", seq, 1, data, now)
 
 
-async def measure(subs: int, events: int, repeat: int) -> dict[str, float]:
+async def measure(subs: int, events: int, repeat: int, batch: int = 1) -> dict[str, float]:
     settings = Settings.model_validate({"jwt": {"secret": "b" * 32}})
     hub = Hub()
     ctx = RealtimeContext(
@@ -107,15 +121,18 @@ async def measure(subs: int, events: int, repeat: int) -> dict[str, float]:
     rounds = []
     seq = 0
     for _ in range(repeat):
-        batch = [_event(seq + i + 1, game) for i in range(events)]
+        round_events = [_event(seq + i + 1, game) for i in range(events)]
         seq += events
         gc.collect()
+        groups = [round_events[i : i + batch] for i in range(0, len(round_events), batch)]
         started = time.perf_counter_ns()
-        for event in batch:
-            hub.publish(event)
+        for group in groups:
+            hub.publish_batch(group)
         rounds.append((time.perf_counter_ns() - started) / (events * subs) / 1000)
-    assert all(t.frames == events * repeat for t in transports), "a subscriber missed frames"
+    writes = [t.frames + t.underlying_transport.writes for t in transports]
+    assert all(w == -(-events // batch) * repeat for w in writes), "a subscriber missed frames"
     return {
+        "socket_writes_per_event": round(writes[0] / (events * repeat), 3),
         "us_per_delivery": round(statistics.median(rounds), 4),
         "us_per_delivery_min": round(min(rounds), 4),
         "us_per_event": round(statistics.median(rounds) * subs, 2),
@@ -127,12 +144,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--subs", type=int, default=1000)
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="events published together (a group commit's); 1 = one at a time",
+    )
     parser.add_argument("--label", default="", help="a name for this run in the JSON file")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = asyncio.run(measure(args.subs, args.events, args.repeat))
+    result = asyncio.run(measure(args.subs, args.events, args.repeat, args.batch))
     print(
-        f"{args.subs} subscribers, {args.events} events x {args.repeat}: "
+        f"{args.subs} subscribers, {args.events} events x {args.repeat} in batches of "
+        f"{args.batch}, {result['socket_writes_per_event']:g} socket writes per event: "
         f"{result['us_per_delivery']:.3f} us per delivery "
         f"(min {result['us_per_delivery_min']:.3f}), {result['us_per_event']:.0f} us per event"
     )
@@ -145,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "machine": f"{os.cpu_count()} cores",
                 "subs": args.subs,
                 "events": args.events,
+                "batch": args.batch,
                 **result,
             }
         )

@@ -1,7 +1,8 @@
 """The relay: hands committed events from the store's outbox to the broker, in commit order.
 
 Fast path: the service tells the relay about each event it committed, so publishing needs no
-read; with the in-process broker an event told in order is delivered during that call.
+read; with the in-process broker, events told in order are delivered at the end of that loop
+pass, together.
 Events the relay was not told about (committed by another process, or by a request that was
 cancelled between commit and notify) are found by reading the outbox after a short grace
 period, and by a periodic poll. ``seq`` is gapless and in commit order (see storage.sql), so
@@ -42,13 +43,15 @@ class Relay:
         *,
         poll_interval: float = 0.5,
         gap_grace: float = 0.005,
-        publish_now: Callable[[RatingEvent], None] | None = None,
+        publish_now: Callable[[list[RatingEvent]], None] | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
-        # An in-process broker's hand-off: an event told in order is delivered right in
-        # notify(), with no task switch between the commit and the first socket write.
+        # An in-process broker's hand-off: events told in order are delivered at the end of
+        # the loop pass that told them (no task switch, no wake-up of the run loop), all of
+        # that pass at once: a group commit's events go out as one batch.
         self._publish_now = publish_now
+        self._handing: list[RatingEvent] = []
         self._poll_interval = poll_interval
         self._gap_grace = gap_grace
         self._told: dict[int, RatingEvent] = {}
@@ -88,23 +91,38 @@ class Relay:
 
     def notify(self, event: RatingEvent) -> None:
         """Called by the service right after it committed ``event``."""
-        if (
-            self._publish_now is not None
-            and event.seq == self.cursor + 1
-            and not self._told
-            and not self._draining.locked()
-        ):
-            # The next event, nothing waiting before it and no drain under way: publishing it
-            # now keeps seq order, as the run loop would a moment later.
-            self._publish_now(event)
-            self.cursor = event.seq
-            self.published += 1
-            return
+        if self._publish_now is not None and not self._told and not self._draining.locked():
+            handing = self._handing
+            if event.seq == (handing[-1].seq if handing else self.cursor) + 1:
+                # The next event, nothing waiting before it and no drain under way: handing
+                # it over this pass keeps seq order, as the run loop would a moment later.
+                if not handing:
+                    asyncio.get_running_loop().call_soon(self._hand_over)
+                handing.append(event)
+                return
+        self._wait_for_run_loop(event)
+
+    def _wait_for_run_loop(self, event: RatingEvent) -> None:
         if event.seq > self.cursor:
             self._told[event.seq] = event
             if self._oldest_waiting_at is None:
                 self._oldest_waiting_at = event.occurred_at.timestamp()
             self._wake.set()
+
+    def _hand_over(self) -> None:
+        batch = [event for event in self._handing if event.seq > self.cursor]
+        self._handing = []
+        if not batch:
+            return  # a drain (flush, a store read) published them first
+        if self._draining.locked() or batch[0].seq != self.cursor + 1:
+            for event in batch:  # a drain is under way: it takes them, in order
+                self._wait_for_run_loop(event)
+            return
+        publish = self._publish_now
+        assert publish is not None  # nothing is handed over without it
+        publish(batch)
+        self.cursor = batch[-1].seq
+        self.published += len(batch)
 
     async def flush(self) -> None:
         """Publish everything committed so far (the relay keeps running)."""

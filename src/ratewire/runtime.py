@@ -15,7 +15,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,7 +157,7 @@ class Runtime:
             self.relay = Relay(
                 self.store,
                 self.broker,
-                publish_now=self._deliver if self.local_broker is not None else None,
+                publish_now=self._deliver_batch if self.local_broker is not None else None,
             )
             self.service.add_listener(self.relay.notify)
         history: HistorySource
@@ -315,7 +315,7 @@ class Runtime:
                 await self.relay.start(relay_cursor or 0)
         else:
             assert self.local_broker is not None and self.relay is not None
-            await self.local_broker.start(self._deliver)
+            await self.local_broker.start(self._deliver, self._deliver_batch)
             await self.relay.start()
             self.hub.published_seq = self.relay.cursor
             if self.siblings is not None:
@@ -342,15 +342,20 @@ class Runtime:
                 session.close(CLOSE_AUTH_FAILED, REVOKED_REASON)
 
     def _deliver(self, event: RatingEvent) -> None:
+        self._deliver_batch((event,))
+
+    def _deliver_batch(self, events: Sequence[RatingEvent]) -> None:
         reached_hub = time.time()
         hub = self.hub
-        hub.publish(event)
-        self.delivery_timer.delivered(
-            event, reached_hub, hub.encoded_at, hub.first_write_at, hub.last_write_at
-        )
-        self.metrics.observe_delivery(event.occurred_at.timestamp())
-        if self.summary_cache is not None:
-            self.summary_cache.saw(event.game_id, event.game_offset)
+        hub.publish_batch(events)
+        timer, metrics, cache = self.delivery_timer, self.metrics, self.summary_cache
+        for event in events:
+            timer.delivered(
+                event, reached_hub, hub.encoded_at, hub.first_write_at, hub.last_write_at
+            )
+            metrics.observe_delivery(event.occurred_at.timestamp())
+            if cache is not None:
+                cache.saw(event.game_id, event.game_offset)
 
     def _on_broker_event(self, event: RatingEvent) -> None:
         self._deliver(event)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import orjson
 import pytest
 
+from ratewire.realtime.frames import websocket_text
 from ratewire.realtime.hub import Hub
 from tests.realtime.harness import Harness
 
@@ -11,9 +15,16 @@ from tests.realtime.harness import Harness
 class Recorder:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.writes = 0
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+        self.writes += 1
+
+    def send_frames(self, payloads: Sequence[bytes], framed: bytes) -> None:
+        assert framed == b"".join(websocket_text(payload) for payload in payloads)
+        self.frames.extend(payloads)
+        self.writes += 1
 
 
 async def test_every_subscriber_gets_the_same_encoded_frame(harness: Harness) -> None:
@@ -38,6 +49,9 @@ async def test_topics_without_subscribers_cost_no_encoding(harness: Harness) -> 
 
 class Broken:
     def send(self, frame: bytes) -> None:
+        raise OSError("peer vanished")
+
+    def send_frames(self, payloads: Sequence[bytes], framed: bytes) -> None:
         raise OSError("peer vanished")
 
 
@@ -82,3 +96,69 @@ async def test_publish_records_when_the_first_and_last_writes_happened(harness: 
     hub.ready("rating.global", subscriber, 0, 1)
     hub.publish(await harness.commit("42", "7"))
     assert 0 < hub.encoded_at <= hub.first_write_at <= hub.last_write_at
+
+
+def _offsets(frames: list[bytes]) -> list[tuple[str, int]]:
+    return [(f["topic"], f["offset"]) for f in map(orjson.loads, frames)]
+
+
+async def test_a_batch_reaches_each_subscriber_in_one_write_per_topic_in_order(
+    harness: Harness,
+) -> None:
+    """A group commit's events: one socket write per subscriber and topic, every frame once,
+    in offset order; a single event still goes out as a plain send."""
+    hub = Hub()
+    both, game_only = Recorder(), Recorder()
+    for topic, subscriber in (
+        ("rating.global", both),
+        ("rating.game.42", both),
+        ("rating.game.42", game_only),
+    ):
+        hub.begin(topic, subscriber)
+        hub.ready(topic, subscriber, 0, 0)
+    events = [await harness.commit(game, f"u{n}") for n, game in enumerate(["42", "43", "42"])]
+    hub.publish_batch(events)
+    assert both.writes == 2, "one write for rating.global, one for rating.game.42"
+    assert sorted(_offsets(both.frames)) == [
+        ("rating.game.42", 1),
+        ("rating.game.42", 2),
+        ("rating.global", 1),
+        ("rating.global", 2),
+        ("rating.global", 3),
+    ]
+    assert _offsets(game_only.frames) == [("rating.game.42", 1), ("rating.game.42", 2)]
+    assert hub.deliveries == 3 and hub.published_seq == 3
+    hub.publish_batch([await harness.commit("42", "u9")])
+    assert game_only.writes == 2 and _offsets(game_only.frames)[-1] == ("rating.game.42", 3)
+
+
+async def test_a_batch_serves_wildcard_subscribers_each_game_event_once(
+    harness: Harness,
+) -> None:
+    hub = Hub()
+    wild, wild_and_42 = Recorder(), Recorder()
+    for topic, subscriber in (
+        ("rating.game.*", wild),
+        ("rating.game.*", wild_and_42),
+        ("rating.game.42", wild_and_42),
+    ):
+        hub.begin(topic, subscriber)
+        hub.ready(topic, subscriber, 0, 0)
+    events = [await harness.commit(game, f"u{n}") for n, game in enumerate(["42", "43", "42"])]
+    hub.publish_batch(events)
+    expected = [("rating.game.42", 1), ("rating.game.43", 1), ("rating.game.42", 2)]
+    assert _offsets(wild.frames) == expected and wild.writes == 1
+    assert sorted(_offsets(wild_and_42.frames)) == sorted(expected), "each game event once"
+
+
+async def test_a_subscriber_still_reading_history_gets_a_batch_after_it(
+    harness: Harness,
+) -> None:
+    hub = Hub()
+    late = Recorder()
+    hub.begin("rating.game.42", late)
+    events = [await harness.commit("42", f"u{n}") for n in range(3)]
+    hub.publish_batch(events)
+    assert late.frames == [], "pending: buffered, not sent"
+    hub.ready("rating.game.42", late, 1, 1)  # history showed offset 1
+    assert _offsets(late.frames) == [("rating.game.42", 2), ("rating.game.42", 3)]

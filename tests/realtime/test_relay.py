@@ -89,28 +89,34 @@ async def test_relay_lag_grows_while_events_wait_and_is_zero_once_published(
     assert relay.published == 1
 
 
-async def test_an_in_process_broker_gets_an_event_told_in_order_during_notify(
+async def test_an_in_process_broker_gets_the_events_of_one_loop_pass_as_one_batch(
     harness: Harness,
 ) -> None:
-    """The fast path: no task switch between the commit and the hand-off, and an event told
-    ahead of its predecessor still waits for it (order before speed)."""
-    published: list[int] = []
+    """The fast path: no wake-up of the run loop between the commit and the hand-off; the
+    events told in one loop pass (a group commit's) go out together, and an event told ahead
+    of its predecessor still waits for it (order before speed)."""
+    batches: list[list[int]] = []
     broker = LocalBroker()
-    await broker.start(lambda event: published.append(event.seq))
+    await broker.start(lambda event: batches.append([event.seq]))
     relay = Relay(
         harness.store,
         broker,
         poll_interval=0.05,
-        publish_now=lambda event: published.append(event.seq),
+        publish_now=lambda events: batches.append([e.seq for e in events]),
     )
     await relay.start()
-    first, second, third = [await harness.commit("42", str(u)) for u in range(3)]
-    relay.notify(first)
-    assert published == [1], "delivered inside notify()"
-    relay.notify(third)
-    assert published == [1], "3 waits for 2"
-    relay.notify(second)
+    events = [await harness.commit("42", str(u)) for u in range(6)]
+    for event in events[:3]:
+        relay.notify(event)
+    assert batches == [], "handed over at the end of the pass, not during notify()"
+    await asyncio.sleep(0)
+    assert batches == [[1, 2, 3]]
+    relay.notify(events[4])
+    await asyncio.sleep(0)
+    assert batches == [[1, 2, 3]], "5 waits for 4"
+    relay.notify(events[3])
+    relay.notify(events[5])
     await asyncio.sleep(0.05)
     await relay.stop()
-    assert published == [1, 2, 3]
-    assert relay.published == 3
+    assert [seq for batch in batches for seq in batch] == [1, 2, 3, 4, 5, 6]
+    assert relay.published == 6

@@ -7,9 +7,15 @@ identifiers, so they need no JSON escaping.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import orjson
+
+_TEXT_FIN = 0x81  # FIN + opcode 1 (text); server frames are never masked
+_SHORT = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
 
 
 def rating_update(topic: str, offset: int, kind: str, data_json: bytes) -> bytes:
@@ -33,3 +39,14 @@ def control(frame_type: str, message_id: Any = None, **fields: Any) -> bytes:
 def error(code: str, message: str, message_id: Any = None) -> bytes:
     """``{"type":"error","code":...,"message":...}``; the connection stays open."""
     return control("error", message_id, code=code, message=message)
+
+
+def websocket_text(payload: bytes) -> bytes:
+    """``payload`` as one complete WebSocket text frame as a server sends it (RFC 6455 5.2:
+    FIN, opcode 1, no mask), for writing several frames to a socket in one call."""
+    size = len(payload)
+    if size < 126:
+        return _SHORT.pack(_TEXT_FIN, size) + payload
+    if size < 65536:
+        return _MEDIUM.pack(_TEXT_FIN, 126, size) + payload
+    return _LONG.pack(_TEXT_FIN, 127, size) + payload

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,9 +37,14 @@ log = logging.getLogger("ratewire.hub")
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a connection: a non-blocking send of one encoded frame."""
+    """What the hub needs of a connection: non-blocking sends of encoded frames."""
 
-    def send(self, frame: bytes) -> None: ...
+    def send(self, frame: bytes) -> None:
+        """Write one frame (its payload; the connection frames it)."""
+
+    def send_frames(self, payloads: Sequence[bytes], framed: bytes) -> None:
+        """Write several frames: ``framed`` is ``payloads`` as complete WebSocket text frames
+        back to back (frames.websocket_text), for a connection that can write it in one call."""
 
 
 @dataclass(slots=True)
@@ -61,8 +67,9 @@ class Hub:
         #: The ``seq`` of the last event published; history reads compare against it.
         self.published_seq = 0
         self.deliveries = 0
-        #: Wall-clock times of the last published event (see publish()).
+        #: Wall-clock times of the last published batch (see publish_batch()).
         self.encoded_at = self.first_write_at = self.last_write_at = 0.0
+        self._first_write_at = 0.0
 
     # -- subscription lifecycle ------------------------------------------------------------
 
@@ -131,15 +138,28 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------------
 
-    def _write(self, topic: str, subscribers: tuple[Subscriber, ...], frame: bytes) -> None:
-        """Hand ``frame`` to every subscriber. Per delivery this is one call and nothing else:
-        the count is kept per topic, and the error handling costs nothing until a send raises."""
+    def _write(
+        self,
+        topic: str,
+        subscribers: tuple[Subscriber, ...],
+        payloads: Sequence[bytes],
+        framed: bytes | None = None,
+    ) -> None:
+        """Hand ``payloads`` to every subscriber: one ``send`` (a single frame, ``framed``
+        None) or one ``send_frames``. Per delivery this is that one call and nothing else (a
+        method call in the loop: operator.methodcaller measured 0.05-0.09 us slower): the
+        count is kept per topic, and the error handling costs nothing until a send raises."""
         remaining = iter(subscribers)
         failed = 0
+        frame = payloads[0]
         while True:
             try:
-                for subscriber in remaining:
-                    subscriber.send(frame)
+                if framed is None:
+                    for subscriber in remaining:
+                        subscriber.send(frame)
+                else:
+                    for subscriber in remaining:
+                        subscriber.send_frames(payloads, framed)
             except Exception:
                 # A failing peer must not stop the loop: the relay would publish the event
                 # again and every subscriber before it would get it twice. The loop variable
@@ -153,53 +173,103 @@ class Hub:
         self.deliveries += len(subscribers) - failed
 
     def publish(self, event: RatingEvent) -> None:
-        """Deliver ``event`` on its three topics. Never awaits: a slow subscriber's send only
-        grows its own buffer (and is cut when that overflows).
+        """Deliver ``event`` on its three topics (see :meth:`publish_batch`)."""
+        self.publish_batch((event,))
+
+    def publish_batch(self, events: Sequence[RatingEvent]) -> None:
+        """Deliver ``events`` (consecutive, in ``seq`` order) on their topics. Never awaits: a
+        slow subscriber's send only grows its own buffer (and is cut when that overflows).
+
+        Each event is encoded once per topic. Each subscriber then gets one write per topic
+        for the whole batch: under load, when a group commit hands over several events at
+        once, the socket writes (the fan-out's real cost: a syscall each) drop by the batch's
+        size.
 
         Afterwards ``encoded_at``, ``first_write_at`` and ``last_write_at`` hold when (wall
-        clock) its first frame was ready and its first and last socket writes returned
-        (``encoded_at`` 0: nobody here wanted it); read once per event for the latency budget."""
-        data: bytes | None = None
-        encoded_at = first_write_at = 0.0
-        game = game_topic(event.game_id)
-        for topic, offset in (
-            (GLOBAL_TOPIC, event.seq),
-            (game, event.game_offset),
-            (user_topic(event.user_id), event.user_offset),
-        ):
-            if topic in self._heads:
-                self._heads[topic] = offset
+        clock) the frames were ready and the first and last socket writes returned
+        (``encoded_at`` 0: nobody here wanted them); read once per batch for the latency
+        budget."""
+        live_frames: dict[str, list[bytes]] = {}  # topic -> its frames, in order
+        wild_frames: list[tuple[str, bytes]] = []  # (game topic, frame) for rating.game.*
+        wild_live = self._live.get(GAME_WILDCARD)
+        wild_pending = self._pending.get(GAME_WILDCARD)
+        for event in events:
+            data: bytes | None = None
+            game = game_topic(event.game_id)
+            for topic, offset in (
+                (GLOBAL_TOPIC, event.seq),
+                (game, event.game_offset),
+                (user_topic(event.user_id), event.user_offset),
+            ):
+                if topic in self._heads:
+                    self._heads[topic] = offset
+                live = self._live.get(topic)
+                pending = self._pending.get(topic)
+                wild = topic is game and (wild_live or wild_pending)
+                if not (live or pending or wild):
+                    continue
+                if data is None:
+                    data = orjson.dumps(event.data)
+                frame = frames.rating_update(topic, offset, event.kind, data)
+                if live:
+                    listed = live_frames.get(topic)
+                    if listed is None:
+                        live_frames[topic] = [frame]
+                    else:
+                        listed.append(frame)
+                if wild and wild_live:
+                    wild_frames.append((topic, frame))
+                for buffered in (pending, wild_pending if wild else None):
+                    if buffered:
+                        for entry in buffered.values():
+                            entry.buffer.append((event.seq, offset, frame))
+        self.encoded_at = time.time() if live_frames or wild_frames else 0.0
+        self._first_write_at = 0.0
+        for topic, topic_frames in live_frames.items():
+            # Over a copy: a send may lead to the subscriber being dropped (4009).
+            targets = tuple(self._live.get(topic, ()))
+            self._deliver(topic, targets, topic_frames)
+        if wild_frames and (wild_live := self._live.get(GAME_WILDCARD)):
+            self._deliver_wildcard(wild_live, wild_frames)
+        self.first_write_at = self._first_write_at
+        self.last_write_at = time.time() if self._first_write_at else 0.0
+        self.published_seq = events[-1].seq
+        self._promote_waiting()
+
+    def _deliver(
+        self, topic: str, targets: tuple[Subscriber, ...], payloads: Sequence[bytes]
+    ) -> None:
+        if not targets:
+            return
+        framed = None
+        if len(payloads) > 1:
+            framed = b"".join([frames.websocket_text(payload) for payload in payloads])
+        if not self._first_write_at:
+            # The first write of the batch, timed on its own (once per batch).
+            self._write(topic, targets[:1], payloads, framed)
+            self._first_write_at = time.time()
+            targets = targets[1:]
+        self._write(topic, targets, payloads, framed)
+
+    def _deliver_wildcard(
+        self, wild_live: set[Subscriber], wild_frames: list[tuple[str, bytes]]
+    ) -> None:
+        # A rating.game.* subscriber that also follows one of these games gets that game's
+        # frames there, once: it is served frame by frame (rare); the others in one write.
+        games = {topic for topic, _ in wild_frames}
+        overlap: set[Subscriber] = set()
+        for topic in games:
             live = self._live.get(topic)
-            pending = self._pending.get(topic)
-            wild_live = wild_pending = None
-            if topic is game:
-                wild_live = self._live.get(GAME_WILDCARD)
-                wild_pending = self._pending.get(GAME_WILDCARD)
-            if not (live or pending or wild_live or wild_pending):
-                continue
-            if data is None:
-                data = orjson.dumps(event.data)
-            frame = frames.rating_update(topic, offset, event.kind, data)
-            # Over copies: a send may lead to the subscriber being dropped (4009).
-            targets = tuple(live) if live else ()
-            if wild_live:
-                targets += tuple(wild_live - live) if live else tuple(wild_live)
-            if targets:
-                if not first_write_at:
-                    # The first write of the event, timed on its own (once per event).
-                    encoded_at = time.time()
-                    self._write(topic, targets[:1], frame)
-                    first_write_at = time.time()
-                    targets = targets[1:]
-                self._write(topic, targets, frame)
-            for buffered in (pending, wild_pending):
-                if buffered:
-                    for entry in buffered.values():
-                        entry.buffer.append((event.seq, offset, frame))
-        self.encoded_at = encoded_at
-        self.first_write_at = first_write_at
-        self.last_write_at = time.time() if first_write_at else 0.0
-        self.published_seq = event.seq
+            if live:
+                overlap |= wild_live & live
+        plain = tuple(wild_live - overlap) if overlap else tuple(wild_live)
+        self._deliver(GAME_WILDCARD, plain, [frame for _, frame in wild_frames])
+        for subscriber in tuple(overlap):
+            for topic, frame in wild_frames:
+                if subscriber not in self._live.get(topic, ()):
+                    self._write(GAME_WILDCARD, (subscriber,), (frame,))
+
+    def _promote_waiting(self) -> None:
         if self._waiting:
             for topic, subscriber in tuple(self._waiting):
                 waiting = self._pending.get(topic, {}).get(subscriber)

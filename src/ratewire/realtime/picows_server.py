@@ -109,6 +109,8 @@ class PicowsPeer(WSListener):
         # between (send_text's checks are for before the connection exists; picows ignores a
         # send after close).
         session.send = partial(transport.send, WSMsgType.TEXT)
+        # Several frames in one write (one syscall): the bytes are complete server frames.
+        session.send_frames = partial(_write_framed, transport.underlying_transport.write)
         session.opened(self._token)
         self._token = None
 
@@ -194,6 +196,10 @@ class PicowsPeer(WSListener):
         # "too slow" (4009); replay pages need the lower threshold.
         while underlying.get_write_buffer_size() > low and not transport.is_disconnected:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+
+
+def _write_framed(write: Callable[[bytes], object], payloads: object, framed: bytes) -> None:
+    write(framed)
 
 
 class _SlotReleasingProtocol(WSProtocol):  # type: ignore[misc]

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -122,6 +122,7 @@ class Session:
         "peer",
         "principal",
         "send",
+        "send_frames",
         "topics",
     )
 
@@ -133,6 +134,9 @@ class Session:
         self._endpoint = endpoint
         self._close_code: int | None = None  # set when the server closes
         self.send = peer.send_text  # what the hub calls, once per delivered frame
+        #: What the hub calls with several frames at once; an adapter that can write
+        #: pre-framed bytes in one call replaces it (picows_server).
+        self.send_frames: Callable[[Sequence[bytes], bytes], None] = self._send_each
         self._ctx = ctx
         self.principal: Principal | None = None
         self.client_id = ""
@@ -147,6 +151,10 @@ class Session:
         self._bucket_at = time.monotonic()
         self._denied = 0
         self._holds_user_slot = False
+
+    def _send_each(self, payloads: Sequence[bytes], framed: bytes) -> None:
+        for payload in payloads:
+            self.send(payload)
 
     # -- lifecycle (called by the adapter) -------------------------------------------------
 
