@@ -430,6 +430,11 @@ STARTERS: dict[str, Callable[[], Target]] = {
         env_extra={"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}, name="ratewire-normal"
     ),
     "ratewire-2w": lambda: start_ratewire(args=("--workers", "2"), name="ratewire-2w"),
+    # An earlier checkout's server (RATEWIRE_BENCH_BEFORE_SRC: its src/ directory), for
+    # before/after runs in the same rounds.
+    "ratewire-before": lambda: start_ratewire(
+        name="ratewire-before", source=Path(os.environ["RATEWIRE_BENCH_BEFORE_SRC"])
+    ),
     "ratewire-asgi": start_ratewire_asgi,
     "node-guide": start_node_guide,
     "pg-local": lambda: start_cluster("pg-local", broker="local"),

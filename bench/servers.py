@@ -126,6 +126,7 @@ def start_ratewire(
     args: Sequence[str] = (),
     workdir: Path | None = None,
     name: str = "ratewire",
+    source: Path | None = None,
 ) -> Target:
     """``ratewire serve`` with limits lifted (the benchmark is one client at a high rate)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
@@ -144,6 +145,10 @@ def start_ratewire(
         "RATEWIRE_LIMITS__WS_CONNECTIONS_PER_USER": "1000000",
         **(env_extra or {}),
     }
+    if source is not None:
+        # Another checkout's src/ (an earlier commit, for before/after runs) ahead of the
+        # installed one.
+        env["PYTHONPATH"] = str(source)
     log = (workdir / f"server-{http_port}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "ratewire", "serve", "--log-level", "WARNING", *args],

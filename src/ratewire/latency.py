@@ -56,16 +56,22 @@ Observe = Callable[[str, float], None]
 class DeliveryTimer:
     """Collects one event's stage times and reports them through ``observe(stage, seconds)``."""
 
-    __slots__ = ("_committed_at", "_observe")
+    __slots__ = ("_committed_at", "_delivered_through", "_observe")
 
     def __init__(self, observe: Observe) -> None:
         self._observe = observe
         self._committed_at: dict[int, float] = {}
+        self._delivered_through = 0  # events are delivered in seq order
 
     def committed(self, event: RatingEvent) -> None:
         """The service committed ``event`` (a service listener: called before the relay's)."""
         now = time.time()
         self._observe("commit", max(0.0, now - event.occurred_at.timestamp()))
+        if event.seq <= self._delivered_through:
+            # Delivered before its request resumed (the relay's poll or the broker found it in
+            # the outbox first): nothing was left to wait for.
+            self._observe("relay", 0.0)
+            return
         pending = self._committed_at
         if len(pending) >= _MAX_PENDING:
             pending.clear()
@@ -77,6 +83,8 @@ class DeliveryTimer:
         """The hub wrote ``event``: ``reached_hub`` and the write times are wall-clock seconds
         (``encoded`` is 0 when no local subscriber wanted the event)."""
         committed = self._committed_at.pop(event.seq, None)
+        if event.seq > self._delivered_through:
+            self._delivered_through = event.seq
         observe = self._observe
         if committed is not None:
             observe("relay", max(0.0, reached_hub - committed))
