@@ -416,6 +416,7 @@ class Runtime:
         if self.audit_log is not None:
             await self._bounded("writing the last audit entries", self.audit_log.stop())
         await self._bounded("closing the broker", self.broker.close())
+        await self._bounded("closing the rate limiter", self.rest_limiter.close())
         if self.store is not None:
             await self._bounded("closing storage", self.store.close())
 

@@ -1,7 +1,8 @@
-"""REST rate limiting on the ``limits`` library (sliding-window counter: O(1) per request).
+"""REST rate limiting: a sliding-window counter per client.
 
-The storage is in-memory on a single node; a ``limits`` Redis URI shares counters across a
-cluster without changing callers.
+On a single node it is the ``limits`` library's, in memory. A cluster shares one quota per
+client through Redis, admitted in process from chunks each instance leases
+(:mod:`ratewire.security.quota_lease`), so a request does not pay a Redis round trip.
 """
 
 from __future__ import annotations
@@ -9,59 +10,52 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.storage import storage_from_string
 
 from ratewire.config import BrokerSettings
+from ratewire.security.quota_lease import LeasedQuota
+from ratewire.security.rate_decision import RateDecision
+
+__all__ = ["ConnectionRateLimiter", "RateDecision", "RequestRateLimiter", "shared_rate_limit_uri"]
 
 log = logging.getLogger("ratewire.ratelimit")
 
 
 def shared_rate_limit_uri(broker: BrokerSettings) -> str | None:
-    """The ``limits`` storage that instances of one cluster share: the broker's Redis, so a
-    client cannot multiply its quota by the number of instances. None on a single node."""
+    """The Redis that instances of one cluster share quotas in: the broker's, so a client
+    cannot multiply its quota by the number of instances. None on a single node."""
     if broker.backend != "redis":
         return None
-    return "async+" + broker.url
-
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    """Whether a request may go on, and the numbers for ``RateLimit-*`` / ``Retry-After``."""
-
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_seconds: int
+    return broker.url
 
 
 class RequestRateLimiter:
     """``per_minute`` requests per key (a token's ``sub``, else the client IP)."""
 
-    def __init__(self, per_minute: float, storage_uri: str | None = None) -> None:
-        storage = (
-            storage_from_string(storage_uri, implementation="redispy", key_prefix="ratewire-rl")
-            if storage_uri
-            else MemoryStorage()
-        )
-        if not isinstance(storage, Storage):
-            raise ValueError(f"rate-limit storage {storage_uri!r} is not an async (async+) URI")
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+    def __init__(self, per_minute: float, shared_redis_url: str | None = None) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._item = RateLimitItemPerMinute(max(1, int(per_minute)))
+        self._shared = (
+            LeasedQuota(shared_redis_url, self._item.amount) if shared_redis_url else None
+        )
         self._last_failure_log = -math.inf
-        #: Requests refused with 429 (for /metrics).
-        self.refused = 0
+        self._refused_here = 0
+
+    @property
+    def refused(self) -> int:
+        """Requests refused with 429 (for /metrics)."""
+        return self._refused_here + (self._shared.refused if self._shared is not None else 0)
 
     async def check(self, key: str) -> RateDecision:
         """Count one request for ``key``; the decision says if it is over the limit.
 
-        If the shared counter store (Redis) cannot be reached the request is let through:
-        an outage of the limiter must not become an outage of the API. It is logged, at most
-        once every ten seconds."""
+        If the shared quota's store (Redis) cannot be reached the request is let through: an
+        outage of the limiter must not become an outage of the API."""
+        if self._shared is not None:
+            return await self._shared.check(key)
         try:
             allowed = await self._limiter.hit(self._item, key)
             stats = await self._limiter.get_window_stats(self._item, key)
@@ -73,8 +67,12 @@ class RequestRateLimiter:
             return RateDecision(True, self._item.amount, -1, 0)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
         if not allowed:
-            self.refused += 1
+            self._refused_here += 1
         return RateDecision(allowed, self._item.amount, max(stats.remaining, 0), reset)
+
+    async def close(self) -> None:
+        if self._shared is not None:
+            await self._shared.close()
 
 
 class ConnectionRateLimiter:
