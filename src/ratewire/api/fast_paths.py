@@ -7,24 +7,31 @@ the routers, dependency solving). Measured with wrk on SQLite: the cached summar
 0.60x ``/healthz`` through FastAPI to 1.3x here. These paths sit inside the admission
 middleware (request ids, rate limits and tokens apply as before) and handle only the plain
 successful case, with the very pydantic model the route uses. Any other request, and any
-error, goes to the FastAPI route (a write that failed changed nothing, so the route's answer
-is the same), which stays the documented one: the OpenAPI document and every problem+json
+refusal, goes to the FastAPI route (a refused write changed nothing, so the route's answer is
+the same), which stays the documented one; a store failure is answered 503 here, since such a
+write may have committed and must not run twice. The OpenAPI document and every problem+json
 answer are unchanged (tests compare them).
 """
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratewire.api.admission import AUTH_STATE_KEY, current_audit_context, request_header
+from ratewire.api.problems import problem_response, storage_unavailable_response
 from ratewire.api.request_metrics import ROUTE_TEMPLATE_KEY
 from ratewire.api.routes import REVALIDATE, etag_matches, parse_if_match, summary_etag
 from ratewire.api.schemas import RatingCreate, RatingReplace
 from ratewire.domain import RatingDraft, validate_identifier
 from ratewire.domain.rating import IDENTIFIER_RE
 from ratewire.security.tokens import Principal
-from ratewire.service import RatingService
+from ratewire.service import Forbidden, RatingService
+from ratewire.storage.base import AlreadyExists, NotFound, StorageUnavailable, VersionMismatch
+
+log = logging.getLogger("ratewire.api")
 
 _PREFIX, _SUFFIX = "/games/", "/summary"
 _REVALIDATE = REVALIDATE.encode()
@@ -84,10 +91,17 @@ class FastPaths:
                 principal.sub, "userId (from the token's sub)"
             )
             draft = RatingDraft(fields.gameId, user_id, fields.score, fields.comment)
-            service: RatingService = scope["app"].state.service
-            result = await service.create(principal, draft, current_audit_context())
         except Exception:
-            await self.app(scope, receive, send)  # the route explains (422, 403, 409, 503...)
+            await self.app(scope, receive, send)  # the route explains what is wrong (422)
+            return
+        service: RatingService = scope["app"].state.service
+        try:
+            result = await service.create(principal, draft, current_audit_context())
+        except _REFUSALS:
+            await self.app(scope, receive, send)  # the route explains (403, 409)
+            return
+        except Exception as exc:
+            await _failed(scope, receive, send, exc)
             return
         rating = result.rating
         scope[ROUTE_TEMPLATE_KEY] = "/ratings"
@@ -115,11 +129,18 @@ class FastPaths:
         try:
             fields = RatingReplace.model_validate_json(body)
             draft = RatingDraft(game_id, user_id, fields.score, fields.comment)
-            service: RatingService = scope["app"].state.service
             version = parse_if_match(request_header(scope, b"if-match"))  # the route's own rule
-            result = await service.upsert(principal, draft, version, current_audit_context())
         except Exception:
-            await self.app(scope, receive, send)  # a failed write changed nothing
+            await self.app(scope, receive, send)  # the route explains what is wrong
+            return
+        service: RatingService = scope["app"].state.service
+        try:
+            result = await service.upsert(principal, draft, version, current_audit_context())
+        except _REFUSALS:
+            await self.app(scope, receive, send)  # a refused write changed nothing (403, 412)
+            return
+        except Exception as exc:
+            await _failed(scope, receive, send, exc)
             return
         rating = result.rating
         scope[ROUTE_TEMPLATE_KEY] = "/games/{gameId}/ratings/{userId}"
@@ -130,6 +151,23 @@ class FastPaths:
             orjson.dumps(rating.to_wire()),
             [(b"location", f"/ratings/{rating.id}".encode())] if result.created else None,
         )
+
+
+#: What the service refuses before anything is written: the route, run again, refuses it too
+#: and answers in its documented way.
+_REFUSALS = (Forbidden, AlreadyExists, VersionMismatch, NotFound)
+
+
+async def _failed(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """A write that failed is answered here, never handed to the route: it may have
+    committed (a connection that died after COMMIT went out), and the route would run it a
+    second time."""
+    if isinstance(exc, StorageUnavailable):
+        response = storage_unavailable_response(scope["app"], exc)
+    else:
+        log.error("unexpected error in a write", exc_info=exc)
+        response = problem_response(500, "internal error; the server log has the details")
+    await response(scope, receive, send)
 
 
 async def _answer(

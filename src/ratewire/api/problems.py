@@ -102,6 +102,14 @@ def _validation_problem(exc: RequestValidationError) -> Response:
     return problem_response(422, detail, slug="validation", errors=described)
 
 
+def storage_unavailable_response(app: Any, exc: BaseException) -> Response:
+    """The 503 for a store that failed (counted for /metrics). Such a write's outcome is
+    unknown (its commit may have gone through before the connection died): it is answered,
+    never run a second time."""
+    app.state.storage_errors = getattr(app.state, "storage_errors", 0) + 1
+    return problem_response(503, f"storage unavailable: {exc}", headers={"Retry-After": "1"})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every error the API can meet to a problem document (never a stack trace)."""
 
@@ -137,8 +145,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(422, f"cursor: {exc}", slug="validation")
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
-        request.app.state.storage_errors = getattr(request.app.state, "storage_errors", 0) + 1
-        return problem_response(503, f"storage unavailable: {exc}", headers={"Retry-After": "1"})
+        return storage_unavailable_response(request.app, exc)
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         # Logged by the server with its traceback; the client gets no internals.

@@ -22,7 +22,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
+from sqlalchemy.util import await_only
 
 _SQLITE = sqlite_dialect.dialect()
 #: SQL text, the bound parameters' names in order, and the statement's own literal values.
@@ -61,15 +62,66 @@ class StatementCompiler:
         return sql, self.values(names, params, literals)
 
 
-class StatementRunner:
-    """Executes statements on a connection of one store (see the module's docstring)."""
+class PgWriteConnection:
+    """A PostgreSQL write transaction's asyncpg connection, as the write bodies see it: they
+    run in a greenlet (sqlalchemy.util.greenlet_spawn) and :class:`StatementRunner` awaits
+    asyncpg from there, so the same synchronous bodies serve every database."""
 
-    def __init__(self, *, raw_sqlite: bool) -> None:
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+
+#: What a write body's ``conn`` is: SQLAlchemy's, or asyncpg's on PostgreSQL's driver path.
+WriteConnection = Connection | PgWriteConnection
+#: asyncpg's failures: the server's errors, a lost or unusable connection, a timeout.
+#: (InternalClientError: a connection left mid-operation by a lost server process.)
+ASYNCPG_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
+
+
+def asyncpg_error(sql: str, params: Any, error: BaseException) -> DBAPIError:
+    """An asyncpg failure as SQLAlchemy would raise it (IntegrityError for a constraint,
+    OperationalError otherwise), so the store's handling is the same on every path."""
+    if isinstance(error, asyncpg.IntegrityConstraintViolationError):
+        return IntegrityError(sql, params, error)
+    return OperationalError(sql, params, error)
+
+
+class StatementRunner:
+    """Executes statements on a connection of one store (see the module's docstring).
+
+    On PostgreSQL a write body gets either a SQLAlchemy ``Connection`` (the engine's path) or
+    a :class:`PgWriteConnection` (the driver's: each statement compiled once, prepared and
+    cached by asyncpg per connection, awaited from the body's greenlet)."""
+
+    def __init__(self, *, raw_sqlite: bool, postgres: Dialect | None = None) -> None:
         self._raw = raw_sqlite
         #: SQLite's statements as the driver takes them (also used by SqliteRowReader).
         self.sqlite = StatementCompiler(_SQLITE)
+        self._pg = StatementCompiler(postgres) if postgres is not None else None
 
-    def _driver_execute(self, conn: Connection, stmt: Any, params: Mapping[str, Any]) -> Any:
+    def _pg_call(self, conn: PgWriteConnection, method: str, stmt: Any, params: Any) -> Any:
+        assert self._pg is not None
+        sql, values = self._pg.compiled(stmt, params or {})
+        try:
+            return await_only(getattr(conn.connection, method)(sql, *values))
+        except ASYNCPG_ERRORS as exc:
+            raise asyncpg_error(sql, values, exc) from exc
+
+    def _pg_plain(self, conn: PgWriteConnection, sql: str) -> None:
+        try:
+            await_only(conn.connection.execute(sql))
+        except ASYNCPG_ERRORS as exc:
+            raise asyncpg_error(sql, (), exc) from exc
+
+    def _driver_execute(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any]) -> Any:
         sql, values = self.sqlite.compiled(stmt, params)
         driver = conn.connection.driver_connection
         assert driver is not None
@@ -78,36 +130,75 @@ class StatementRunner:
         except sqlite3.Error as exc:
             raise _wrapped(sql, values, exc) from exc
 
-    def execute(self, conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) -> None:
-        if self._raw:
+    def execute(
+        self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None
+    ) -> None:
+        if isinstance(conn, PgWriteConnection):
+            self._pg_call(conn, "execute", stmt, params)
+        elif self._raw:
             self._driver_execute(conn, stmt, params or {})
         else:
             conn.execute(stmt, dict(params) if params is not None else None)
 
-    def rowcount(self, conn: Connection, stmt: Any, params: Mapping[str, Any]) -> int:
+    def rowcount(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any]) -> int:
         """How many rows a DML statement changed."""
+        if isinstance(conn, PgWriteConnection):
+            status = self._pg_call(conn, "execute", stmt, params)  # "UPDATE 1"
+            return int(str(status).rsplit(" ", 1)[-1])
         if self._raw:
             return int(self._driver_execute(conn, stmt, params).rowcount)
         return int(conn.execute(stmt, dict(params)).rowcount)
 
-    def scalar(self, conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
+    def scalar(
+        self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None
+    ) -> Any:
         """The first column of the only row (a RETURNING or a one-row select)."""
+        if isinstance(conn, PgWriteConnection):
+            row = self._pg_call(conn, "fetchrow", stmt, params)
+            assert row is not None
+            return row[0]
         if self._raw:
             row = self._driver_execute(conn, stmt, params or {}).fetchone()
             return None if row is None else row[0]
         return conn.execute(stmt, dict(params) if params is not None else None).scalar_one()
 
-    def one(self, conn: Connection, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
+    def one(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The only row, as a tuple."""
+        if isinstance(conn, PgWriteConnection):
+            row = self._pg_call(conn, "fetchrow", stmt, params)
+            assert row is not None
+            return tuple(row)
         if self._raw:
             row = self._driver_execute(conn, stmt, params or {}).fetchone()
             assert row is not None
             return tuple(row)
         return tuple(conn.execute(stmt, dict(params) if params is not None else None).one())
 
+    def first(
+        self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None
+    ) -> tuple[Any, ...] | None:
+        """The first row, as a tuple (positions as the statement's columns); None if none."""
+        if isinstance(conn, PgWriteConnection):
+            row = self._pg_call(conn, "fetchrow", stmt, params)
+        elif self._raw:
+            row = self._driver_execute(conn, stmt, params or {}).fetchone()
+        else:
+            row = conn.execute(stmt, dict(params) if params is not None else None).first()
+        return None if row is None else tuple(row)
+
     @contextlib.contextmanager
-    def savepoint(self, conn: Connection) -> Iterator[None]:
+    def savepoint(self, conn: WriteConnection) -> Iterator[None]:
         """One write of a group-commit batch: undone alone if it raises."""
+        if isinstance(conn, PgWriteConnection):
+            self._pg_plain(conn, "SAVEPOINT ratewire_write")
+            try:
+                yield
+            except BaseException:
+                self._pg_plain(conn, "ROLLBACK TO SAVEPOINT ratewire_write")
+                self._pg_plain(conn, "RELEASE SAVEPOINT ratewire_write")
+                raise
+            self._pg_plain(conn, "RELEASE SAVEPOINT ratewire_write")
+            return
         if not self._raw:
             with conn.begin_nested():
                 yield
@@ -124,10 +215,20 @@ class StatementRunner:
             raise
         driver.execute("RELEASE ratewire_write")
 
-    def executemany(self, conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    def executemany(
+        self, conn: WriteConnection, stmt: Any, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
         if not rows:
             return
-        if self._raw:
+        if isinstance(conn, PgWriteConnection):
+            assert self._pg is not None
+            sql, names, literals = self._pg.sql(stmt, tuple(rows[0]))
+            many = [self._pg.values(names, row, literals) for row in rows]
+            try:
+                await_only(conn.connection.executemany(sql, many))
+            except ASYNCPG_ERRORS as exc:
+                raise asyncpg_error(sql, many, exc) from exc
+        elif self._raw:
             sql, names, literals = self.sqlite.sql(stmt, tuple(rows[0]))
             driver = conn.connection.driver_connection
             assert driver is not None
@@ -205,8 +306,7 @@ class PostgresRowReader:
     SIZE = 4
     #: A read waits this long for a connection and for its answer, then fails (503).
     TIMEOUT_SECONDS = 10.0
-    #: asyncpg's failures: the server's errors, a lost or unusable connection, a timeout.
-    ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+    ERRORS = ASYNCPG_ERRORS
 
     def __init__(self, dialect: Dialect, connect_options: Mapping[str, Any]) -> None:
         """``dialect``: the store's (asyncpg's, so statements compile with ``$1``
