@@ -102,6 +102,13 @@ def _offsets(frames: list[bytes]) -> list[tuple[str, int]]:
     return [(f["topic"], f["offset"]) for f in map(orjson.loads, frames)]
 
 
+def _live(hub: Hub, *subscriptions: tuple[str, Recorder]) -> None:
+    """Each (topic, subscriber) subscribed and live from the start."""
+    for topic, subscriber in subscriptions:
+        hub.begin(topic, subscriber)
+        hub.ready(topic, subscriber, 0, 0)
+
+
 async def test_a_batch_reaches_each_subscriber_in_one_write_per_topic_in_order(
     harness: Harness,
 ) -> None:
@@ -109,13 +116,7 @@ async def test_a_batch_reaches_each_subscriber_in_one_write_per_topic_in_order(
     in offset order; a single event still goes out as a plain send."""
     hub = Hub()
     both, game_only = Recorder(), Recorder()
-    for topic, subscriber in (
-        ("rating.global", both),
-        ("rating.game.42", both),
-        ("rating.game.42", game_only),
-    ):
-        hub.begin(topic, subscriber)
-        hub.ready(topic, subscriber, 0, 0)
+    _live(hub, ("rating.global", both), ("rating.game.42", both), ("rating.game.42", game_only))
     events = [await harness.commit(game, f"u{n}") for n, game in enumerate(["42", "43", "42"])]
     hub.publish_batch(events)
     assert both.writes == 2, "one write for rating.global, one for rating.game.42"
@@ -137,13 +138,12 @@ async def test_a_batch_serves_wildcard_subscribers_each_game_event_once(
 ) -> None:
     hub = Hub()
     wild, wild_and_42 = Recorder(), Recorder()
-    for topic, subscriber in (
+    _live(
+        hub,
         ("rating.game.*", wild),
         ("rating.game.*", wild_and_42),
         ("rating.game.42", wild_and_42),
-    ):
-        hub.begin(topic, subscriber)
-        hub.ready(topic, subscriber, 0, 0)
+    )
     events = [await harness.commit(game, f"u{n}") for n, game in enumerate(["42", "43", "42"])]
     hub.publish_batch(events)
     expected = [("rating.game.42", 1), ("rating.game.43", 1), ("rating.game.42", 2)]
