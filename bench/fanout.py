@@ -6,6 +6,8 @@ on the original guide (bench/peers/guide_server.js).
     python -m bench.fanout --subs 1000 --rate 50 --seconds 10
     ratewire bench fanout --subs 2000 --rate 0 --seconds 10      # 0 = as fast as they go
     python -m bench.fanout --target cluster --procs 3            # cluster mode, PostgreSQL + Redis
+    python -m bench.fanout --alternate 5                         # median ratios to the guide
+    python -m bench.fanout --target ratewire-3w --subs 50000 --rate 1 --seconds 5 --procs 6
 
 Cluster targets (PostgreSQL at RATEWIRE_BENCH_POSTGRES, Redis at RATEWIRE_BENCH_REDIS): pg-local
 (one instance, local broker), pg-redis (one instance, Redis broker), cluster-3 (three instances,
@@ -430,6 +432,8 @@ STARTERS: dict[str, Callable[[], Target]] = {
         env_extra={"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}, name="ratewire-normal"
     ),
     "ratewire-2w": lambda: start_ratewire(args=("--workers", "2"), name="ratewire-2w"),
+    # Past one process's open-files limit (20,000 here): 50,000 subscribers on one host.
+    "ratewire-3w": lambda: start_ratewire(args=("--workers", "3"), name="ratewire-3w"),
     # An earlier checkout's server (RATEWIRE_BENCH_BEFORE_SRC: its src/ directory), for
     # before/after runs in the same rounds.
     "ratewire-before": lambda: start_ratewire(
