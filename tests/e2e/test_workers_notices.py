@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,11 @@ from tests.support.server import ServerProcess
 pytestmark = pytest.mark.e2e
 
 WRITES = 20
+
+
+def notice_sockets(directory: Path) -> int:
+    """How many workers have bound their notice socket (under the supervisor's TMPDIR)."""
+    return len(list(directory.glob("ratewire-notices-*/worker-*.sock")))
 
 
 async def notice_counts(http: httpx.AsyncClient) -> dict[str, float]:
@@ -30,13 +36,21 @@ async def notice_counts(http: httpx.AsyncClient) -> dict[str, float]:
 
 
 async def test_a_commit_in_one_worker_is_announced_to_the_other(
-    server_factory: Callable[..., ServerProcess],
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    server = server_factory(args=("--workers", "2"))
+    # The supervisor makes the notices' directory under TMPDIR: here, where the test sees it.
+    server = server_factory(args=("--workers", "2"), env={"TMPDIR": str(tmp_path)})
     found = await asyncio.to_thread(
         subprocess.run, ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
     )
     assert len(found.stdout.split()) == 2
+    # The first worker answers /healthz before the second is up; writes committed before a
+    # worker starts are not announced to it (it starts at the store's head), so wait for both.
+    for _ in range(200):
+        if notice_sockets(tmp_path) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert notice_sockets(tmp_path) == 2
     token = server.token("watcher")
     followers = [
         Follower([server.module_ws_url if i % 2 else server.ws_url], token, "rating.game.n").start()
@@ -61,7 +75,7 @@ async def test_a_commit_in_one_worker_is_announced_to_the_other(
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         for _ in range(40):
             counts = await notice_counts(http)
-            if counts.get("received") == WRITES:
+            if counts.get("sent") == counts.get("received") == WRITES:
                 break
             await asyncio.sleep(0.25)  # workers copy their counts every second
     assert (counts.get("sent"), counts.get("received")) == (WRITES, WRITES)
