@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from ratewire.broker.siblings import NOTIFY_DIR_ENV, WORKER_INDEX_ENV
+from ratewire.broker.siblings import NOTIFY_DIR_ENV, WORKER_INDEX_ENV, notices_directory
 from ratewire.config import Settings
 from ratewire.metrics import MULTIPROC_ENV, forget_worker
 from ratewire.storage import open_store
@@ -45,7 +45,7 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     metrics_dir = tempfile.mkdtemp(prefix="ratewire-metrics-")
-    notices_dir = tempfile.mkdtemp(prefix="ratewire-notices-")
+    notices_dir = notices_directory()
     env = {
         **os.environ,
         "RATEWIRE_SERVER__WORKERS": "1",

@@ -5,8 +5,10 @@ the relay's next poll of the store, and still exactly once and in order."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ WRITES = 20
 
 def notice_sockets(directory: Path) -> int:
     """How many workers have bound their notice socket (under the supervisor's TMPDIR)."""
-    return len(list(directory.glob("ratewire-notices-*/worker-*.sock")))
+    return len(list(directory.glob("ratewire-notices-*/w*.sock")))
 
 
 async def notice_counts(http: httpx.AsyncClient) -> dict[str, float]:
@@ -35,10 +37,19 @@ async def notice_counts(http: httpx.AsyncClient) -> dict[str, float]:
     }
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path (pytest's are too long for Unix sockets)."""
+    path = Path(tempfile.mkdtemp(prefix="rwt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 async def test_a_commit_in_one_worker_is_announced_to_the_other(
-    server_factory: Callable[..., ServerProcess], tmp_path: Path
+    server_factory: Callable[..., ServerProcess], short_tmp: Path
 ) -> None:
     # The supervisor makes the notices' directory under TMPDIR: here, where the test sees it.
+    tmp_path = short_tmp
     server = server_factory(args=("--workers", "2"), env={"TMPDIR": str(tmp_path)})
     found = await asyncio.to_thread(
         subprocess.run, ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
@@ -82,3 +93,21 @@ async def test_a_commit_in_one_worker_is_announced_to_the_other(
     assert counts.get("dropped", 0) == 0
     for follower in followers:
         await follower.stop()
+
+
+def test_a_worker_that_cannot_bind_its_notice_socket_still_serves(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A notice socket path too long for Unix sockets turns notices off with one warning,
+    never the start off: the relay's poll still brings every event."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = server_factory(env={"RATEWIRE_WORKER_NOTIFY_DIR": str(deep)})
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        created = http.post(
+            "/ratings",
+            json={"gameId": "n", "userId": "u", "score": 3},
+            headers={"Authorization": f"Bearer {server.token('u')}"},
+        )
+        assert created.status_code == 201
+    assert "worker notices off" in server.log_text()

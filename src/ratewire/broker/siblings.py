@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from ratewire.domain import RatingEvent
 log = logging.getLogger("ratewire.siblings")
 NOTIFY_DIR_ENV = "RATEWIRE_WORKER_NOTIFY_DIR"
 WORKER_INDEX_ENV = "RATEWIRE_WORKER_INDEX"
+#: A Unix socket path longer than this cannot be bound (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 100
 #: How often the list of sibling sockets is read again (workers restart under new sockets).
 PEERS_REFRESH_SECONDS = 1.0
 #: The largest notice accepted; a rating event is well under 4 KiB.
@@ -38,7 +41,8 @@ class SiblingNotices:
 
     def __init__(self, directory: str | Path, name: str) -> None:
         self._directory = Path(directory)
-        self._path = self._directory / f"worker-{name}.sock"
+        # Short: a Unix socket's whole path must fit in 107 bytes.
+        self._path = self._directory / f"w{name}.sock"
         self._socket: socket.socket | None = None
         self._peers: list[str] = []
         self._peers_read_at = float("-inf")
@@ -56,13 +60,25 @@ class SiblingNotices:
         return cls(directory, os.environ.get(WORKER_INDEX_ENV) or str(os.getpid()))
 
     def start(self, on_event: Callable[[RatingEvent], None]) -> None:
-        """Bind this worker's socket and hand every notice received to ``on_event``."""
+        """Bind this worker's socket and hand every notice received to ``on_event``. If it
+        cannot be bound, the worker runs without notices (its relay's poll of the store still
+        brings every event, later) and says so once."""
         self._on_event = on_event
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()  # left by this worker's previous life
-        sock.bind(str(self._path))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()  # left by this worker's previous life
+            sock.bind(str(self._path))
+        except OSError as exc:
+            sock.close()
+            log.warning(
+                "worker notices off (%s: %s): commits in the other workers reach this "
+                "worker's subscribers at its relay's next poll of the store",
+                self._path,
+                exc,
+            )
+            return
         self._socket = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._receive)
 
@@ -89,7 +105,7 @@ class SiblingNotices:
             own = self._path.name
             self._peers = [
                 str(path)
-                for path in self._directory.glob("worker-*.sock")
+                for path in self._directory.glob("w*.sock")
                 if path.name != own and path.is_socket()
             ]
         return self._peers
@@ -123,3 +139,12 @@ class SiblingNotices:
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
+
+
+def notices_directory() -> str:
+    """A new directory for one supervisor's workers' sockets: under the system's temporary
+    directory, or under /tmp when that path is too long for the sockets in it."""
+    base = tempfile.gettempdir()
+    if len(base) > MAX_SOCKET_PATH - 40 and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="ratewire-notices-", dir=base)
