@@ -315,7 +315,7 @@ class Runtime:
                 await self.relay.start(relay_cursor or 0)
         else:
             assert self.local_broker is not None and self.relay is not None
-            await self.local_broker.start(self._deliver, self._deliver_batch)
+            await self.local_broker.start(self._deliver_batch)
             await self.relay.start()
             self.hub.published_seq = self.relay.cursor
             if self.siblings is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from tests.e2e.wsclient import WsClient
+from tests.support.server import ServerProcess
 
 
 class Follower:
@@ -92,6 +93,20 @@ class Follower:
                 while len(self.offsets) < count:
                     self._arrived.clear()
                     await self._arrived.wait()
+
+
+async def subscribed_followers(
+    server: ServerProcess, token: str, topic: str, count: int
+) -> list[Follower]:
+    """``count`` followers of ``topic``, half on the module port and half on ``/ws`` (with
+    ``--workers``, the kernel spreads them over the workers), each subscribed."""
+    followers = [
+        Follower([server.module_ws_url if i % 2 else server.ws_url], token, topic).start()
+        for i in range(count)
+    ]
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    return followers
 
 
 def assert_exactly_once(follower: Follower, count: int) -> None:

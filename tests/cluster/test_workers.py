@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.cluster.follower import Follower, assert_exactly_once
+from tests.cluster.follower import assert_exactly_once, subscribed_followers
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
@@ -49,12 +49,7 @@ async def test_two_workers_share_both_ports_and_every_subscriber_gets_every_writ
     token = server.token("watcher")
     # The kernel spreads connections over the workers; every one must see every write,
     # whichever worker took the write.
-    followers = [
-        Follower([server.module_ws_url if i % 2 else server.ws_url], token, "rating.global").start()
-        for i in range(16)
-    ]
-    for follower in followers:
-        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    followers = await subscribed_followers(server, token, "rating.global", 16)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         for i in range(12):
             user = f"w{i}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.cluster.follower import Follower, assert_exactly_once
+from tests.cluster.follower import assert_exactly_once, subscribed_followers
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -63,12 +63,7 @@ async def test_a_commit_in_one_worker_is_announced_to_the_other(
         await asyncio.sleep(0.05)
     assert notice_sockets(tmp_path) == 2
     token = server.token("watcher")
-    followers = [
-        Follower([server.module_ws_url if i % 2 else server.ws_url], token, "rating.game.n").start()
-        for i in range(12)
-    ]
-    for follower in followers:
-        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    followers = await subscribed_followers(server, token, "rating.game.n", 12)
     # New connections each time: the kernel spreads them, so both workers take writes.
     for i in range(WRITES):
         user = f"n{i}"

@@ -13,7 +13,7 @@ from tests.realtime.harness import Harness
 
 async def _relay(harness: Harness, published: list[int]) -> Relay:
     broker = LocalBroker()
-    await broker.start(lambda event: published.append(event.seq))
+    await broker.start(lambda events: published.extend(e.seq for e in events))
     relay = Relay(harness.store, broker, poll_interval=0.05)
     await relay.start()
     return relay
@@ -69,7 +69,7 @@ async def test_relay_lag_grows_while_events_wait_and_is_zero_once_published(
 ) -> None:
     broker = _DownBroker()
     published: list[int] = []
-    await broker.start(lambda event: published.append(event.seq))
+    await broker.start(lambda events: published.extend(e.seq for e in events))
     relay = Relay(harness.store, broker, poll_interval=0.05)
     await relay.start()
     assert relay.lag_seconds() == 0
@@ -97,7 +97,7 @@ async def test_an_in_process_broker_gets_the_events_of_one_loop_pass_as_one_batc
     of its predecessor still waits for it (order before speed)."""
     batches: list[list[int]] = []
     broker = LocalBroker()
-    await broker.start(lambda event: batches.append([event.seq]))
+    await broker.start(lambda events: batches.append([e.seq for e in events]))
     relay = Relay(
         harness.store,
         broker,

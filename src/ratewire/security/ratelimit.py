@@ -7,7 +7,6 @@ client through Redis, admitted in process from chunks each instance leases
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
@@ -20,8 +19,6 @@ from ratewire.security.quota_lease import LeasedQuota
 from ratewire.security.rate_decision import RateDecision
 
 __all__ = ["ConnectionRateLimiter", "RateDecision", "RequestRateLimiter", "shared_rate_limit_uri"]
-
-log = logging.getLogger("ratewire.ratelimit")
 
 
 def shared_rate_limit_uri(broker: BrokerSettings) -> str | None:
@@ -41,7 +38,6 @@ class RequestRateLimiter:
         self._shared = (
             LeasedQuota(shared_redis_url, self._item.amount) if shared_redis_url else None
         )
-        self._last_failure_log = -math.inf
         self._refused_here = 0
 
     @property
@@ -56,15 +52,9 @@ class RequestRateLimiter:
         outage of the limiter must not become an outage of the API."""
         if self._shared is not None:
             return await self._shared.check(key)
-        try:
-            allowed = await self._limiter.hit(self._item, key)
-            stats = await self._limiter.get_window_stats(self._item, key)
-        except Exception as exc:  # the shared store is down; the limits library wraps errors
-            now = time.monotonic()
-            if now - self._last_failure_log > 10:
-                self._last_failure_log = now
-                log.warning("rate-limit store unreachable (%s); letting requests through", exc)
-            return RateDecision(True, self._item.amount, -1, 0)
+        # In memory: nothing here can be unreachable.
+        allowed = await self._limiter.hit(self._item, key)
+        stats = await self._limiter.get_window_stats(self._item, key)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
         if not allowed:
             self._refused_here += 1

@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
@@ -372,11 +372,9 @@ class SqlStore:
         self.epoch = ""
         self._sql = _Statements(self.dialect)
         self._audit_chain: AuditChain | None = None
-        self._run = StatementRunner(raw_sqlite=self.dialect == "sqlite")
         # PostgreSQL's rating writes on asyncpg directly (see _run_batch); None elsewhere.
         self._pg_writer: asyncpg.Pool | None = None
         self._pg_connect_options: dict[str, Any] = {}
-        self._audit_cursor = AuditCursor(self._run)
         self._audit_head_written: tuple[int, str] | None = None
         self._async: AsyncEngine | None = None
         # (body, its caller's future, whether the body runs on the driver path)
@@ -389,6 +387,8 @@ class SqlStore:
         self._sqlite_reader: Engine | None = None
         self._sqlite_row_reader: SqliteRowReader | None = None
         self._pg_row_reader: PostgresRowReader | None = None
+        sqlite_connect: Callable[[], sqlite3.Connection] | None = None
+        postgres: Dialect | None = None  # compiles the driver path's statements
         if self.dialect == "sqlite":
             sync_url = make_url(self.url).set(drivername="sqlite")
             # One writer thread and connection (SQLite has one writer at a time; queueing in
@@ -408,7 +408,7 @@ class SqlStore:
                 _configure_sqlite(connection, sqlite_synchronous)
                 return connection
 
-            self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, connect)
+            sqlite_connect = connect
         else:
             # READ COMMITTED: each statement sees what committed before it, which the
             # lock-then-read steps of a write rely on (MySQL defaults to REPEATABLE READ).
@@ -423,8 +423,11 @@ class SqlStore:
                 _, options = self._async.dialect.create_connect_args(make_url(self.url))
                 self._pg_row_reader = PostgresRowReader(self._async.dialect, options)
                 self._pg_connect_options = dict(options)
-                self._run = StatementRunner(raw_sqlite=False, postgres=self._async.dialect)
-                self._audit_cursor = AuditCursor(self._run)
+                postgres = self._async.dialect
+        self._run = StatementRunner(raw_sqlite=sqlite_connect is not None, postgres=postgres)
+        self._audit_cursor = AuditCursor(self._run)
+        if sqlite_connect is not None:
+            self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, sqlite_connect)
 
     def _sqlite_engine(self, url: Any, *, immediate: bool, pool_size: int) -> Engine:
         engine = create_engine(
@@ -569,9 +572,7 @@ class SqlStore:
                             )
                             return outcomes
                     except BaseException as exc:
-                        if not isinstance(
-                            exc, IntegrityError | _NoChange | NotFound | VersionMismatch
-                        ):
+                        if not isinstance(exc, _DEFINITE):
                             # Whatever state a failure left it in (a lost server process can
                             # leave it mid-operation), this connection is not handed out
                             # again: the pool opens a new one.
