@@ -1,19 +1,35 @@
 """Two stores writing one database's audit log in turn (two instances of a cluster): each
 assumes the head it wrote last, finds it moved, seals again after the real head, and the
-chain stays one valid chain."""
+chain stays one valid chain. On PostgreSQL the head's move and the entries' insert are one
+statement that inserts nothing when the head moved (the store then seals again)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from ratewire.audit import AuditChain, AuditContext, AuditQuery, AuditRecord
 from ratewire.audit.verify import verify_chain
-from ratewire.storage.sql import SqlStore
+from ratewire.storage.sql import SqlStore, async_url, metadata
 
 
-async def test_interleaved_writers_keep_one_valid_chain(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+async def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url = str(request.getfixturevalue("postgres_url"))
+    engine = create_async_engine(async_url(url))
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await engine.dispose()
+    return url
+
+
+async def test_interleaved_writers_keep_one_valid_chain(shared_url: str) -> None:
     chain = AuditChain("two-writers-key-0123456789abcdef0123")
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    url = shared_url
     first, second = SqlStore(url), SqlStore(url)
     for store in (first, second):
         await store.start()

@@ -67,6 +67,7 @@ from ratewire.domain import (
 )
 from ratewire.domain.rating import EventKind
 from ratewire.security.revocation import Revocation
+from ratewire.storage import pg_writes
 from ratewire.storage.base import (
     AlreadyExists,
     NotFound,
@@ -81,6 +82,7 @@ from ratewire.storage.sql_exec import (
     PostgresRowReader,
     SqliteRowReader,
     StatementRunner,
+    WriteConnection,
     asyncpg_error,
 )
 
@@ -319,6 +321,17 @@ def _is_deadlock(exc: DBAPIError) -> bool:
     return code in ("40P01", "1213")  # PostgreSQL deadlock_detected, MySQL ER_LOCK_DEADLOCK
 
 
+def _rejected_class(exc: BaseException) -> str | None:
+    """The SQLSTATE class of a statement PostgreSQL rejected while its connection stays
+    usable (data, constraint, transaction rollback); None for anything else."""
+    state = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
+    return state[:2] if state[:2] in ("22", "23", "40") else None
+
+
+#: SQLSTATE classes that point at one write's own data (22: data exception, 23: integrity).
+_WRITE_AT_FAULT = ("22", "23")
+
+
 def _reason(exc: BaseException) -> str:
     """The driver's own words, without SQLAlchemy's statement dump and doc link."""
     original = getattr(exc, "orig", None) or exc
@@ -342,6 +355,11 @@ def _configure_sqlite(connection: sqlite3.Connection, synchronous: SqliteSynchro
     cursor.close()
 
 
+class _PairTaken(Exception):
+    """A create found the game/user pair rated already (PostgreSQL's statement wrote
+    nothing)."""
+
+
 class _NoChange(Exception):
     """Raised inside a write transaction to roll it back when the write changes nothing."""
 
@@ -350,7 +368,10 @@ class _NoChange(Exception):
 
 
 #: Failures that leave a PostgreSQL write connection usable (the transaction rolls back).
-_DEFINITE = (IntegrityError, _NoChange, NotFound, VersionMismatch)
+_DEFINITE = (IntegrityError, _NoChange, _PairTaken, NotFound, VersionMismatch)
+#: What a write body raises from a check it makes before writing anything: the batch's
+#: transaction goes on without it, savepoint or not.
+_BEFORE_WRITING = (_NoChange, _PairTaken, NotFound, VersionMismatch)
 
 
 class SqlStore:
@@ -561,18 +582,25 @@ class SqlStore:
         """One write transaction on asyncpg: the bodies run in a greenlet whose statements
         the runner awaits on this connection. Through SQLAlchemy's async engine the same
         write cost a pooled checkout with a pre-ping round trip, result wrapping and
-        per-execution compilation lookups (see the README's REST figures)."""
+        per-execution compilation lookups (see the README's REST figures).
+
+        The batch first runs without a savepoint per write (two round trips each): the
+        statements of ``pg_writes`` do not fail for a write that cannot happen, they write
+        nothing. If the server still rejects a statement of one write (bad data, a
+        constraint), the transaction rolls back and the batch runs again with savepoints, so
+        that only the write at fault fails."""
+        savepoints = False
         for attempt in range(5):
             try:
                 async with pool.acquire(timeout=PostgresRowReader.TIMEOUT_SECONDS) as connection:
                     try:
                         async with connection.transaction(isolation="read_committed"):
                             outcomes: list[tuple[bool, Any]] = await greenlet_spawn(
-                                self._apply, PgWriteConnection(connection), bodies
+                                self._apply, PgWriteConnection(connection), bodies, savepoints
                             )
                             return outcomes
                     except BaseException as exc:
-                        if not isinstance(exc, _DEFINITE):
+                        if not isinstance(exc, _DEFINITE) and _rejected_class(exc) is None:
                             # Whatever state a failure left it in (a lost server process can
                             # leave it mid-operation), this connection is not handed out
                             # again: the pool opens a new one.
@@ -583,6 +611,11 @@ class SqlStore:
                 if not _is_deadlock(error) or attempt == 4:
                     raise error from exc
             except DBAPIError as exc:
+                # A statement failed, so the transaction rolled back and nothing of the batch
+                # is stored: running it again is safe (unlike after a failed COMMIT).
+                if _rejected_class(exc) in _WRITE_AT_FAULT and not savepoints and len(bodies) > 1:
+                    savepoints = True
+                    continue
                 # A deadlock victim (other writers of the same database) retries the whole
                 # transaction, the remedy the database documents.
                 if not _is_deadlock(exc) or attempt == 4:
@@ -590,8 +623,15 @@ class SqlStore:
         raise AssertionError("unreachable")
 
     def _apply(
-        self, conn: Connection, bodies: list[Callable[[Connection], Any]]
+        self,
+        conn: WriteConnection,
+        bodies: list[Callable[[Any], Any]],
+        savepoints: bool = True,
     ) -> list[tuple[bool, Any]]:
+        """Run ``bodies`` in the transaction on ``conn``; each one's outcome. With
+        ``savepoints``, each write is undone alone if it fails; without, only a write that
+        fails before writing anything (:data:`_BEFORE_WRITING`) is passed over, and any other
+        failure ends the transaction."""
         # Batches never overlap, so one cursor at a time (see sql_audit.AuditCursor).
         cursor = self._audit_cursor = AuditCursor(self._run, self._audit_head_written)
         if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
@@ -602,15 +642,20 @@ class SqlStore:
         for body in bodies:
             before = cursor.snapshot()
             try:
-                with self._run.savepoint(conn):
+                if savepoints:
+                    with self._run.savepoint(conn):
+                        outcomes.append((True, body(conn)))
+                else:
                     outcomes.append((True, body(conn)))
             except Exception as exc:
+                if not savepoints and not isinstance(exc, _BEFORE_WRITING):
+                    raise
                 cursor.restore(before)
                 outcomes.append((False, exc))
         self._flush_audit(conn, cursor)
         return outcomes
 
-    def _flush_audit(self, conn: Connection, cursor: AuditCursor) -> None:
+    def _flush_audit(self, conn: WriteConnection, cursor: AuditCursor) -> None:
         wrote = bool(cursor.pending)
         audit_tables.flush(conn, cursor)
         if wrote:
@@ -801,6 +846,51 @@ class SqlStore:
                 "occurred_at": _ms(now),
             },
         )
+        return self._recorded(
+            conn, kind, old, new, now, audit, data, (seq, game_offset, user_offset)
+        )
+
+    def _record_pg(
+        self,
+        conn: PgWriteConnection,
+        statement: str,
+        kind: EventKind,
+        old: Rating | None,
+        new: Rating | None,
+        now: datetime,
+        audit: AuditContext | None,
+        rating_values: Sequence[Any],
+    ) -> RatingEvent | None:
+        """PostgreSQL: the rating row, the counters and the event in one statement
+        (``pg_writes``); None when the rating row was not written (nothing was)."""
+        current = new or old
+        assert current is not None
+        delta = SummaryDelta.between(
+            None if old is None else old.score, None if new is None else new.score
+        )
+        data = current.to_wire()
+        offsets = pg_writes.write_rating(
+            conn, statement, delta, kind, orjson.dumps(data).decode(), _ms(now), rating_values
+        )
+        if offsets is None:
+            return None
+        return self._recorded(conn, kind, old, new, now, audit, data, offsets)
+
+    def _recorded(
+        self,
+        conn: WriteConnection,
+        kind: EventKind,
+        old: Rating | None,
+        new: Rating | None,
+        now: datetime,
+        audit: AuditContext | None,
+        data: dict[str, Any],
+        offsets: tuple[int, int, int],
+    ) -> RatingEvent:
+        """The event of a write whose rows are written, its audit entry sealed."""
+        current = new or old
+        assert current is not None
+        seq, game_offset, user_offset = offsets
         if self._audit_chain is not None:
             record = rating_audit_record(kind, old, new, now, seq, audit, data)
             audit_tables.append(conn, self._audit_chain, [record], self._audit_cursor)
@@ -808,7 +898,9 @@ class SqlStore:
             seq, kind, current.game_id, current.user_id, game_offset, user_offset, data, now
         )
 
-    def _locked(self, conn: Connection, rating_id: str, expected_version: int | None) -> Rating:
+    def _locked(
+        self, conn: WriteConnection, rating_id: str, expected_version: int | None
+    ) -> Rating:
         row = self._run.first(conn, self._sql.lock_rating, {"rid": rating_id})
         if row is None:
             raise NotFound(rating_id)
@@ -830,7 +922,30 @@ class SqlStore:
     ) -> WriteResult:
         rating = Rating.new(draft, now)
 
-        def body(conn: Connection) -> WriteResult:
+        def body(conn: WriteConnection) -> WriteResult:
+            if isinstance(conn, PgWriteConnection):
+                created = self._record_pg(
+                    conn,
+                    pg_writes.CREATE,
+                    "created",
+                    None,
+                    rating,
+                    now,
+                    audit,
+                    (
+                        rating.id,
+                        rating.game_id,
+                        rating.user_id,
+                        rating.score,
+                        rating.comment,
+                        _ms(rating.created_at),
+                        _ms(rating.updated_at),
+                        rating.version,
+                    ),
+                )
+                if created is None:
+                    raise _PairTaken()
+                return WriteResult(rating, created, True)
             self._run.execute(
                 conn,
                 self._sql.insert_rating,
@@ -850,7 +965,7 @@ class SqlStore:
 
         try:
             return await self._write(body, driver=True)
-        except IntegrityError:
+        except (IntegrityError, _PairTaken):
             existing = await self._pair_id(draft.game_id, draft.user_id)
             raise AlreadyExists(draft.game_id, draft.user_id, existing) from None
 
@@ -889,11 +1004,19 @@ class SqlStore:
         now: datetime,
         audit: AuditContext | None = None,
     ) -> WriteResult:
-        def body(conn: Connection) -> WriteResult:
+        def body(conn: WriteConnection) -> WriteResult:
             old = self._locked(conn, rating_id, expected_version)
             new = changes.apply(old, now)
             if new is None:
                 raise _NoChange(old)
+            if isinstance(conn, PgWriteConnection):
+                values = (rating_id, new.score, new.comment, _ms(new.updated_at), new.version)
+                event = self._record_pg(
+                    conn, pg_writes.UPDATE, "updated", old, new, now, audit, values
+                )
+                if event is None:  # locked above, so not expected: nothing was written
+                    raise NotFound(rating_id)
+                return WriteResult(new, event)
             self._run.execute(
                 conn,
                 self._sql.update_rating,
@@ -919,8 +1042,15 @@ class SqlStore:
         now: datetime,
         audit: AuditContext | None = None,
     ) -> WriteResult:
-        def body(conn: Connection) -> WriteResult:
+        def body(conn: WriteConnection) -> WriteResult:
             old = self._locked(conn, rating_id, expected_version)
+            if isinstance(conn, PgWriteConnection):
+                event = self._record_pg(
+                    conn, pg_writes.DELETE, "deleted", old, None, now, audit, (rating_id,)
+                )
+                if event is None:  # locked above, so not expected: nothing was written
+                    raise NotFound(rating_id)
+                return WriteResult(old, event)
             self._run.execute(conn, self._sql.delete_rating, {"rid": rating_id})
             return WriteResult(old, self._record(conn, "deleted", old, None, now, audit))
 

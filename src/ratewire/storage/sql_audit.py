@@ -35,7 +35,8 @@ from sqlalchemy.engine import Connection
 
 from ratewire.audit import GENESIS, AuditChain, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
-from ratewire.storage.sql_exec import StatementRunner
+from ratewire.storage import pg_writes
+from ratewire.storage.sql_exec import PgWriteConnection, StatementRunner, WriteConnection
 
 
 class AuditCursor:
@@ -48,12 +49,14 @@ class AuditCursor:
     entries are sealed again after the real head.
     """
 
-    __slots__ = ("assumed", "chain", "head", "pending", "records", "run")
+    __slots__ = ("assumed", "base", "chain", "head", "pending", "records", "run")
 
     def __init__(self, run: StatementRunner, assumed: tuple[int, str] | None = None) -> None:
         self.run = run
         self.assumed = assumed
         self.chain: AuditChain | None = None
+        #: The head the transaction's entries are sealed after; ``head``: after the last one.
+        self.base: tuple[int, str] | None = None
         self.head: tuple[int, str] | None = None
         self.pending: list[AuditEntry] = []
         self.records: list[AuditRecord] = []
@@ -137,7 +140,7 @@ class AuditTables:
 
     def append(
         self,
-        conn: Connection,
+        conn: WriteConnection,
         chain: AuditChain,
         records: Sequence[AuditRecord],
         cursor: AuditCursor,
@@ -145,20 +148,23 @@ class AuditTables:
         """Seal ``records`` after the transaction's head; they are written by :meth:`flush`
         when the transaction's writes are done."""
         if cursor.head is None:
-            cursor.head = cursor.assumed or self._read_locked(conn, cursor)
+            cursor.head = cursor.base = cursor.assumed or self._read_locked(conn, cursor)
         cursor.chain = chain
         entries, cursor.head = _sealed(chain, cursor.head, records)
         cursor.pending.extend(entries)
         cursor.records.extend(records)
 
-    def _read_locked(self, conn: Connection, cursor: AuditCursor) -> tuple[int, str]:
+    def _read_locked(self, conn: WriteConnection, cursor: AuditCursor) -> tuple[int, str]:
         # Column order of audit_head: id, seq, mac, pruned_seq, pruned_mac.
         head = cursor.run.one(conn, self._lock_head)
         return int(head[1]), str(head[2])
 
-    def flush(self, conn: Connection, cursor: AuditCursor) -> None:
+    def flush(self, conn: WriteConnection, cursor: AuditCursor) -> None:
         """Move the head past the transaction's entries (locking it) and insert them."""
         if not cursor.pending or cursor.head is None:
+            return
+        if isinstance(conn, PgWriteConnection):
+            self._flush_pg(conn, cursor)
             return
         seq, mac = cursor.head
         moved = True
@@ -182,6 +188,43 @@ class AuditTables:
         cursor.run.executemany(conn, self._insert, [self._row(entry) for entry in cursor.pending])
         cursor.pending.clear()
         cursor.records.clear()
+
+    def _flush_pg(self, conn: PgWriteConnection, cursor: AuditCursor) -> None:
+        """PostgreSQL: the head's move and the entries' insert in one statement, which inserts
+        nothing if the head is not where the entries were sealed from (then: read it locked,
+        seal again after it, and run it once more, which now moves it)."""
+        assert cursor.base is not None and cursor.head is not None
+        for _ in range(2):
+            columns = [
+                list(column) for column in zip(*map(self._values, cursor.pending), strict=True)
+            ]
+            status = cursor.run.pg_execute(
+                conn, pg_writes.AUDIT_FLUSH, (*cursor.head, *cursor.base, *columns)
+            )
+            if int(status.rsplit(" ", 1)[-1]) == len(cursor.pending):
+                cursor.pending.clear()
+                cursor.records.clear()
+                return
+            assert cursor.chain is not None  # another instance extended the chain
+            cursor.base = self._read_locked(conn, cursor)
+            cursor.pending, cursor.head = _sealed(cursor.chain, cursor.base, cursor.records)
+        raise AssertionError("the audit head moved while locked")
+
+    @staticmethod
+    def _values(entry: AuditEntry) -> tuple[Any, ...]:
+        """An entry's columns in ``audit_log``'s order."""
+        return (
+            entry.seq,
+            entry.at_ms,
+            entry.action,
+            entry.actor,
+            entry.scopes,
+            entry.ip,
+            entry.request_id,
+            entry.rating_id,
+            entry.detail_text,
+            entry.mac,
+        )
 
     @staticmethod
     def _row(entry: AuditEntry) -> dict[str, Any]:

@@ -115,6 +115,24 @@ class StatementRunner:
         except ASYNCPG_ERRORS as exc:
             raise asyncpg_error(sql, values, exc) from exc
 
+    @staticmethod
+    def pg_fetchrow(conn: PgWriteConnection, sql: str, values: Sequence[Any]) -> Any:
+        """PostgreSQL's own SQL (``$n`` parameters, prepared and cached by asyncpg): the first
+        row, or None."""
+        try:
+            return await_only(conn.connection.fetchrow(sql, *values))
+        except ASYNCPG_ERRORS as exc:
+            raise asyncpg_error(sql, values, exc) from exc
+
+    @staticmethod
+    def pg_execute(conn: PgWriteConnection, sql: str, values: Sequence[Any]) -> str:
+        """PostgreSQL's own SQL; the command's status (``"INSERT 0 3"``)."""
+        try:
+            status: str = await_only(conn.connection.execute(sql, *values))
+        except ASYNCPG_ERRORS as exc:
+            raise asyncpg_error(sql, values, exc) from exc
+        return status
+
     def _pg_plain(self, conn: PgWriteConnection, sql: str) -> None:
         try:
             await_only(conn.connection.execute(sql))
