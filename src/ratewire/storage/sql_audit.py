@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from ratewire.audit import GENESIS, AuditChain, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
-from ratewire.storage import pg_writes
+from ratewire.storage.pg_writes import AUDIT_FLUSH
 from ratewire.storage.sql_exec import PgWriteConnection, StatementRunner, WriteConnection
 
 
@@ -199,7 +199,7 @@ class AuditTables:
                 list(column) for column in zip(*map(self._values, cursor.pending), strict=True)
             ]
             status = cursor.run.pg_execute(
-                conn, pg_writes.AUDIT_FLUSH, (*cursor.head, *cursor.base, *columns)
+                conn, AUDIT_FLUSH, (*cursor.head, *cursor.base, *columns)
             )
             if int(status.rsplit(" ", 1)[-1]) == len(cursor.pending):
                 cursor.pending.clear()

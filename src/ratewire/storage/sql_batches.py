@@ -1,0 +1,256 @@
+"""The SQL stores' write transactions: group commit, savepoints, and the retries.
+
+One batch at a time takes every write queued while the previous one ran and commits them in
+one transaction: one BEGIN, one fsync and one hold of the global head row for the whole
+batch. Each caller is answered only after that commit; bodies run in queue order, so offsets
+stay in commit order. Batches never overlap, so they cannot deadlock each other (batches of
+two instances sharing a database can: the victim's writes run again).
+
+A write body is a synchronous function of the transaction's connection, written once for
+every database. On SQLite the whole batch runs in the writer thread on the stdlib driver; on
+PostgreSQL on asyncpg, the body in a greenlet (``sql_exec.PgWriteConnection``); on
+MySQL/MariaDB through SQLAlchemy's async engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import asyncpg
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from ratewire.domain import Rating
+from ratewire.storage.base import NotFound, VersionMismatch
+from ratewire.storage.sql_audit import AuditCursor
+from ratewire.storage.sql_dialects import WRITE_AT_FAULT, is_deadlock, rejected_class
+from ratewire.storage.sql_exec import (
+    ASYNCPG_ERRORS,
+    PgWriteConnection,
+    PostgresRowReader,
+    StatementRunner,
+    WriteConnection,
+    asyncpg_error,
+)
+from ratewire.storage.sql_schema import audit_tables
+
+GROUP_COMMIT_MAX = 64  # writes per transaction at most
+_T = TypeVar("_T")
+
+
+class PairTaken(Exception):
+    """A create found the game/user pair rated already (PostgreSQL's statement wrote
+    nothing)."""
+
+
+class NoChange(Exception):
+    """Raised inside a write transaction to roll it back when the write changes nothing."""
+
+    def __init__(self, rating: Rating) -> None:
+        self.rating = rating
+
+
+#: Failures that leave a PostgreSQL write connection usable (the transaction rolls back).
+_DEFINITE = (IntegrityError, NoChange, PairTaken, NotFound, VersionMismatch)
+#: What a write body raises from a check it makes before writing anything: the batch's
+#: transaction goes on without it, savepoint or not.
+_BEFORE_WRITING = (NoChange, PairTaken, NotFound, VersionMismatch)
+
+
+class GroupCommit:
+    """Runs one store's write bodies in group-commit transactions (see the module's
+    docstring). ``pg_pool``, once set, runs the bodies queued with ``driver=True`` on
+    asyncpg."""
+
+    def __init__(
+        self,
+        run: StatementRunner,
+        *,
+        sqlite_writer: Engine | None = None,
+        sqlite_thread: ThreadPoolExecutor | None = None,
+        engine: AsyncEngine | None = None,
+    ) -> None:
+        self._run = run
+        self._sqlite_writer = sqlite_writer
+        self._sqlite_thread = sqlite_thread
+        self._engine = engine
+        self.pg_pool: asyncpg.Pool | None = None
+        #: The chain's head within the running transaction (bodies seal their entries on it).
+        self.audit_cursor = AuditCursor(run)
+        self._audit_head_written: tuple[int, str] | None = None
+        # (body, its caller's future, whether the body runs on the driver path)
+        self._queued: list[tuple[Callable[[Any], Any], asyncio.Future[Any], bool]] = []
+        self._deadlock_retries: dict[asyncio.Future[Any], int] = {}
+        self._batcher: asyncio.Task[None] | None = None
+
+    async def run(self, body: Callable[[Any], _T], driver: bool = False) -> _T:
+        """Queue ``body`` for the next write transaction and wait for its commit; its result,
+        or what it raised. ``driver``: on PostgreSQL, run it on asyncpg."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((body, done, driver and self.pg_pool is not None))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = loop.create_task(self._commit_batches())
+        result: _T = await done
+        return result
+
+    async def drain(self) -> None:
+        """Wait until the writes already queued are committed and answered."""
+        if self._batcher is not None:
+            await self._batcher
+
+    async def _commit_batches(self) -> None:
+        while self._queued:
+            # One kind per transaction: the driver's path or the engine's.
+            driver = self._queued[0][2]
+            size = 1
+            while (
+                size < min(GROUP_COMMIT_MAX, len(self._queued)) and self._queued[size][2] == driver
+            ):
+                size += 1
+            batch = self._queued[:size]
+            del self._queued[:size]
+            try:
+                outcomes = await self._run_batch([body for body, _, _ in batch], driver)
+            except Exception as exc:  # nothing of the batch is stored (for one write: its error)
+                outcomes = [(False, exc)] * len(batch)
+            retry = []
+            for (body, done, _), (succeeded, value) in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue  # the caller went away; its write still committed (or not)
+                if succeeded:
+                    done.set_result(value)
+                elif _deadlocked(value) and self._deadlock_retries.get(done, 0) < 5:
+                    # Batches of two instances can lock game rows in opposite orders; the
+                    # victim's write rolled back to its savepoint: run it again, first.
+                    self._deadlock_retries[done] = self._deadlock_retries.get(done, 0) + 1
+                    retry.append((body, done, driver))
+                else:
+                    self._deadlock_retries.pop(done, None)
+                    done.set_exception(value)
+            self._queued[:0] = retry
+            for _, done, _ in batch:
+                if done.done():
+                    self._deadlock_retries.pop(done, None)
+
+    async def _run_batch(
+        self, bodies: list[Callable[[Any], Any]], driver: bool = False
+    ) -> list[tuple[bool, Any]]:
+        if driver and self.pg_pool is not None:
+            return await self._run_pg_batch(self.pg_pool, bodies)
+        if self._sqlite_writer is not None:
+            engine = self._sqlite_writer
+
+            def transaction() -> list[tuple[bool, Any]]:
+                with engine.begin() as conn:
+                    return self._apply(conn, bodies)
+
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._sqlite_thread, transaction)
+        assert self._engine is not None
+        for attempt in range(5):
+            try:
+                async with self._engine.begin() as conn:
+                    return await conn.run_sync(self._apply, bodies)
+            except DBAPIError as exc:
+                # A deadlock victim (other writers of the same database) retries the whole
+                # transaction, the remedy both databases document.
+                if not is_deadlock(exc) or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _run_pg_batch(
+        self, pool: asyncpg.Pool, bodies: list[Callable[[Any], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """One write transaction on asyncpg: the bodies run in a greenlet whose statements
+        the runner awaits on this connection. Through SQLAlchemy's async engine the same
+        write cost a pooled checkout with a pre-ping round trip, result wrapping and
+        per-execution compilation lookups (see the README's REST figures).
+
+        The batch first runs without a savepoint per write (two round trips each): the
+        statements of ``pg_writes`` do not fail for a write that cannot happen, they write
+        nothing. If the server still rejects a statement of one write (bad data, a
+        constraint), the transaction rolls back and the batch runs again with savepoints, so
+        that only the write at fault fails."""
+        savepoints = False
+        for attempt in range(5):
+            try:
+                async with pool.acquire(timeout=PostgresRowReader.TIMEOUT_SECONDS) as connection:
+                    try:
+                        async with connection.transaction(isolation="read_committed"):
+                            outcomes: list[tuple[bool, Any]] = await greenlet_spawn(
+                                self._apply, PgWriteConnection(connection), bodies, savepoints
+                            )
+                            return outcomes
+                    except BaseException as exc:
+                        if not isinstance(exc, _DEFINITE) and rejected_class(exc) is None:
+                            # Whatever state a failure left it in (a lost server process can
+                            # leave it mid-operation), this connection is not handed out
+                            # again: the pool opens a new one.
+                            connection.terminate()
+                        raise
+            except ASYNCPG_ERRORS as exc:  # acquiring, BEGIN, COMMIT or the rollback
+                error = asyncpg_error("COMMIT", None, exc)
+                if not is_deadlock(error) or attempt == 4:
+                    raise error from exc
+            except DBAPIError as exc:
+                # A statement failed, so the transaction rolled back and nothing of the batch
+                # is stored: running it again is safe (unlike after a failed COMMIT).
+                if rejected_class(exc) in WRITE_AT_FAULT and not savepoints and len(bodies) > 1:
+                    savepoints = True
+                    continue
+                # A deadlock victim (other writers of the same database) retries the whole
+                # transaction, the remedy the database documents.
+                if not is_deadlock(exc) or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _apply(
+        self,
+        conn: WriteConnection,
+        bodies: list[Callable[[Any], Any]],
+        savepoints: bool = True,
+    ) -> list[tuple[bool, Any]]:
+        """Run ``bodies`` in the transaction on ``conn``; each one's outcome. With
+        ``savepoints``, each write is undone alone if it fails; without, only a write that
+        fails before writing anything (:data:`_BEFORE_WRITING`) is passed over, and any other
+        failure ends the transaction."""
+        # Batches never overlap, so one cursor at a time (see sql_audit.AuditCursor).
+        cursor = self.audit_cursor = AuditCursor(self._run, self._audit_head_written)
+        if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
+            outcome = bodies[0](conn)
+            self._flush_audit(conn, cursor)
+            return [(True, outcome)]
+        outcomes: list[tuple[bool, Any]] = []
+        for body in bodies:
+            before = cursor.snapshot()
+            try:
+                if savepoints:
+                    with self._run.savepoint(conn):
+                        outcomes.append((True, body(conn)))
+                else:
+                    outcomes.append((True, body(conn)))
+            except Exception as exc:
+                if not savepoints and not isinstance(exc, _BEFORE_WRITING):
+                    raise
+                cursor.restore(before)
+                outcomes.append((False, exc))
+        self._flush_audit(conn, cursor)
+        return outcomes
+
+    def _flush_audit(self, conn: WriteConnection, cursor: AuditCursor) -> None:
+        wrote = bool(cursor.pending)
+        audit_tables.flush(conn, cursor)
+        if wrote:
+            # What the next transaction assumes (checked when it moves the head; a commit
+            # that fails after this only costs the next one a locked read).
+            self._audit_head_written = cursor.head
+
+
+def _deadlocked(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and is_deadlock(exc)
