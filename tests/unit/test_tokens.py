@@ -17,10 +17,11 @@ SECRET = "unit-tokens-secret-0123456789abcdef0123"
 def test_a_remembered_token_expires_and_can_be_revoked() -> None:
     tokens = TokenService(JwtSettings(secret=SECRET, leeway_seconds=0))
     now = time.time()
-    short = jwt.encode({"sub": "7", "iat": now, "exp": now + 1, "jti": "a"}, SECRET, "HS256")
+    # Three seconds of life: a loaded CI machine can stall longer than one between lines.
+    short = jwt.encode({"sub": "7", "iat": now, "exp": now + 3, "jti": "a"}, SECRET, "HS256")
     assert tokens.verify(short).sub == "7"
     assert tokens.verify(short).sub == "7"  # from memory
-    time.sleep(1.1)
+    time.sleep(max(0.0, now + 3.1 - time.time()))
     with pytest.raises(TokenExpired):
         tokens.verify(short)
 

@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from ratewire.audit.entry import AuditContext, AuditRecord
-from ratewire.storage.base import RatingStore, StorageError
+from ratewire.audit.store import AuditStore, AuditStoreError
 
 log = logging.getLogger("ratewire.audit")
 #: Entries kept while storage is unreachable; beyond, the oldest are dropped (and counted).
@@ -26,7 +26,7 @@ MAX_BUFFERED = 100_000
 class AuditLog:
     """Buffers audit records and appends them to the store's chain in batches."""
 
-    def __init__(self, store: RatingStore, *, flush_seconds: float = 0.2) -> None:
+    def __init__(self, store: AuditStore, *, flush_seconds: float = 0.2) -> None:
         self._store = store
         self._flush_seconds = flush_seconds
         self._buffer: list[AuditRecord] = []
@@ -58,7 +58,7 @@ class AuditLog:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        with contextlib.suppress(StorageError):
+        with contextlib.suppress(AuditStoreError):
             await self.flush()
 
     async def flush(self) -> None:
@@ -77,7 +77,7 @@ class AuditLog:
             await asyncio.sleep(self._flush_seconds)
             try:
                 await self.flush()
-            except StorageError as exc:
+            except AuditStoreError as exc:
                 if not self._failing:
                     log.warning("audit entries wait for storage (%s); will retry", exc)
                 self._failing = True

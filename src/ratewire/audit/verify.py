@@ -9,7 +9,7 @@ import orjson
 
 from ratewire.audit.chain import AuditChain
 from ratewire.audit.entry import AuditEntry, AuditQuery
-from ratewire.storage.base import RatingStore
+from ratewire.audit.store import AuditStore
 
 PAGE = 1000
 
@@ -25,7 +25,7 @@ class Verdict:
 
 
 async def verify_chain(
-    store: RatingStore,
+    store: AuditStore,
     chain: AuditChain,
     *,
     anchor: tuple[int, str] | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ratewire.client.api import Client
+from ratewire.client.core import ClientCore
 from ratewire.client.models import AuthenticationError, Gap, RatewireError, SubscriptionRefused
 
 
@@ -30,7 +30,7 @@ async def rating_updates(
     expire). New code: :class:`~ratewire.client.Client` gives typed updates."""
     provider = token if callable(token) else None
     fixed = None if callable(token) else token
-    async with Client(url, fixed, provider, max_backoff=max_backoff) as client:
+    async with ClientCore(url, fixed, provider, max_backoff=max_backoff) as client:
         try:
             async for item in client.subscribe(topic, since):
                 if isinstance(item, Gap):

@@ -11,8 +11,8 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, Literal, TypeVar
 
-from ratewire.client.api import KEEP, Client
 from ratewire.client.connection import TokenProvider
+from ratewire.client.core import KEEP, ClientCore
 from ratewire.client.models import Gap, HistoryPage, Rating, Snapshot, Summary, Update
 
 T = TypeVar("T")
@@ -35,8 +35,8 @@ class SyncClient:
         )
         self._thread.start()
 
-        async def build() -> Client:
-            return Client(url, token, token_provider, **options)
+        async def build() -> ClientCore:
+            return ClientCore(url, token, token_provider, **options)
 
         self.client = self._call(build())
 

@@ -15,12 +15,14 @@ from typing import Protocol
 
 from ratewire.audit import AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
+from ratewire.audit.store import AuditStoreError
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, RatingEvent, Topic
 from ratewire.security.revocation import Revocation
 
 
-class StorageError(Exception):
-    """Base of every error a store raises on purpose."""
+class StorageError(AuditStoreError):
+    """Base of every error a store raises on purpose (an :class:`AuditStoreError` too: the
+    store keeps the audit chain)."""
 
 
 class NotFound(StorageError):

@@ -1,0 +1,129 @@
+"""The house rules of src/: no import circle, every arrow pointing down the layers below, and
+no module too long to read in one sitting. Imports inside functions count: a circle closed
+lazily is still a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+MAX_LINES = 600
+
+#: Bottom first. A module may import its own package and the layers below its own.
+LAYERS = [
+    {"ratewire", "domain", "logs", "client", "admin_client"},
+    {"config", "summaries", "latency"},
+    {"security", "metrics"},
+    {"audit", "broker"},
+    {"storage"},
+    {"relay", "capacity", "revocations", "service"},
+    {"api", "realtime", "dashboard", "mcp_server"},
+    {"runtime", "workers"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in (SRC / "ratewire").rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, base] if base else parent)
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            edges[name].update(t for t in targets if t in modules and t != name)
+    return edges
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(package: str) -> int:
+    for index, members in enumerate(LAYERS):
+        if package in members:
+            return index
+    raise AssertionError(f"package {package!r} is in no layer of this test: add it")
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle() -> None:
+    assert _cycles(_imports(_modules())) == []
+
+
+def test_every_import_points_down_the_layers() -> None:
+    upward = [
+        f"{source} -> {target}"
+        for source, targets in _imports(_modules()).items()
+        for target in targets
+        if _package(source) != _package(target)
+        and _layer(_package(target)) >= _layer(_package(source))
+    ]
+    assert upward == []
+
+
+def test_no_module_over_600_lines() -> None:
+    long = {
+        str(path.relative_to(SRC)): count
+        for path in (SRC / "ratewire").rglob("*.py")
+        if (count := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_the_checks_see_a_circle_and_an_upward_arrow() -> None:
+    edges = {"ratewire.a.x": {"ratewire.b.y"}, "ratewire.b.y": {"ratewire.a.x"}}
+    assert _cycles(edges) == [["ratewire.a.x", "ratewire.b.y"]]
+    assert _layer("domain") < _layer("storage") < _layer("cli")
