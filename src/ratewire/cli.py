@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ratewire import __version__
 from ratewire.config import ConfigError, Settings, load_settings
 
 _config_option = click.option(
@@ -73,7 +74,7 @@ def _token_service(settings: Settings) -> Any:
 
 
 @click.group()
-@click.version_option(package_name="ratewire")
+@click.version_option(version=__version__, prog_name="ratewire")
 def main() -> None:
     """ratewire: ratings over REST, every change streamed over WebSockets."""
 
@@ -115,8 +116,8 @@ def serve(
     import logging
 
     import uvloop
-    from redis.exceptions import RedisError
 
+    from ratewire.extras import optional_exception
     from ratewire.logs import configure_logging
     from ratewire.runtime import Runtime
     from ratewire.security.keys import load_key_set
@@ -171,7 +172,7 @@ def serve(
         uvloop.run(run())
     except (StorageError, UnsupportedBackend, OSError) as exc:
         cannot_start(exc)
-    except RedisError as exc:
+    except optional_exception("redis.exceptions", "RedisError") as exc:
         cannot_start(f"broker unreachable at {settings.broker.url}: {exc}")
 
 
@@ -373,6 +374,13 @@ def mcp(
 ) -> None:
     """Serve the Model Context Protocol for AI agents: tools over the REST API and live
     game-summary resources (stdio by default)."""
+    from ratewire.extras import MissingExtra, require
+
+    try:
+        require("mcp", "ratewire mcp")
+    except MissingExtra as exc:
+        click.echo(f"ratewire: cannot start: {exc}", err=True)
+        sys.exit(1)
     from ratewire.mcp_server import run
 
     settings = _settings(config_path, auth_path)

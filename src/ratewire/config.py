@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from ratewire import extras
+
 ENV_PREFIX = "RATEWIRE_"
 #: Sections that live in auth.yml; everything else lives in config.yml.
 AUTH_SECTIONS = frozenset({"jwt"})
@@ -277,7 +279,22 @@ class Settings(_Section):
                 "server.workers > 1 needs a shared storage.backend (sqlite, postgresql, mysql); "
                 "memory storage lives inside one process"
             )
+        for extra, setting in self.needed_extras():
+            try:
+                extras.require(extra, setting)
+            except extras.MissingExtra as exc:
+                return str(exc)
         return None
+
+    def needed_extras(self) -> list[tuple[str, str]]:
+        """The package extras these settings need (see :mod:`ratewire.extras`), each with the
+        setting that asks for it."""
+        needed: list[tuple[str, str]] = []
+        if self.storage.backend in ("postgresql", "mysql", "redis"):
+            needed.append((self.storage.backend, f"storage.backend: {self.storage.backend}"))
+        if self.broker.backend == "redis":
+            needed.append(("redis", "broker.backend: redis"))
+        return needed
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -16,16 +16,18 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from ratewire.audit import AuditContext
 from ratewire.broker.announcements import Announcements
+from ratewire.extras import optional_exception
 from ratewire.security.revocation import Revocation, RevocationKind
 from ratewire.security.tokens import TokenService
 from ratewire.storage.base import RatingStore, StorageError
 
 log = logging.getLogger("ratewire.revocations")
 RevokedHandler = Callable[[Revocation], None]
+
+#: Without ratewire[redis] (one instance, local announcements) nothing raises it.
+RedisError = optional_exception("redis.exceptions", "RedisError")
 
 
 class RevocationService:

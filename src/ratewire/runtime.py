@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -31,8 +31,7 @@ from ratewire.api.ops import ReadinessProbe
 from ratewire.audit import AuditChain, AuditContext, AuditRecord
 from ratewire.audit.log import AuditLog
 from ratewire.broker import Broker, LocalBroker
-from ratewire.broker.announcements import Announcements, LocalAnnouncements, RedisAnnouncements
-from ratewire.broker.redis import RedisBroker
+from ratewire.broker.announcements import Announcements, LocalAnnouncements
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
@@ -64,6 +63,9 @@ from ratewire.service import RatingService
 from ratewire.storage import RatingStore, open_store
 from ratewire.storage.factory import UnsupportedBackend
 from ratewire.summaries import SummaryCache
+
+if TYPE_CHECKING:
+    from ratewire.broker.redis import RedisBroker
 
 log = logging.getLogger("ratewire")
 #: How often the deny list is read again from the store (a safety net under announcements).
@@ -119,19 +121,22 @@ class Runtime:
         self.local_broker: LocalBroker | None = None
         self.broker: Broker
         if settings.broker.backend == "redis":
+            # ratewire[redis]: Settings.deployment_problem() has checked it is installed.
+            from ratewire.broker.redis import RedisBroker
+            from ratewire.broker.redis_announcements import RedisAnnouncements
+
             self.broker = self.redis_broker = RedisBroker(
                 settings.broker.url,
                 prefix=settings.broker.prefix,
                 max_events=settings.history.max_events_per_topic,
                 lease_seconds=settings.broker.lease_seconds,
             )
+            self.announcements: Announcements = RedisAnnouncements(
+                settings.broker.url, prefix=settings.broker.prefix
+            )
         else:
             self.broker = self.local_broker = LocalBroker()
-        self.announcements: Announcements = (
-            RedisAnnouncements(settings.broker.url, prefix=settings.broker.prefix)
-            if settings.broker.backend == "redis"
-            else LocalAnnouncements()
-        )
+            self.announcements = LocalAnnouncements()
         self.revocations = RevocationService(
             self.tokens,
             self.store,

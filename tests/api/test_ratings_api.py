@@ -260,7 +260,9 @@ async def test_rate_limit_is_429_with_headers(api_with: Callable[..., AsyncItera
 
 
 async def test_health_readiness_metrics_and_docs(api: Api) -> None:
-    assert (await api.http.get("/healthz")).json() == {"status": "ok"}
+    from ratewire import __version__
+
+    assert (await api.http.get("/healthz")).json() == {"status": "ok", "version": __version__}
     ready = await api.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["storage"] == "ok"
     assert (await api.http.get("/metrics")).status_code == 200

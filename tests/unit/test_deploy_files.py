@@ -40,6 +40,10 @@ def test_dockerfile_is_multi_stage_non_root_with_a_readiness_healthcheck() -> No
     assert users and users[-1] not in ("root", "0")
     healthcheck = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
     assert "/readyz" in " ".join(lines[healthcheck : healthcheck + 2])
+    # Built from the wheel, with the drivers a cluster needs (they are extras of the package).
+    text = "\n".join(lines)
+    assert "python -m build --wheel" in text
+    assert '--find-links /wheels "ratewire[postgresql,mysql,redis]"' in text
 
 
 def _exported_families() -> dict[str, set[str]]:

@@ -12,7 +12,7 @@ MAX_LINES = 600
 
 #: Bottom first. A module may import its own package and the layers below its own.
 LAYERS = [
-    {"ratewire", "domain", "logs", "client", "admin_client"},
+    {"ratewire", "domain", "logs", "extras", "client", "admin_client"},
     {"config", "summaries", "latency"},
     {"security", "metrics"},
     {"audit", "broker"},

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from ratewire import __version__
 from ratewire.metrics import Metrics
 
 router = APIRouter()
@@ -33,7 +34,7 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> Response:
-    return _json({"status": "ok"})
+    return _json({"status": "ok", "version": __version__})
 
 
 async def _check(probe: ReadinessProbe) -> str:

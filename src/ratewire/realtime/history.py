@@ -8,10 +8,12 @@ Instances with a database read the store: it holds every retained event and the 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ratewire.broker.redis import RedisBroker
 from ratewire.domain import GameSummary, RatingEvent, Topic
+
+if TYPE_CHECKING:
+    from ratewire.broker.redis import RedisBroker
 
 
 class HistorySource(Protocol):

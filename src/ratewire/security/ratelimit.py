@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from ratewire.config import BrokerSettings
-from ratewire.security.quota_lease import LeasedQuota
 from ratewire.security.rate_decision import RateDecision
+
+if TYPE_CHECKING:
+    from ratewire.security.quota_lease import LeasedQuota
 
 __all__ = ["ConnectionRateLimiter", "RateDecision", "RequestRateLimiter", "shared_rate_limit_uri"]
 
@@ -35,9 +38,11 @@ class RequestRateLimiter:
     def __init__(self, per_minute: float, shared_redis_url: str | None = None) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._item = RateLimitItemPerMinute(max(1, int(per_minute)))
-        self._shared = (
-            LeasedQuota(shared_redis_url, self._item.amount) if shared_redis_url else None
-        )
+        self._shared: LeasedQuota | None = None
+        if shared_redis_url:  # a cluster: ratewire[redis] is installed (its broker needs it)
+            from ratewire.security.quota_lease import LeasedQuota
+
+            self._shared = LeasedQuota(shared_redis_url, self._item.amount)
         self._refused_here = 0
 
     @property

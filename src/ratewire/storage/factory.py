@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ratewire import extras
 from ratewire.config import StorageSettings
 from ratewire.storage.base import RatingStore
 
@@ -16,6 +17,11 @@ def open_store(settings: StorageSettings) -> RatingStore:
         from ratewire.storage.memory import MemoryStore
 
         return MemoryStore()
+    if settings.backend in ("postgresql", "mysql", "redis"):
+        try:
+            extras.require(settings.backend, f"storage.backend: {settings.backend}")
+        except extras.MissingExtra as exc:
+            raise UnsupportedBackend(str(exc)) from None
     if settings.backend in ("sqlite", "postgresql", "mysql"):
         from ratewire.storage.sql import SqlStore
 

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
-import asyncpg
 import orjson
 from sqlalchemy import and_, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
@@ -203,6 +202,8 @@ class SqlStore(SqlReads):
                 await self._pg_row_reader.start()
                 # Connects on first use and again after a connection is lost; no pre-ping:
                 # a dead connection fails its statement (one 503) and the pool replaces it.
+                import asyncpg  # ratewire[postgresql]: checked when the store opens
+
                 self._commits.pg_pool = await asyncpg.create_pool(
                     min_size=0, max_size=PG_WRITE_POOL_SIZE, **self._pg_connect_options
                 )

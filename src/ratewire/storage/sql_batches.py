@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +37,9 @@ from ratewire.storage.sql_exec import (
     asyncpg_error,
 )
 from ratewire.storage.sql_schema import audit_tables
+
+if TYPE_CHECKING:
+    import asyncpg
 
 GROUP_COMMIT_MAX = 64  # writes per transaction at most
 _T = TypeVar("_T")

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import asyncpg
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
@@ -77,13 +76,19 @@ class PgWriteConnection:
 WriteConnection = Connection | PgWriteConnection
 #: asyncpg's failures: the server's errors, a lost or unusable connection, a timeout.
 #: (InternalClientError: a connection left mid-operation by a lost server process.)
-ASYNCPG_ERRORS = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    TimeoutError,
-)
+ASYNCPG_ERRORS: tuple[type[BaseException], ...]
+try:
+    import asyncpg
+
+    ASYNCPG_ERRORS = (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        TimeoutError,
+    )
+except ImportError:  # no ratewire[postgresql]: the PostgreSQL paths are never taken
+    ASYNCPG_ERRORS = (OSError, TimeoutError)
 
 
 def asyncpg_error(sql: str, params: Any, error: BaseException) -> DBAPIError:

@@ -1,0 +1,99 @@
+"""Announcements through Redis pub/sub (see :mod:`ratewire.broker.announcements`), with every
+entry also kept in a hash (``P:revocations``) for instances that (re)connect later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ratewire.broker.announcements import RECONNECT_DELAY_MAX, RevocationHandler
+from ratewire.security.revocation import Revocation
+
+log = logging.getLogger("ratewire.broker")
+
+
+class RedisAnnouncements:
+    """Announcements through Redis pub/sub, with the entries kept in a hash for late joiners."""
+
+    def __init__(self, url: str, *, prefix: str) -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        # The subscription waits indefinitely for messages: a connection with no read timeout.
+        self._listener = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._channel = f"{prefix}:announcements"
+        self._hash = f"{prefix}:revocations"
+        self._handler: RevocationHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self, on_revocation: RevocationHandler) -> None:
+        self._handler = on_revocation
+        self._task = asyncio.create_task(self._listen(), name="announcements")
+        # Subscribed before start returns: an announcement made right after is not missed.
+        waiter = asyncio.create_task(self._subscribed.wait())
+        await asyncio.wait({waiter, self._task}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    async def announce(self, revocation: Revocation) -> None:
+        payload = orjson.dumps(revocation.to_wire())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._hash, revocation.key, payload)
+            pipe.publish(self._channel, payload)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._listener.aclose()
+        await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                # After subscribing: whatever was announced while this instance was away.
+                await self._load_kept()
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message["type"] == "message":
+                        self._deliver(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("announcements: Redis unreachable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_MAX)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _load_kept(self) -> None:
+        kept: dict[Any, Any] = await self._redis.hgetall(self._hash)
+        now = time.time()
+        expired = []
+        for field, payload in kept.items():
+            entry = self._deliver(payload)
+            if entry is None or entry.expires_at <= now:
+                expired.append(field)
+        if expired:
+            await self._redis.hdel(self._hash, *expired)
+
+    def _deliver(self, payload: bytes) -> Revocation | None:
+        try:
+            revocation = Revocation.from_wire(orjson.loads(payload))
+        except (ValueError, KeyError, TypeError):
+            log.warning("announcements: ignoring a malformed entry %r", payload[:200])
+            return None
+        if self._handler is not None and revocation.expires_at > time.time():
+            self._handler(revocation)
+        return revocation

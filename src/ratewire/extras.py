@@ -1,0 +1,50 @@
+"""Optional drivers, shipped as extras of the package.
+
+``pip install ratewire`` runs the embedded default (SQLite, in-process broker); the drivers
+for the other backends come with ``ratewire[postgresql]``, ``[mysql]``, ``[redis]`` and
+``[mcp]``. A start that needs a missing one stops with one line naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+#: The modules each extra brings (what must be importable for it to work).
+EXTRA_MODULES = {
+    "postgresql": ("asyncpg",),
+    "mysql": ("asyncmy",),
+    "redis": ("redis",),
+    "mcp": ("mcp",),
+}
+
+
+class MissingExtra(RuntimeError):
+    """A feature was asked for whose driver is not installed; the message names the extra."""
+
+
+def missing(extra: str) -> str | None:
+    """The first module of ``extra`` that cannot be imported, or None if all can."""
+    for module in EXTRA_MODULES[extra]:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+def require(extra: str, purpose: str) -> None:
+    """Raise :class:`MissingExtra` naming ``extra`` if its driver is not installed."""
+    module = missing(extra)
+    if module is not None:
+        raise MissingExtra(
+            f"{purpose} needs the {module!r} package, which is not installed: "
+            f"pip install 'ratewire[{extra}]'"
+        )
+
+
+def optional_exception(module: str, name: str) -> type[Exception]:
+    """The exception class ``module.name`` if its package is installed; otherwise a class of
+    its own, which nothing raises (so ``except`` clauses work without the driver)."""
+    if importlib.util.find_spec(module.partition(".")[0]) is None:
+        return type(name, (Exception,), {"__doc__": f"{module}.{name} (not installed)"})
+    found: type[Exception] = getattr(importlib.import_module(module), name)
+    return found
