@@ -148,6 +148,36 @@ async def test_a_network_cut_while_the_server_keeps_writing_loses_nothing(
     assert client.stream.connections >= 2
 
 
+async def test_handshakes_dropped_by_a_balancer_with_no_backend_are_retried(
+    server_factory: ServerFactory,
+) -> None:
+    """A TCP balancer that has lost its backends (or restarts) still accepts connections and
+    drops them before any HTTP answer. Such a failed handshake is one more reason to retry,
+    not the end of the stream: found by the chaos soak (bench/chaos), where the SDK's
+    subscriptions stopped for good at a restart of HAProxy."""
+    server = server_factory()
+    proxy = TcpProxy("127.0.0.1", server.ws_port)
+    try:
+        url = f"ws://127.0.0.1:{proxy.port}/"
+        async with Client(url, token_provider=lambda: server.token("agent")) as client:
+            follower = Collector(client.subscribe("rating.game.sdk-drop", since=0))
+            before = [await post(server, "sdk-drop", f"u{i}") for i in range(3)]
+            await follower.wait_for({i for i in before if i})
+            proxy.drop_on_accept = True
+            proxy.cut()
+            proxy.restore()
+            during = [await post(server, "sdk-drop", f"u{i}") for i in range(3, 8)]
+            await asyncio.sleep(1.0)  # reconnects get accepted and dropped meanwhile
+            proxy.drop_on_accept = False
+            after = [await post(server, "sdk-drop", f"u{i}") for i in range(8, 10)]
+            await follower.wait_for({i for i in before + during + after if i}, within=20)
+            await follower.stop()
+    finally:
+        proxy.close()
+    follower.assert_exactly_once_in_order()
+    assert [u.offset for u in follower.updates] == list(range(1, 11))
+
+
 async def test_a_consumer_too_slow_for_the_server_is_cut_with_4009_and_loses_nothing(
     server_factory: ServerFactory,
 ) -> None:

@@ -26,7 +26,12 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 
 from ratewire.client.models import (
     AuthenticationError,
@@ -176,6 +181,15 @@ class StreamConnection:
         return self._token
 
     async def _run(self) -> None:
+        try:
+            await self._reconnect_forever()
+        except Exception as exc:
+            # Not one of the failures above: the subscriptions end with it rather than wait
+            # for updates that can no longer come.
+            log.exception("stream to %s failed", self.url)
+            self._fail(exc)
+
+    async def _reconnect_forever(self) -> None:
         attempt, fresh_token = 0, False
         while not self._closed:
             retry_after: float | None = None
@@ -215,6 +229,10 @@ class StreamConnection:
                 return
             except (OSError, TimeoutError) as exc:
                 log.info("cannot reach %s (%s); retrying", self.url, exc)
+            except WebSocketException as exc:
+                # A handshake with no valid answer (a TCP balancer with no backend accepts and
+                # drops) or a broken frame: the server may well be back on the next attempt.
+                log.info("connection to %s failed (%s); retrying", self.url, exc)
             finally:
                 self._ws = None
             attempt += 1
