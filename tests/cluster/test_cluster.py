@@ -17,6 +17,7 @@ from tests.e2e.wsclient import WsClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 from tests.support.tcp_proxy import TcpProxy
+from websockets.exceptions import ConnectionClosed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 
@@ -247,5 +248,59 @@ async def test_database_unreachable_answers_503_keeps_subscriptions_and_recovers
             assert follower.connections == 1
     finally:
         for server in servers:
+            server.stop()
+        proxy.close()
+
+
+async def test_a_subscribe_that_cannot_read_history_closes_1013_and_resumes_later(
+    instance: ClusterFactory, fresh_postgres_url: str
+) -> None:
+    """A resume arriving while the database is cut used to get no answer at all (the
+    subscribe failed inside the server and the connection stayed open, silent), so a client
+    waited forever: found by the chaos soak. Now it is closed with 1013, and the same resume
+    works once the database is back."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    server: ServerProcess | None = None
+    try:
+        server = instance(
+            storage_url=fresh_postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        )
+        token = server.token("watcher")
+        for i in range(3):
+            assert (await rate(server, "histdown", f"a{i}")).status_code == 201
+        async with await WsClient.open(server.module_ws_url, token) as client:
+            await client.recv_type("connection_success")
+            epoch = (await client.subscribe("rating.game.histdown"))["epoch"]
+        proxy.cut()
+        async with await WsClient.open(server.module_ws_url, token) as client:
+            await client.recv_type("connection_success")
+            await client.send(
+                action="subscribe", topic="rating.game.histdown", since=1, epoch=epoch
+            )
+            assert await client.closed_with(within=15) == (
+                1013,
+                "History unavailable; resume shortly",
+            )
+        proxy.restore()
+        for _ in range(50):
+            async with await WsClient.open(server.module_ws_url, token) as client:
+                await client.recv_type("connection_success")
+                await client.send(
+                    action="subscribe", topic="rating.game.histdown", since=1, epoch=epoch
+                )
+                try:
+                    first = await client.recv()
+                except ConnectionClosed:
+                    first = {"type": "closed"}
+                if first["type"] == "rating_update":
+                    second = await client.recv()
+                    subscribed = await client.recv_type("subscribed")
+                    assert [first["offset"], second["offset"]] == [2, 3]
+                    assert subscribed["recovered"] is True
+                    return
+            await asyncio.sleep(0.2)  # closed with 1013 again: the pool is reconnecting
+        raise AssertionError("the resume never worked after the database came back")
+    finally:
+        if server is not None:
             server.stop()
         proxy.close()

@@ -8,6 +8,7 @@ short-lived task per burst, so an idle connection holds no task at all.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter, deque
@@ -40,6 +41,7 @@ from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, Toke
 PROTOCOL_VERSION = 1
 REPLAY_PAGE = 256
 
+log = logging.getLogger("ratewire.realtime")
 CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_MESSAGE_TOO_BIG = 1009
@@ -49,6 +51,8 @@ CLOSE_RATE_LIMITED = 4008
 CLOSE_ABNORMAL = 1006  # no close frame: the connection just went away
 TOO_MANY_FOR_USER = "Too many connections for this user"
 CLOSE_TOO_SLOW = 4009
+#: RFC 6455's "Try Again Later": a subscribe could not be served for now.
+CLOSE_TRY_AGAIN_LATER = 1013
 #: Disconnects the audit log names apart, so they can be filtered for.
 _DISCONNECT_ACTIONS = {CLOSE_RATE_LIMITED: "ws.rate_limited", CLOSE_TOO_SLOW: "ws.too_slow"}
 
@@ -272,7 +276,15 @@ class Session:
                 if isinstance(message, bytes):
                     self.send(message)
                 elif message.action == "subscribe":
-                    await self._subscribe(message)
+                    try:
+                        await self._subscribe(message)
+                    except Exception as exc:
+                        # History or the head could not be read (the database or Redis is
+                        # unreachable): no subscription was made. Closing tells the client to
+                        # resume in a moment; left open, it would wait for an answer forever.
+                        log.warning("subscribe to %s failed: %s; closing 1013", message.topic, exc)
+                        self.close(CLOSE_TRY_AGAIN_LATER, "History unavailable; resume shortly")
+                        return
                 else:
                     self._handle_now(message)
         finally:
