@@ -40,6 +40,7 @@ from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
 from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
+from ratewire.realtime.listener import PausableListener
 from ratewire.realtime.picows_server import start_module_server
 from ratewire.realtime.session import (
     CLOSE_AUTH_FAILED,
@@ -243,7 +244,7 @@ class Runtime:
             )
         if self.realtime.proxies:
             self.asgi = ClientAddressMiddleware(self.asgi, self.realtime.proxies)
-        self._module_server: asyncio.Server | None = None
+        self._module_server: PausableListener | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -382,6 +383,11 @@ class Runtime:
                 module.port,
                 self._ssl_context(),
                 reuse_port=self.reuse_port,
+                # What connections (held or being refused) may take: the limit less what
+                # is open now and a quarter of the reserve for REST and the backends.
+                descriptor_budget=self.capacity.descriptors
+                - self.descriptors.open_descriptors()
+                - max(16, self.capacity.reserve // 4),
             )
 
     async def close_connections(self) -> None:

@@ -8,12 +8,14 @@ import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tests.e2e.wsclient import WsClient
 from tests.support.server import ServerProcess
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 pytestmark = pytest.mark.e2e
 
@@ -184,3 +186,37 @@ async def test_one_address_holds_at_most_ws_connections_per_ip(
     for client in held:
         assert (await client.recv())["type"] == "connection_success"
         await client.close()
+
+
+async def test_a_crowd_past_capacity_gets_clean_refusals_never_a_broken_handshake(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """400 upgrades at once from 100 addresses against 300 descriptors: the refusals that
+    capacity makes need descriptors too, and accepting them all at once used to exhaust the
+    process, so libuv accepted and closed the rest: about 120 clients saw their handshake
+    broken. Now the server stops accepting while it is refusing that many, and the kernel's
+    backlog holds the rest until it answers them: every client gets 101 or 503."""
+    server = server_factory(nofile=(300, 300))
+    capacity = int(re.findall(r"(\d+) WebSocket connections", server.log_text())[0])
+    token = server.token("crowd")
+    url = f"{server.module_ws_url}?token={token}"
+
+    async def attempt(number: int) -> Any:
+        address = f"127.0.0.{2 + number % 100}"
+        try:
+            return await connect(url, local_addr=(address, 0), open_timeout=30)
+        except InvalidStatus as refused:
+            return refused.response.status_code
+        except (OSError, WebSocketException, TimeoutError) as broken:
+            return broken
+
+    outcomes = await asyncio.gather(*(attempt(n) for n in range(400)))
+    held = [o for o in outcomes if isinstance(o, ClientConnection)]
+    refused = [o for o in outcomes if o == 503]
+    broken = [o for o in outcomes if o not in refused and not isinstance(o, ClientConnection)]
+    try:
+        assert broken == [], f"{len(broken)} broken handshakes, e.g. {broken[:3]!r}"
+        assert len(held) == capacity and len(refused) == 400 - capacity
+        assert "accepting pauses until there is room" in server.log_text()
+    finally:
+        await asyncio.gather(*(client.close() for client in held))

@@ -43,6 +43,7 @@ from ratewire.realtime.handshake import (
     origin_allowed,
     upgrade_credentials,
 )
+from ratewire.realtime.listener import PausableListener, listening_sockets
 from ratewire.realtime.session import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
@@ -226,8 +227,11 @@ class _AcceptGate(asyncio.Protocol):
         slots: ConnectionSlots,
         handshake_timeout: float,
         proxies: TrustedProxies,
+        listener: PausableListener,
     ) -> None:
         self._make_ws_protocol = make_ws_protocol
+        self._listener = listener
+        self._refusing = False
         self._proxies = proxies
         self._limiter = limiter
         self._kernel_send_buffer = kernel_send_buffer
@@ -285,6 +289,9 @@ class _AcceptGate(asyncio.Protocol):
     def _refuse_later(self, transport: Any) -> None:
         # Answer once the request head is in (closing earlier would reset the connection
         # under a client still sending), or at the handshake timeout if it never comes.
+        # Meanwhile it holds a descriptor: the listener counts them (and pauses accepting).
+        self._refusing = True
+        self._listener.refusal_started()
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(
             self._handshake_timeout, self._reject
@@ -293,6 +300,9 @@ class _AcceptGate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._refusing:
+            self._refusing = False
+            self._listener.refusal_ended()
         if self._holds_slot:
             self._holds_slot = False
             self._slots.release(self._slot_ip)
@@ -321,9 +331,11 @@ async def start_module_server(
     ssl_context: ssl.SSLContext | None = None,
     *,
     reuse_port: bool = False,
-) -> asyncio.Server:
+    descriptor_budget: int = 1 << 30,
+) -> PausableListener:
     """Listen for WebSocket connections at ``ws[s]://host:port/`` (``reuse_port``: shared
-    with the other workers on this host)."""
+    with the other workers on this host). Accepting pauses while the WebSockets held plus the
+    refusals in flight would reach ``descriptor_budget`` (see :mod:`ratewire.realtime.listener`)."""
     limits = ctx.limits
 
     def refuse(status: int, body: bytes, retry_after: int | None = None) -> Any:
@@ -379,8 +391,8 @@ async def start_module_server(
             2048,  # initial read buffer: client frames are small; grows when needed
         )
 
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
+    listener = PausableListener(
+        listening_sockets(host, port, reuse_port=reuse_port),
         lambda: _AcceptGate(
             make_ws_protocol,
             limiter,
@@ -388,10 +400,11 @@ async def start_module_server(
             ctx.slots,
             limits.handshake_timeout_seconds,
             ctx.proxies,
+            listener,
         ),
-        host=host,
-        port=port,
-        ssl=ssl_context,
-        backlog=4096,
-        reuse_port=reuse_port or None,
+        ssl_context,
+        descriptor_budget,
+        lambda: ctx.slots.open,
     )
+    await listener.start()
+    return listener
