@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/ratewire bench fanout
+
+# Ten minutes of faults against a cluster of its own (PostgreSQL, Redis and haproxy on this
+# machine), then the checker: make chaos SEED=7 CHAOS_SECONDS=120 replays another run.
+SEED ?= 2026
+CHAOS_SECONDS ?= 600
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos --seconds $(CHAOS_SECONDS) --seed $(SEED) --wipe-every 12
 
 clean:
 	rm -rf $(VENV) ratewire.db ratewire.db-wal ratewire.db-shm

@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-out", type=Path, default=None, help="the report as JSON")
     parser.add_argument("--history-out", type=Path, default=None, help="the whole history")
     parser.add_argument("--workdir", type=Path, default=None, help="logs of every process")
+    parser.add_argument(
+        "--wipe-every",
+        type=int,
+        default=40,
+        help="every Nth fault deletes Redis's data before restarting it (default 40)",
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ratewire-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -27,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    history, verdict, result = asyncio.run(run(args.seconds, args.seed, workdir, progress=progress))
+    history, verdict, result = asyncio.run(
+        run(args.seconds, args.seed, workdir, progress=progress, wipe_every=args.wipe_every)
+    )
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(result, indent=2))
     if args.history_out is not None:

@@ -38,6 +38,7 @@ async def run(
     *,
     progress: Callable[[str], None] = lambda line: None,
     interval: tuple[float, float] = (0.5, 2.5),
+    wipe_every: int = 40,
 ) -> tuple[History, Verdict, dict[str, Any]]:
     """Run for ``seconds`` with faults drawn from ``seed``; the history, its verdict and the
     report."""
@@ -69,7 +70,12 @@ async def run(
         ]
         writer_tasks = [asyncio.create_task(w.run()) for w in writers]
         nemesis = Nemesis(
-            topology, proxies, random.Random(rng.random()), history.faults, interval=interval
+            topology,
+            proxies,
+            random.Random(rng.random()),
+            history.faults,
+            interval=interval,
+            wipe_every=wipe_every,
         )
         nemesis_task = asyncio.create_task(nemesis.run())
         started = time.monotonic()

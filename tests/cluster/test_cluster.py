@@ -304,3 +304,53 @@ async def test_a_subscribe_that_cannot_read_history_closes_1013_and_resumes_late
         if server is not None:
             server.stop()
         proxy.close()
+
+
+async def test_a_stream_instance_whose_redis_lost_history_says_try_again_not_gap(
+    instance: ClusterFactory, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty and no instance with a database has rebuilt its streams yet: a
+    client resuming on a ``stream`` instance from offset 5 used to be told "not recovered"
+    with the head at 0, which sent it backwards (found by the chaos soak's long run). The
+    events are in the database: the instance closes with 1013, and the same resume works
+    once the streams are rebuilt."""
+    writer = instance()
+    stream = instance(role="stream", backend="none", storage_url="")
+    for i in range(5):
+        assert (await rate(writer, "behind", f"u{i}")).status_code == 201
+    token = writer.token("watcher")
+    async with await WsClient.open(stream.module_ws_url, token) as client:
+        await client.recv_type("connection_success")
+        epoch = (await client.subscribe("rating.game.behind"))["epoch"]
+    writer.terminate()  # nobody left to rebuild the streams
+    redis_server.kill()
+    redis_server.start()  # empty
+    resume = {"action": "subscribe", "topic": "rating.game.behind", "since": 5, "epoch": epoch}
+    for _ in range(100):  # until the stream instance is back on Redis
+        if (await get(f"{stream.base_url}/readyz")).status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    for _ in range(3):  # every time, not once by chance
+        async with await WsClient.open(stream.module_ws_url, token) as client:
+            await client.recv_type("connection_success")
+            await client.send(**resume)
+            assert await client.closed_with(within=5) == (
+                1013,
+                "History unavailable; resume shortly",
+            )
+    writer.start()  # rebuilds the streams from the database
+    assert (await rate(writer, "behind", "u5")).status_code == 201
+    for _ in range(50):
+        async with await WsClient.open(stream.module_ws_url, token) as client:
+            await client.recv_type("connection_success")
+            await client.send(**resume)
+            try:
+                first = await client.recv(within=3)
+            except (ConnectionClosed, TimeoutError):
+                first = {"type": "closed"}
+            if first["type"] == "rating_update":
+                assert first["offset"] == 6
+                assert (await client.recv_type("subscribed"))["recovered"] is True
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the resume never worked after the streams were rebuilt")

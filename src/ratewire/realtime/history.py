@@ -37,6 +37,12 @@ class SnapshotUnavailable(Exception):
     """This instance has no store to read a snapshot from."""
 
 
+class HistoryBehind(Exception):
+    """A client resumes from an offset this instance's history has not reached yet: Redis
+    lost its streams and they are being rebuilt from the database. Not a gap: the events are
+    in the database, and the client gets them once the rebuild is done."""
+
+
 class StreamHistory:
     """History from the broker's Redis streams, for instances without a database."""
 

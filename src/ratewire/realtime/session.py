@@ -31,7 +31,12 @@ from ratewire.domain import (
     parse_topic,
 )
 from ratewire.realtime import frames
-from ratewire.realtime.history import HistorySource, SnapshotUnavailable
+from ratewire.realtime.history import (
+    HistoryBehind,
+    HistorySource,
+    SnapshotUnavailable,
+    StreamHistory,
+)
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
 from ratewire.security.permissions import may_subscribe
@@ -511,6 +516,10 @@ class Session:
         complete)."""
         store = self._ctx.store
         head, min_seq = await store.topic_position(topic)
+        if since > head and isinstance(store, StreamHistory) and epoch == store.epoch:
+            # Redis is behind what the client saw (its streams are being rebuilt after a
+            # loss): answering "not recovered" from here would send the client backwards.
+            raise HistoryBehind(f"{topic.name} is at {head} here, the client at {since}")
         if not topic.has_history or (epoch is not None and epoch != store.epoch) or since > head:
             return head, min_seq, False
         if since == head:
