@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 import websockets
 
 from bench.chaos.history import Fault
-from bench.chaos.topology import LEASE_SECONDS, MAX_CONNECTIONS, TcpProxy, Topology
+from bench.chaos.topology import LEASE_SECONDS, MAX_CONNECTIONS, Topology
 from bench.servers import token
+from bench.tcp_proxy import TcpProxy
 
 KINDS = (
     "kill_instance",

@@ -21,9 +21,10 @@ import httpx
 from bench.chaos.checker import Verdict, check
 from bench.chaos.history import FinalState, History, HistoryEvent, Subscriber
 from bench.chaos.nemesis import Nemesis
-from bench.chaos.topology import TcpProxy, Topology
+from bench.chaos.topology import Topology
 from bench.chaos.workload import RawSubscriber, SdkSubscriber, Writer
 from bench.servers import token
+from bench.tcp_proxy import TcpProxy
 
 WRITERS = 4
 USERS_PER_WRITER = 3

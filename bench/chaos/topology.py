@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.servers import SECRET, _fresh_postgres, free_port
+from bench.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
@@ -34,52 +35,6 @@ LEASE_SECONDS = 1.0
 MAX_CONNECTIONS = 60
 #: How long a (re)started process gets to become ready.
 START_SECONDS = 60
-
-
-class TcpProxy:
-    """Forwards ``127.0.0.1:port`` to ``target`` inside the run's event loop; ``cut()`` drops
-    every connection and refuses new ones until ``restore()``."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(OSError):
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target_port
-            )
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer, upstream_writer}
-        self._writers |= pair
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-        self._writers -= pair
-
-    async def restore(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
 
 
 class Managed:

@@ -1,68 +1,44 @@
-"""A TCP proxy a test can cut and restore, to make a real server unreachable without
-stopping it (the database of a cluster test, say)."""
+"""``bench.tcp_proxy.TcpProxy`` on a thread of its own, for tests that cut and restore a real
+server's reachability (the database of a cluster test, say) from outside any event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
+from collections.abc import Coroutine
+from typing import Any
 
-from tests.support.server import free_port
+from bench.tcp_proxy import TcpProxy as AsyncTcpProxy
 
 
 class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``target``; ``cut()`` drops every connection and refuses
-    new ones until ``restore()``."""
+    new ones until ``restore()``; ``drop_on_accept`` accepts and drops at once."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        #: Accept connections and drop them at once, as a TCP load balancer with no backend
-        #: (or whose backend refuses) does: the client's handshake gets no answer.
-        self.drop_on_accept = False
+        self._proxy = AsyncTcpProxy(target_port, target_host)
+        self.port = self._proxy.port
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self.restore()
 
-    def _call(self, coroutine: object) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)  # type: ignore[arg-type]
+    @property
+    def drop_on_accept(self) -> bool:
+        return self._proxy.drop_on_accept
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+    @drop_on_accept.setter
+    def drop_on_accept(self, value: bool) -> None:
+        self._proxy.drop_on_accept = value
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.drop_on_accept:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
 
     async def _cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
+        self._proxy.cut()
 
     def restore(self) -> None:
-        self._call(self._listen())
+        self._call(self._proxy.restore())
 
     def cut(self) -> None:
         self._call(self._cut())
