@@ -290,9 +290,9 @@ class SdkSubscriber:
         async with Client(
             self.url, token_provider=lambda: token(self.user, "ratings:admin"), max_backoff=2.0
         ) as client:
-            self.record.connections += 1
             self.subscribed.set()
             async for item in client.subscribe(self.record.topic, since=0):
+                self.record.connections = client.stream.connections
                 if isinstance(item, SdkGap):
                     self.record.gaps.append(Gap(item.after, item.offset, time.time()))
                     continue
