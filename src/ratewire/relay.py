@@ -207,7 +207,7 @@ class Relay:
                 log.warning("relay: the broker lost its stream; republishing the outbox")
             self.cursor = 0
             return False
-        self.published += max(0, result - after)
+        self.published += self._broker.appended
         self.cursor = result
         self._forget_published()
         return result >= events[-1].seq

@@ -12,6 +12,10 @@ EventHandler = Callable[[RatingEvent], None]
 
 
 class Broker(Protocol):
+    #: How many events the last ``publish`` call appended itself (others may have appended
+    #: some of the batch first: those are skipped, and not counted here).
+    appended: int
+
     async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
         """Publish ``events``: every committed event with ``seq`` in ``(after, events[-1].seq]``,
         ascending. Events already published are skipped, so publishing twice is harmless.

@@ -14,6 +14,7 @@ class LocalBroker:
 
     def __init__(self) -> None:
         self._handler: BatchHandler | None = None
+        self.appended = 0
 
     async def start(self, handler: BatchHandler) -> None:
         """Deliver published events to ``handler`` a batch at a time (the hub writes a batch
@@ -24,6 +25,7 @@ class LocalBroker:
         handler = self._handler
         if events and handler is not None:
             handler(events)
+        self.appended = len(events)
         return events[-1].seq if events else after
 
     def holds_lease(self) -> bool:

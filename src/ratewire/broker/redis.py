@@ -53,8 +53,9 @@ if cursor < 0 then
   if redis.call('GET', KEYS[4]) ~= ARGV[3] or tonumber(ARGV[4]) ~= 0 then return -1 end
   cursor = 0
 elseif tonumber(ARGV[4]) > cursor then
-  return cursor
+  return {cursor, 0}
 end
+local appended = 0
 local n = (#ARGV - 4) / 4
 for i = 0, n - 1 do
   local base = 5 + i * 4
@@ -66,11 +67,12 @@ for i = 0, n - 1 do
     redis.call('XADD', KEYS[5 + i * 2], 'MAXLEN', '~', keep, ARGV[base + 1] .. '-0', 'e', payload)
     redis.call('XADD', KEYS[6 + i * 2], 'MAXLEN', '~', keep, ARGV[base + 2] .. '-0', 'e', payload)
     cursor = seq
+    appended = appended + 1
   end
 end
 redis.call('SET', KEYS[1], cursor)
 redis.call('SET', KEYS[3], ARGV[1])
-return cursor
+return {cursor, appended}
 """
 
 _RENEW = """
@@ -112,6 +114,8 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = False
         self.epoch = ""
+        #: How many events the last ``publish`` call appended (see the Broker protocol).
+        self.appended = 0
         #: The ``seq`` of the last event this instance's consumer handed to the hub.
         self.consumed = 0
 
@@ -217,8 +221,14 @@ class RedisBroker:
             keys.append(self._topic_key(f"rating.game.{event.game_id}"))
             keys.append(self._topic_key(f"rating.user.{event.user_id}"))
             args.extend((event.seq, event.game_offset, event.user_offset, encode_event(event)))
-        result = int(await self._publish_script(keys=keys, args=args))
-        return None if result < 0 else result
+        result: Any = await self._publish_script(keys=keys, args=args)
+        if not isinstance(result, list):  # -1: no cursor, and this call may not seed it
+            self.appended = 0
+            return None
+        # What this call appended: with several relays publishing, the cursor can move past
+        # events another one appended, which are not this instance's to count.
+        self.appended = int(result[1])
+        return int(result[0])
 
     async def _hold_lease(self) -> None:
         lease_key = f"{self._prefix}:lease"
