@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -36,11 +37,11 @@ from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
 from ratewire.latency import DeliveryTimer, GcPauses
+from ratewire.listener import DescriptorBudget, PausableListener, listening_sockets
 from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
 from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
-from ratewire.realtime.listener import PausableListener
 from ratewire.realtime.picows_server import start_module_server
 from ratewire.realtime.session import (
     CLOSE_AUTH_FAILED,
@@ -49,7 +50,7 @@ from ratewire.realtime.session import (
     RealtimeContext,
     Session,
 )
-from ratewire.realtime.uvicorn_ws import CleanCloseWebSocketProtocol
+from ratewire.realtime.uvicorn_ws import websocket_protocol_with_budget
 from ratewire.relay import Relay
 from ratewire.revocations import RevocationService
 from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
@@ -76,20 +77,6 @@ WS_BACKSTOP_FACTOR = 4
 AUDIT_PRUNE_SECONDS = 3600.0
 #: How long one shutdown step may take before the next one goes ahead.
 SHUTDOWN_STEP_SECONDS = 5.0
-
-
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A listening socket that other workers on this host may bind too (SO_REUSEPORT): the
-    kernel spreads new connections over them."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    sock.set_inheritable(True)
-    return sock
 
 
 class _UvicornServer(uvicorn.Server):
@@ -245,6 +232,8 @@ class Runtime:
         if self.realtime.proxies:
             self.asgi = ClientAddressMiddleware(self.asgi, self.realtime.proxies)
         self._module_server: PausableListener | None = None
+        #: Sockets both ports may hold (set from the open-files limit in serve()).
+        self.descriptor_budget = DescriptorBudget(1 << 30)
         self._metrics_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -383,11 +372,7 @@ class Runtime:
                 module.port,
                 self._ssl_context(),
                 reuse_port=self.reuse_port,
-                # What connections (held or being refused) may take: the limit less what
-                # is open now and a quarter of the reserve for REST and the backends.
-                descriptor_budget=self.capacity.descriptors
-                - self.descriptors.open_descriptors()
-                - max(16, self.capacity.reserve // 4),
+                budget=self.descriptor_budget,
             )
 
     async def close_connections(self) -> None:
@@ -506,17 +491,41 @@ class Runtime:
         context.load_cert_chain(tls.cert, tls.key)
         return context
 
+    async def _listen_http(
+        self, server: uvicorn.Server, serving: asyncio.Task[None], sockets: list[socket.socket]
+    ) -> PausableListener:
+        """Accept for ``server`` on ``sockets`` once it has started (its protocols are built
+        as uvicorn builds them)."""
+        while not server.started:
+            if serving.done():
+                serving.result()  # a failed start surfaces here
+                raise RuntimeError("the HTTP server stopped at start")
+            await asyncio.sleep(0.01)
+        config = server.config
+        protocol_class: Any = config.http_protocol_class  # uvicorn types it as a Protocol
+        factory = partial(
+            protocol_class,
+            config=config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+        )
+        listener = PausableListener(sockets, factory, config.ssl, self.descriptor_budget)
+        await listener.start()
+        return listener
+
     def _uvicorn_config(self) -> uvicorn.Config:
         settings = self.settings
         return uvicorn.Config(
             self.asgi,
             host=settings.server.host,
             port=settings.server.port,
-            http=http_protocol_with_head_timeout(settings.limits.handshake_timeout_seconds),
+            http=http_protocol_with_head_timeout(
+                settings.limits.handshake_timeout_seconds, self.descriptor_budget
+            ),
             # Client addresses from proxy headers: only server.trusted_proxies, handled by
             # ClientAddressMiddleware (uvicorn would trust 127.0.0.1 by default).
             proxy_headers=False,
-            ws=CleanCloseWebSocketProtocol,
+            ws=websocket_protocol_with_budget(self.descriptor_budget),
             ws_per_message_deflate=False,
             # /ws closes messages over max_message_bytes with 1009 itself (a clean close);
             # this is the backstop that bounds what uvicorn buffers for one message.
@@ -543,14 +552,25 @@ class Runtime:
             if (shortfall := self.capacity.shortfall()) is not None:
                 log.warning(shortfall)
         await self.start()
+        # What sockets of both ports may take: the limit less what is open now and a quarter
+        # of the reserve for the backends and files (see ratewire.listener).
+        self.descriptor_budget = DescriptorBudget(
+            self.capacity.descriptors
+            - self.descriptors.open_descriptors()
+            - max(16, self.capacity.reserve // 4)
+        )
+        http_sockets = listening_sockets(
+            self.settings.server.host, self.settings.server.port, reuse_port=self.reuse_port
+        )
         http_server = _UvicornServer(self._uvicorn_config())
-        sockets = None
-        if self.reuse_port:
-            sockets = [reuse_port_socket(self.settings.server.host, self.settings.server.port)]
         watchdog = asyncio.create_task(self.descriptors.run(), name="descriptor-watchdog")
+        http_listener: PausableListener | None = None
         try:
             await self.start_module_server()
-            http_task = asyncio.create_task(http_server.serve(sockets), name="http-server")
+            # uvicorn runs the app on no socket of its own: the runtime's listener accepts
+            # for it, so that accepting can pause (ratewire.listener).
+            http_task = asyncio.create_task(http_server.serve([]), name="http-server")
+            http_listener = await self._listen_http(http_server, http_task, http_sockets)
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
                 {http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
@@ -561,9 +581,15 @@ class Runtime:
                 return
             log.info("shutting down")
             await self.close_connections()
+            http_listener.close()
             http_server.should_exit = True  # uvicorn finishes in-flight requests
             await http_task
         finally:
+            if http_listener is not None:
+                http_listener.close()
+            else:
+                for sock in http_sockets:
+                    sock.close()
             watchdog.cancel()
             await self.stop()
             log.info("stopped")

@@ -17,7 +17,7 @@ LAYERS = [
     {"security", "metrics"},
     {"audit", "broker"},
     {"storage"},
-    {"relay", "capacity", "revocations", "service"},
+    {"relay", "capacity", "listener", "revocations", "service"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
     {"cli"},

@@ -13,12 +13,18 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ratewire.listener import DescriptorBudget
+
 
 class _HeadDeadlineProtocol(HttpToolsProtocol):
     head_timeout: float = 10.0
+    #: Counts this port's sockets with the WebSocket port's (see ratewire.listener).
+    descriptor_budget: DescriptorBudget | None = None
     _head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
+        if self.descriptor_budget is not None:
+            self.descriptor_budget.take(transport)
         super().connection_made(transport)
         self._arm_head_deadline()
 
@@ -33,6 +39,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
+        if self.descriptor_budget is not None:
+            self.descriptor_budget.give(self.transport)
         super().connection_lost(exc)
 
     def _arm_head_deadline(self) -> None:
@@ -49,6 +57,12 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def http_protocol_with_head_timeout(seconds: float) -> type[HttpToolsProtocol]:
+def http_protocol_with_head_timeout(
+    seconds: float, budget: DescriptorBudget | None = None
+) -> type[HttpToolsProtocol]:
     """The protocol class to give uvicorn's ``http`` setting."""
-    return type("HttpWithHeadTimeout", (_HeadDeadlineProtocol,), {"head_timeout": seconds})
+    return type(
+        "HttpWithHeadTimeout",
+        (_HeadDeadlineProtocol,),
+        {"head_timeout": seconds, "descriptor_budget": budget},
+    )

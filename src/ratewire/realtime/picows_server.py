@@ -33,6 +33,7 @@ from picows import (
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ratewire.capacity import RETRY_AFTER_SECONDS, ConnectionSlots
+from ratewire.listener import DescriptorBudget, PausableListener, listening_sockets
 from ratewire.realtime.handshake import (
     AT_CAPACITY_BODY,
     IP_CAP_BODY,
@@ -43,7 +44,6 @@ from ratewire.realtime.handshake import (
     origin_allowed,
     upgrade_credentials,
 )
-from ratewire.realtime.listener import PausableListener, listening_sockets
 from ratewire.realtime.session import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
@@ -221,17 +221,16 @@ class _AcceptGate(asyncio.Protocol):
 
     def __init__(
         self,
-        make_ws_protocol: Callable[[str, bool], Any],
+        make_ws_protocol: Callable[[str, bool, Any], Any],
         limiter: ConnectionRateLimiter,
         kernel_send_buffer: int,
         slots: ConnectionSlots,
         handshake_timeout: float,
         proxies: TrustedProxies,
-        listener: PausableListener,
+        budget: DescriptorBudget,
     ) -> None:
         self._make_ws_protocol = make_ws_protocol
-        self._listener = listener
-        self._refusing = False
+        self._budget = budget
         self._proxies = proxies
         self._limiter = limiter
         self._kernel_send_buffer = kernel_send_buffer
@@ -246,6 +245,9 @@ class _AcceptGate(asyncio.Protocol):
         self._refusal = b""
 
     def connection_made(self, transport: Any) -> None:
+        # Counted first: at the budget, accepting pauses before the next accept.
+        self._budget.take(transport)
+        self._transport = transport
         peer = transport.get_extra_info("peername")
         self._ip = ip = peer[0] if peer else "unknown"
         # A trusted proxy speaks for many clients: their addresses (and per-IP limits) are
@@ -269,7 +271,7 @@ class _AcceptGate(asyncio.Protocol):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._kernel_send_buffer)
-            ws_protocol = self._make_ws_protocol(ip, via_proxy)
+            ws_protocol = self._make_ws_protocol(ip, via_proxy, transport)
             self._holds_slot = False  # the WebSocket protocol releases it when it closes
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
@@ -289,9 +291,6 @@ class _AcceptGate(asyncio.Protocol):
     def _refuse_later(self, transport: Any) -> None:
         # Answer once the request head is in (closing earlier would reset the connection
         # under a client still sending), or at the handshake timeout if it never comes.
-        # Meanwhile it holds a descriptor: the listener counts them (and pauses accepting).
-        self._refusing = True
-        self._listener.refusal_started()
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(
             self._handshake_timeout, self._reject
@@ -300,9 +299,7 @@ class _AcceptGate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        if self._refusing:
-            self._refusing = False
-            self._listener.refusal_ended()
+        self._budget.give(self._transport)
         if self._holds_slot:
             self._holds_slot = False
             self._slots.release(self._slot_ip)
@@ -331,11 +328,12 @@ async def start_module_server(
     ssl_context: ssl.SSLContext | None = None,
     *,
     reuse_port: bool = False,
-    descriptor_budget: int = 1 << 30,
+    budget: DescriptorBudget | None = None,
 ) -> PausableListener:
     """Listen for WebSocket connections at ``ws[s]://host:port/`` (``reuse_port``: shared
-    with the other workers on this host). Accepting pauses while the WebSockets held plus the
-    refusals in flight would reach ``descriptor_budget`` (see :mod:`ratewire.realtime.listener`)."""
+    with the other workers on this host). Accepting pauses while ``budget`` is spent (see
+    :mod:`ratewire.listener`)."""
+    budget = budget or DescriptorBudget(1 << 30)
     limits = ctx.limits
 
     def refuse(status: int, body: bytes, retry_after: int | None = None) -> Any:
@@ -369,11 +367,18 @@ async def start_module_server(
             return refuse(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
         return PicowsPeer(ctx, credentials, client_ip, releases_ip=via_proxy)
 
-    def make_ws_protocol(ip: str, via_proxy: bool) -> Any:
+    def make_ws_protocol(ip: str, via_proxy: bool, transport: Any) -> Any:
         # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
         # can sit in front of it.
+        slot_ip = None if via_proxy else ip
+
+        def release() -> None:
+            ctx.slots.release(slot_ip)
+            assert budget is not None
+            budget.give(transport)
+
         return _SlotReleasingProtocol(
-            partial(ctx.slots.release, None if via_proxy else ip),
+            release,
             None,
             None,
             False,
@@ -400,11 +405,10 @@ async def start_module_server(
             ctx.slots,
             limits.handshake_timeout_seconds,
             ctx.proxies,
-            listener,
+            budget,
         ),
         ssl_context,
-        descriptor_budget,
-        lambda: ctx.slots.open,
+        budget,
     )
     await listener.start()
     return listener
