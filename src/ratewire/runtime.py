@@ -12,22 +12,19 @@ import contextlib
 import gc
 import logging
 import signal
-import socket
 import ssl
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from ratewire import capacity
 from ratewire.api import create_app
 from ratewire.api.app import create_ops_app
-from ratewire.api.http_protocol import http_protocol_with_head_timeout
+from ratewire.api.http_server import HttpServer
 from ratewire.api.ops import ReadinessProbe
 from ratewire.audit import AuditChain, AuditContext, AuditRecord
 from ratewire.audit.log import AuditLog
@@ -37,7 +34,7 @@ from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
 from ratewire.latency import DeliveryTimer, GcPauses
-from ratewire.listener import DescriptorBudget, PausableListener, listening_sockets
+from ratewire.listener import DescriptorBudget, PausableListener
 from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
 from ratewire.realtime.history import HistorySource, StreamHistory
@@ -72,19 +69,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ratewire")
 #: How often the deny list is read again from the store (a safety net under announcements).
 REVOCATION_POLL_SECONDS = 10.0
-WS_BACKSTOP_FACTOR = 4
 #: How often audit retention runs (each run that removes entries adds a checkpoint entry).
 AUDIT_PRUNE_SECONDS = 3600.0
 #: How long one shutdown step may take before the next one goes ahead.
 SHUTDOWN_STEP_SECONDS = 5.0
-
-
-class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the runtime owns SIGTERM/SIGINT (see above)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class Runtime:
@@ -491,56 +479,6 @@ class Runtime:
         context.load_cert_chain(tls.cert, tls.key)
         return context
 
-    async def _listen_http(
-        self, server: uvicorn.Server, serving: asyncio.Task[None], sockets: list[socket.socket]
-    ) -> PausableListener:
-        """Accept for ``server`` on ``sockets`` once it has started (its protocols are built
-        as uvicorn builds them)."""
-        while not server.started:
-            if serving.done():
-                serving.result()  # a failed start surfaces here
-                raise RuntimeError("the HTTP server stopped at start")
-            await asyncio.sleep(0.01)
-        config = server.config
-        protocol_class: Any = config.http_protocol_class  # uvicorn types it as a Protocol
-        factory = partial(
-            protocol_class,
-            config=config,
-            server_state=server.server_state,
-            app_state=server.lifespan.state,
-        )
-        listener = PausableListener(sockets, factory, config.ssl, self.descriptor_budget)
-        await listener.start()
-        return listener
-
-    def _uvicorn_config(self) -> uvicorn.Config:
-        settings = self.settings
-        return uvicorn.Config(
-            self.asgi,
-            host=settings.server.host,
-            port=settings.server.port,
-            http=http_protocol_with_head_timeout(
-                settings.limits.handshake_timeout_seconds, self.descriptor_budget
-            ),
-            # Client addresses from proxy headers: only server.trusted_proxies, handled by
-            # ClientAddressMiddleware (uvicorn would trust 127.0.0.1 by default).
-            proxy_headers=False,
-            ws=websocket_protocol_with_budget(self.descriptor_budget),
-            ws_per_message_deflate=False,
-            # /ws closes messages over max_message_bytes with 1009 itself (a clean close);
-            # this is the backstop that bounds what uvicorn buffers for one message.
-            ws_max_size=settings.limits.max_message_bytes * WS_BACKSTOP_FACTOR,
-            ws_ping_interval=settings.limits.ping_interval_seconds,
-            ws_ping_timeout=settings.limits.ping_interval_seconds,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            ssl_certfile=settings.tls.cert,
-            ssl_keyfile=settings.tls.key,
-            server_header=False,
-            backlog=4096,
-        )
-
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT, then shut down gracefully."""
         loop = asyncio.get_running_loop()
@@ -559,37 +497,33 @@ class Runtime:
             - self.descriptors.open_descriptors()
             - max(16, self.capacity.reserve // 4)
         )
-        http_sockets = listening_sockets(
-            self.settings.server.host, self.settings.server.port, reuse_port=self.reuse_port
-        )
-        http_server = _UvicornServer(self._uvicorn_config())
         watchdog = asyncio.create_task(self.descriptors.run(), name="descriptor-watchdog")
-        http_listener: PausableListener | None = None
+        http_server: HttpServer | None = None
         try:
+            http_server = HttpServer(  # binds: a port in use fails here, and stops the rest
+                self.asgi,
+                self.settings,
+                self.descriptor_budget,
+                websocket_protocol_with_budget(self.descriptor_budget),
+                reuse_port=self.reuse_port,
+            )
             await self.start_module_server()
-            # uvicorn runs the app on no socket of its own: the runtime's listener accepts
-            # for it, so that accepting can pause (ratewire.listener).
-            http_task = asyncio.create_task(http_server.serve([]), name="http-server")
-            http_listener = await self._listen_http(http_server, http_task, http_sockets)
+            await http_server.start()
+            assert http_server.serving is not None
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
-                {http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+                {http_server.serving, stop_task}, return_when=asyncio.FIRST_COMPLETED
             )
-            if http_task in done:
+            if http_server.serving in done:
                 stop_task.cancel()
-                http_task.result()  # a failed start (port in use) surfaces here
+                http_server.serving.result()  # a failed start surfaces here
                 return
             log.info("shutting down")
             await self.close_connections()
-            http_listener.close()
-            http_server.should_exit = True  # uvicorn finishes in-flight requests
-            await http_task
+            await http_server.shutdown()  # uvicorn finishes in-flight requests
         finally:
-            if http_listener is not None:
-                http_listener.close()
-            else:
-                for sock in http_sockets:
-                    sock.close()
+            if http_server is not None:
+                http_server.close()
             watchdog.cancel()
             await self.stop()
             log.info("stopped")
