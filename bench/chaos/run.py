@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import random
 import signal
 import subprocess
@@ -56,7 +57,7 @@ async def run(
         proxies, followers = await _subscribers(topology, history, users)
         tasks += [asyncio.create_task(f.run()) for f in followers]
         await asyncio.wait_for(asyncio.gather(*(f.subscribed.wait() for f in followers)), 30)
-        ids = [0]
+        ids = itertools.count(1)
         writers = [
             Writer(
                 number,

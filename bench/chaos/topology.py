@@ -165,12 +165,7 @@ class Instance(Managed):
         return argv, self.env
 
     async def ready(self) -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=0.5) as http:
-                answer = await http.get(f"http://127.0.0.1:{self.http_port}/readyz")
-            return answer.status_code == 200
-        except httpx.HTTPError:
-            return False
+        return await _answers(f"http://127.0.0.1:{self.http_port}/readyz")
 
 
 class HAProxy(Managed):
@@ -197,12 +192,7 @@ class HAProxy(Managed):
         return [self.executable, "-db", "-f", str(HAPROXY_CONFIG)], self.env
 
     async def ready(self) -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=0.5) as http:
-                answer = await http.get(f"http://127.0.0.1:{self.http_port}/healthz")
-            return answer.status_code == 200
-        except httpx.HTTPError:
-            return False
+        return await _answers(f"http://127.0.0.1:{self.http_port}/healthz")
 
     @property
     def base_url(self) -> str:
@@ -295,6 +285,15 @@ class Topology:
 
 def _no_op() -> None:
     pass
+
+
+async def _answers(url: str) -> bool:
+    """Whether ``url`` answers 200 within half a second."""
+    try:
+        async with httpx.AsyncClient(timeout=0.5) as http:
+            return (await http.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 #: What the nemesis and the workload are handed: a way to mint tokens for a subject.

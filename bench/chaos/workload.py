@@ -9,6 +9,7 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,23 +37,19 @@ class Writer:
         users: list[str],
         rng: random.Random,
         writes: list[Write],
-        ids: list[int],
+        ids: Iterator[int],
     ) -> None:
         self.base_url = base_url
         self.number = number
         self.games, self.users = games, users
         self.rng = rng
         self.writes = writes
-        self._ids = ids  # shared counter across writers (one element)
+        self._ids = ids  # one numbering for all writers
         #: (game, user) -> (rating id, version) as this writer last knew it; None: absent.
         self.known: dict[tuple[str, str], tuple[str, int] | None] = {
             (game, user): None for game in games for user in users
         }
         self.stopped = asyncio.Event()
-
-    def _next_id(self) -> int:
-        self._ids[0] += 1
-        return self._ids[0]
 
     async def run(self) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=REQUEST_TIMEOUT) as http:
@@ -69,7 +66,7 @@ class Writer:
             op = self.rng.choice(["post", "put"])
         else:
             op = self.rng.choice(["put", "patch", "patch", "delete"])
-        op_id = self._next_id()
+        op_id = next(self._ids)
         record = Write(op_id, op, game, user, f"n{op_id}", time.time())  # type: ignore[arg-type]
         self.writes.append(record)
         headers = {"Authorization": f"Bearer {token(user)}"}

@@ -77,10 +77,6 @@ class DescriptorBudget:
         #: Times accepting paused (logged).
         self.pauses = 0
 
-    @property
-    def in_use(self) -> int:
-        return len(self._open)
-
     def register(self, listener: PausableListener) -> None:
         self._listeners.append(listener)
 

@@ -256,7 +256,7 @@ class _AcceptGate(asyncio.Protocol):
         self._slot_ip = None if via_proxy else ip  # what the slot was taken for
         admitted = self._slots.admit(self._slot_ip)
         if admitted != ConnectionSlots.ADMITTED:
-            self._refuse_later(transport)
+            self._refuse_later()
             self._refusal = (
                 _refusal(b"503 Service Unavailable", RETRY_AFTER_SECONDS, AT_CAPACITY_BODY)
                 if admitted == ConnectionSlots.OVER_CAPACITY
@@ -276,7 +276,7 @@ class _AcceptGate(asyncio.Protocol):
             transport.set_protocol(ws_protocol)
             ws_protocol.connection_made(transport)
             return
-        self._refuse_later(transport)
+        self._refuse_later()
         self._refusal = _refusal(b"429 Too Many Requests", retry_after, RATE_REFUSED_BODY)
 
     def data_received(self, data: bytes) -> None:
@@ -288,10 +288,9 @@ class _AcceptGate(asyncio.Protocol):
         self._reject()
         return None
 
-    def _refuse_later(self, transport: Any) -> None:
+    def _refuse_later(self) -> None:
         # Answer once the request head is in (closing earlier would reset the connection
         # under a client still sending), or at the handshake timeout if it never comes.
-        self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(
             self._handshake_timeout, self._reject
         )
@@ -328,12 +327,11 @@ async def start_module_server(
     ssl_context: ssl.SSLContext | None = None,
     *,
     reuse_port: bool = False,
-    budget: DescriptorBudget | None = None,
+    budget: DescriptorBudget,
 ) -> PausableListener:
     """Listen for WebSocket connections at ``ws[s]://host:port/`` (``reuse_port``: shared
     with the other workers on this host). Accepting pauses while ``budget`` is spent (see
     :mod:`ratewire.listener`)."""
-    budget = budget or DescriptorBudget(1 << 30)
     limits = ctx.limits
 
     def refuse(status: int, body: bytes, retry_after: int | None = None) -> Any:
@@ -374,7 +372,6 @@ async def start_module_server(
 
         def release() -> None:
             ctx.slots.release(slot_ip)
-            assert budget is not None
             budget.give(transport)
 
         return _SlotReleasingProtocol(

@@ -36,7 +36,12 @@ from sqlalchemy.engine import Connection
 from ratewire.audit import GENESIS, AuditChain, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
 from ratewire.storage.pg_writes import AUDIT_FLUSH
-from ratewire.storage.sql_exec import PgWriteConnection, StatementRunner, WriteConnection
+from ratewire.storage.sql_exec import (
+    PgWriteConnection,
+    StatementRunner,
+    WriteConnection,
+    rows_of,
+)
 
 
 class AuditCursor:
@@ -201,7 +206,7 @@ class AuditTables:
             status = cursor.run.pg_execute(
                 conn, AUDIT_FLUSH, (*cursor.head, *cursor.base, *columns)
             )
-            if int(status.rsplit(" ", 1)[-1]) == len(cursor.pending):
+            if rows_of(status) == len(cursor.pending):
                 cursor.pending.clear()
                 cursor.records.clear()
                 return

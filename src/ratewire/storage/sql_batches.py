@@ -15,6 +15,7 @@ MySQL/MariaDB through SQLAlchemy's async engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -232,10 +233,7 @@ class GroupCommit:
         for body in bodies:
             before = cursor.snapshot()
             try:
-                if savepoints:
-                    with self._run.savepoint(conn):
-                        outcomes.append((True, body(conn)))
-                else:
+                with self._run.savepoint(conn) if savepoints else contextlib.nullcontext():
                     outcomes.append((True, body(conn)))
             except Exception as exc:
                 if not savepoints and not isinstance(exc, _BEFORE_WRITING):

@@ -99,6 +99,20 @@ def asyncpg_error(sql: str, params: Any, error: BaseException) -> DBAPIError:
     return OperationalError(sql, params, error)
 
 
+def _pg_await(conn: PgWriteConnection, method: str, sql: str, values: Sequence[Any]) -> Any:
+    """``conn.connection.<method>(sql, *values)`` awaited from a write body's greenlet, with
+    asyncpg's failures raised as SQLAlchemy's."""
+    try:
+        return await_only(getattr(conn.connection, method)(sql, *values))
+    except ASYNCPG_ERRORS as exc:
+        raise asyncpg_error(sql, values, exc) from exc
+
+
+def rows_of(status: str) -> int:
+    """The row count of a PostgreSQL command status (``"UPDATE 1"``, ``"INSERT 0 3"``)."""
+    return int(str(status).rsplit(" ", 1)[-1])
+
+
 class StatementRunner:
     """Executes statements on a connection of one store (see the module's docstring).
 
@@ -115,34 +129,19 @@ class StatementRunner:
     def _pg_call(self, conn: PgWriteConnection, method: str, stmt: Any, params: Any) -> Any:
         assert self._pg is not None
         sql, values = self._pg.compiled(stmt, params or {})
-        try:
-            return await_only(getattr(conn.connection, method)(sql, *values))
-        except ASYNCPG_ERRORS as exc:
-            raise asyncpg_error(sql, values, exc) from exc
+        return _pg_await(conn, method, sql, values)
 
     @staticmethod
     def pg_fetchrow(conn: PgWriteConnection, sql: str, values: Sequence[Any]) -> Any:
         """PostgreSQL's own SQL (``$n`` parameters, prepared and cached by asyncpg): the first
         row, or None."""
-        try:
-            return await_only(conn.connection.fetchrow(sql, *values))
-        except ASYNCPG_ERRORS as exc:
-            raise asyncpg_error(sql, values, exc) from exc
+        return _pg_await(conn, "fetchrow", sql, values)
 
     @staticmethod
     def pg_execute(conn: PgWriteConnection, sql: str, values: Sequence[Any]) -> str:
         """PostgreSQL's own SQL; the command's status (``"INSERT 0 3"``)."""
-        try:
-            status: str = await_only(conn.connection.execute(sql, *values))
-        except ASYNCPG_ERRORS as exc:
-            raise asyncpg_error(sql, values, exc) from exc
+        status: str = _pg_await(conn, "execute", sql, values)
         return status
-
-    def _pg_plain(self, conn: PgWriteConnection, sql: str) -> None:
-        try:
-            await_only(conn.connection.execute(sql))
-        except ASYNCPG_ERRORS as exc:
-            raise asyncpg_error(sql, (), exc) from exc
 
     def _driver_execute(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any]) -> Any:
         sql, values = self.sqlite.compiled(stmt, params)
@@ -166,8 +165,7 @@ class StatementRunner:
     def rowcount(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any]) -> int:
         """How many rows a DML statement changed."""
         if isinstance(conn, PgWriteConnection):
-            status = self._pg_call(conn, "execute", stmt, params)  # "UPDATE 1"
-            return int(str(status).rsplit(" ", 1)[-1])
+            return rows_of(self._pg_call(conn, "execute", stmt, params))
         if self._raw:
             return int(self._driver_execute(conn, stmt, params).rowcount)
         return int(conn.execute(stmt, dict(params)).rowcount)
@@ -213,14 +211,14 @@ class StatementRunner:
     def savepoint(self, conn: WriteConnection) -> Iterator[None]:
         """One write of a group-commit batch: undone alone if it raises."""
         if isinstance(conn, PgWriteConnection):
-            self._pg_plain(conn, "SAVEPOINT ratewire_write")
+            _pg_await(conn, "execute", "SAVEPOINT ratewire_write", ())
             try:
                 yield
             except BaseException:
-                self._pg_plain(conn, "ROLLBACK TO SAVEPOINT ratewire_write")
-                self._pg_plain(conn, "RELEASE SAVEPOINT ratewire_write")
+                _pg_await(conn, "execute", "ROLLBACK TO SAVEPOINT ratewire_write", ())
+                _pg_await(conn, "execute", "RELEASE SAVEPOINT ratewire_write", ())
                 raise
-            self._pg_plain(conn, "RELEASE SAVEPOINT ratewire_write")
+            _pg_await(conn, "execute", "RELEASE SAVEPOINT ratewire_write", ())
             return
         if not self._raw:
             with conn.begin_nested():
@@ -247,10 +245,7 @@ class StatementRunner:
             assert self._pg is not None
             sql, names, literals = self._pg.sql(stmt, tuple(rows[0]))
             many = [self._pg.values(names, row, literals) for row in rows]
-            try:
-                await_only(conn.connection.executemany(sql, many))
-            except ASYNCPG_ERRORS as exc:
-                raise asyncpg_error(sql, many, exc) from exc
+            _pg_await(conn, "executemany", sql, (many,))
         elif self._raw:
             sql, names, literals = self.sqlite.sql(stmt, tuple(rows[0]))
             driver = conn.connection.driver_connection
