@@ -509,6 +509,18 @@ class Runtime:
             )
             await self.start_module_server()
             await http_server.start()
+            # uvicorn, bound to no socket of its own, no longer says where it listens.
+            host, tls = self.settings.server.host, bool(self.settings.tls.cert)
+            module = self.settings.modules.websocket
+            log.info(
+                "listening: REST and /ws on %s://%s:%d%s",
+                "https" if tls else "http",
+                host,
+                self.settings.server.port,
+                f", WebSockets on {'wss' if tls else 'ws'}://{host}:{module.port}"
+                if self._module_server is not None
+                else "",
+            )
             assert http_server.serving is not None
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
