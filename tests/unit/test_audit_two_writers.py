@@ -5,6 +5,7 @@ statement that inserts nothing when the head moved (the store then seals again).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,21 @@ from ratewire.audit.verify import verify_chain
 from ratewire.storage.sql import SqlStore, async_url, metadata
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-async def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    url = str(request.getfixturevalue("postgres_url"))
+async def _drop_schema(url: str) -> None:
     engine = create_async_engine(async_url(url))
     async with engine.begin() as conn:
         await conn.run_sync(metadata.drop_all)
     await engine.dispose()
+
+
+# Synchronous: the session's postgres_url fixture may be set up here first, and it runs
+# asyncio.run(), which cannot run inside an async fixture's loop.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url = str(request.getfixturevalue("postgres_url"))
+    asyncio.run(_drop_schema(url))
     return url
 
 
