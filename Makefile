@@ -12,20 +12,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# ratewire-client (clients/js): its npm dependencies, for tsc and its node --test suites.
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund
+	touch $(JS_STAMP)
+
 run: $(STAMP)
 	$(BIN)/ratewire serve --dev
 
 # pytest -n 3: the suite mostly waits on the server processes it starts, so three workers on
 # two cores run it in about 5.5 minutes instead of 9; --dist loadfile keeps each module's
 # shared servers (and any Debian package a module installs) in one worker.
-test: $(STAMP)
+test: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+	cd $(JS) && npx tsc -p tsconfig.json --noEmit
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
-lint: $(STAMP)
+lint: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples && $(BIN)/ruff format --check src tests bench examples && $(BIN)/mypy
+	cd $(JS) && npx tsc -p tsconfig.json --noEmit
 
 bench: $(STAMP)
 	$(BIN)/ratewire bench fanout

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.node import npm_ci
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -23,20 +21,7 @@ NODE_CLIENT_DIR = Path(__file__).parent / "node"
 @pytest.fixture(scope="session")
 def node_client() -> Path:
     """The guide's client with its ``ws`` dependency installed from the npm registry."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        message = "node and npm are needed for the guide-client interoperability test"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    if not (NODE_CLIENT_DIR / "node_modules" / "ws").is_dir():
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_CLIENT_DIR,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    npm_ci(NODE_CLIENT_DIR, "ws")
     return NODE_CLIENT_DIR / "guide_client.js"
 
 
