@@ -155,6 +155,9 @@ class LimitsSettings(_Section):
     send_buffer_bytes: int = Field(1_048_576, ge=1024)
     auth_timeout_seconds: float = Field(5, gt=0)
     ping_interval_seconds: float = Field(20, gt=0)
+    #: A Server-Sent Events stream with nothing to send writes a comment this often, so
+    #: proxies and browsers do not take it for dead.
+    sse_heartbeat_seconds: float = Field(15, gt=0)
 
 
 class HistorySettings(_Section):

@@ -36,7 +36,7 @@ from ratewire.domain import RatingEvent
 from ratewire.latency import DeliveryTimer, GcPauses
 from ratewire.listener import DescriptorBudget, PausableListener
 from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
-from ratewire.realtime.asgi import WebSocketEndpoint, mount_websocket
+from ratewire.realtime.asgi import WebSocketEndpoint, mount_realtime
 from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.picows_server import start_module_server
@@ -47,6 +47,7 @@ from ratewire.realtime.session import (
     RealtimeContext,
     Session,
 )
+from ratewire.realtime.sse import SseEndpoint
 from ratewire.realtime.uvicorn_ws import websocket_protocol_with_budget
 from ratewire.relay import Relay
 from ratewire.revocations import RevocationService
@@ -214,8 +215,10 @@ class Runtime:
         self.descriptors = capacity.DescriptorWatchdog(self.capacity.descriptors)
         self.asgi: ASGIApp = self.app
         if self.serves_websockets:
-            self.asgi = mount_websocket(
-                self.app, WebSocketEndpoint(self.realtime, self.connection_limiter)
+            self.asgi = mount_realtime(
+                self.app,
+                WebSocketEndpoint(self.realtime, self.connection_limiter),
+                SseEndpoint(self.realtime, self.connection_limiter),
             )
         if self.realtime.proxies:
             self.asgi = ClientAddressMiddleware(self.asgi, self.realtime.proxies)

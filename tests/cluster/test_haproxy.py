@@ -17,6 +17,7 @@ from tests.cluster.conftest import ClusterFactory
 from tests.cluster.follower import Follower, assert_exactly_once
 from tests.support.debian import ensure_tool
 from tests.support.server import ServerProcess, free_port
+from tests.support.sse import SseStream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
@@ -108,3 +109,39 @@ async def test_through_haproxy_an_instance_dies_and_clients_resume_on_the_others
     # leastconn spread the nine followers over the three instances: those on the killed one
     # came back through HAProxy.
     assert sum(follower.connections > 1 for follower in followers) >= 1
+
+
+async def test_through_haproxy_a_stream_resumes_after_its_instance_dies(
+    cluster_behind_haproxy: tuple[HAProxy, list[ServerProcess]],
+) -> None:
+    balancer, servers = cluster_behind_haproxy
+    token = servers[0].token("sse-watcher")
+    topics = ["rating.game.lbsse"]
+
+    async def write(users: list[str]) -> None:
+        async with httpx.AsyncClient(base_url=balancer.base_url, timeout=10) as http:
+            for user in users:
+                answer = await http.put(
+                    f"/games/lbsse/ratings/{user}",
+                    json={"score": 2},
+                    headers={"Authorization": f"Bearer {servers[0].token(user)}"},
+                )
+                assert answer.status_code == 201, answer.text
+
+    stream = await SseStream.open(balancer.base_url, topics, token)
+    await stream.events("subscribed", 1)
+    await write(["a0", "a1", "a2"])
+    seen = await stream.events("rating_update", 3)
+    # Kill every instance but one: whichever held the stream, it resumes on the survivor.
+    servers[0].kill()
+    servers[1].kill()
+    await stream.close()
+    await write(["b0", "b1"])
+    assert stream.last_event_id is not None
+    resumed = await SseStream.open(
+        balancer.base_url, topics, token, last_event_id=stream.last_event_id
+    )
+    seen += await resumed.events("rating_update", 2)
+    await resumed.close()
+    assert [e.data["offset"] for e in seen] == [1, 2, 3, 4, 5]
+    assert [e.data["data"]["userId"] for e in seen] == ["a0", "a1", "a2", "b0", "b1"]

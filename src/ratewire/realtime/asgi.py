@@ -1,7 +1,7 @@
 """The WebSocket endpoint on the main port (``/ws``), as a raw ASGI app over uvicorn.
 
 Same session logic as the module port. It is dispatched in front of FastAPI (see
-:func:`mount_websocket`) so frames do not pass through Starlette's WebSocket wrapper and every
+:func:`mount_realtime`) so frames do not pass through Starlette's WebSocket wrapper and every
 middleware's ``send`` wrapper: measured, that halved /ws fan-out throughput. ASGI sends are
 awaitables, so each connection has an outbox drained by a writer task; the outbox counts
 bytes, and overflowing ``limits.send_buffer_bytes`` closes with 4009, as on the module port.
@@ -186,12 +186,18 @@ class WebSocketEndpoint:
         await send({"type": "websocket.http.response.body", "body": body})
 
 
-def mount_websocket(app: ASGIApp, endpoint: WebSocketEndpoint, path: str = "/ws") -> ASGIApp:
-    """``app`` with WebSocket connections to ``path`` handed to ``endpoint`` directly."""
+def mount_realtime(
+    app: ASGIApp, websocket: WebSocketEndpoint, stream: ASGIApp | None = None
+) -> ASGIApp:
+    """``app`` with WebSocket connections to ``/ws`` handed to ``websocket``, and requests
+    for ``/stream`` (Server-Sent Events) to ``stream``, directly."""
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == path:
-            await endpoint(scope, receive, send)
+        path = scope.get("path")
+        if scope["type"] == "websocket" and path == "/ws":
+            await websocket(scope, receive, send)
+        elif stream is not None and scope["type"] == "http" and path == "/stream":
+            await stream(scope, receive, send)
         else:
             await app(scope, receive, send)
 

@@ -247,6 +247,17 @@ class Session:
             return
         self._enqueue(message)
 
+    def request(self, message: ClientMessage) -> None:
+        """Handle a message the adapter made itself, in order with everything before it (the
+        SSE endpoint subscribes the topics of its URL this way); it is not counted against
+        the client's message rate."""
+        if self.closed or self.principal is None:
+            return
+        if message.action == "subscribe" or self._inbox or self._worker is not None:
+            self._enqueue(message)
+        else:
+            self._handle_now(message)
+
     def _enqueue(self, message: ClientMessage | bytes) -> None:
         if self._inbox is None:
             self._inbox = deque()

@@ -1,0 +1,439 @@
+"""Server-Sent Events on the main port: ``GET /stream?topic=...`` (docs/protocol.md).
+
+A stream is a :class:`~ratewire.realtime.session.Session` like a WebSocket connection, with
+the same token rules, topic permissions, revocation, caps, capacity slots, history replay and
+slow-consumer rule: only the transport differs. The endpoint subscribes the URL's topics
+through the session, and :class:`SsePeer` turns the session's frames into events:
+
+- ``rating_update``: ``data`` is the WebSocket frame with the store's ``epoch`` added, and
+  ``id`` a cursor holding the epoch and the last offset of every topic of the stream, so a
+  reconnect with ``Last-Event-ID`` (what ``EventSource`` sends by itself) resumes each topic
+  after what it delivered;
+- ``subscribed`` (with an ``id`` too, so a stream that ends before any update still resumes
+  from where it began), and ``gap`` when history no longer reaches the cursor;
+- ``error`` when the session ends the stream (revoked or expired token, too slow, shutdown).
+
+Like ``/ws`` it is a raw ASGI app dispatched in front of FastAPI (:func:`mount_realtime`), so
+events never pass through Starlette's middleware; the outbox counts bytes and writes each
+burst of events in one body chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import contextvars
+import logging
+import re
+from collections import deque
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from ratewire.capacity import RETRY_AFTER_SECONDS
+from ratewire.domain import TopicKind, parse_topic
+from ratewire.realtime.handshake import origin_allowed, token_from_request
+from ratewire.realtime.messages import ClientMessage
+from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.security.permissions import may_subscribe
+from ratewire.security.ratelimit import ConnectionRateLimiter
+from ratewire.security.tokens import InvalidToken
+
+#: How long an ``EventSource`` waits before reconnecting (the ``retry:`` field), in ms.
+RETRY_MS = 1000
+#: How long an ended stream's last event may wait for the reader before the connection is cut.
+CUT_AFTER_SECONDS = 1.0
+#: Set (in the request's task) when a stream ends without completing its response on
+#: purpose; uvicorn then closes the connection and would log it as an application error.
+_CUT_SHORT: contextvars.ContextVar[bool] = contextvars.ContextVar("sse_cut_short", default=False)
+
+
+class _CutShortIsExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_CUT_SHORT.get() and "without completing response" in str(record.msg))
+
+
+logging.getLogger("uvicorn.error").addFilter(_CutShortIsExpected())
+_UPDATE_PREFIX = b'{"type":"rating_update","topic":"'
+_CURSOR_VERSION = "1"
+_EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+class BadCursor(ValueError):
+    """A ``Last-Event-ID`` this server did not write."""
+
+
+def encode_cursor(epoch: str, positions: dict[str, int]) -> bytes:
+    """The opaque event id: the epoch and each topic's last delivered offset."""
+    text = "|".join([_CURSOR_VERSION, epoch, *(f"{t}={o}" for t, o in positions.items())])
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, dict[str, int]]:
+    """(epoch, offsets by topic) of an id written by :func:`encode_cursor`."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, epoch, *pairs = text.split("|")
+        if version != _CURSOR_VERSION or not _EPOCH.fullmatch(epoch):
+            raise ValueError(version)
+        positions = {}
+        for pair in pairs:
+            topic, _, offset = pair.rpartition("=")
+            if parse_topic(topic) is None:
+                raise ValueError(topic)
+            positions[topic] = int(offset)
+            if positions[topic] < 0:
+                raise ValueError(pair)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor(f"Last-Event-ID {cursor[:80]!r} is not a cursor of this server") from None
+    return epoch, positions
+
+
+class SsePeer:
+    """Adapts one HTTP response to a :class:`Session`: frames in, events out."""
+
+    def __init__(
+        self,
+        send: Send,
+        limit: int,
+        heartbeat: float,
+        epoch: str,
+        followed: set[str],
+        resumed: dict[str, int],
+    ) -> None:
+        self._send = send
+        self._limit = limit
+        self._heartbeat = heartbeat
+        self._epoch = epoch
+        self._epoch_bytes = epoch.encode()
+        #: The topics with offsets of their own (all but rating.game.*).
+        self._followed = followed
+        #: Last offset delivered of each followed topic (the cursor): a resumed topic's from
+        #: the start, a new one's from its ``subscribed``.
+        self.positions = dict(resumed)
+        #: Where each resumed topic was asked to start (named by a gap, if there is one).
+        self._resumed = resumed
+        self._outbox: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        #: Set once the session ended the stream.
+        self.closing = asyncio.Event()
+        self.session: Session | None = None
+
+    # -- the Peer protocol ---------------------------------------------------------------
+
+    def send_text(self, data: bytes) -> None:
+        if self._close is not None:
+            return
+        event = self._event(data)
+        if event is None:
+            return
+        self._outbox.append(event)
+        self._queued += len(event)
+        if self._queued > self._limit:
+            self._outbox.clear()
+            self._queued = 0
+            if self.session is not None:
+                self.session.close(CLOSE_TOO_SLOW, "Client too slow")
+            return
+        self._wake.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+            self._wake.set()
+            self.closing.set()
+
+    async def drain(self) -> None:
+        while self._queued > self._limit // 4 and self._close is None:
+            self._drained.clear()
+            await self._drained.wait()
+
+    # -- frames to events ----------------------------------------------------------------
+
+    def _event(self, frame: bytes) -> bytes | None:
+        if frame.startswith(_UPDATE_PREFIX):
+            end = frame.index(b'"', len(_UPDATE_PREFIX))
+            topic = frame[len(_UPDATE_PREFIX) : end].decode()
+            start = end + len(b'","offset":')
+            offset = int(frame[start : frame.index(b",", start)])
+            if topic in self._followed:  # else it came through rating.game.*: no cursor
+                self.positions[topic] = offset
+            data = b'{"type":"rating_update","epoch":"%s",%s' % (
+                self._epoch_bytes,
+                frame[len(b'{"type":"rating_update",') :],
+            )
+            return self._format(b"rating_update", data)
+        message = orjson.loads(frame)
+        kind = message.get("type")
+        if kind == "subscribed":
+            topic, offset = message["topic"], message["offset"]
+            if topic not in self._followed:
+                return None
+            self.positions[topic] = offset
+            if message.get("recovered") is False:
+                gap = {
+                    "topic": topic,
+                    "after": self._resumed.get(topic, 0),
+                    "offset": offset,
+                    "next": offset + 1,
+                    "epoch": self._epoch,
+                }
+                return self._format(b"gap", orjson.dumps(gap))
+            return self._format(b"subscribed", frame)
+        if kind == "error":
+            return self._format(b"error", frame)
+        return None  # connection_success, pong, refreshed: nothing a stream reader needs
+
+    def _format(self, kind: bytes, data: bytes) -> bytes:
+        cursor = encode_cursor(self._epoch, self.positions)
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (cursor, kind, data)
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def write_loop(self) -> None:
+        """Write queued events (a burst in one chunk), comments when idle, and the end."""
+        send = self._send
+        with contextlib.suppress(OSError, RuntimeError):
+            while True:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._heartbeat)
+                except TimeoutError:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b": keep-alive\n\n",
+                            "more_body": True,
+                        }
+                    )
+                    continue
+                self._wake.clear()
+                if self._outbox:
+                    chunk = b"".join(self._outbox)
+                    self._outbox.clear()
+                    self._queued = 0
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._drained.set()
+                if self._close is not None:
+                    code, reason = self._close
+                    ending = orjson.dumps({"code": code, "reason": reason})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"event: error\ndata: %s\n\n" % ending,
+                            "more_body": False,
+                        }
+                    )
+                    return
+
+
+class SseEndpoint:
+    """The raw ASGI app behind ``GET /stream``."""
+
+    def __init__(self, ctx: RealtimeContext, limiter: ConnectionRateLimiter) -> None:
+        self._ctx = ctx
+        self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await _problem(send, 405, "Method Not Allowed", "use GET", {b"allow": b"GET"})
+            return
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        if not origin_allowed(
+            origin.decode("latin-1") if origin else None, self._ctx.allowed_origins
+        ):
+            await _problem(send, 403, "Forbidden", "this origin may not open streams here")
+            return
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        slots = self._ctx.slots
+        admitted = slots.admit(ip)
+        if admitted == slots.OVER_CAPACITY:
+            await _problem(
+                send,
+                503,
+                "Service Unavailable",
+                "this server holds as many connections as it can",
+                {b"retry-after": str(RETRY_AFTER_SECONDS).encode()},
+            )
+            return
+        if admitted == slots.OVER_IP_CAP:
+            await _problem(
+                send,
+                429,
+                "Too Many Requests",
+                "too many open connections from this address",
+                {b"retry-after": str(RETRY_AFTER_SECONDS).encode()},
+            )
+            return
+        try:
+            await self._serve(ip, headers, scope, receive, send)
+        finally:
+            slots.release(ip)
+
+    async def _serve(
+        self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        ctx = self._ctx
+        retry_after = self._limiter.acquire(ip)
+        if retry_after:
+            await _problem(
+                send,
+                429,
+                "Too Many Requests",
+                "too many new connections from this address",
+                {b"retry-after": str(retry_after).encode()},
+            )
+            return
+        query_string = scope["query_string"].decode("latin-1")
+        query = parse_qs(query_string)
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        token = token_from_request("?" + query_string, authorization)
+        if token is None:
+            await _problem(
+                send,
+                401,
+                "Unauthorized",
+                "a token is needed: Authorization: Bearer <JWT> or ?token=<JWT>",
+            )
+            return
+        try:
+            principal = ctx.tokens.verify(token)
+        except InvalidToken as exc:
+            await _problem(send, 401, "Unauthorized", exc.reason)
+            return
+        names = query.get("topic", [])
+        if not names:
+            await _problem(
+                send, 400, "Bad Request", "name at least one topic: ?topic=rating.global"
+            )
+            return
+        if len(names) > ctx.limits.max_subscriptions_per_connection:
+            await _problem(
+                send,
+                400,
+                "Bad Request",
+                f"a stream holds at most {ctx.limits.max_subscriptions_per_connection} topics",
+            )
+            return
+        names = list(dict.fromkeys(names))
+        followed: set[str] = set()
+        for name in names:
+            topic = parse_topic(name)
+            if topic is None:
+                await _problem(
+                    send,
+                    400,
+                    "Bad Request",
+                    f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
+                    "rating.game.* and rating.user.{userId}",
+                )
+                return
+            if not may_subscribe(principal, topic):
+                await _problem(send, 403, "Forbidden", f"this token may not follow {name}")
+                return
+            if topic.kind is not TopicKind.ALL_GAMES:
+                followed.add(name)
+        cursor = (
+            headers.get(b"last-event-id", b"").decode("latin-1")
+            or (query.get("lastEventId", [""])[0])
+        )
+        try:
+            epoch, resume_from = decode_cursor(cursor) if cursor else (None, {})
+        except BadCursor as exc:
+            await _problem(send, 400, "Bad Request", str(exc))
+            return
+        if ctx.slots.user_full(principal.sub):
+            await _problem(
+                send,
+                429,
+                "Too Many Requests",
+                "this user holds too many open connections",
+                {b"retry-after": str(RETRY_AFTER_SECONDS).encode()},
+            )
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send(
+            {"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True}
+        )
+        resumed = {name: resume_from[name] for name in followed if name in resume_from}
+        peer = SsePeer(
+            send,
+            ctx.limits.send_buffer_bytes,
+            ctx.limits.sse_heartbeat_seconds,
+            ctx.store.epoch,
+            followed,
+            resumed,
+        )
+        session = Session(peer, ctx, ip, "/stream")
+        peer.session = session
+        writer = asyncio.create_task(peer.write_loop())
+        session.opened(principal)
+        for name in names:
+            since = resumed.get(name)
+            session.request(
+                ClientMessage(
+                    "subscribe", topic=name, since=since, epoch=epoch if since is not None else None
+                )
+            )
+        closing = asyncio.ensure_future(peer.closing.wait())
+        receiving = asyncio.ensure_future(receive())
+        try:
+            while not writer.done():
+                done, _ = await asyncio.wait(
+                    {receiving, writer, closing}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiving in done:
+                    if receiving.result()["type"] == "http.disconnect":
+                        break
+                    receiving = asyncio.ensure_future(receive())
+                if closing in done:
+                    # The session ended the stream: the writer sends the end, unless the
+                    # reader stopped reading (a 4009, say) and it waits for room that never
+                    # comes; then the response is cut short and the connection closed.
+                    done, _ = await asyncio.wait({writer}, timeout=CUT_AFTER_SECONDS)
+                    if not done:
+                        _CUT_SHORT.set(True)
+                    break
+        finally:
+            receiving.cancel()
+            closing.cancel()
+            session.closed_by_peer(None)
+            peer.close(1000, "")
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+
+async def _problem(
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    extra_headers: dict[bytes, bytes] | None = None,
+) -> None:
+    """An RFC 9457 answer before the stream starts (an ``EventSource`` then stops retrying)."""
+    body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    headers = [(b"content-type", b"application/problem+json"), *(extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
