@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tarfile
@@ -124,7 +125,9 @@ def test_the_installed_server_serves_and_tail_receives_a_rating(installed: Insta
 
         token = installed.ratewire("token", "7", env=env).stdout.strip()
         tail = subprocess.Popen(
-            [str(installed.bin / "ratewire"), "tail", "rating.game.42", "--json"],
+            # --since 0: it replays the rating even if it subscribes after the POST (a loaded
+            # machine may take longer than the second below to start it).
+            [str(installed.bin / "ratewire"), "tail", "rating.game.42", "--since", "0", "--json"],
             cwd=installed.home,
             env=env,
             stdout=subprocess.PIPE,
@@ -139,7 +142,6 @@ def test_the_installed_server_serves_and_tail_receives_a_rating(installed: Insta
                 assert json.loads(socket.recv(10))["type"] == "connection_success"
                 socket.send(json.dumps({"action": "subscribe", "topic": "rating.game.42"}))
                 assert json.loads(socket.recv(10))["type"] == "subscribed"
-            time.sleep(1.0)  # tail subscribes too (it resumes from offset 0 in any case)
             created = httpx.post(
                 f"{base}/ratings",
                 headers={"Authorization": f"Bearer {token}"},
@@ -150,6 +152,8 @@ def test_the_installed_server_serves_and_tail_receives_a_rating(installed: Insta
                 update = json.loads(socket.recv(10))
                 assert update["type"] == "rating_update" and update["data"]["score"] == 4
         assert tail.stdout is not None
+        ready, _, _ = select.select([tail.stdout], [], [], 30)
+        assert ready, "ratewire tail printed nothing in 30 s"
         line = json.loads(tail.stdout.readline())
         assert (line["offset"], line["event"], line["data"]["comment"]) == (
             1,
