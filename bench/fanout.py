@@ -132,6 +132,84 @@ def subscriber_worker(
     uvloop.run(run())
 
 
+def sse_subscriber_worker(
+    conn: Connection,
+    stream_url: str,
+    topic: str,
+    first: int,
+    count: int,
+    concurrency: int,
+    source_address: str | None = None,
+) -> None:
+    """:func:`subscriber_worker` over Server-Sent Events (``GET /stream``): the same counts
+    and histogram, read from plain HTTP responses with asyncio streams."""
+    import uvloop
+
+    raise_fd_limit()
+    histogram = array("q", bytes(8 * BUCKETS))
+    totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0}
+    host, port = stream_url.split("//", 1)[1].split("/", 1)[0].split(":")
+    readers: list[asyncio.Task[None]] = []
+
+    async def follow(sub_token: str, ready: asyncio.Future[None]) -> None:
+        extra = {"local_addr": (source_address, 0)} if source_address else {}
+        reader, writer = await asyncio.open_connection(host, int(port), **extra)
+        writer.write(
+            f"GET /stream?topic={topic}&token={sub_token} HTTP/1.1\r\nHost: {host}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        last_offset = -1
+        buffered = b""
+        while chunk := await reader.read(65536):
+            buffered += chunk
+            *events, buffered = buffered.split(b"\n\n")
+            for event in events:
+                at = event.find(b"data: ")
+                if at < 0:
+                    continue
+                payload = event[at + 6 :]
+                if payload.startswith(b'{"type":"rating_update"'):
+                    now = time.time_ns()
+                    start = payload.find(b"t=") + 2
+                    latency = now - int(payload[start : payload.find(b'"', start)])
+                    histogram[min(BUCKETS - 1, max(0, latency // BUCKET_NS))] += 1
+                    totals["received"] += 1
+                    totals["max_ns"] = max(totals["max_ns"], latency)
+                    o = payload.find(b'"offset":') + 9
+                    offset = int(payload[o : payload.find(b",", o)])
+                    if last_offset >= 0:
+                        if offset <= last_offset:
+                            totals["duplicates"] += 1
+                        elif offset != last_offset + 1:
+                            totals["gaps"] += offset - last_offset - 1
+                    last_offset = offset
+                elif b"event: subscribed" in event and not ready.done():
+                    last_offset = json.loads(payload).get("offset", 0)
+                    ready.set_result(None)
+
+    async def run() -> None:
+        gate = asyncio.Semaphore(concurrency)
+        tokens = [token(f"sub{first + i}") for i in range(count)]
+        conn.recv()  # start signal
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+
+        async def one(index: int) -> None:
+            async with gate:
+                ready: asyncio.Future[None] = loop.create_future()
+                readers.append(asyncio.create_task(follow(tokens[index], ready)))
+                await asyncio.wait_for(ready, 30)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        conn.send(("subscribed", time.monotonic() - started))
+        await loop.run_in_executor(None, conn.recv)  # stop signal
+        conn.send(("result", totals, histogram.tobytes()))
+        for task in readers:
+            task.cancel()
+
+    uvloop.run(run())
+
+
 # -- publisher ------------------------------------------------------------------------------------
 
 
@@ -297,11 +375,12 @@ def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) 
     first = 0
     for count in per:
         parent, child = ctx.Pipe()
+        url = target.subscriber_urls[len(workers) % len(target.subscriber_urls)]
         process = ctx.Process(
-            target=subscriber_worker,
+            target=sse_subscriber_worker if url.startswith("http") else subscriber_worker,
             args=(
                 child,
-                target.subscriber_urls[len(workers) % len(target.subscriber_urls)],
+                url,
                 topic,
                 first,
                 count,
@@ -440,6 +519,8 @@ STARTERS: dict[str, Callable[[], Target]] = {
         name="ratewire-before", source=Path(os.environ["RATEWIRE_BENCH_BEFORE_SRC"])
     ),
     "ratewire-asgi": start_ratewire_asgi,
+    # The same server, its subscribers on Server-Sent Events (GET /stream) instead.
+    "ratewire-sse": lambda: start_ratewire(name="ratewire-sse").following_streams(),
     "node-guide": start_node_guide,
     "pg-local": lambda: start_cluster("pg-local", broker="local"),
     "pg-redis": lambda: start_cluster("pg-redis"),
@@ -604,6 +685,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "embedded": ("ratewire", "ratewire-normal", "ratewire-2w", "node-guide"),
         # Cluster mode against its single-node baselines, on PostgreSQL, in one run.
         "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
+        # WebSockets and Server-Sent Events on one server build, in one run.
+        "transports": ("ratewire", "ratewire-sse"),
         # The storage backends, single node: SQLite (the default) and Redis.
         "storage": ("ratewire", "redis-store"),
     }

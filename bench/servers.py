@@ -74,6 +74,11 @@ class Target:
     def subscriber_urls(self) -> list[str]:
         return self.ws_urls or [self.ws_url]
 
+    def following_streams(self) -> Target:
+        """This target with its subscribers on Server-Sent Events (``GET /stream``)."""
+        self.ws_urls = [self.post_url.rsplit("/", 1)[0] + "/stream"]
+        return self
+
     def pids(self) -> list[int]:
         """The server processes (and a supervisor's workers) whose memory is counted."""
         pids = [self.process.pid, *(p.pid for p in self.others)]
