@@ -1,4 +1,5 @@
-"""A minimal blocking REST client for the command line's admin calls (``ratewire revoke``)."""
+"""A minimal blocking REST client for the command line's admin calls (``ratewire revoke``,
+``ratewire webhook``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def admin_request(
     )
     try:
         with urllib.request.urlopen(request, timeout=10, context=ssl.create_default_context()) as r:
-            return json.loads(r.read())
+            answer = r.read()
+            return json.loads(answer) if answer else None
     except urllib.error.HTTPError as exc:
         try:
             detail = json.loads(exc.read()).get("detail")

@@ -10,67 +10,15 @@ from typing import Any
 import click
 
 from ratewire import __version__
-from ratewire.config import ConfigError, Settings, load_settings
-
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="config.yml (default: ./config.yml if present)",
+from ratewire.cli_common import (
+    auth_option,
+    config_option,
+    settings_from,
+    token_service,
+    with_dev_secret,
 )
-_auth_option = click.option(
-    "--auth",
-    "auth_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="auth.yml (default: ./auth.yml if present)",
-)
-
-
-def _settings(config_path: Path | None, auth_path: Path | None) -> Settings:
-    try:
-        return load_settings(config_path, auth_path)
-    except ConfigError as exc:
-        click.echo(f"ratewire: config error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _with_dev_secret(settings: Settings, *, create: bool) -> tuple[Settings, str | None]:
-    """``settings`` signing with the development secret when no key is configured (created
-    if ``create``), and a line saying so (None when a configured key is used)."""
-    from ratewire.security.dev_secret import DEV_SECRET_FILE, dev_secret, read_dev_secret
-
-    if settings.jwt.secret is not None or settings.jwt.keys:
-        return settings, None
-    if create:
-        secret, created = dev_secret()
-        kept = "generated now and kept" if created else "kept"
-    else:
-        found = read_dev_secret()
-        if found is None:
-            return settings, None
-        secret, kept = found, "kept"
-    jwt_settings = settings.jwt.model_copy(update={"secret": secret})
-    note = (
-        f"dev mode: tokens are signed with a random secret {kept} in ./{DEV_SECRET_FILE} "
-        "(`ratewire token SUB` in this directory uses it); configure jwt.secret for anything else"
-    )
-    return settings.model_copy(update={"jwt": jwt_settings}), note
-
-
-def _token_service(settings: Settings) -> Any:
-    """The TokenService of ``ratewire token``/``tail``/``revoke`` (the dev secret if no key is
-    configured); exits with one line when no key can be used."""
-    from ratewire.security.tokens import TokenService
-
-    settings, _ = _with_dev_secret(settings, create=False)
-    try:
-        # dev: these commands only sign for a server that already accepted the key.
-        return TokenService(settings.jwt, dev=True)
-    except ConfigError as exc:
-        click.echo(f"ratewire: config error: {exc}", err=True)
-        sys.exit(2)
+from ratewire.cli_webhooks import webhook
+from ratewire.config import ConfigError, Settings
 
 
 @click.group()
@@ -80,8 +28,8 @@ def main() -> None:
 
 
 @main.command()
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(
     "--role",
@@ -124,10 +72,10 @@ def serve(
     from ratewire.storage import StorageError
     from ratewire.storage.factory import UnsupportedBackend
 
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     dev_note = None
     if dev:
-        settings, dev_note = _with_dev_secret(settings, create=True)
+        settings, dev_note = with_dev_secret(settings, create=True)
     server = settings.server.model_copy(
         update={
             "role": role or settings.server.role,
@@ -182,13 +130,13 @@ def serve(
 @click.option(
     "--ttl", type=click.IntRange(min=1), default=None, help="seconds (default: jwt.expiry_seconds)"
 )
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def token(
     sub: str, scope: str | None, ttl: int | None, config_path: Path | None, auth_path: Path | None
 ) -> None:
     """Print a JWT for SUB signed with the configured key (or the --dev secret)."""
-    service = _token_service(_settings(config_path, auth_path))
+    service = token_service(settings_from(config_path, auth_path))
     try:
         click.echo(service.issue(sub, scope=scope, ttl_seconds=ttl))
     except ValueError as exc:
@@ -202,8 +150,8 @@ def token(
 @click.option("--json", "as_json", is_flag=True, help="print each frame as one JSON line")
 @click.option("--url", default=None, help="WebSocket URL (default: the configured module port)")
 @click.option("--token", "token_value", default=None, help="JWT (default: one minted for 'tail')")
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def tail(
     topic: str,
     since: int | None,
@@ -217,12 +165,12 @@ def tail(
     from ratewire.client import Client, RatewireError
     from ratewire.security.tokens import SCOPE_ADMIN
 
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
         url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
     # Without --token, a fresh one whenever needed: tail outlives any one token.
-    issuer = None if token_value else _token_service(settings)
+    issuer = None if token_value else token_service(settings)
     colour = sys.stdout.isatty() and not as_json
 
     def mint() -> str:
@@ -292,8 +240,8 @@ def _tail_line(item: object, *, as_json: bool, colour: bool) -> str:
 @click.option("--list", "list_only", is_flag=True, help="print the revocations in force instead")
 @click.option("--url", default=None, help="REST base URL (default: the configured server port)")
 @click.option("--token", "token_value", default=None, help="admin JWT (default: one minted here)")
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def revoke(
     token_id: str | None,
     jti: str | None,
@@ -320,11 +268,11 @@ def revoke(
     if not list_only and (jti is None) == (sub is None):
         click.echo("ratewire revoke: give exactly one of --jti or --sub (or --list)", err=True)
         sys.exit(2)
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     if url is None:
         scheme = "https" if settings.tls.cert else "http"
         url = f"{scheme}://127.0.0.1:{settings.server.port}"
-    token_value = token_value or _token_service(settings).issue("ratewire-cli", scope=SCOPE_ADMIN)
+    token_value = token_value or token_service(settings).issue("ratewire-cli", scope=SCOPE_ADMIN)
     try:
         if list_only:
             answer = admin_request(url, token_value, "GET", "/admin/revocations")
@@ -360,8 +308,8 @@ def revoke(
     help="serve streamable HTTP on this port (path /mcp) instead of stdio",
 )
 @click.option("--host", default="127.0.0.1", help="address for --http")
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def mcp(
     url: str | None,
     rest_url: str | None,
@@ -383,7 +331,7 @@ def mcp(
         sys.exit(1)
     from ratewire.mcp_server import run
 
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     tls = bool(settings.tls.cert)
     if url is None:
         url = f"{'wss' if tls else 'ws'}://127.0.0.1:{settings.modules.websocket.port}/"
@@ -391,7 +339,7 @@ def mcp(
         rest_url = f"{'https' if tls else 'http'}://127.0.0.1:{settings.server.port}"
     provider = None
     if token_value is None:
-        issuer = _token_service(settings)
+        issuer = token_service(settings)
 
         def provider() -> str:
             return str(issuer.issue(subject))
@@ -431,14 +379,14 @@ def _run_with_store(settings: Settings, work: Any) -> Any:
     metavar="SEQ:MAC",
     help="an anchor from `ratewire audit anchor`: the entry must still be there, unchanged",
 )
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def audit_verify(anchor: str | None, config_path: Path | None, auth_path: Path | None) -> None:
     """Walk the chain; exit 0 if intact, 1 naming the first entry that is not."""
     from ratewire.audit import AuditChain
     from ratewire.audit.verify import verify_chain
 
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     pinned: tuple[int, str] | None = None
     if anchor is not None:
         seq, _, mac = anchor.partition(":")
@@ -468,12 +416,12 @@ def audit_verify(anchor: str | None, config_path: Path | None, auth_path: Path |
 
 
 @audit.command("anchor")
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def audit_anchor(config_path: Path | None, auth_path: Path | None) -> None:
     """Print the chain's head as SEQ:MAC; keep it outside the database, and pass it to
     `verify --anchor` later to detect a rewound log."""
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     head = _run_with_store(settings, lambda store: store.audit_head())
     click.echo(f"{head.seq}:{head.mac}")
 
@@ -486,8 +434,8 @@ def audit_anchor(config_path: Path | None, auth_path: Path | None) -> None:
     help="from this time on (UTC unless a zone is given)",
 )
 @click.option("--format", "output_format", type=click.Choice(["jsonl"]), default="jsonl")
-@_config_option
-@_auth_option
+@config_option
+@auth_option
 def audit_export(
     since: Any, output_format: str, config_path: Path | None, auth_path: Path | None
 ) -> None:
@@ -498,7 +446,7 @@ def audit_export(
 
     from ratewire.audit import AuditQuery
 
-    settings = _settings(config_path, auth_path)
+    settings = settings_from(config_path, auth_path)
     since_ms = None
     if since is not None:
         moment = since if since.tzinfo else since.replace(tzinfo=UTC)
@@ -588,3 +536,6 @@ def _bench_module(name: str) -> Any:
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
     return importlib.import_module(f"bench.{name}")
+
+
+main.add_command(webhook)

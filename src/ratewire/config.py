@@ -252,6 +252,35 @@ class AuditSettings(_Section):
     flush_seconds: float = Field(0.2, gt=0, le=10)
 
 
+class WebhooksSettings(_Section):
+    """Outbound webhooks (see ratewire.webhooks): delivery, retries and what URLs may be."""
+
+    enabled: bool = True
+    #: Waits between attempts of one event after a failure, in seconds (each with +-20%
+    #: jitter); after the last one the webhook is marked failing. As JSON in the environment:
+    #: RATEWIRE_WEBHOOKS__RETRY_SCHEDULE_SECONDS='[5, 30, 120]'.
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0, 21600.0], min_length=1
+    )
+    #: Plain http:// URLs (https only by default).
+    allow_insecure_http: bool = False
+    #: Loopback, private, link-local and metadata addresses (refused by default, at
+    #: registration and again at every connection, against DNS rebinding).
+    allow_private_networks: bool = False
+    connect_timeout_seconds: float = Field(5, gt=0)
+    #: The whole request, answer included.
+    timeout_seconds: float = Field(10, gt=0)
+    #: One instance delivers a webhook at a time; a dead one's webhooks move after this.
+    lease_seconds: float = Field(5, gt=0)
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _non_negative(cls, schedule: list[float]) -> list[float]:
+        if any(wait < 0 for wait in schedule):
+            raise ValueError("waits must be >= 0 seconds")
+        return schedule
+
+
 class Settings(_Section):
     """Everything ratewire reads at start."""
 
@@ -266,6 +295,7 @@ class Settings(_Section):
     ratings: RatingsSettings = RatingsSettings()
     jwt: JwtSettings = JwtSettings()
     audit: AuditSettings = AuditSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
 
     def deployment_problem(self) -> str | None:
         """Why this combination of role, workers and backends cannot work, or None."""

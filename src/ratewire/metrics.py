@@ -80,6 +80,12 @@ class MetricSources:
     summary_cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
     #: Outcome (sent, received, dropped) -> commit notices between workers of one host.
     worker_notices: Callable[[], Mapping[str, int]] = _none
+    #: Outcome (delivered, failed, gone) -> webhook delivery attempts.
+    webhook_attempts: Callable[[], Mapping[str, int]] = _none
+    #: Events delivered to webhooks (each event once per webhook and topic, retries aside).
+    webhook_deliveries: Callable[[], int] = _zero
+    #: Webhook id -> age in seconds of its oldest event not delivered yet (held here).
+    webhook_backlog_seconds: Callable[[], Mapping[str, float]] = _none
 
 
 @dataclass
@@ -184,6 +190,21 @@ class Metrics:
             "broker), by outcome: sent, received, dropped (the sibling reads the store instead)",
             ("outcome",),
         )
+        self._webhook_attempts = counter(
+            "ratewire_webhook_attempts",
+            "Webhook POSTs, by outcome: delivered (2xx), failed (retried), gone (410: disabled)",
+            ("outcome",),
+        )
+        self._webhook_deliveries = counter(
+            "ratewire_webhook_deliveries", "Events delivered to webhooks (2xx answers)"
+        )
+        self._webhook_backlog = gauge(
+            "ratewire_webhook_oldest_undelivered_seconds",
+            "Age of each webhook's oldest event not delivered yet (0: none), on its deliverer",
+            ("webhook",),
+            mode="livemax",
+        )
+        self._webhook_backlog_labels: set[str] = set()
         self.commit_to_send = Histogram(
             "ratewire_commit_to_send_seconds",
             "Seconds from an event's commit to its frames being handed to subscribers",
@@ -281,6 +302,15 @@ class Metrics:
         self._cache_entries.set(entries)
         for outcome, count in s.worker_notices().items():
             self._worker_notices.copy(count, outcome)
+        for outcome, count in s.webhook_attempts().items():
+            self._webhook_attempts.copy(count, outcome)
+        self._webhook_deliveries.copy(s.webhook_deliveries())
+        backlog = s.webhook_backlog_seconds()
+        for departed in self._webhook_backlog_labels - backlog.keys():
+            self._webhook_backlog.remove(departed)  # deleted, or delivered by another instance
+        self._webhook_backlog_labels = set(backlog)
+        for webhook, age in backlog.items():
+            self._webhook_backlog.labels(webhook).set(age)
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this process, or every worker in multi-process mode."""

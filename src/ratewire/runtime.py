@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import secrets
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Coroutine, Sequence
@@ -32,7 +35,7 @@ from ratewire.broker import Broker, LocalBroker
 from ratewire.broker.announcements import Announcements, LocalAnnouncements
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
-from ratewire.domain import RatingEvent
+from ratewire.domain import GLOBAL_TOPIC, RatingEvent, parse_topic
 from ratewire.latency import DeliveryTimer, GcPauses
 from ratewire.listener import DescriptorBudget, PausableListener
 from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
@@ -63,6 +66,8 @@ from ratewire.service import RatingService
 from ratewire.storage import RatingStore, open_store
 from ratewire.storage.factory import UnsupportedBackend
 from ratewire.summaries import SummaryCache
+from ratewire.webhooks.admin import WebhookAdmin
+from ratewire.webhooks.deliverer import WebhookDeliverer, WebhookStats
 
 if TYPE_CHECKING:
     from ratewire.broker.redis import RedisBroker
@@ -132,6 +137,8 @@ class Runtime:
         self.service: RatingService | None = None
         self.summary_cache: SummaryCache | None = None
         self.relay: Relay | None = None
+        self.webhooks: WebhookDeliverer | None = None
+        self.webhook_admin: WebhookAdmin | None = None
         if self.serves_rest and self.store is not None:
             cache_size = settings.ratings.summary_cache_size
             self.summary_cache = SummaryCache(cache_size) if cache_size else None
@@ -190,6 +197,8 @@ class Runtime:
                 self.service.add_listener(self.siblings.announce, first=True)
             # First listener: the commit is timed before the relay delivers it.
             self.service.add_listener(self.delivery_timer.committed, first=True)
+        if self.service is not None and settings.webhooks.enabled:
+            self._start_webhooks(settings)
         if self.service is not None:
             self.app: FastAPI = create_app(
                 settings,
@@ -200,6 +209,7 @@ class Runtime:
                 revocations=self.revocations,
                 audit=self.audit_log,
                 metrics=self.metrics,
+                webhooks=self.webhook_admin,
             )
         else:
             if self.store is not None:
@@ -229,11 +239,29 @@ class Runtime:
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
+    def _start_webhooks(self, settings: Settings) -> None:
+        store = self.store
+        assert store is not None
+        everything = parse_topic(GLOBAL_TOPIC)
+        assert everything is not None
+        self.webhook_admin = WebhookAdmin(
+            store.webhooks,
+            settings.webhooks,
+            global_head=lambda: store.topic_head(everything),
+            audit=self.audit_log,
+        )
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.webhooks = WebhookDeliverer(store, settings.webhooks, owner)
+        self.webhook_admin.on_change = self.webhooks.changed
+
     def _metric_sources(self) -> MetricSources:
         stats = self.realtime.stats
 
         def slots() -> capacity.ConnectionSlots:
             return self.realtime.slots
+
+        def hook_stats() -> WebhookStats:
+            return self.webhooks.stats if self.webhooks is not None else WebhookStats()
 
         def rate_limited() -> dict[str, int]:
             refused = {
@@ -272,6 +300,9 @@ class Runtime:
                 (0, 0, 0) if cache is None else (cache.hits, cache.misses, len(cache))
             ),
             worker_notices=lambda: self.siblings.counts if self.siblings is not None else {},
+            webhook_attempts=lambda: dict(hook_stats().attempts),
+            webhook_deliveries=lambda: hook_stats().delivered,
+            webhook_backlog_seconds=lambda: hook_stats().backlog_seconds(),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -308,6 +339,8 @@ class Runtime:
                 self.siblings.start(self.relay.notify)
         if self.relay is not None:
             self._prune_task = asyncio.create_task(self._prune_forever(), name="history-pruner")
+        if self.webhooks is not None:
+            self.webhooks.start()
         await self.revocations.start()
         self._metrics_task = asyncio.create_task(self.metrics.sync_forever(), name="metrics")
         # Everything built so far (modules, the app, the schema, caches) lives as long as the
@@ -334,6 +367,8 @@ class Runtime:
         reached_hub = time.time()
         hub = self.hub
         hub.publish_batch(events)
+        if self.webhooks is not None:
+            self.webhooks.notify()
         timer, metrics, cache = self.delivery_timer, self.metrics, self.summary_cache
         for event in events:
             timer.delivered(
@@ -399,6 +434,8 @@ class Runtime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.webhooks is not None:
+            await self._bounded("stopping webhook deliveries", self.webhooks.stop())
         await self._bounded("stopping revocation updates", self.revocations.stop())
         if self.audit_log is not None:
             await self._bounded("writing the last audit entries", self.audit_log.stop())

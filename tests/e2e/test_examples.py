@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +78,50 @@ async def test_cache_invalidation_consumer_rereads_exactly_the_changed_games(
         "invalidated doom: 2 ratings, mean 3.0",
         "hits 0, misses 3",
     ]
+
+
+async def test_the_webhook_receiver_verifies_and_handles_each_event_once(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(
+        env={
+            "RATEWIRE_WEBHOOKS__ALLOW_INSECURE_HTTP": "true",
+            "RATEWIRE_WEBHOOKS__ALLOW_PRIVATE_NETWORKS": "true",
+            "RATEWIRE_WEBHOOKS__RETRY_SCHEDULE_SECONDS": "[0.2, 0.5, 1, 1, 1, 1]",
+        }
+    )
+    port = free_port()
+    admin = {"Authorization": f"Bearer {server.token('root', scope='ratings:admin')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        created = await http.post(
+            "/admin/webhooks",
+            json={"url": f"http://127.0.0.1:{port}/", "topics": ["rating.game.hook"]},
+            headers=admin,
+        )
+        webhook = created.json()
+        receiver = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "webhook_receiver.py"),
+            "--port", str(port), "--secret", webhook["secret"],
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert receiver.stdout is not None and receiver.stderr is not None
+        assert b"listening" in await asyncio.wait_for(receiver.stderr.readline(), 15)
+        for user, score in (("a", 5), ("b", 3), ("c", 1)):
+            await rate(server, "hook", user, score)
+        lines = [await asyncio.wait_for(receiver.stdout.readline(), 15) for _ in range(3)]
+        # Delivered again (a replay): the receiver knows the ids and handles none twice.
+        replay = await http.post(
+            f"/admin/webhooks/{webhook['id']}/replay", json={"since": 0}, headers=admin
+        )
+        assert replay.status_code == 200
+        duplicates = [await asyncio.wait_for(receiver.stderr.readline(), 15) for _ in range(3)]
+    receiver.terminate()
+    rest, _ = await receiver.communicate()
+    events = [orjson.loads(line) for line in lines]
+    assert [(e["offset"], e["data"]["userId"], e["data"]["score"]) for e in events] == [
+        (1, "a", 5),
+        (2, "b", 3),
+        (3, "c", 1),
+    ]
+    assert all(line.startswith(b"duplicate msg_") for line in duplicates)
+    assert rest == b""

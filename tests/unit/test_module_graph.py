@@ -17,9 +17,11 @@ LAYERS = [
     {"security", "metrics"},
     {"audit", "broker"},
     {"storage"},
-    {"relay", "capacity", "listener", "revocations", "service"},
+    {"relay", "capacity", "listener", "revocations", "service", "webhooks"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
+    {"cli_common"},
+    {"cli_webhooks"},
     {"cli"},
     {"__main__"},
 ]

@@ -19,6 +19,7 @@ from ratewire.api.problems import install_problem_handlers
 from ratewire.api.request_metrics import RequestMetrics
 from ratewire.api.routes import router
 from ratewire.api.topic_history import router as topic_history_router
+from ratewire.api.webhooks import router as webhooks_router
 from ratewire.audit.log import AuditLog
 from ratewire.config import Settings
 from ratewire.metrics import Metrics
@@ -26,6 +27,7 @@ from ratewire.revocations import RevocationService
 from ratewire.security.ratelimit import RequestRateLimiter
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
+from ratewire.webhooks.admin import WebhookAdmin
 
 DESCRIPTION = """
 Users score games from 1 to 5; every change is pushed in real time to WebSocket
@@ -45,14 +47,16 @@ def create_app(
     revocations: RevocationService | None = None,
     audit: AuditLog | None = None,
     metrics: Metrics | None = None,
+    webhooks: WebhookAdmin | None = None,
 ) -> FastAPI:
     """An ASGI app serving the REST API over ``service`` (which the caller starts and stops),
-    with the /admin routes when ``revocations`` is given."""
+    with the /admin routes when ``revocations`` is given, /admin/webhooks with ``webhooks``."""
     app = FastAPI(title="ratewire", version=__version__, description=DESCRIPTION)
     app.state.service = service
     app.state.revocations = revocations
     app.state.readiness_probes = {"storage": service.store.ping, **(readiness_probes or {})}
     app.state.metrics = metrics
+    app.state.webhooks = webhooks
     app.state.storage_errors = 0  # answers 503 because the store failed (for /metrics)
     install_problem_handlers(app)
     routers = [router, ops_router, topic_history_router, dashboard_router]
@@ -60,6 +64,8 @@ def create_app(
         routers.append(admin_router)
     if audit is not None:
         routers.append(audit_router)
+    if webhooks is not None:
+        routers.append(webhooks_router)
     routers.extend(extra_routers)
     for included in routers:
         app.include_router(included)

@@ -18,6 +18,7 @@ from ratewire.audit.entry import AuditHead
 from ratewire.audit.store import AuditStoreError
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, RatingEvent, Topic
 from ratewire.security.revocation import Revocation
+from ratewire.storage.webhook_store import WebhookStore
 
 
 class StorageError(AuditStoreError):
@@ -66,6 +67,10 @@ class RatingStore(Protocol):
     """Storage of ratings, summaries and the event log. Every method is safe to call
     concurrently; writes are atomic and their events get gapless per-topic offsets in commit
     order."""
+
+    @property
+    def webhooks(self) -> WebhookStore:
+        """The webhooks and their cursors, kept in the same database (ratewire.webhooks)."""
 
     #: Identifies this store's history; changes only if the history was lost (a new database).
     epoch: str

@@ -62,6 +62,7 @@ from ratewire.storage.base import (
 )
 from ratewire.storage.redis_audit import RedisAuditChain, encode_record
 from ratewire.storage.redis_scripts import LIST, PRUNE, RANK, TOP, WRITE
+from ratewire.storage.redis_webhooks import RedisWebhookStore
 from ratewire.storage.redis_wire import PipelinedConnection
 
 _WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest()
@@ -169,6 +170,7 @@ class RedisStore:
         self._top = self._client.register_script(TOP)
         self._prune = self._client.register_script(PRUNE)
         self.audit = RedisAuditChain(self._client, self.prefix, self._run_script)
+        self.webhooks = RedisWebhookStore(self._client, self.prefix, self._reaching_redis)
         self._rankings: set[str] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()

@@ -68,6 +68,7 @@ from ratewire.storage.sql_schema import (
     to_ms,
     user_heads,
 )
+from ratewire.storage.sql_webhooks import SqlWebhookStore
 
 #: PostgreSQL connections of the rating writes' own pool: batches never overlap, so one is
 #: busy at a time; the second stands in while a lost one is replaced.
@@ -148,6 +149,8 @@ class SqlStore(SqlReads):
         )
         if sqlite_connect is not None:
             self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, sqlite_connect)
+        #: Webhooks and their cursors, in this database (ratewire.webhooks delivers them).
+        self.webhooks = SqlWebhookStore(self._read, self._write)
 
     def _sqlite_engine(self, url: Any, *, immediate: bool, pool_size: int) -> Engine:
         engine = create_engine(

@@ -1,0 +1,72 @@
+"""What the ``ratewire`` commands share: the --config/--auth options, settings read with one
+clear error line, and the token service that signs their tokens."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ratewire.config import ConfigError, Settings, load_settings
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="config.yml (default: ./config.yml if present)",
+)
+auth_option = click.option(
+    "--auth",
+    "auth_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="auth.yml (default: ./auth.yml if present)",
+)
+
+
+def settings_from(config_path: Path | None, auth_path: Path | None) -> Settings:
+    try:
+        return load_settings(config_path, auth_path)
+    except ConfigError as exc:
+        click.echo(f"ratewire: config error: {exc}", err=True)
+        sys.exit(2)
+
+
+def with_dev_secret(settings: Settings, *, create: bool) -> tuple[Settings, str | None]:
+    """``settings`` signing with the development secret when no key is configured (created
+    if ``create``), and a line saying so (None when a configured key is used)."""
+    from ratewire.security.dev_secret import DEV_SECRET_FILE, dev_secret, read_dev_secret
+
+    if settings.jwt.secret is not None or settings.jwt.keys:
+        return settings, None
+    if create:
+        secret, created = dev_secret()
+        kept = "generated now and kept" if created else "kept"
+    else:
+        found = read_dev_secret()
+        if found is None:
+            return settings, None
+        secret, kept = found, "kept"
+    jwt_settings = settings.jwt.model_copy(update={"secret": secret})
+    note = (
+        f"dev mode: tokens are signed with a random secret {kept} in ./{DEV_SECRET_FILE} "
+        "(`ratewire token SUB` in this directory uses it); configure jwt.secret for anything else"
+    )
+    return settings.model_copy(update={"jwt": jwt_settings}), note
+
+
+def token_service(settings: Settings) -> Any:
+    """The TokenService of ``ratewire token``/``tail``/``revoke`` (the dev secret if no key is
+    configured); exits with one line when no key can be used."""
+    from ratewire.security.tokens import TokenService
+
+    settings, _ = with_dev_secret(settings, create=False)
+    try:
+        # dev: these commands only sign for a server that already accepted the key.
+        return TokenService(settings.jwt, dev=True)
+    except ConfigError as exc:
+        click.echo(f"ratewire: config error: {exc}", err=True)
+        sys.exit(2)
