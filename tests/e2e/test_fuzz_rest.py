@@ -21,11 +21,12 @@ from tests.support.server import SECRET, ServerProcess
 
 from ratewire.api import create_app
 from ratewire.broker.announcements import LocalAnnouncements
-from ratewire.config import JwtSettings, RatingsSettings, Settings
+from ratewire.config import JwtSettings, RatingsSettings, Settings, WebhooksSettings
 from ratewire.revocations import RevocationService
 from ratewire.security.tokens import TokenService
 from ratewire.service import RatingService
 from ratewire.storage.memory import MemoryStore
+from ratewire.webhooks.admin import WebhookAdmin
 
 pytestmark = pytest.mark.e2e
 load_all_checks()
@@ -37,6 +38,10 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
+
+
+async def _no_events() -> int:
+    return 0
 
 
 def _operations() -> list[tuple[str, str, schemathesis.GenerationMode]]:
@@ -51,6 +56,7 @@ def _operations() -> list[tuple[str, str, schemathesis.GenerationMode]]:
         revocations=RevocationService(
             tokens, store, LocalAnnouncements(), lambda _: None, poll_seconds=60
         ),
+        webhooks=WebhookAdmin(store.webhooks, WebhooksSettings(), global_head=_no_events),
     )
     cases = []
     for path, item in app.openapi()["paths"].items():

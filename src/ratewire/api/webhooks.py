@@ -54,7 +54,10 @@ class WebhookReplay(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     since: int = Field(
-        ..., ge=0, description="deliver again every event after this rating.global offset"
+        ...,
+        ge=0,
+        le=2**62,
+        description="deliver again every event after this rating.global offset",
     )
 
 

@@ -19,6 +19,8 @@ import httpcore
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Cloud metadata services that are not in a private range by the standard's own tables.
+#: How long resolving a webhook's host may take.
+RESOLVE_SECONDS = 5.0
 METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 
 
@@ -47,12 +49,16 @@ def refusal(address: IpAddress) -> str | None:
 
 def check_scheme(url: str, *, allow_http: bool) -> tuple[str, int]:
     """The host and port of ``url``, if its form is acceptable; else :class:`RefusedUrl`."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise RefusedUrl(f"{url!r}: {exc}") from None
     if parts.scheme not in ("https", "http"):
         raise RefusedUrl(f"{url!r}: only https URLs are allowed")
     if parts.scheme == "http" and not allow_http:
         raise RefusedUrl(f"{url!r}: only https URLs are allowed (webhooks.allow_insecure_http)")
-    if not parts.hostname:
+    if not host:
         raise RefusedUrl(f"{url!r}: no host")
     if parts.username or parts.password:
         raise RefusedUrl(f"{url!r}: credentials in the URL are not allowed; sign instead")
@@ -60,7 +66,7 @@ def check_scheme(url: str, *, allow_http: bool) -> tuple[str, int]:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise RefusedUrl(f"{url!r}: bad port") from None
-    return parts.hostname, port
+    return host, port
 
 
 async def resolve(host: str, port: int) -> list[IpAddress]:
@@ -71,9 +77,10 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
         pass
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise RefusedUrl(f"{host}: cannot be resolved ({exc})") from None
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError) as exc:
+        raise RefusedUrl(f"{host}: cannot be resolved ({exc or 'timed out'})") from None
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 

@@ -47,8 +47,8 @@ class WebhookAdmin:
     on_change: Callable[[], None] = lambda: None
 
     async def _checked_url(self, url: str) -> str:
-        if not url or len(url) > MAX_URL:
-            raise InvalidWebhook(f"url must be 1 to {MAX_URL} characters")
+        if not url or len(url) > MAX_URL or not url.isascii() or not url.isprintable():
+            raise InvalidWebhook(f"url must be 1 to {MAX_URL} printable ASCII characters")
         try:
             await check_url(
                 url,
@@ -75,8 +75,10 @@ class WebhookAdmin:
     def _checked_description(description: str) -> str:
         if len(description) > MAX_DESCRIPTION:
             raise InvalidWebhook(f"description: at most {MAX_DESCRIPTION} characters")
-        validate_text(description, "description")
-        return description
+        try:
+            return validate_text(description, "description")
+        except ValueError as exc:
+            raise InvalidWebhook(str(exc)) from None
 
     def _record(self, action: str, context: AuditContext | None, **detail: Any) -> None:
         self.on_change()
