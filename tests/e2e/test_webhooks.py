@@ -137,7 +137,11 @@ async def test_the_retry_schedule_ends_in_failing_and_a_re_enable_resumes(
         assert resumed.status_code == 200 and resumed.json()["status"] == "active"
         delivered = await receiver.wait_for(str(webhook["secret"]), 2)
         assert [p["offset"] for p in delivered] == [1, 2]
-        metrics = (await http.get("/metrics")).text
+        for _ in range(50):  # the deliverer counts an answer just after the receiver sent it
+            metrics = (await http.get("/metrics")).text
+            if 'ratewire_webhook_attempts_total{outcome="delivered"} 2.0' in metrics:
+                break
+            await asyncio.sleep(0.1)
     assert 'ratewire_webhook_attempts_total{outcome="failed"} 3.0' in metrics
     assert 'ratewire_webhook_attempts_total{outcome="delivered"} 2.0' in metrics
     await receiver.close()

@@ -69,7 +69,19 @@ class ServerProcess:
         }
         self._tokens = TokenService(JwtSettings(secret=SECRET))
         self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except RuntimeError as exc:
+                # free_port() releases the port it found; another process (an outgoing
+                # connection's ephemeral port, another worker's server) may take it before
+                # the server binds. Only the first start may move: restarts keep their ports.
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.http_port, self.ws_port = free_port(), free_port()
+                self.env["RATEWIRE_SERVER__PORT"] = str(self.http_port)
+                self.env["RATEWIRE_MODULES__WEBSOCKET__PORT"] = str(self.ws_port)
 
     @property
     def base_url(self) -> str:
