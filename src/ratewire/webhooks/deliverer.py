@@ -331,12 +331,14 @@ class WebhookDeliverer:
                     "POST", webhook.url, content=body, headers=headers
                 ) as answer:
                     code = answer.status_code
+                    # Read (at most 1 KiB of) the answer even on success: a connection whose
+                    # answer was read to its end is reused, and reuse halves a POST's cost.
+                    read = b""
+                    async for chunk in answer.aiter_raw():
+                        read += chunk
+                        if len(read) >= ANSWER_BYTES:
+                            break
                     if not 200 <= code < 300:
-                        read = b""
-                        async for chunk in answer.aiter_raw():
-                            read += chunk
-                            if len(read) >= ANSWER_BYTES:
-                                break
                         text = read[:ANSWER_BYTES].decode(errors="replace").strip()
                         error = f"HTTP {code}" + (f": {text[:200]}" if text else "")
         except TimeoutError:
