@@ -3,6 +3,8 @@ outbound webhooks, and read their delivery attempts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Annotated
 
@@ -79,10 +81,15 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type=JSON)
 
 
-def _problem(exc: Exception) -> ApiProblem:
-    if isinstance(exc, UnknownWebhook):
-        return ApiProblem(404, f"no webhook {exc.args[0]!r}")
-    return ApiProblem(422, str(exc))
+@contextmanager
+def _as_problems() -> Iterator[None]:
+    """The admin use cases' refusals as problem answers: 404 unknown webhook, 422 invalid."""
+    try:
+        yield
+    except UnknownWebhook as exc:
+        raise ApiProblem(404, f"no webhook {exc.args[0]!r}") from None
+    except InvalidWebhook as exc:
+        raise ApiProblem(422, str(exc)) from None
 
 
 @router.post(
@@ -95,12 +102,10 @@ def _problem(exc: Exception) -> ApiProblem:
 async def create_webhook(
     body: WebhookCreate, request: Request, caller: Admin, webhooks: Webhooks
 ) -> Response:
-    try:
+    with _as_problems():
         webhook = await webhooks.create(
             body.url, body.topics, body.description, request_audit_context(request.scope, caller)
         )
-    except InvalidWebhook as exc:
-        raise _problem(exc) from None
     answer = _json(webhook_wire(webhook, secret=True), 201)
     answer.headers["location"] = f"/admin/webhooks/{webhook.id}"
     return answer
@@ -122,10 +127,8 @@ async def list_webhooks(_: Admin, webhooks: Webhooks) -> Response:
     summary="One webhook",
 )
 async def get_webhook(webhook_id: str, _: Admin, webhooks: Webhooks) -> Response:
-    try:
+    with _as_problems():
         return _json(webhook_wire(await webhooks.get(webhook_id)))
-    except UnknownWebhook as exc:
-        raise _problem(exc) from None
 
 
 @router.patch(
@@ -137,7 +140,7 @@ async def get_webhook(webhook_id: str, _: Admin, webhooks: Webhooks) -> Response
 async def change_webhook(
     webhook_id: str, body: WebhookChange, request: Request, caller: Admin, webhooks: Webhooks
 ) -> Response:
-    try:
+    with _as_problems():
         webhook = await webhooks.change(
             webhook_id,
             request_audit_context(request.scope, caller),
@@ -146,8 +149,6 @@ async def change_webhook(
             description=body.description,
             enabled=body.enabled,
         )
-    except (InvalidWebhook, UnknownWebhook) as exc:
-        raise _problem(exc) from None
     return _json(webhook_wire(webhook))
 
 
@@ -160,10 +161,8 @@ async def change_webhook(
 async def delete_webhook(
     webhook_id: str, request: Request, caller: Admin, webhooks: Webhooks
 ) -> Response:
-    try:
+    with _as_problems():
         await webhooks.delete(webhook_id, request_audit_context(request.scope, caller))
-    except UnknownWebhook as exc:
-        raise _problem(exc) from None
     return Response(status_code=204)
 
 
@@ -178,10 +177,8 @@ async def webhook_deliveries(
     webhooks: Webhooks,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
-    try:
+    with _as_problems():
         attempts = await webhooks.deliveries(webhook_id, limit)
-    except UnknownWebhook as exc:
-        raise _problem(exc) from None
     items = []
     for attempt in attempts:
         fields = asdict(attempt)
@@ -210,10 +207,8 @@ async def webhook_deliveries(
 async def replay_webhook(
     webhook_id: str, body: WebhookReplay, request: Request, caller: Admin, webhooks: Webhooks
 ) -> Response:
-    try:
+    with _as_problems():
         webhook = await webhooks.replay(
             webhook_id, body.since, request_audit_context(request.scope, caller)
         )
-    except (InvalidWebhook, UnknownWebhook) as exc:
-        raise _problem(exc) from None
     return _json(webhook_wire(webhook))

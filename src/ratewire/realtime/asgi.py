@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -26,50 +25,21 @@ from ratewire.realtime.handshake import (
     origin_allowed,
     upgrade_credentials,
 )
-from ratewire.realtime.session import (
-    CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_TOO_SLOW,
-    RealtimeContext,
-    Session,
-)
+from ratewire.realtime.outbox import Outbox
+from ratewire.realtime.session import CLOSE_MESSAGE_TOO_BIG, RealtimeContext, Session
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
 
-class AsgiPeer:
+class AsgiPeer(Outbox):
     """Adapts one ASGI WebSocket connection to a :class:`Session`."""
 
     def __init__(self, send: Send, limit: int) -> None:
+        super().__init__(limit)
         self._send = send
-        self._limit = limit
-        self._outbox: deque[bytes] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._close: tuple[int, str] | None = None
-        self.session: Session | None = None
 
     def send_text(self, data: bytes) -> None:
-        if self._close is not None:
-            return
-        self._outbox.append(data)
-        self._queued += len(data)
-        if self._queued > self._limit:
-            self._outbox.clear()
-            self._queued = 0
-            if self.session is not None:
-                self.session.close(CLOSE_TOO_SLOW, "Client too slow")
-            return
-        self._wake.set()
-
-    def close(self, code: int, reason: str) -> None:
         if self._close is None:
-            self._close = (code, reason)
-            self._wake.set()
-
-    async def drain(self) -> None:
-        while self._queued > self._limit // 4 and self._close is None:
-            self._drained.clear()
-            await self._drained.wait()
+            self._enqueue(data)
 
     async def write_loop(self) -> None:
         """Send queued frames until closed (or the client is gone)."""

@@ -27,7 +27,7 @@ import contextlib
 import contextvars
 import logging
 import re
-from collections import deque
+from http import HTTPStatus
 from typing import ClassVar
 from urllib.parse import parse_qs
 
@@ -38,7 +38,8 @@ from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.domain import TopicKind, parse_topic
 from ratewire.realtime.handshake import origin_allowed, token_from_request
 from ratewire.realtime.messages import ClientMessage
-from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.realtime.outbox import Outbox
+from ratewire.realtime.session import RealtimeContext, Session
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import InvalidToken
@@ -94,7 +95,7 @@ def decode_cursor(cursor: str) -> tuple[str, dict[str, int]]:
     return epoch, positions
 
 
-class SsePeer:
+class SsePeer(Outbox):
     """Adapts one HTTP response to a :class:`Session`: frames in, events out."""
 
     #: Update events made lately, by (frame, epoch, cursor); the frame is kept to check that
@@ -110,8 +111,8 @@ class SsePeer:
         followed: set[str],
         resumed: dict[str, int],
     ) -> None:
+        super().__init__(limit)
         self._send = send
-        self._limit = limit
         self._heartbeat = heartbeat
         self._epoch = epoch
         self._epoch_bytes = epoch.encode()
@@ -122,17 +123,11 @@ class SsePeer:
         self.positions = dict(resumed)
         #: Where each resumed topic was asked to start (named by a gap, if there is one).
         self._resumed = resumed
-        self._outbox: deque[bytes] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._close: tuple[int, str] | None = None
         self._wrote_since_beat = False
         self._beat_due = False
         self._beat_timer: asyncio.TimerHandle | None = None
         #: Set once the session ended the stream.
         self.closing = asyncio.Event()
-        self.session: Session | None = None
 
     # -- the Peer protocol ---------------------------------------------------------------
 
@@ -140,28 +135,12 @@ class SsePeer:
         if self._close is not None:
             return
         event = self._event(data)
-        if event is None:
-            return
-        self._outbox.append(event)
-        self._queued += len(event)
-        if self._queued > self._limit:
-            self._outbox.clear()
-            self._queued = 0
-            if self.session is not None:
-                self.session.close(CLOSE_TOO_SLOW, "Client too slow")
-            return
-        self._wake.set()
+        if event is not None:
+            self._enqueue(event)
 
     def close(self, code: int, reason: str) -> None:
-        if self._close is None:
-            self._close = (code, reason)
-            self._wake.set()
-            self.closing.set()
-
-    async def drain(self) -> None:
-        while self._queued > self._limit // 4 and self._close is None:
-            self._drained.clear()
-            await self._drained.wait()
+        super().close(code, reason)
+        self.closing.set()
 
     # -- frames to events ----------------------------------------------------------------
 
@@ -280,14 +259,14 @@ class SseEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            await _problem(send, 405, "Method Not Allowed", "use GET", {b"allow": b"GET"})
+            await _problem(send, 405, "use GET")
             return
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
         if not origin_allowed(
             origin.decode("latin-1") if origin else None, self._ctx.allowed_origins
         ):
-            await _problem(send, 403, "Forbidden", "this origin may not open streams here")
+            await _problem(send, 403, "this origin may not open streams here")
             return
         client = scope.get("client")
         ip = client[0] if client else "unknown"
@@ -297,19 +276,13 @@ class SseEndpoint:
             await _problem(
                 send,
                 503,
-                "Service Unavailable",
                 "this server holds as many connections as it can",
-                {b"retry-after": str(RETRY_AFTER_SECONDS).encode()},
+                retry_after=RETRY_AFTER_SECONDS,
             )
             return
         if admitted == slots.OVER_IP_CAP:
-            await _problem(
-                send,
-                429,
-                "Too Many Requests",
-                "too many open connections from this address",
-                {b"retry-after": str(RETRY_AFTER_SECONDS).encode()},
-            )
+            detail = "too many open connections from this address"
+            await _problem(send, 429, detail, retry_after=RETRY_AFTER_SECONDS)
             return
         try:
             await self._serve(ip, headers, scope, receive, send)
@@ -322,42 +295,30 @@ class SseEndpoint:
         ctx = self._ctx
         retry_after = self._limiter.acquire(ip)
         if retry_after:
-            await _problem(
-                send,
-                429,
-                "Too Many Requests",
-                "too many new connections from this address",
-                {b"retry-after": str(retry_after).encode()},
-            )
+            detail = "too many new connections from this address"
+            await _problem(send, 429, detail, retry_after=retry_after)
             return
         query_string = scope["query_string"].decode("latin-1")
         query = parse_qs(query_string)
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
         token = token_from_request("?" + query_string, authorization)
         if token is None:
-            await _problem(
-                send,
-                401,
-                "Unauthorized",
-                "a token is needed: Authorization: Bearer <JWT> or ?token=<JWT>",
-            )
+            detail = "a token is needed: Authorization: Bearer <JWT> or ?token=<JWT>"
+            await _problem(send, 401, detail)
             return
         try:
             principal = ctx.tokens.verify(token)
         except InvalidToken as exc:
-            await _problem(send, 401, "Unauthorized", exc.reason)
+            await _problem(send, 401, exc.reason)
             return
         names = query.get("topic", [])
         if not names:
-            await _problem(
-                send, 400, "Bad Request", "name at least one topic: ?topic=rating.global"
-            )
+            await _problem(send, 400, "name at least one topic: ?topic=rating.global")
             return
         if len(names) > ctx.limits.max_subscriptions_per_connection:
             await _problem(
                 send,
                 400,
-                "Bad Request",
                 f"a stream holds at most {ctx.limits.max_subscriptions_per_connection} topics",
             )
             return
@@ -369,13 +330,12 @@ class SseEndpoint:
                 await _problem(
                     send,
                     400,
-                    "Bad Request",
                     f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
                     "rating.game.* and rating.user.{userId}",
                 )
                 return
             if not may_subscribe(principal, topic):
-                await _problem(send, 403, "Forbidden", f"this token may not follow {name}")
+                await _problem(send, 403, f"this token may not follow {name}")
                 return
             if topic.kind is not TopicKind.ALL_GAMES:
                 followed.add(name)
@@ -386,15 +346,14 @@ class SseEndpoint:
         try:
             epoch, resume_from = decode_cursor(cursor) if cursor else (None, {})
         except BadCursor as exc:
-            await _problem(send, 400, "Bad Request", str(exc))
+            await _problem(send, 400, str(exc))
             return
         if ctx.slots.user_full(principal.sub):
             await _problem(
                 send,
                 429,
-                "Too Many Requests",
                 "this user holds too many open connections",
-                {b"retry-after": str(RETRY_AFTER_SECONDS).encode()},
+                retry_after=RETRY_AFTER_SECONDS,
             )
             return
         await send(
@@ -464,15 +423,14 @@ class SseEndpoint:
                     await writer
 
 
-async def _problem(
-    send: Send,
-    status: int,
-    title: str,
-    detail: str,
-    extra_headers: dict[bytes, bytes] | None = None,
-) -> None:
+async def _problem(send: Send, status: int, detail: str, *, retry_after: int | None = None) -> None:
     """An RFC 9457 answer before the stream starts (an ``EventSource`` then stops retrying)."""
+    title = HTTPStatus(status).phrase
     body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
-    headers = [(b"content-type", b"application/problem+json"), *(extra_headers or {}).items()]
+    headers = [(b"content-type", b"application/problem+json")]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if status == 405:
+        headers.append((b"allow", b"GET"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
