@@ -1,7 +1,7 @@
 """The chaos soak in the suite: a real cluster (PostgreSQL, redis-server with its append-only
 file, two ``all`` instances and a ``stream`` one behind HAProxy) under writers, subscribers and
-a nemesis, for 40 seconds per fixed seed (``make chaos`` runs ten minutes); the independent
-checker must find no violation. A failure prints the seed: ``python -m bench.chaos --seconds 40
+a nemesis, for 30 seconds per fixed seed (``make chaos`` runs ten minutes); the independent
+checker must find no violation. A failure prints the seed: ``python -m bench.chaos --seconds 30
 --seed N`` replays the same faults at the same moments (the timing of the machine aside)."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ async def test_no_violation_under_combined_faults(
     seed: int, tmp_path: Path, postgres_url: str
 ) -> None:
     ensure_tool("haproxy", "haproxy")
-    # 40 s, not 60: the two runs are the suite's largest CPU cost on a 2-core machine.
-    history, verdict, result = await run(40, seed, tmp_path)
+    # 30 s, not 60: the two runs are the suite's largest CPU cost on a 2-core machine.
+    history, verdict, result = await run(30, seed, tmp_path)
     save(history, tmp_path / "history.json")
     (tmp_path / "report.json").write_text(json.dumps(result, indent=2))
     summary = human_summary(result)
