@@ -56,6 +56,33 @@ SUBS_PER_SOURCE_ADDRESS = 10_000
 # -- subscriber workers ---------------------------------------------------------------------------
 
 
+class Tally:
+    """One worker's counts: a latency histogram and the offset checks of its subscribers."""
+
+    def __init__(self) -> None:
+        self.histogram = array("q", bytes(8 * BUCKETS))
+        self.totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0}
+
+    def update(self, payload: bytes, last_offset: int) -> int:
+        """Count one ``rating_update`` (its send time is in the comment, ``t=<ns>``) that
+        follows ``last_offset`` on its connection; returns its offset."""
+        now = time.time_ns()
+        totals = self.totals
+        start = payload.find(b"t=") + 2
+        latency = now - int(payload[start : payload.find(b'"', start)])
+        self.histogram[min(BUCKETS - 1, max(0, latency // BUCKET_NS))] += 1
+        totals["received"] += 1
+        totals["max_ns"] = max(totals["max_ns"], latency)
+        at = payload.find(b'"offset":') + 9
+        offset = int(payload[at : payload.find(b",", at)])
+        if last_offset >= 0:
+            if offset <= last_offset:
+                totals["duplicates"] += 1
+            elif offset != last_offset + 1:
+                totals["gaps"] += offset - last_offset - 1
+        return offset
+
+
 def subscriber_worker(
     conn: Connection,
     ws_url: str,
@@ -73,8 +100,7 @@ def subscriber_worker(
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     raise_fd_limit()
-    histogram = array("q", bytes(8 * BUCKETS))
-    totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0}
+    tally = Tally()
     subscribe = json.dumps({"action": "subscribe", "topic": topic}).encode()
 
     class Subscriber(WSListener):  # type: ignore[misc]
@@ -85,20 +111,7 @@ def subscriber_worker(
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             payload = frame.get_payload_as_bytes()
             if payload.startswith(b'{"type":"rating_update"'):
-                now = time.time_ns()
-                start = payload.find(b"t=") + 2
-                latency = now - int(payload[start : payload.find(b'"', start)])
-                histogram[min(BUCKETS - 1, max(0, latency // BUCKET_NS))] += 1
-                totals["received"] += 1
-                totals["max_ns"] = max(totals["max_ns"], latency)
-                at = payload.find(b'"offset":') + 9
-                offset = int(payload[at : payload.find(b",", at)])
-                if self.last_offset >= 0:
-                    if offset <= self.last_offset:
-                        totals["duplicates"] += 1
-                    elif offset != self.last_offset + 1:
-                        totals["gaps"] += offset - self.last_offset - 1
-                self.last_offset = offset
+                self.last_offset = tally.update(payload, self.last_offset)
             elif not self.ready.done():
                 if b"connection_success" in payload:
                     transport.send(WSMsgType.TEXT, subscribe)
@@ -125,7 +138,7 @@ def subscriber_worker(
         conn.send(("subscribed", time.monotonic() - started))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)  # stop signal
-        conn.send(("result", totals, histogram.tobytes()))
+        conn.send(("result", tally.totals, tally.histogram.tobytes()))
         for transport in transports:
             transport.disconnect()
 
@@ -146,8 +159,7 @@ def sse_subscriber_worker(
     import uvloop
 
     raise_fd_limit()
-    histogram = array("q", bytes(8 * BUCKETS))
-    totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0}
+    tally = Tally()
     host, port = stream_url.split("//", 1)[1].split("/", 1)[0].split(":")
     readers: list[asyncio.Task[None]] = []
 
@@ -169,20 +181,7 @@ def sse_subscriber_worker(
                     continue
                 payload = event[at + 6 :]
                 if payload.startswith(b'{"type":"rating_update"'):
-                    now = time.time_ns()
-                    start = payload.find(b"t=") + 2
-                    latency = now - int(payload[start : payload.find(b'"', start)])
-                    histogram[min(BUCKETS - 1, max(0, latency // BUCKET_NS))] += 1
-                    totals["received"] += 1
-                    totals["max_ns"] = max(totals["max_ns"], latency)
-                    o = payload.find(b'"offset":') + 9
-                    offset = int(payload[o : payload.find(b",", o)])
-                    if last_offset >= 0:
-                        if offset <= last_offset:
-                            totals["duplicates"] += 1
-                        elif offset != last_offset + 1:
-                            totals["gaps"] += offset - last_offset - 1
-                    last_offset = offset
+                    last_offset = tally.update(payload, last_offset)
                 elif b"event: subscribed" in event and not ready.done():
                     last_offset = json.loads(payload).get("offset", 0)
                     ready.set_result(None)
@@ -203,7 +202,7 @@ def sse_subscriber_worker(
         await asyncio.gather(*(one(i) for i in range(count)))
         conn.send(("subscribed", time.monotonic() - started))
         await loop.run_in_executor(None, conn.recv)  # stop signal
-        conn.send(("result", totals, histogram.tobytes()))
+        conn.send(("result", tally.totals, tally.histogram.tobytes()))
         for task in readers:
             task.cancel()
 

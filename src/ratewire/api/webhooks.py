@@ -18,8 +18,9 @@ from ratewire.api.admission import request_audit_context
 from ratewire.api.problems import ApiProblem
 from ratewire.api.routes import JSON
 from ratewire.api.schemas import problem_responses
+from ratewire.domain.webhooks import Webhook
 from ratewire.webhooks.admin import InvalidWebhook, UnknownWebhook, WebhookAdmin
-from ratewire.webhooks.deliverer import webhook_wire
+from ratewire.webhooks.deliverer import now_ms
 
 router = APIRouter(prefix="/admin/webhooks", tags=["webhooks"])
 
@@ -75,6 +76,25 @@ class WebhookOut(BaseModel):
     updatedAt: int
     deliveredBy: str | None
     secret: str | None = None
+
+
+def webhook_wire(webhook: Webhook, *, secret: bool = False) -> dict[str, object]:
+    """A webhook as the admin API shows it (the secret only when asked: at creation)."""
+    shown: dict[str, object] = {
+        "id": webhook.id,
+        "url": webhook.url,
+        "topics": list(webhook.topics),
+        "description": webhook.description,
+        "status": webhook.status,
+        "cursor": webhook.cursor,
+        "lastError": webhook.last_error,
+        "createdAt": webhook.created_at,
+        "updatedAt": webhook.updated_at,
+        "deliveredBy": webhook.lease_owner if webhook.lease_until >= now_ms() else None,
+    }
+    if secret:
+        shown["secret"] = webhook.secret
+    return shown
 
 
 def _json(body: object, status: int = 200) -> Response:

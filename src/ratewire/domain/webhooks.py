@@ -4,6 +4,7 @@ delivers)."""
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -23,8 +24,6 @@ def new_webhook_id() -> str:
 
 def new_secret() -> str:
     """A signing secret in the Standard Webhooks format: ``whsec_`` and base64 of 24 bytes."""
-    import base64
-
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 

@@ -16,13 +16,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.realtime.handshake import (
-    AT_CAPACITY_BODY,
-    IP_CAP_BODY,
-    ORIGIN_REFUSED_BODY,
     RATE_REFUSED_BODY,
     USER_CAP_BODY,
     USER_CAP_REACHED,
-    origin_allowed,
+    admit,
     upgrade_credentials,
 )
 from ratewire.realtime.outbox import Outbox
@@ -71,26 +68,16 @@ class WebSocketEndpoint:
         if (await receive())["type"] != "websocket.connect":
             return
         headers = dict(scope["headers"])
-        origin = headers.get(b"origin")
-        if not origin_allowed(
-            origin.decode("latin-1") if origin else None, self._ctx.allowed_origins
-        ):
-            await self._refuse(scope, send, 403, None, ORIGIN_REFUSED_BODY)
-            return
         client = scope.get("client")
         ip = client[0] if client else "unknown"
-        slots = self._ctx.slots
-        admitted = slots.admit(ip)
-        if admitted == slots.OVER_CAPACITY:
-            await self._refuse(scope, send, 503, RETRY_AFTER_SECONDS, AT_CAPACITY_BODY)
-            return
-        if admitted == slots.OVER_IP_CAP:
-            await self._refuse(scope, send, 429, RETRY_AFTER_SECONDS, IP_CAP_BODY)
+        refusal = admit(self._ctx, headers.get(b"origin"), ip)
+        if refusal is not None:
+            await self._refuse(scope, send, refusal.status, refusal.retry_after, refusal.body)
             return
         try:
             await self._serve(ip, headers, scope, receive, send)
         finally:
-            slots.release(ip)
+            self._ctx.slots.release(ip)
 
     async def _serve(
         self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send

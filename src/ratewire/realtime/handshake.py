@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
+from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.security.tokens import InvalidToken, Principal
 
 if TYPE_CHECKING:
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
 RATE_REFUSED_BODY = b"too many new connections from this address; retry later\n"
 AT_CAPACITY_BODY = b"this server holds as many connections as it can; retry later\n"
 IP_CAP_BODY = b"too many open connections from this address; close some first\n"
-ORIGIN_REFUSED_BODY = b"this origin may not open WebSockets here\n"
+ORIGIN_REFUSED_BODY = b"this origin may not open connections here\n"
 USER_CAP_BODY = b"this user holds too many open connections; close some first\n"
 #: What :func:`upgrade_credentials` returns when the token's user is at its connection cap.
 USER_CAP_REACHED = InvalidToken("user connection cap reached")
@@ -55,3 +57,27 @@ def upgrade_credentials(
     except InvalidToken as exc:
         return exc
     return USER_CAP_REACHED if ctx.slots.user_full(principal.sub) else principal
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An HTTP answer refusing a connection before it starts."""
+
+    status: int
+    retry_after: int | None
+    body: bytes
+
+
+def admit(ctx: RealtimeContext, origin: bytes | None, ip: str) -> Refusal | None:
+    """The first checks of a connection on the main port (``/ws`` and ``/stream``): the
+    browser origin, then a connection slot for ``ip``. None when admitted: the slot is taken,
+    and the caller gives it back with ``ctx.slots.release(ip)`` when the connection ends."""
+    if not origin_allowed(origin.decode("latin-1") if origin else None, ctx.allowed_origins):
+        return Refusal(403, None, ORIGIN_REFUSED_BODY)
+    slots = ctx.slots
+    admitted = slots.admit(ip)
+    if admitted == slots.OVER_CAPACITY:
+        return Refusal(503, RETRY_AFTER_SECONDS, AT_CAPACITY_BODY)
+    if admitted == slots.OVER_IP_CAP:
+        return Refusal(429, RETRY_AFTER_SECONDS, IP_CAP_BODY)
+    return None

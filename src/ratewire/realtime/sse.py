@@ -36,7 +36,12 @@ from starlette.types import Receive, Scope, Send
 
 from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.domain import TopicKind, parse_topic
-from ratewire.realtime.handshake import origin_allowed, token_from_request
+from ratewire.realtime.handshake import (
+    RATE_REFUSED_BODY,
+    USER_CAP_BODY,
+    admit,
+    token_from_request,
+)
 from ratewire.realtime.messages import ClientMessage
 from ratewire.realtime.outbox import Outbox
 from ratewire.realtime.session import RealtimeContext, Session
@@ -262,32 +267,16 @@ class SseEndpoint:
             await _problem(send, 405, "use GET")
             return
         headers = dict(scope["headers"])
-        origin = headers.get(b"origin")
-        if not origin_allowed(
-            origin.decode("latin-1") if origin else None, self._ctx.allowed_origins
-        ):
-            await _problem(send, 403, "this origin may not open streams here")
-            return
         client = scope.get("client")
         ip = client[0] if client else "unknown"
-        slots = self._ctx.slots
-        admitted = slots.admit(ip)
-        if admitted == slots.OVER_CAPACITY:
-            await _problem(
-                send,
-                503,
-                "this server holds as many connections as it can",
-                retry_after=RETRY_AFTER_SECONDS,
-            )
-            return
-        if admitted == slots.OVER_IP_CAP:
-            detail = "too many open connections from this address"
-            await _problem(send, 429, detail, retry_after=RETRY_AFTER_SECONDS)
+        refusal = admit(self._ctx, headers.get(b"origin"), ip)
+        if refusal is not None:
+            await _problem(send, refusal.status, refusal.body, retry_after=refusal.retry_after)
             return
         try:
             await self._serve(ip, headers, scope, receive, send)
         finally:
-            slots.release(ip)
+            self._ctx.slots.release(ip)
 
     async def _serve(
         self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send
@@ -295,8 +284,7 @@ class SseEndpoint:
         ctx = self._ctx
         retry_after = self._limiter.acquire(ip)
         if retry_after:
-            detail = "too many new connections from this address"
-            await _problem(send, 429, detail, retry_after=retry_after)
+            await _problem(send, 429, RATE_REFUSED_BODY, retry_after=retry_after)
             return
         query_string = scope["query_string"].decode("latin-1")
         query = parse_qs(query_string)
@@ -349,12 +337,7 @@ class SseEndpoint:
             await _problem(send, 400, str(exc))
             return
         if ctx.slots.user_full(principal.sub):
-            await _problem(
-                send,
-                429,
-                "this user holds too many open connections",
-                retry_after=RETRY_AFTER_SECONDS,
-            )
+            await _problem(send, 429, USER_CAP_BODY, retry_after=RETRY_AFTER_SECONDS)
             return
         await send(
             {
@@ -423,8 +406,13 @@ class SseEndpoint:
                     await writer
 
 
-async def _problem(send: Send, status: int, detail: str, *, retry_after: int | None = None) -> None:
-    """An RFC 9457 answer before the stream starts (an ``EventSource`` then stops retrying)."""
+async def _problem(
+    send: Send, status: int, detail: str | bytes, *, retry_after: int | None = None
+) -> None:
+    """An RFC 9457 answer before the stream starts (an ``EventSource`` then stops retrying);
+    ``detail`` may be one of the refusal bodies the WebSocket endpoints answer with."""
+    if isinstance(detail, bytes):
+        detail = detail.decode().strip()
     title = HTTPStatus(status).phrase
     body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
     headers = [(b"content-type", b"application/problem+json")]

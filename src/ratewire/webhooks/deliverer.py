@@ -351,23 +351,4 @@ class WebhookDeliverer:
         return ("gone" if code == 410 else "failed"), code, error, duration
 
 
-def webhook_wire(webhook: Webhook, *, secret: bool = False) -> dict[str, object]:
-    """A webhook as the admin API shows it (the secret only when asked: at creation)."""
-    shown: dict[str, object] = {
-        "id": webhook.id,
-        "url": webhook.url,
-        "topics": list(webhook.topics),
-        "description": webhook.description,
-        "status": webhook.status,
-        "cursor": webhook.cursor,
-        "lastError": webhook.last_error,
-        "createdAt": webhook.created_at,
-        "updatedAt": webhook.updated_at,
-        "deliveredBy": webhook.lease_owner if webhook.lease_until >= now_ms() else None,
-    }
-    if secret:
-        shown["secret"] = webhook.secret
-    return shown
-
-
-__all__ = ["LeaseLost", "WebhookDeliverer", "WebhookStats", "guarded_client", "webhook_wire"]
+__all__ = ["LeaseLost", "WebhookDeliverer", "WebhookStats", "guarded_client"]
