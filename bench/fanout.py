@@ -25,7 +25,10 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -68,13 +71,15 @@ class Tally:
         follows ``last_offset`` on its connection; returns its offset."""
         now = time.time_ns()
         totals = self.totals
-        start = payload.find(b"t=") + 2
-        latency = now - int(payload[start : payload.find(b'"', start)])
-        self.histogram[min(BUCKETS - 1, max(0, latency // BUCKET_NS))] += 1
-        totals["received"] += 1
-        totals["max_ns"] = max(totals["max_ns"], latency)
         at = payload.find(b'"offset":') + 9
         offset = int(payload[at : payload.find(b",", at)])
+        start = payload.find(b'"comment":"t=')
+        if start >= 0:  # a warm-up write has no send time: its offset is checked, not timed
+            start += 13
+            latency = now - int(payload[start : payload.find(b'"', start)])
+            self.histogram[min(BUCKETS - 1, max(0, latency // BUCKET_NS))] += 1
+            totals["received"] += 1
+            totals["max_ns"] = max(totals["max_ns"], latency)
         if last_offset >= 0:
             if offset <= last_offset:
                 totals["duplicates"] += 1
@@ -136,13 +141,26 @@ def subscriber_worker(
 
         transports = await asyncio.gather(*(one(i) for i in range(count)))
         conn.send(("subscribed", time.monotonic() - started))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, conn.recv)  # stop signal
-        conn.send(("result", tally.totals, tally.histogram.tobytes()))
+        await follow_commands(conn, tally)
         for transport in transports:
             transport.disconnect()
 
     uvloop.run(run())
+
+
+async def follow_commands(conn: Connection, tally: Tally) -> None:
+    """A subscriber worker's commands after it subscribed: ``("publish", url, game, rate,
+    seconds)`` runs the publisher in this process's loop, beside its subscribers (one agent
+    process holding every subscription and writing too: ``--procs 1``); ``"stop"`` sends the
+    tally and returns."""
+    loop = asyncio.get_running_loop()
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        if command == "stop":
+            conn.send(("result", tally.totals, tally.histogram.tobytes()))
+            return
+        _, post_url, game, rate, seconds = command
+        conn.send(("published", await publish(post_url, game, rate, seconds)))
 
 
 def sse_subscriber_worker(
@@ -201,8 +219,7 @@ def sse_subscriber_worker(
 
         await asyncio.gather(*(one(i) for i in range(count)))
         conn.send(("subscribed", time.monotonic() - started))
-        await loop.run_in_executor(None, conn.recv)  # stop signal
-        conn.send(("result", tally.totals, tally.histogram.tobytes()))
+        await follow_commands(conn, tally)
         for task in readers:
             task.cancel()
 
@@ -212,29 +229,46 @@ def sse_subscriber_worker(
 # -- publisher ------------------------------------------------------------------------------------
 
 
-async def publish(post_url: str, game: str, rate: float, seconds: float) -> tuple[int, int]:
-    """POST ratings for ``seconds``; at ``rate``/s, or flat out with a few connections."""
+@dataclass
+class Published:
+    """What the publisher saw: writes answered 201, failed, and each POST's round trip."""
+
+    ok: int = 0
+    failed: int = 0
+    post_ns: list[int] = field(default_factory=list)
+
+
+async def publish(
+    post_url: str, game: str, rate: float, seconds: float, *, timed: bool = True
+) -> Published:
+    """POST ratings for ``seconds``; at ``rate``/s, or flat out with a few connections. Each
+    carries its send time in ``comment`` unless not ``timed`` (a warm-up)."""
     headers = {"Authorization": f"Bearer {token('publisher', 'ratings:write:any')}"}
-    ok = failed = 0
+    stats = Published()
     sent = 0
-    run_id = f"{os.getpid()}x{int(time.time())}"
+    run_id = f"{os.getpid()}x{time.time_ns()}"
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as http:
 
         async def one(index: int) -> None:
-            nonlocal ok, failed
+            sent_at = time.time_ns()
             body = {
                 "gameId": game,
                 "userId": f"p{run_id}-{index}",
                 "score": 1 + index % 5,
-                "comment": f"t={time.time_ns()}",
+                "comment": f"t={sent_at}" if timed else "warm-up",
             }
             try:
                 response = await http.post(post_url, json=body)
-                ok, failed = (ok + 1, failed) if response.status_code == 201 else (ok, failed + 1)
             except httpx.HTTPError:
-                failed += 1
+                stats.failed += 1
+                return
+            stats.post_ns.append(time.time_ns() - sent_at)
+            if response.status_code == 201:
+                stats.ok += 1
+            else:
+                stats.failed += 1
 
         if rate > 0:
             tasks = []
@@ -253,7 +287,7 @@ async def publish(post_url: str, game: str, rate: float, seconds: float) -> tupl
                     index += 8
 
             await asyncio.gather(*(lane(i) for i in range(8)))
-    return ok, failed
+    return stats
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -278,6 +312,18 @@ class Result:
     max_ms: float = 0.0
     connects_per_s: float = 0.0
     idle_kib_per_connection: float = 0.0
+    #: The publisher's POST round trips (send to answer), over the measured writes.
+    post_p50_ms: float = 0.0
+    post_p99_ms: float = 0.0
+    #: The server's CPU time (user + system, its processes and their children) from the
+    #: first measured write until the frames in flight were drained.
+    server_cpu_s: float = 0.0
+    cpu_ms_per_1000_deliveries: float = 0.0
+    #: The same for the subscriber processes (the load generator shares the cores): when it
+    #: nears a core's worth, the readers, not the server, set the latency.
+    client_cpu_s: float = 0.0
+    #: True when the publisher ran inside the (only) subscriber process (``--procs 1``).
+    inline_publisher: bool = False
     #: ratewire targets: the server's latency budget over the measured writes (stage ->
     #: count, mean_ms, p50_ms, p99_ms), from /metrics (ratewire.latency).
     budget: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -364,8 +410,53 @@ def budget_between(before: Histograms, after: Histograms) -> dict[str, dict[str,
     return budget
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far, with their reaped children's
+    (/proc/PID/stat fields 14-17); a process that is gone counts 0."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _quantile_ns(values: list[int], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6, 2)
+
+
+#: Set by ``--py-spy DIR``: each ratewire run's server is sampled while it is measured.
+PROFILE_DIR: Path | None = None
+
+
+def _start_profiler(target: Target, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy over the server process (every thread, idle samples too) for ``seconds``;
+    its raw stacks go to PROFILE_DIR, one file per run (bench.profiles summarises them)."""
+    if PROFILE_DIR is None or target.name == "node-guide":
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    out = PROFILE_DIR / f"{target.name}-{time.strftime('%H%M%S')}.txt"
+    return subprocess.Popen(
+        [
+            *(py_spy, "record", "--pid", str(target.process.pid), "--threads", "--idle"),
+            *("--nonblocking", "--rate", "250", "--format", "raw", "--duration"),
+            *(str(max(1, round(seconds))), "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) -> Result:
-    result = Result(target.name, subs, rate, seconds)
+    """One measured run. With ``procs`` 1 the publisher runs in the subscriber process, as an
+    agent that holds every subscription and writes too would; otherwise in this process."""
+    result = Result(target.name, subs, rate, seconds, inline_publisher=procs == 1)
     game = f"bench{int(time.time() * 1000) % 10**9}"
     topic = f"rating.game.{game}"
     ctx = mp.get_context("spawn")
@@ -402,16 +493,34 @@ def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) 
     result.idle_kib_per_connection = round(
         (sum(rss_bytes(pid) for pid in target.pids()) - rss_before) / subs / 1024, 2
     )
-    # Warm-up on another game: first requests compile statements and fill caches.
-    asyncio.run(publish(target.post_url, f"warmup{game}", 20, 1.0))
+    # Warm-up on the measured topic, so every subscriber receives it: first requests compile
+    # statements and fill caches, and the first fan-outs run the Node server's send path
+    # through V8's tiers (cold, it took 50-200 ms an event and made the guide's p99). Its
+    # writes carry no send time: they are checked for order but not counted.
+    asyncio.run(publish(target.post_url, game, 20, 1.0, timed=False))
     metrics_url = target.post_url.rsplit("/", 1)[0] + "/metrics"
     histograms_before = scrape_histograms(metrics_url)
+    server_pids = target.pids()
+    drain_seconds = min(5.0, 1.0 + subs / 2000)
+    profiler = _start_profiler(target, seconds + drain_seconds)
+    cpu_before = cpu_seconds(server_pids)
+    client_pids = [process.pid for process in workers if process.pid is not None]
+    client_cpu_before = cpu_seconds(client_pids)
     started = time.monotonic()
-    result.writes_ok, result.writes_failed = asyncio.run(
-        publish(target.post_url, game, rate, seconds)
-    )
+    if result.inline_publisher:
+        pipes[0].send(("publish", target.post_url, game, rate, seconds))
+        published: Published = pipes[0].recv()[1]
+    else:
+        published = asyncio.run(publish(target.post_url, game, rate, seconds))
     publish_seconds = time.monotonic() - started
-    time.sleep(min(5.0, 1.0 + subs / 2000))  # drain frames still in flight
+    time.sleep(drain_seconds)  # drain frames still in flight
+    if profiler is not None:
+        profiler.wait(30)
+    result.server_cpu_s = round(cpu_seconds(server_pids) - cpu_before, 3)
+    result.client_cpu_s = round(cpu_seconds(client_pids) - client_cpu_before, 3)
+    result.writes_ok, result.writes_failed = published.ok, published.failed
+    result.post_p50_ms = _quantile_ns(published.post_ns, 0.50)
+    result.post_p99_ms = _quantile_ns(published.post_ns, 0.99)
     result.budget = budget_between(histograms_before, scrape_histograms(metrics_url))
     merged = array("q", bytes(8 * BUCKETS))
     for pipe in pipes:
@@ -431,6 +540,8 @@ def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) 
     result.expected = result.writes_ok * subs
     result.lost = result.expected - result.delivered
     result.deliveries_per_s = round(result.delivered / publish_seconds, 1)
+    if result.delivered:
+        result.cpu_ms_per_1000_deliveries = round(1e6 * result.server_cpu_s / result.delivered, 3)
     if result.delivered:
         result.p50_ms = percentile(merged, result.delivered, 0.50)
         result.p99_ms = percentile(merged, result.delivered, 0.99)
@@ -454,6 +565,8 @@ def print_table(results: list[Result]) -> None:
         "p50 ms",
         "p99 ms",
         "max ms",
+        "POST p50/p99",
+        "CPU ms/1k",
         "conn/s",
         "KiB/idle conn",
     ):
@@ -471,6 +584,8 @@ def print_table(results: list[Result]) -> None:
             f"{r.p50_ms:.2f}",
             f"{r.p99_ms:.2f}",
             f"{r.max_ms:.1f}",
+            f"{r.post_p50_ms:.1f}/{r.post_p99_ms:.1f}",
+            f"{r.cpu_ms_per_1000_deliveries:.1f}",
             f"{r.connects_per_s:,.0f}",
             f"{r.idle_kib_per_connection:.1f}",
         )
@@ -580,6 +695,9 @@ class RatioSummary:
     p50: list[float]
     p99: list[float]
     deliveries: list[float]
+    #: The publisher's POST p50, and server CPU per delivery, against the guide's.
+    post_p50: list[float] = field(default_factory=list)
+    cpu_per_delivery: list[float] = field(default_factory=list)
 
     @staticmethod
     def spread(values: list[float]) -> dict[str, float]:
@@ -595,7 +713,16 @@ class RatioSummary:
             "p50_ratio": {"runs": self.p50, **self.spread(self.p50)},
             "p99_ratio": {"runs": self.p99, **self.spread(self.p99)},
             "deliveries_ratio": {"runs": self.deliveries, **self.spread(self.deliveries)},
+            "post_p50_ratio": {"runs": self.post_p50, **self.spread(self.post_p50)},
+            "cpu_per_delivery_ratio": {
+                "runs": self.cpu_per_delivery,
+                **self.spread(self.cpu_per_delivery),
+            },
         }
+
+
+def _ratio(ours: float, guide: float) -> float:
+    return round(ours / guide, 3) if guide else float("nan")
 
 
 def run_alternating(
@@ -634,18 +761,38 @@ def run_alternating(
                 [round(ours.p50_ms / guide.p50_ms, 3) for ours, guide in pairs],
                 [round(ours.p99_ms / guide.p99_ms, 3) for ours, guide in pairs],
                 [round(ours.deliveries_per_s / guide.deliveries_per_s, 3) for ours, guide in pairs],
+                [_ratio(ours.post_p50_ms, guide.post_p50_ms) for ours, guide in pairs],
+                [
+                    _ratio(ours.cpu_ms_per_1000_deliveries, guide.cpu_ms_per_1000_deliveries)
+                    for ours, guide in pairs
+                ],
             )
         )
     table = Table(
         title=f"{rounds} alternating rounds: ratio to the guide's server (median, min-max)"
     )
-    for column in ("target", "p50 ratio", "p99 ratio", "deliveries/s ratio", "lost", "gaps/dups"):
+    for column in (
+        "target",
+        "p50 ratio",
+        "p99 ratio",
+        "deliveries/s ratio",
+        "POST p50 ratio",
+        "CPU/delivery ratio",
+        "lost",
+        "gaps/dups",
+    ):
         table.add_column(column, justify="right")
     for summary in summaries:
         position = names.index(summary.target)
         runs = [r[position] for r in results]
         cells = []
-        for values in (summary.p50, summary.p99, summary.deliveries):
+        for values in (
+            summary.p50,
+            summary.p99,
+            summary.deliveries,
+            summary.post_p50,
+            summary.cpu_per_delivery,
+        ):
             spread = RatioSummary.spread(values)
             cells.append(f"{spread['median']:.2f} ({spread['min']:.2f}-{spread['max']:.2f})")
         table.add_row(
@@ -704,7 +851,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "median and spread of each ratio to the guide (5 is what the README's figures use)",
     )
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="sample each ratewire server with py-spy while it is measured; raw stacks to DIR "
+        "(python -m bench.profiles DIR/*.txt summarises them)",
+    )
     args = parser.parse_args(argv)
+    global PROFILE_DIR
+    PROFILE_DIR = args.py_spy
     targets = presets.get(args.target) or tuple(args.target.split(","))
     unknown = [name for name in targets if name not in STARTERS]
     if unknown:

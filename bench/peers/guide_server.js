@@ -11,7 +11,7 @@
 //     * each socket keeps ONE subscribed topic (a new subscribe replaces it);
 //     * a plain HTTP server (POST /ratings) whose handler broadcasts by looping
 //       over ALL connected clients and JSON.stringify-ing the message again for
-//       every matching client;
+//       every matching client, and answers the POST once the broadcast is done;
 //     * no history, no resume, no backpressure, no rate limits, memory only.
 //   Offsets are counted per topic (1, 2, 3, ...) and the epoch is the constant
 //   "node", so its frames follow the ratewire wire contract (docs/protocol.md,
@@ -191,10 +191,14 @@ const server = http.createServer((req, res) => {
         return;
       }
       const rating = createRating(body);
-      sendJson(res, 201, rating);
+      // Broadcast, then answer. The guide's own server, measured with every subscriber and
+      // the publisher in one process, answered POSTs at p50 16.6-17.3 ms (issue 28): only an
+      // answer that waits for the whole broadcast explains that. Answering first, this
+      // model answered at 2.5 ms in the same harness, and flattered the guide.
       for (const topic of ['rating.global', `rating.game.${rating.gameId}`, `rating.user.${rating.userId}`]) {
         broadcast(topic, 'created', rating);
       }
+      sendJson(res, 201, rating);
     });
     return;
   }
