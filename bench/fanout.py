@@ -432,6 +432,9 @@ def _quantile_ns(values: list[int], fraction: float) -> float:
 
 #: Set by ``--py-spy DIR``: each ratewire run's server is sampled while it is measured.
 PROFILE_DIR: Path | None = None
+#: Set by ``--publisher``: where the writes come from ("auto": inside the subscriber
+#: process when there is one, else from this process).
+PUBLISHER = "auto"
 
 
 def _start_profiler(target: Target, seconds: float) -> subprocess.Popen[bytes] | None:
@@ -456,7 +459,8 @@ def _start_profiler(target: Target, seconds: float) -> subprocess.Popen[bytes] |
 def run_one(target: Target, subs: int, rate: float, seconds: float, procs: int) -> Result:
     """One measured run. With ``procs`` 1 the publisher runs in the subscriber process, as an
     agent that holds every subscription and writes too would; otherwise in this process."""
-    result = Result(target.name, subs, rate, seconds, inline_publisher=procs == 1)
+    inline = procs == 1 if PUBLISHER == "auto" else PUBLISHER == "inline"
+    result = Result(target.name, subs, rate, seconds, inline_publisher=inline and procs == 1)
     game = f"bench{int(time.time() * 1000) % 10**9}"
     topic = f"rating.game.{game}"
     ctx = mp.get_context("spawn")
@@ -619,11 +623,21 @@ def print_budget(results: list[Result]) -> None:
     Console(width=160).print(table)
 
 
+def _floor() -> Target:
+    from bench.ws_impls import start
+
+    target = start("picows")
+    target.name = "floor"
+    return target
+
+
 STARTERS: dict[str, Callable[[], Target]] = {
     "ratewire": start_ratewire,
     "ratewire-normal": lambda: start_ratewire(
         env_extra={"RATEWIRE_STORAGE__SQLITE_SYNCHRONOUS": "normal"}, name="ratewire-normal"
     ),
+    # No durable store at all (memory): what the pipeline costs without the commit.
+    "ratewire-memory": lambda: start_ratewire("memory", "memory://", name="ratewire-memory"),
     "ratewire-2w": lambda: start_ratewire(args=("--workers", "2"), name="ratewire-2w"),
     # Past one process's open-files limit (20,000 here): 50,000 subscribers on one host.
     "ratewire-3w": lambda: start_ratewire(args=("--workers", "3"), name="ratewire-3w"),
@@ -636,6 +650,9 @@ STARTERS: dict[str, Callable[[], Target]] = {
     # The same server, its subscribers on Server-Sent Events (GET /stream) instead.
     "ratewire-sse": lambda: start_ratewire(name="ratewire-sse").following_streams(),
     "node-guide": start_node_guide,
+    # The floor: a bare picows server that fans out each POST at once, with no storage,
+    # history or auth beyond the token (bench/ws_impls.py).
+    "floor": _floor,
     "pg-local": lambda: start_cluster("pg-local", broker="local"),
     "pg-redis": lambda: start_cluster("pg-redis"),
     "cluster-3": lambda: start_cluster("cluster-3", instances=3),
@@ -852,6 +869,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
+        "--publisher",
+        choices=("auto", "inline", "separate"),
+        default="auto",
+        help="where the writes are made: inline (in the one subscriber process, as an agent "
+        "that holds every subscription and writes too), separate (this process); auto: inline "
+        "with --procs 1",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         default=None,
@@ -860,8 +885,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(python -m bench.profiles DIR/*.txt summarises them)",
     )
     args = parser.parse_args(argv)
-    global PROFILE_DIR
-    PROFILE_DIR = args.py_spy
+    global PROFILE_DIR, PUBLISHER
+    PROFILE_DIR, PUBLISHER = args.py_spy, args.publisher
     targets = presets.get(args.target) or tuple(args.target.split(","))
     unknown = [name for name in targets if name not in STARTERS]
     if unknown:
