@@ -4,6 +4,7 @@ each also as a ratio to /healthz; load from wrk in a second process, against a r
 
     python -m bench.rest --backend sqlite --seconds 10 --connections 32
     python -m bench.rest --backend both --audit both    # the audit log's cost, same run
+    python -m bench.rest --backend both --hot-games 50  # and writes spread over 50 games
     ratewire bench rest --backend postgresql
 
 Afterwards it checks that every 201 was stored: the summaries' counts add up to the number
@@ -30,6 +31,8 @@ from bench.servers import ROOT, start_cluster, start_ratewire, start_redis_stora
 
 WRK_DIR = ROOT / "bench" / "wrk"
 GAMES = 16
+#: Writers of the token-per-user load: more than it sends in a run, so every POST creates.
+USERS = 20_000
 POSTGRES_ADMIN = os.environ.get("RATEWIRE_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
 
 
@@ -98,8 +101,11 @@ async def _postgres(statement: str) -> None:
         await connection.close()
 
 
-def run_rest(backend: str, seconds: float, connections: int, audit: bool) -> list[Measurement]:
-    """Measure both endpoints on ``backend`` with the audit log on or off."""
+def run_rest(
+    backend: str, seconds: float, connections: int, audit: bool, hot_games: int = 0
+) -> list[Measurement]:
+    """Measure the endpoints on ``backend`` with the audit log on or off; with ``hot_games``,
+    also POSTs spread over that many games (``hot0`` ..), as a busy site's writes are."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -151,12 +157,36 @@ def run_rest(backend: str, seconds: float, connections: int, audit: bool) -> lis
             measure("POST /ratings", "post_ratings.lua", [run_id, writer, str(GAMES)]),
             measure("PUT /games/{g}/ratings/{u}", "put_ratings.lua", [run_id, writer, str(GAMES)]),
         ]
+        hot = f"POST /ratings, {hot_games} hot games"
+        as_users = f"POST /ratings, {hot_games} hot games, a token per user"
+        if hot_games:
+            args = [f"h{run_id}", writer, str(hot_games), "hot"]
+            results.append(measure(hot, "post_ratings.lua", args))
+            # The same load as a site's users bring it: each with its own token, writing its
+            # own ratings (every request verifies another token, counts against its user).
+            tokens_file = target.workdir / "user-tokens.txt"
+            tokens_file.write_text(
+                "".join(f"u{run_id}-{n} {token(f'u{run_id}-{n}')}\n" for n in range(USERS))
+            )
+            args = [str(tokens_file), str(hot_games), "users"]
+            results.append(measure(as_users, "post_as_users.lua", args))
         post = runs["POST /ratings"]
         stored = sum(httpx.get(f"{base}/games/g{g}/summary").json()["count"] for g in range(GAMES))
         # POSTs create; PUTs after them replace or create (at most 2 x 50 pairs per game).
         warmup_stored = stored - (post["requests"] - post["non_2xx"]) - 1
         if warmup_stored < 0:
             raise SystemExit(f"{backend}: {-warmup_stored} acknowledged ratings are missing")
+        for name, prefix in ((hot, "hot"), (as_users, "users")) if hot_games else ():
+            created = runs[name]["requests"] - runs[name]["non_2xx"]
+            found = sum(
+                httpx.get(f"{base}/games/{prefix}{g}/summary").json()["count"]
+                for g in range(hot_games)
+            )
+            # wrk stops counting with requests in flight: those may be stored too.
+            if found < created:
+                raise SystemExit(
+                    f"{backend}: {created} hot-game writes acknowledged, {found} stored"
+                )
         console.print(f"{backend}: every acknowledged rating is stored ({stored} in the summaries)")
     finally:
         target.stop()
@@ -186,6 +216,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="on",
         help="audit log on (the default), off, or both in the same run to compare",
     )
+    parser.add_argument(
+        "--hot-games",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure POSTs spread over N games (50: a busy site's hot games)",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
     backends = {
@@ -198,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         m
         for b in backends
         for audit in modes
-        for m in run_rest(b, args.seconds, args.connections, audit)
+        for m in run_rest(b, args.seconds, args.connections, audit, args.hot_games)
     ]
     table = Table(title=f"REST load (wrk, 2 threads, {args.connections} connections)")
     for column in (
