@@ -305,7 +305,8 @@ def revoke(
     "http_port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="serve streamable HTTP on this port (path /mcp) instead of stdio",
+    help="serve streamable HTTP on this port (path /mcp) instead of stdio; every request "
+    "then needs its agent's own ratewire token (Authorization: Bearer)",
 )
 @click.option("--host", default="127.0.0.1", help="address for --http")
 @config_option
@@ -344,7 +345,23 @@ def mcp(
         def provider() -> str:
             return str(issuer.issue(subject))
 
-    run(url, token_value, provider, rest_url=rest_url, http_port=http_port, host=host)
+    if http_port is not None:
+        from ratewire.mcp_auth import binding_problem
+
+        problem = binding_problem(host, settings.mcp, settings.tls)
+        if problem is not None:
+            click.echo(f"ratewire: cannot start: {problem}", err=True)
+            sys.exit(1)
+    run(
+        url,
+        token_value,
+        provider,
+        rest_url=rest_url,
+        http_port=http_port,
+        host=host,
+        mcp_settings=settings.mcp,
+        tls=settings.tls,
+    )
 
 
 @main.group()

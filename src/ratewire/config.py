@@ -281,6 +281,27 @@ class WebhooksSettings(_Section):
         return schedule
 
 
+class McpSettings(_Section):
+    """``ratewire mcp --http``: the MCP server as an OAuth 2.1 resource server (every request
+    carries a ratewire JWT; see docs/client.md, "MCP over HTTP")."""
+
+    #: The MCP endpoint's URL as agents reach it (the resource of RFC 9728's metadata and of
+    #: the 401's ``resource_metadata``); None: ``http[s]://HOST:PORT/mcp`` as served.
+    public_url: str | None = None
+    #: Authorization servers that issue tokens for it, named in the metadata (an identity
+    #: provider's issuer URL); empty: ratewire's own REST URL, whose tokens `ratewire token`
+    #: mints.
+    authorization_servers: list[str] = Field(default_factory=list)
+    #: Host headers accepted (DNS-rebinding protection), e.g. a proxy's public name
+    #: ("mcp.example.com", "mcp.example.com:*"); None: the bound address and localhost.
+    allowed_hosts: list[str] | None = None
+    #: Origin headers accepted from browsers; None: http(s)://localhost and the bound address.
+    allowed_origins: list[str] | None = None
+    #: True when a proxy in front terminates TLS: allows binding beyond loopback without
+    #: ``tls.cert``.
+    tls_terminated_by_proxy: bool = False
+
+
 class Settings(_Section):
     """Everything ratewire reads at start."""
 
@@ -296,6 +317,7 @@ class Settings(_Section):
     jwt: JwtSettings = JwtSettings()
     audit: AuditSettings = AuditSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
+    mcp: McpSettings = McpSettings()
 
     def deployment_problem(self) -> str | None:
         """Why this combination of role, workers and backends cannot work, or None."""

@@ -17,22 +17,37 @@ import contextlib
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from mcp import types
 from mcp.server import MCPServer, ServerRequestContext
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.connection import Connection
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp.shared.exceptions import MCPError
+from pydantic import AnyHttpUrl
 
 from ratewire.client import Client, Gap, HistoryPage, RatewireError, Rating, Summary, Update
 from ratewire.client.connection import TokenProvider
+from ratewire.config import McpSettings, TlsSettings
+from ratewire.mcp_auth import (
+    RatewireTokenVerifier,
+    metadata_routes,
+    read_only,
+    resource_url,
+    transport_security,
+)
 
 log = logging.getLogger("ratewire.mcp")
 
 SUMMARY_URI = "rating://games/{game_id}/summary"
+#: Callers' REST clients kept at once over HTTP (the least recently used are closed).
+MAX_CALLER_CLIENTS = 256
 SUMMARY_URI_PATTERN = re.compile(r"rating://games/[^/]+/summary")
 INSTRUCTIONS = """ratewire holds users' 1-5 ratings of games. Read a game's summary (count,
 mean, Bayesian mean, histogram), the top games, recent ratings of a game or a user, and a
@@ -83,20 +98,41 @@ class RatewireMCP:
         token_provider: TokenProvider | None = None,
         *,
         rest_url: str | None = None,
+        resource: str | None = None,
+        authorization_servers: Sequence[str] = (),
     ) -> None:
+        """``resource`` (the endpoint's public URL) makes it a resource server: every HTTP
+        request needs a ratewire token, and each caller's tools run with its own token. The
+        server's own token (``token``/``token_provider``) then only follows the stream for
+        resource notifications; without ``resource`` (stdio) every call uses it."""
         self.client = Client(url, token, token_provider, rest_url=rest_url)
+        self._url, self._rest_url = url, self.client.rest_url
+        self._callers: OrderedDict[str, Client] = OrderedDict()
         self.bus = InMemorySubscriptionBus()
+        self.verifier: RatewireTokenVerifier | None = None
+        auth: AuthSettings | None = None
+        if resource is not None:
+            self.verifier = RatewireTokenVerifier(self._rest_url)
+            auth = AuthSettings(
+                issuer_url=AnyHttpUrl((list(authorization_servers) or [self._rest_url])[0]),
+                resource_server_url=AnyHttpUrl(resource),
+                # The verifier's answer comes from ratewire, which issued the token for it.
+                validate_token_resource=False,
+            )
         self.server: MCPServer[None] = MCPServer(
             "ratewire",
             instructions=INSTRUCTIONS,
             subscriptions=self.bus,
             lifespan=self._lifespan,
+            token_verifier=self.verifier,
+            auth=auth,
         )
         self._follower: asyncio.Task[None] | None = None
         # Handshake-era client connections by the URI they subscribed to with
         # resources/subscribe; held weakly, since a connection that ends is never said to
         # (a notification to it is dropped, not refused).
         self._legacy_subscribers: dict[str, weakref.WeakSet[Connection]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._register()
         self._serve_legacy_subscriptions()
 
@@ -170,21 +206,44 @@ class RatewireMCP:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
+        for caller in self._callers.values():
+            await caller.close()
+        if self.verifier is not None:
+            await self.verifier.close()
         await self.client.close()
 
+    def caller_client(self) -> Client:
+        """The REST client of this request's caller: its own token over HTTP (so ratings,
+        permissions, rate limits and audit entries are the caller's), the server's on stdio."""
+        access = get_access_token()
+        if access is None:
+            return self.client
+        client = self._callers.get(access.token)
+        if client is None:
+            client = self._callers[access.token] = Client(
+                self._url, access.token, rest_url=self._rest_url
+            )
+            while len(self._callers) > MAX_CALLER_CLIENTS:
+                _, gone = self._callers.popitem(last=False)
+                task = asyncio.get_running_loop().create_task(gone.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._callers.move_to_end(access.token)
+        return client
+
     def _register(self) -> None:
-        server, client = self.server, self.client
+        server, client = self.server, self.caller_client
 
         @server.tool()
         async def game_summary(game_id: str) -> dict[str, Any]:
             """A game's ratings at a glance: count, mean, Bayesian mean (pulled toward the
             prior while there are few ratings) and the 1-5 histogram."""
-            return _summary(await client.summary(game_id))
+            return _summary(await client().summary(game_id))
 
         @server.tool()
         async def top_games(limit: int = 10, min_count: int = 1) -> list[dict[str, Any]]:
             """The best games by Bayesian mean (with at least ``min_count`` ratings)."""
-            return [_summary(s) for s in await client.top_games(limit, min_count)]
+            return [_summary(s) for s in await client().top_games(limit, min_count)]
 
         @server.tool()
         async def recent_ratings(
@@ -194,7 +253,7 @@ class RatewireMCP:
             if game_id is None and user_id is None:
                 raise ValueError("give game_id, user_id or both")
             ratings: list[dict[str, Any]] = []
-            async for rating in client.list_ratings(
+            async for rating in client().list_ratings(
                 game_id=game_id, user_id=user_id, page_size=min(limit, 500)
             ):
                 ratings.append(_rating(rating))
@@ -207,15 +266,21 @@ class RatewireMCP:
             game_id: str, score: int, comment: str | None = None, user_id: str | None = None
         ) -> dict[str, Any]:
             """Rate a game from 1 to 5 (creates or replaces the rating of ``user_id``,
-            by default the user this server's token belongs to)."""
-            return _rating(await client.rate(game_id, score, comment, user_id=user_id))
+            by default the caller's own)."""
+            access = get_access_token()
+            if access is not None and read_only(access):
+                raise ToolError(
+                    "403 forbidden: submit_rating writes, and this token is read-only (scope "
+                    "ratings:read); it needs a token without that scope or with ratings:write"
+                )
+            return _rating(await client().rate(game_id, score, comment, user_id=user_id))
 
         @server.tool()
         async def events_since(topic: str, since: int = 0, limit: int = 100) -> dict[str, Any]:
             """The changes of a topic (``rating.global``, ``rating.game.{id}``,
             ``rating.user.{id}``) after offset ``since``, oldest first; ``head`` is the
             topic's last offset."""
-            return _history(await client.events(topic, since, limit))
+            return _history(await client().events(topic, since, limit))
 
         @server.resource(
             SUMMARY_URI,
@@ -224,7 +289,7 @@ class RatewireMCP:
             mime_type="application/json",
         )
         async def game_summary_resource(game_id: str) -> dict[str, Any]:
-            return _summary(await client.summary(game_id))
+            return _summary(await client().summary(game_id))
 
 
 def run(
@@ -235,10 +300,42 @@ def run(
     rest_url: str | None = None,
     http_port: int | None = None,
     host: str = "127.0.0.1",
+    mcp_settings: McpSettings | None = None,
+    tls: TlsSettings | None = None,
 ) -> None:
-    """Serve MCP on stdio, or on streamable HTTP at ``host:http_port`` (path ``/mcp``)."""
-    app = RatewireMCP(url, token, token_provider, rest_url=rest_url)
+    """Serve MCP on stdio, or on streamable HTTP at ``host:http_port`` (path ``/mcp``) as a
+    resource server: bearer tokens on every request (see :mod:`ratewire.mcp_auth`)."""
     if http_port is None:
-        app.server.run("stdio")
-    else:
-        app.server.run("streamable-http", host=host, port=http_port)
+        RatewireMCP(url, token, token_provider, rest_url=rest_url).server.run("stdio")
+        return
+    import uvicorn
+
+    mcp_settings = mcp_settings or McpSettings()
+    tls = tls or TlsSettings()
+    resource = resource_url(host, http_port, mcp_settings, tls)
+    app = RatewireMCP(
+        url,
+        token,
+        token_provider,
+        rest_url=rest_url,
+        resource=resource,
+        authorization_servers=mcp_settings.authorization_servers,
+    )
+    starlette = app.server.streamable_http_app(
+        transport_security=transport_security(host, mcp_settings), host=host
+    )
+    # The SDK's metadata names one authorization server; ours names every configured one.
+    starlette.router.routes = [
+        route
+        for route in starlette.router.routes
+        if not getattr(route, "path", "").startswith("/.well-known/oauth-protected-resource")
+    ] + metadata_routes(resource, mcp_settings.authorization_servers or [app.client.rest_url])
+    config = uvicorn.Config(
+        starlette,
+        host=host,
+        port=http_port,
+        ssl_certfile=tls.cert,
+        ssl_keyfile=tls.key,
+        log_level="warning",
+    )
+    asyncio.run(uvicorn.Server(config).serve())

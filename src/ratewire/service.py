@@ -83,6 +83,11 @@ class RatingService:
 
     @staticmethod
     def _check_owner(principal: Principal, user_id: str) -> None:
+        if principal.read_only:
+            raise Forbidden(
+                f"the token of user {principal.sub!r} is read-only (scope ratings:read): "
+                "writing ratings needs a token without it, or with scope ratings:write"
+            )
         if not principal.may_write_for(user_id):
             raise Forbidden(
                 f"token of user {principal.sub!r} may not write ratings of user {user_id!r} "

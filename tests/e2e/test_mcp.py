@@ -5,17 +5,23 @@ REST write changes the game (pushed by the WebSocket stream, not polled)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import httpx2
+import jwt
 import pytest
 from mcp import Client as McpClient
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from tests.support.server import SECRET, ServerProcess, free_port
 
@@ -146,16 +152,32 @@ async def test_a_handshake_era_client_subscribes_with_resources_subscribe(
     assert updated.empty()
 
 
-async def test_mcp_over_streamable_http(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory()
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "1"},
+    },
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+@contextlib.asynccontextmanager
+async def mcp_over_http(
+    server: ServerProcess, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """``ratewire mcp --http`` pointed at ``server``; yields its endpoint's URL."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ratewire", "mcp",
         "--url", server.module_ws_url,
         "--rest-url", server.base_url,
-        "--token", server.token("agent", ttl=900),
-        "--http", str(port),
-        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET},
+        "--token", server.token("mcp-server", ttl=900),
+        "--http", str(port), *extra,
+        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET, **(env or {})},
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -166,13 +188,117 @@ async def test_mcp_over_streamable_http(server_factory: Callable[..., ServerProc
                     break
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
-        async with McpClient(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=20) as mcp:
-            rated = structured(
-                await mcp.call_tool("submit_rating", {"game_id": "mcp-http", "score": 4})
-            )
-            assert rated["user_id"] == "agent"
-            summary = structured(await mcp.call_tool("game_summary", {"game_id": "mcp-http"}))
-            assert summary["count"] == 1
+        yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()
         await process.wait()
+
+
+def as_agent(url: str, token: str) -> McpClient:
+    """The official MCP client over streamable HTTP, sending ``token`` on every request."""
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=300)
+    )
+    return McpClient(streamable_http_client(url, http_client=http), read_timeout_seconds=20)
+
+
+async def test_each_agent_acts_as_itself_over_streamable_http(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    async with mcp_over_http(server) as url:
+        for agent in ("agent-a", "agent-b"):
+            async with as_agent(url, server.token(agent, ttl=900)) as mcp:
+                rated = structured(
+                    await mcp.call_tool("submit_rating", {"game_id": "mcp-http", "score": 4})
+                )
+                assert rated["user_id"] == agent, "the caller's own rating, not the server's"
+        async with as_agent(url, server.token("agent-a", ttl=900)) as mcp:
+            summary = structured(await mcp.call_tool("game_summary", {"game_id": "mcp-http"}))
+            assert summary["count"] == 2
+        # The audit log names each agent as the actor of its write.
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            admin = {"Authorization": f"Bearer {server.token('root', scope='ratings:admin')}"}
+            entries = (await http.get("/audit?action=rating.create", headers=admin)).json()
+            actors = {e["actor"] for e in entries["items"]}
+            assert {"agent-a", "agent-b"} <= actors and "mcp-server" not in actors
+
+
+async def test_a_read_only_agent_cannot_call_the_write_tool(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    async with (
+        mcp_over_http(server) as url,
+        as_agent(url, server.token("watcher", scope="ratings:read", ttl=900)) as mcp,
+    ):
+        refused = await mcp.call_tool("submit_rating", {"game_id": "ro", "score": 5})
+        assert refused.is_error
+        text = refused.content[0].text  # type: ignore[union-attr]
+        assert "403" in text and "ratings:read" in text
+        assert structured(await mcp.call_tool("game_summary", {"game_id": "ro"}))["count"] == 0
+
+
+async def test_http_refuses_missing_forged_expired_and_revoked_tokens(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    revoked = server.token("gone", ttl=900)
+    async with mcp_over_http(server) as url, httpx.AsyncClient(timeout=10) as http:
+        metadata_url = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+        missing = await http.post(url, json=INITIALIZE, headers=MCP_HEADERS)
+        assert missing.status_code == 401
+        assert f'resource_metadata="{metadata_url}"' in missing.headers["www-authenticate"]
+        forged = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, "not-the-key" * 4)
+        for token in (forged, server.token("late", ttl=-5)):
+            answer = await http.post(
+                url, json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 401
+            assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+        good = {**MCP_HEADERS, "Authorization": f"Bearer {revoked}"}
+        assert (await http.post(url, json=INITIALIZE, headers=good)).status_code == 200
+        async with httpx.AsyncClient(base_url=server.base_url) as rest:
+            admin = {"Authorization": f"Bearer {server.token('root', scope='ratings:admin')}"}
+            assert (
+                await rest.post("/admin/revocations", json={"sub": "gone"}, headers=admin)
+            ).status_code == 201
+        await asyncio.sleep(1.2)  # the MCP server trusts a check for a second
+        assert (await http.post(url, json=INITIALIZE, headers=good)).status_code == 401
+        # RFC 9728: where agents learn what this resource is and who issues its tokens.
+        for path in (metadata_url, url.replace("/mcp", "/.well-known/oauth-protected-resource")):
+            described = (await http.get(path)).json()
+            assert described["resource"] == url
+            assert described["authorization_servers"] == [server.base_url + "/"]
+
+
+async def test_http_refuses_a_foreign_host_and_names_configured_authorization_servers(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    env = {"RATEWIRE_MCP__AUTHORIZATION_SERVERS": '["https://login.example.com/"]'}
+    async with mcp_over_http(server, env=env) as url, httpx.AsyncClient(timeout=10) as http:
+        token = {"Authorization": f"Bearer {server.token('agent', ttl=900)}"}
+        foreign = await http.post(
+            url, json=INITIALIZE, headers={**MCP_HEADERS, **token, "Host": "evil.example:80"}
+        )
+        assert foreign.status_code in (400, 421), "DNS rebinding: a foreign Host is refused"
+        metadata = (
+            await http.get(url.replace("/mcp", "/.well-known/oauth-protected-resource"))
+        ).json()
+        assert metadata["authorization_servers"] == ["https://login.example.com/"]
+
+
+def test_http_beyond_loopback_without_tls_refuses_to_start(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    done = subprocess.run(
+        [sys.executable, "-m", "ratewire", "mcp", "--rest-url", server.base_url,
+         "--token", server.token("a", ttl=900), "--http", str(free_port()), "--host", "0.0.0.0"],
+        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in the clear" in lines[0] and "tls_terminated_by_proxy" in lines[0]

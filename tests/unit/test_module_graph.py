@@ -17,7 +17,7 @@ LAYERS = [
     {"security", "metrics"},
     {"audit", "broker"},
     {"storage"},
-    {"relay", "capacity", "listener", "revocations", "service", "webhooks"},
+    {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
     {"cli_common"},

@@ -12,6 +12,7 @@ from ratewire.api.admission import AdmissionMiddleware
 from ratewire.api.audit import router as audit_router
 from ratewire.api.dashboard import router as dashboard_router
 from ratewire.api.fast_paths import FastPaths
+from ratewire.api.identity import router as identity_router
 from ratewire.api.openapi import complete_problem_responses
 from ratewire.api.ops import ReadinessProbe
 from ratewire.api.ops import router as ops_router
@@ -59,7 +60,7 @@ def create_app(
     app.state.webhooks = webhooks
     app.state.storage_errors = 0  # answers 503 because the store failed (for /metrics)
     install_problem_handlers(app)
-    routers = [router, ops_router, topic_history_router, dashboard_router]
+    routers = [router, ops_router, topic_history_router, dashboard_router, identity_router]
     if revocations is not None:
         routers.append(admin_router)
     if audit is not None:

@@ -25,6 +25,11 @@ SCOPE_ADMIN = "ratings:admin"
 #: Verified tokens remembered at most (see TokenService.verify).
 VERIFIED_TOKENS_KEPT = 10_000
 SCOPE_WRITE_ANY = "ratings:write:any"
+#: A token with this scope and none that grants writing is read-only (an agent that only
+#: watches, say): it reads and subscribes, and every write is 403.
+SCOPE_READ = "ratings:read"
+#: Scopes that grant writing (one's own ratings, or anyone's).
+SCOPE_WRITE = "ratings:write"
 
 
 class InvalidToken(Exception):
@@ -62,8 +67,18 @@ class Principal:
     def is_admin(self) -> bool:
         return SCOPE_ADMIN in self.scopes
 
+    @property
+    def read_only(self) -> bool:
+        """Scope ``ratings:read`` and none that grants writing."""
+        return SCOPE_READ in self.scopes and not (
+            self.scopes & {SCOPE_WRITE, SCOPE_WRITE_ANY, SCOPE_ADMIN}
+        )
+
     def may_write_for(self, user_id: str) -> bool:
-        """The ownership rule: own ratings only, unless admin or ``ratings:write:any``."""
+        """The ownership rule: own ratings only, unless admin or ``ratings:write:any``; never
+        with a read-only token."""
+        if self.read_only:
+            return False
         return user_id == self.sub or self.is_admin or SCOPE_WRITE_ANY in self.scopes
 
 
