@@ -83,7 +83,17 @@ def serve(
         }
     )
     settings = settings.model_copy(update={"server": server})
-    configure_logging(log_level.upper())
+    configure_logging(log_level.upper(), settings.log.format)
+    if dev and "host" not in settings.server.model_fields_set:
+        # A trial server stays on this machine unless told otherwise.
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"host": "127.0.0.1"})}
+        )
+        if not reuse_port:
+            logging.getLogger("ratewire").warning(
+                "dev mode: listening on 127.0.0.1 only; set server.host "
+                "(RATEWIRE_SERVER__HOST=0.0.0.0) to open it to other machines"
+            )
 
     def cannot_start(reason: object) -> None:
         click.echo(f"ratewire: cannot start: {reason}", err=True)

@@ -281,6 +281,13 @@ class WebhooksSettings(_Section):
         return schedule
 
 
+class LogSettings(_Section):
+    """What the server's log lines look like."""
+
+    #: auto: a short human line when stderr is a terminal, JSON lines otherwise; json; human.
+    format: Literal["auto", "json", "human"] = "auto"
+
+
 class McpSettings(_Section):
     """``ratewire mcp --http``: the MCP server as an OAuth 2.1 resource server (every request
     carries a ratewire JWT; see docs/client.md, "MCP over HTTP")."""
@@ -318,6 +325,7 @@ class Settings(_Section):
     audit: AuditSettings = AuditSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
     mcp: McpSettings = McpSettings()
+    log: LogSettings = LogSettings()
 
     def deployment_problem(self) -> str | None:
         """Why this combination of role, workers and backends cannot work, or None."""

@@ -1,4 +1,5 @@
-"""Structured JSON-line logging, with tokens redacted from every line."""
+"""Logging: JSON lines for machines, a short human line in a terminal; tokens redacted from
+every line either way."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Literal, TextIO
 
 import orjson
+
+LogFormat = Literal["auto", "json", "human"]
 
 #: The id of the REST request being handled, added to every log line written meanwhile.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -69,10 +73,31 @@ class JsonLineFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every logger (ours and uvicorn's) as JSON lines to stderr, tokens redacted."""
+class HumanFormatter(logging.Formatter):
+    """``12:00:01.234 WARNING message logger=ratewire.relay requestId=...``: for a person
+    at a terminal (``make run``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        fields = {"logger": record.name, "requestId": request_id_var.get()}
+        extra = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+        line = f"{at} {record.levelname:<7} {redact(record.getMessage())}  {extra}"
+        if record.exc_info:
+            line += "\n" + redact(self.formatException(record.exc_info))
+        return line
+
+
+def formatter_for(log_format: LogFormat, stream: TextIO) -> logging.Formatter:
+    """JSON lines, or the human line when asked or (``auto``) when ``stream`` is a terminal."""
+    human = log_format == "human" or (log_format == "auto" and stream.isatty())
+    return HumanFormatter() if human else JsonLineFormatter()
+
+
+def configure_logging(level: str = "INFO", log_format: LogFormat = "auto") -> None:
+    """Send every logger (ours and uvicorn's) to stderr, tokens redacted: as JSON lines, or as
+    a short human line when stderr is a terminal (``log_format`` "auto") or when asked."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
+    handler.setFormatter(formatter_for(log_format, sys.stderr))
     handler.addFilter(ClientFaultFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

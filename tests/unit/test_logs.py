@@ -1,0 +1,38 @@
+"""Log lines: JSON for machines, a short human line at a terminal, tokens redacted in both."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from ratewire.logs import HumanFormatter, JsonLineFormatter, formatter_for
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("ratewire.relay", logging.WARNING, __file__, 1, message, (), None)
+
+
+def test_a_terminal_gets_the_human_line_and_a_pipe_gets_json() -> None:
+    assert isinstance(formatter_for("auto", Terminal()), HumanFormatter)
+    assert isinstance(formatter_for("auto", io.StringIO()), JsonLineFormatter)
+    assert isinstance(formatter_for("json", Terminal()), JsonLineFormatter), "log.format: json"
+    assert isinstance(formatter_for("human", io.StringIO()), HumanFormatter)
+
+
+def test_the_human_line_has_time_level_message_and_fields_and_no_token() -> None:
+    line = HumanFormatter().format(_record("GET /ws?token=eyJhbGciOi.secret.sig 101"))
+    clock, level, *_ = line.split()
+    assert len(clock) == 12 and clock[2] == ":" and level == "WARNING"
+    assert "GET /ws?token=REDACTED 101" in line and "secret" not in line
+    assert line.endswith("logger=ratewire.relay")
+
+
+def test_the_json_line_is_one_object_with_the_token_redacted() -> None:
+    entry = json.loads(JsonLineFormatter().format(_record("Authorization: Bearer abc.def.ghi")))
+    assert entry["level"] == "warning" and entry["msg"] == "Authorization: Bearer REDACTED"
