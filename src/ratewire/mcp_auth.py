@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from collections import OrderedDict
 from datetime import datetime
@@ -34,6 +35,7 @@ CHECK_SECONDS = 1.0
 #: Checked tokens remembered at most (the oldest go first).
 MAX_REMEMBERED = 4096
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_METADATA = re.compile(r'resource_metadata="[^"]*"')
 
 
 class RatewireTokenVerifier:
@@ -141,3 +143,35 @@ def metadata_routes(resource: str, authorization_servers: list[str]) -> list[Any
     suffix = "/.well-known/oauth-protected-resource"
     bare = [route for route in routes if route.path.startswith(suffix)]
     return [*routes, Route(suffix, endpoint=bare[0].endpoint, methods=["GET", "OPTIONS"])]
+
+
+class BareChallenge:
+    """RFC 6750 section 3.1: a request that carried no credentials gets a challenge without an
+    error code (``Bearer resource_metadata="..."``); the SDK's answer always names
+    ``invalid_token``, which is right only where a token was sent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sent_token = scope["type"] != "http" or any(
+            name == b"authorization" for name, _ in scope.get("headers", ())
+        )
+        if sent_token:
+            await self.app(scope, receive, send)
+            return
+
+        async def challenge(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                headers = []
+                for name, value in message.get("headers", ()):
+                    if name == b"www-authenticate":
+                        found = _METADATA.search(value.decode("latin-1"))
+                        value = b"Bearer" + (
+                            f" {found.group(0)}".encode("latin-1") if found else b""
+                        )
+                    headers.append((name, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, challenge)

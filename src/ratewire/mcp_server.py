@@ -36,6 +36,7 @@ from ratewire.client import Client, Gap, HistoryPage, RatewireError, Rating, Sum
 from ratewire.client.connection import TokenProvider
 from ratewire.config import McpSettings, TlsSettings
 from ratewire.mcp_auth import (
+    BareChallenge,
     RatewireTokenVerifier,
     metadata_routes,
     read_only,
@@ -331,7 +332,7 @@ def run(
         if not getattr(route, "path", "").startswith("/.well-known/oauth-protected-resource")
     ] + metadata_routes(resource, mcp_settings.authorization_servers or [app.client.rest_url])
     config = uvicorn.Config(
-        starlette,
+        BareChallenge(starlette),
         host=host,
         port=http_port,
         ssl_certfile=tls.cert,

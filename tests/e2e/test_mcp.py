@@ -248,7 +248,8 @@ async def test_http_refuses_missing_forged_expired_and_revoked_tokens(
         metadata_url = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
         missing = await http.post(url, json=INITIALIZE, headers=MCP_HEADERS)
         assert missing.status_code == 401
-        assert f'resource_metadata="{metadata_url}"' in missing.headers["www-authenticate"]
+        # No credentials, no error code (RFC 6750 3.1): only where to learn how to get one.
+        assert missing.headers["www-authenticate"] == f'Bearer resource_metadata="{metadata_url}"'
         forged = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, "not-the-key" * 4)
         for token in (forged, server.token("late", ttl=-5)):
             answer = await http.post(
@@ -265,6 +266,11 @@ async def test_http_refuses_missing_forged_expired_and_revoked_tokens(
             ).status_code == 201
         await asyncio.sleep(1.2)  # the MCP server trusts a check for a second
         assert (await http.post(url, json=INITIALIZE, headers=good)).status_code == 401
+        # A token that expires mid-session is refused at its next request.
+        short = {**MCP_HEADERS, "Authorization": f"Bearer {server.token('brief', ttl=2)}"}
+        assert (await http.post(url, json=INITIALIZE, headers=short)).status_code == 200
+        await asyncio.sleep(2 + 5 + 1.2)  # its lifetime, jwt.leeway_seconds, the check's second
+        assert (await http.post(url, json=INITIALIZE, headers=short)).status_code == 401
         # RFC 9728: where agents learn what this resource is and who issues its tokens.
         for path in (metadata_url, url.replace("/mcp", "/.well-known/oauth-protected-resource")):
             described = (await http.get(path)).json()
@@ -287,6 +293,12 @@ async def test_http_refuses_a_foreign_host_and_names_configured_authorization_se
             await http.get(url.replace("/mcp", "/.well-known/oauth-protected-resource"))
         ).json()
         assert metadata["authorization_servers"] == ["https://login.example.com/"]
+    # A proxy's public name is allowed by configuration.
+    proxied = {"RATEWIRE_MCP__ALLOWED_HOSTS": '["mcp.example.com"]'}
+    async with mcp_over_http(server, env=proxied) as url, httpx.AsyncClient(timeout=10) as http:
+        token = {"Authorization": f"Bearer {server.token('agent', ttl=900)}"}
+        named = {**MCP_HEADERS, **token, "Host": "mcp.example.com"}
+        assert (await http.post(url, json=INITIALIZE, headers=named)).status_code == 200
 
 
 def test_http_beyond_loopback_without_tls_refuses_to_start(
