@@ -3,12 +3,6 @@
 -- args: TOKENS_FILE GAMES GAME_PREFIX. TOKENS_FILE: "userId token" per line.
 dofile(string.gsub(debug.getinfo(1, "S").source:sub(2), "[^/]*$", "") .. "report.lua")
 
-local threads = {}
-function setup(thread)
-  thread:set("thread_id", #threads)
-  table.insert(threads, thread)
-end
-
 local counter = 0
 function init(args)
   games, prefix = tonumber(args[2]), args[3]

@@ -2,12 +2,6 @@
 -- args: RUN_ID TOKEN GAMES [GAME_PREFIX, default "g"]: games PREFIX0 .. PREFIX(GAMES-1)
 dofile(string.gsub(debug.getinfo(1, "S").source:sub(2), "[^/]*$", "") .. "report.lua")
 
-local threads = {}
-function setup(thread)
-  thread:set("thread_id", #threads)
-  table.insert(threads, thread)
-end
-
 local counter = 0
 function init(args)
   run_id, token, games = args[1], args[2], tonumber(args[3])

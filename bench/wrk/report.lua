@@ -1,4 +1,11 @@
--- Shared by the wrk scripts: print one machine-readable line at the end of a run.
+-- Shared by the wrk scripts: each thread's number (thread_id, 0 and 1), and one
+-- machine-readable line at the end of a run.
+local threads = {}
+function setup(thread)
+  thread:set("thread_id", #threads)
+  table.insert(threads, thread)
+end
+
 function done(summary, latency, requests)
   io.write(string.format(
     'RESULT {"requests":%d,"duration_us":%d,"non_2xx":%d,"connect_errors":%d,' ..
