@@ -84,13 +84,14 @@ def serve(
     )
     settings = settings.model_copy(update={"server": server})
     configure_logging(log_level.upper(), settings.log.format)
+    notes: list[str] = []  # said once listening (a start that fails says one line only)
     if dev and "host" not in settings.server.model_fields_set:
         # A trial server stays on this machine unless told otherwise.
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update={"host": "127.0.0.1"})}
         )
         if not reuse_port:
-            logging.getLogger("ratewire").warning(
+            notes.append(
                 "dev mode: listening on 127.0.0.1 only; set server.host "
                 "(RATEWIRE_SERVER__HOST=0.0.0.0) to open it to other machines"
             )
@@ -124,7 +125,7 @@ def serve(
         sys.exit(uvloop.run(supervise(settings.server.workers, forwarded)))
 
     async def run() -> None:
-        await Runtime(settings, reuse_port=reuse_port, dev=dev).serve()
+        await Runtime(settings, reuse_port=reuse_port, dev=dev, notes=notes).serve()
 
     try:
         uvloop.run(run())

@@ -85,7 +85,16 @@ class Runtime:
     """One ratewire instance: storage, service, relay, hub, REST and WebSocket servers, as
     its role (``server.role``) asks."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False, dev: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reuse_port: bool = False,
+        dev: bool = False,
+        notes: Sequence[str] = (),
+    ) -> None:
+        """``notes``: warnings to log once both ports listen."""
+        self._notes = tuple(notes)
         problem = settings.deployment_problem()
         if problem is not None:
             raise UnsupportedBackend(problem)
@@ -561,6 +570,8 @@ class Runtime:
                 if self._module_server is not None
                 else "",
             )
+            for note in self._notes:
+                log.warning(note)
             assert http_server.serving is not None
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
