@@ -5,7 +5,7 @@ read; with the in-process broker, events told in order are delivered at the end 
 pass, together.
 Events the relay was not told about (committed by another process, or by a request that was
 cancelled between commit and notify) are found by reading the outbox after a short grace
-period, and by a periodic poll. ``seq`` is gapless and in commit order (see storage.sql), so
+period, and by a periodic poll. ``seq`` is gapless and in commit order (see storage.sql.store), so
 "the next seq" is always well defined. On start the relay resumes at the store's head: earlier
 events are served from history (resume with ``since``), never lost.
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ratewire.storage.base import RatingStore
 from ratewire.storage.memory import MemoryStore
-from ratewire.storage.redis_store import RedisStore
+from ratewire.storage.redis.store import RedisStore
 from ratewire.storage.sql import SqlStore, async_url, metadata
 
 BACKENDS = [

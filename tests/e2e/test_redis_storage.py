@@ -155,7 +155,7 @@ def test_start_warns_when_redis_persistence_cannot_keep_acknowledged_writes(
 async def test_a_password_in_the_url_reaches_every_connection(tmp_path: Path) -> None:
     from ratewire.domain import RatingDraft, utc_now
     from ratewire.storage import StorageUnavailable
-    from ratewire.storage.redis_store import RedisStore
+    from ratewire.storage.redis.store import RedisStore
 
     guarded = own_redis(tmp_path, password="s3cret-pass")
     try:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ratewire.storage.redis_store import from_ms, persistence_warning, split_url, to_ms
+from ratewire.storage.redis.store import from_ms, persistence_warning, split_url, to_ms
 
 
 @pytest.mark.parametrize(

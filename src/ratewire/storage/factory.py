@@ -27,7 +27,7 @@ def open_store(settings: StorageSettings) -> RatingStore:
 
         return SqlStore(settings.resolved_url(), sqlite_synchronous=settings.sqlite_synchronous)
     if settings.backend == "redis":
-        from ratewire.storage.redis_store import RedisStore
+        from ratewire.storage.redis.store import RedisStore
 
         return RedisStore(settings.resolved_url())
     raise UnsupportedBackend(

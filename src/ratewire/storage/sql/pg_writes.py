@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ratewire.domain import SummaryDelta
-from ratewire.storage.sql_exec import PgWriteConnection, StatementRunner
+from ratewire.storage.sql.execution import PgWriteConnection, StatementRunner
 
 # $1..$10: the counters' deltas, the event's kind, payload and time; the rating CTE's
 # parameters follow from $11. The global head is bumped last in the join.

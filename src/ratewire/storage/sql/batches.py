@@ -8,7 +8,7 @@ two instances sharing a database can: the victim's writes run again).
 
 A write body is a synchronous function of the transaction's connection, written once for
 every database. On SQLite the whole batch runs in the writer thread on the stdlib driver; on
-PostgreSQL on asyncpg, the body in a greenlet (``sql_exec.PgWriteConnection``); on
+PostgreSQL on asyncpg, the body in a greenlet (``execution.PgWriteConnection``); on
 MySQL/MariaDB through SQLAlchemy's async engine.
 """
 
@@ -27,9 +27,9 @@ from sqlalchemy.util import greenlet_spawn
 
 from ratewire.domain import Rating
 from ratewire.storage.base import NotFound, VersionMismatch
-from ratewire.storage.sql_audit import AuditCursor
-from ratewire.storage.sql_dialects import WRITE_AT_FAULT, is_deadlock, rejected_class
-from ratewire.storage.sql_exec import (
+from ratewire.storage.sql.audit import AuditCursor
+from ratewire.storage.sql.dialects import WRITE_AT_FAULT, is_deadlock, rejected_class
+from ratewire.storage.sql.execution import (
     ASYNCPG_ERRORS,
     PgWriteConnection,
     PostgresRowReader,
@@ -37,7 +37,7 @@ from ratewire.storage.sql_exec import (
     WriteConnection,
     asyncpg_error,
 )
-from ratewire.storage.sql_schema import audit_tables
+from ratewire.storage.sql.schema import audit_tables
 
 if TYPE_CHECKING:
     import asyncpg
@@ -223,7 +223,7 @@ class GroupCommit:
         ``savepoints``, each write is undone alone if it fails; without, only a write that
         fails before writing anything (:data:`_BEFORE_WRITING`) is passed over, and any other
         failure ends the transaction."""
-        # Batches never overlap, so one cursor at a time (see sql_audit.AuditCursor).
+        # Batches never overlap, so one cursor at a time (see audit.AuditCursor).
         cursor = self.audit_cursor = AuditCursor(self._run, self._audit_head_written)
         if len(bodies) == 1:  # alone, the transaction is the unit: its error rolls it back
             outcome = bodies[0](conn)

@@ -35,13 +35,13 @@ from sqlalchemy.engine import Connection
 
 from ratewire.audit import GENESIS, AuditChain, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
-from ratewire.storage.pg_writes import AUDIT_FLUSH
-from ratewire.storage.sql_exec import (
+from ratewire.storage.sql.execution import (
     PgWriteConnection,
     StatementRunner,
     WriteConnection,
     rows_of,
 )
+from ratewire.storage.sql.pg_writes import AUDIT_FLUSH
 
 
 class AuditCursor:

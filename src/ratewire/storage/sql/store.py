@@ -8,7 +8,7 @@ global row is taken last, it is held only for the event insert and the commit.
 
 This module holds the store's lifecycle and its writes; the schema, the dialects'
 differences, the group-commit transactions and the reads each have a module of their own
-(``sql_schema``, ``sql_dialects``, ``sql_batches``, ``sql_reads``).
+(``schema``, ``dialects``, ``batches``, ``reads``).
 """
 
 from __future__ import annotations
@@ -38,23 +38,23 @@ from ratewire.storage.base import (
     VersionMismatch,
     WriteResult,
 )
-from ratewire.storage.pg_writes import CREATE, DELETE, UPDATE, write_rating
-from ratewire.storage.sql_batches import GroupCommit, NoChange, PairTaken
-from ratewire.storage.sql_dialects import (
+from ratewire.storage.sql.batches import GroupCommit, NoChange, PairTaken
+from ratewire.storage.sql.dialects import (
     SqliteSynchronous,
     Statements,
     async_url,
     configure_sqlite,
 )
-from ratewire.storage.sql_exec import (
+from ratewire.storage.sql.execution import (
     PgWriteConnection,
     PostgresRowReader,
     SqliteRowReader,
     StatementRunner,
     WriteConnection,
 )
-from ratewire.storage.sql_reads import SqlReads
-from ratewire.storage.sql_schema import (
+from ratewire.storage.sql.pg_writes import CREATE, DELETE, UPDATE, write_rating
+from ratewire.storage.sql.reads import SqlReads
+from ratewire.storage.sql.schema import (
     HISTOGRAM_NAMES,
     SCHEMA_VERSION,
     audit_tables,
@@ -68,7 +68,7 @@ from ratewire.storage.sql_schema import (
     to_ms,
     user_heads,
 )
-from ratewire.storage.sql_webhooks import SqlWebhookStore
+from ratewire.storage.sql.webhooks import SqlWebhookStore
 
 #: PostgreSQL connections of the rating writes' own pool: batches never overlap, so one is
 #: busy at a time; the second stands in while a lost one is replaced.

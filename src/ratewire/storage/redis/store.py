@@ -1,6 +1,6 @@
 """Redis store: ratings, summaries, rankings, offsets and the event history in Redis.
 
-Every write is one Lua script (redis_scripts.WRITE), so the rating, its summary counters,
+Every write is one Lua script (scripts.WRITE), so the rating, its summary counters,
 the rankings, the three topic offsets and the event change together or not at all, and
 offsets are gapless in commit order because Redis runs scripts one at a time. The domain
 rules stay in Python: a write reads the rating, computes the new one, and the script applies
@@ -60,10 +60,10 @@ from ratewire.storage.base import (
     VersionMismatch,
     WriteResult,
 )
-from ratewire.storage.redis_audit import RedisAuditChain, encode_record
-from ratewire.storage.redis_scripts import LIST, PRUNE, RANK, TOP, WRITE
-from ratewire.storage.redis_webhooks import RedisWebhookStore
-from ratewire.storage.redis_wire import PipelinedConnection
+from ratewire.storage.redis.audit import RedisAuditChain, encode_record
+from ratewire.storage.redis.scripts import LIST, PRUNE, RANK, TOP, WRITE
+from ratewire.storage.redis.webhooks import RedisWebhookStore
+from ratewire.storage.redis.wire import PipelinedConnection
 
 _WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest()
 

@@ -1,6 +1,6 @@
 """The SQL stores' reads: ratings, summaries, the event log, revocations and the audit log.
 
-Single-row reads a request waits on go straight to the driver (``sql_exec.SqliteRowReader``,
+Single-row reads a request waits on go straight to the driver (``execution.SqliteRowReader``,
 ``PostgresRowReader``); the rest run as one function over a SQLAlchemy ``Connection``, on
 SQLite in a reader thread (WAL: readers never block the writer), elsewhere through the async
 engine.
@@ -24,9 +24,9 @@ from ratewire.audit.entry import AuditHead
 from ratewire.domain import GameSummary, Rating, RatingEvent, Topic, TopicKind
 from ratewire.security.revocation import Revocation
 from ratewire.storage.base import NotFound, StorageUnavailable
-from ratewire.storage.sql_dialects import Statements, driver_reason
-from ratewire.storage.sql_exec import PostgresRowReader, SqliteRowReader
-from ratewire.storage.sql_schema import (
+from ratewire.storage.sql.dialects import Statements, driver_reason
+from ratewire.storage.sql.execution import PostgresRowReader, SqliteRowReader
+from ratewire.storage.sql.schema import (
     audit_tables,
     event_from_row,
     events,

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from ratewire.audit import GENESIS, AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
 from ratewire.audit.entry import AuditHead
-from ratewire.storage.redis_scripts import PENDING, PRUNE_AUDIT, SEAL
+from ratewire.storage.redis.scripts import PENDING, PRUNE_AUDIT, SEAL
 
 log = logging.getLogger("ratewire.storage.redis")
 ScriptRunner = Callable[[str, str, list[Any], list[Any]], Awaitable[Any]]

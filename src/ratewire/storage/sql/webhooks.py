@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 
 from ratewire.domain.webhooks import DeliveryAttempt, Progress, Webhook
-from ratewire.storage.sql_schema import metadata
+from ratewire.storage.sql.schema import metadata
 from ratewire.storage.webhook_store import ATTEMPTS_KEPT, CHANGEABLE
 
 _T = TypeVar("_T")

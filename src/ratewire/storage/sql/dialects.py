@@ -14,7 +14,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 
 from ratewire.domain import TopicKind
-from ratewire.storage.sql_schema import (
+from ratewire.storage.sql.schema import (
     HISTOGRAM,
     events,
     game_summaries,

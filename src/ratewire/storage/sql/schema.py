@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ratewire.domain import GameSummary, Rating, RatingEvent
-from ratewire.storage.sql_audit import AuditTables
+from ratewire.storage.sql.audit import AuditTables
 
 #: Written to ``ratewire_meta`` when a database is created; a newer one refuses to start.
 SCHEMA_VERSION = 1
