@@ -164,7 +164,7 @@ async def test_tail_prints_json_lines_for_pipes_and_resumes_from_since(
 def test_tail_lines_in_a_terminal_are_coloured_and_readable() -> None:
     from datetime import UTC, datetime
 
-    from ratewire.cli import _tail_line
+    from ratewire.cli.tail import _tail_line
     from ratewire.client import Gap, Rating, Update
 
     now = datetime(2026, 11, 25, tzinfo=UTC)

@@ -20,8 +20,6 @@ LAYERS = [
     {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
-    {"cli_common"},
-    {"cli_webhooks"},
     {"cli"},
     {"__main__"},
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ratewire.cli_common import auth_option, config_option, settings_from, token_service
+from ratewire.cli.common import auth_option, config_option, settings_from, token_service
 
 _url_option = click.option(
     "--url", default=None, help="REST base URL (default: the configured server port)"

@@ -1,0 +1,29 @@
+"""The ``ratewire`` command line (docs/protocol.md): one module per command group."""
+
+from __future__ import annotations
+
+import click
+
+from ratewire import __version__
+from ratewire.cli import audit, bench, mcp, serve, tail, tokens, webhooks
+
+
+@click.group()
+@click.version_option(version=__version__, prog_name="ratewire")
+def main() -> None:
+    """ratewire: ratings over REST, every change streamed over WebSockets."""
+
+
+for command in (
+    serve.serve,
+    tokens.token,
+    tail.tail,
+    tokens.revoke,
+    mcp.mcp,
+    audit.audit,
+    bench.bench,
+    webhooks.webhook,
+):
+    main.add_command(command)
+
+__all__ = ["main"]

@@ -1,0 +1,104 @@
+"""``ratewire tail``: print a topic's updates as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from ratewire.cli.common import (
+    auth_option,
+    config_option,
+    settings_from,
+    token_service,
+)
+
+
+@click.command()
+@click.argument("topic")
+@click.option("--since", type=click.IntRange(min=0), default=None, help="replay after this offset")
+@click.option("--json", "as_json", is_flag=True, help="print each frame as one JSON line")
+@click.option("--url", default=None, help="WebSocket URL (default: the configured module port)")
+@click.option("--token", "token_value", default=None, help="JWT (default: one minted for 'tail')")
+@config_option
+@auth_option
+def tail(
+    topic: str,
+    since: int | None,
+    as_json: bool,
+    url: str | None,
+    token_value: str | None,
+    config_path: Path | None,
+    auth_path: Path | None,
+) -> None:
+    """Print TOPIC's rating updates as they come (reconnects and resumes by itself)."""
+    from ratewire.client import Client, RatewireError
+    from ratewire.security.tokens import SCOPE_ADMIN
+
+    settings = settings_from(config_path, auth_path)
+    if url is None:
+        scheme = "wss" if settings.tls.cert else "ws"
+        url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
+    # Without --token, a fresh one whenever needed: tail outlives any one token.
+    issuer = None if token_value else token_service(settings)
+    colour = sys.stdout.isatty() and not as_json
+
+    def mint() -> str:
+        assert issuer is not None
+        return str(issuer.issue("tail", scope=SCOPE_ADMIN))
+
+    async def follow() -> None:
+        provider = None if token_value else mint
+        async with Client(url, token_value, provider) as client:
+            async for item in client.subscribe(topic, since):
+                click.echo(_tail_line(item, as_json=as_json, colour=colour))
+
+    try:
+        asyncio.run(follow())
+    except RatewireError as exc:
+        click.echo(f"ratewire tail: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+_EVENT_COLOURS = {"created": "green", "updated": "cyan", "deleted": "red"}
+
+
+def _tail_line(item: object, *, as_json: bool, colour: bool) -> str:
+    """One update (or gap) as ``ratewire tail`` prints it."""
+    import orjson
+
+    from ratewire.client import Gap, Update
+
+    if isinstance(item, Gap):
+        if as_json:
+            return orjson.dumps(
+                {"type": "gap", "topic": item.topic, "after": item.after, "offset": item.offset}
+            ).decode()
+        line = (
+            f"-- {item.topic}: history no longer reaches #{item.after}; resuming at #{item.offset}"
+        )
+        return click.style(line, fg="yellow") if colour else line
+    assert isinstance(item, Update)
+    if as_json:
+        return orjson.dumps(
+            {
+                "type": "rating_update",
+                "topic": item.topic,
+                "offset": item.offset,
+                "event": item.event,
+                "data": item.data,
+            }
+        ).decode()
+    rating = item.rating
+    head = f"{item.topic} #{item.offset}"
+    kind = f"{item.event:<7}"
+    body = f"game={rating.game_id} user={rating.user_id} score={rating.score}"
+    if colour:
+        head = click.style(head, dim=True)
+        kind = click.style(kind, fg=_EVENT_COLOURS[item.event], bold=True)
+        body = body.replace(f"score={rating.score}", f"score={'★' * rating.score}")
+    return f"{head} {kind} {body}"
