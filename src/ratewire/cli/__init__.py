@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ratewire import __version__
-from ratewire.cli import audit, bench, mcp, serve, tail, tokens, webhooks
+from ratewire.cli import audit, backup, bench, mcp, serve, tail, tokens, webhooks
 
 
 @click.group()
@@ -21,6 +21,7 @@ for command in (
     tokens.revoke,
     mcp.mcp,
     audit.audit,
+    backup.backup,
     bench.bench,
     webhooks.webhook,
 ):
