@@ -1,16 +1,20 @@
-"""``ratewire backup``: an online copy of the live SQLite database that a new server serves,
-its ratings, its topics' history and its audit chain included."""
+"""Backups that a new server serves, ratings, topics' history and the audit chain included:
+``ratewire backup`` of the live SQLite database, and ``pg_dump``/``pg_restore`` of a live
+PostgreSQL one (docs/operations.md, Backups)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.conftest import _postgres_database
 from tests.support.server import SECRET, ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -34,28 +38,26 @@ async def test_a_backup_taken_under_writes_serves_everything_it_holds(
     live = server_factory()
     database = Path(live.env["RATEWIRE_STORAGE__URL"].removeprefix("sqlite:///"))
     target = tmp_path / "copy.db"
-    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
-
-        async def write(n: int) -> None:
-            answer = await http.put(
-                f"/games/g{n % 7}/ratings/u{n}",
-                json={"score": 1 + n % 5},
-                headers={"Authorization": f"Bearer {live.token(f'u{n}')}"},
-            )
-            assert answer.status_code == 201
-
-        await asyncio.gather(*(write(n) for n in range(200)))
-        # The copy is taken while writes go on.
-        writing = asyncio.gather(*(write(n) for n in range(200, 400)))
-        code, said = await _backup(database, target)
-        await writing
+    await _write(live, range(200))
+    writing = asyncio.create_task(_write(live, range(200, 400)))  # the copy is taken meanwhile
+    code, said = await _backup(database, target)
+    await writing
     assert code == 0, said
     assert "backed up" in said and str(target) in said
-    restored = server_factory(storage_url=f"sqlite:///{target}")
+    await _serves_everything(server_factory, "sqlite", f"sqlite:///{target}", 200, 400)
+
+
+async def _serves_everything(
+    server_factory: Callable[..., ServerProcess], backend: str, url: str, least: int, most: int
+) -> None:
+    """A server on the restored database ``url`` serves between ``least`` and ``most``
+    ratings, rating.global's whole history from offset 1 without a gap, and an audit chain
+    that verifies."""
+    restored = server_factory(backend=backend, storage_url=url)
     async with httpx.AsyncClient(base_url=restored.base_url, timeout=10) as http:
         counts = [(await http.get(f"/games/g{g}/summary")).json()["count"] for g in range(7)]
         total = sum(counts)
-        assert 200 <= total <= 400, "at least everything written before the copy began"
+        assert least <= total <= most, "at least everything written before the copy began"
         offsets: list[int] = []
         while True:  # the whole history of rating.global, page by page
             page = await http.get(
@@ -70,11 +72,62 @@ async def test_a_backup_taken_under_writes_serves_everything_it_holds(
     restored.stop()
     verify = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ratewire", "audit", "verify",
-        env={**os.environ, "RATEWIRE_STORAGE__URL": f"sqlite:///{target}"},
+        env={**os.environ, "RATEWIRE_STORAGE__BACKEND": backend, "RATEWIRE_STORAGE__URL": url},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await verify.communicate()
     assert verify.returncode == 0, out.decode()
+
+
+async def _write(live: ServerProcess, numbers: range) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+
+        async def one(n: int) -> None:
+            answer = await http.put(
+                f"/games/g{n % 7}/ratings/u{n}",
+                json={"score": 1 + n % 5},
+                headers={"Authorization": f"Bearer {live.token(f'u{n}')}"},
+            )
+            assert answer.status_code == 201
+
+        await asyncio.gather(*(one(n) for n in numbers))
+
+
+@pytest.fixture
+def restored_postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database to restore into."""
+    yield from _postgres_database("ratewire_r")
+
+
+async def test_a_pg_dump_of_a_live_database_restores_into_one_that_serves(
+    server_factory: Callable[..., ServerProcess],
+    fresh_postgres_url: str,
+    restored_postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """The documented PostgreSQL backup: pg_dump -Fc while writes go on, pg_restore."""
+    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        pytest.fail("pg_dump and pg_restore are needed (Debian's postgresql-client)")
+    live = server_factory(backend="postgresql", storage_url=fresh_postgres_url)
+    await _write(live, range(150))
+    dump = tmp_path / "ratewire.dump"
+    writing = asyncio.create_task(_write(live, range(150, 300)))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["pg_dump", "--format=custom", f"--file={dump}", f"--dbname={fresh_postgres_url}"],
+        capture_output=True,
+        text=True,
+    )
+    await writing
+    assert done.returncode == 0, done.stderr
+    restored = await asyncio.to_thread(
+        subprocess.run,
+        ["pg_restore", "--no-owner", f"--dbname={restored_postgres_url}", str(dump)],
+        capture_output=True,
+        text=True,
+    )
+    assert restored.returncode == 0, restored.stderr
+    await _serves_everything(server_factory, "postgresql", restored_postgres_url, 150, 300)
 
 
 async def test_a_backup_never_overwrites_and_names_the_tool_for_other_backends(
