@@ -7,7 +7,14 @@ on the original guide (bench/peers/guide_server.js).
     ratewire bench fanout --subs 2000 --rate 0 --seconds 10      # 0 = as fast as they go
     python -m bench.fanout --target cluster --procs 3            # cluster mode, PostgreSQL + Redis
     python -m bench.fanout --alternate 5                         # median ratios to the guide
+    python -m bench.fanout --alternate 5 --procs 1               # the agent fleet (below)
+    python -m bench.fanout --target ratewire,floor --rate 0      # beside the bare picows floor
     python -m bench.fanout --target ratewire-3w --subs 50000 --rate 1 --seconds 5 --procs 6
+
+With ``--procs 1`` one process holds every subscription and makes the writes too, as one
+agent process following 1,000 topics does (``--publisher separate`` writes from this process
+instead). Every run reports POST latency, the server's and the subscribers' CPU, and the
+server's stage budget; ``--py-spy DIR`` profiles the server while it is measured.
 
 Cluster targets (PostgreSQL at RATEWIRE_BENCH_POSTGRES, Redis at RATEWIRE_BENCH_REDIS): pg-local
 (one instance, local broker), pg-redis (one instance, Redis broker), cluster-3 (three instances,
