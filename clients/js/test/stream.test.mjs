@@ -56,36 +56,43 @@ describe("one server, restarted and cut off", () => {
 
   test("SIGKILL and restart mid-stream: every offset once and in order", async () => {
     const client = new RatewireClient({ url: server.moduleUrl, token: token("agent"), restUrl: server.baseUrl, maxBackoffMs: 500 });
-    const stream = await following(client, "rating.game.kill", { since: 0 });
-    let written = 0;
     let writing = true;
-    const writer = (async () => {
-      for (let index = 0; writing; index += 1) {
-        try {
-          await server.rate("kill", `u${index}`, 1 + (index % 5));
-          written += 1;
-        } catch {
-          index -= 1; // the server is down: the same write again
-          await sleep(50);
+    try {
+      const stream = await following(client, "rating.game.kill", { since: 0 });
+      let written = 0;
+      const writer = (async () => {
+        for (let index = 0; writing; index += 1) {
+          try {
+            await server.rate("kill", `u${index}`, 1 + (index % 5));
+            written += 1;
+          } catch {
+            index -= 1; // the server is down: the same write again
+            await sleep(50);
+          }
+          await sleep(10);
         }
-        await sleep(10);
+      })();
+      for (let round = 0; round < 2; round += 1) {
+        await waitFor(() => written >= 15 * (round + 1));
+        await server.kill(); // writes in flight may or may not have committed
+        await server.start();
+        // Killed again only once the client is back: fast writes once reached the next kill
+        // while it was still in its backoff, and it reconnected once for two kills.
+        await waitFor(() => client.connections >= round + 2);
       }
-    })();
-    for (let round = 0; round < 2; round += 1) {
-      await waitFor(() => written >= 15 * (round + 1));
-      await server.kill(); // writes in flight may or may not have committed
-      await server.start();
+      await waitFor(() => written >= 45);
+      writing = false;
+      await writer;
+      const head = (await client.events("rating.game.kill", { since: 0, limit: 1 })).head;
+      assert.ok(head >= written, `head ${head} < ${written} acknowledged writes`);
+      const items = await stream.take(head);
+      assert.ok(items.every((item) => item instanceof Update && item.topic === "rating.game.kill"));
+      assert.deepEqual(offsets(items), range(1, head));
+      assert.ok(client.connections >= 3, `${client.connections} connections`);
+    } finally {
+      writing = false;
+      await client.close(); // a failed assertion must not leave it reconnecting (node waits)
     }
-    await waitFor(() => written >= 45);
-    writing = false;
-    await writer;
-    const head = (await client.events("rating.game.kill", { since: 0, limit: 1 })).head;
-    assert.ok(head >= written, `head ${head} < ${written} acknowledged writes`);
-    const items = await stream.take(head);
-    assert.ok(items.every((item) => item instanceof Update && item.topic === "rating.game.kill"));
-    assert.deepEqual(offsets(items), range(1, head));
-    assert.ok(client.connections >= 3, `${client.connections} connections`);
-    await client.close();
   });
 
   test("a network cut through a proxy: resumed with nothing lost", async () => {
