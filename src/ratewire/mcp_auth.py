@@ -27,7 +27,13 @@ from pydantic import AnyHttpUrl
 from starlette.routing import Route
 
 from ratewire.config import McpSettings, TlsSettings
-from ratewire.security.tokens import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, SCOPE_WRITE_ANY
+from ratewire.security.tokens import (
+    SCOPE_ADMIN,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    SCOPE_WRITE_ANY,
+    scopes_read_only,
+)
 
 log = logging.getLogger("ratewire.mcp")
 #: How long a token's check is trusted before ratewire is asked again.
@@ -83,9 +89,8 @@ def _epoch(iso: str) -> float:
 
 
 def read_only(access: AccessToken) -> bool:
-    """A token with scope ``ratings:read`` and none that grants writing (as REST rules)."""
-    scopes = set(access.scopes)
-    return SCOPE_READ in scopes and not scopes & {SCOPE_WRITE, SCOPE_WRITE_ANY, SCOPE_ADMIN}
+    """Whether the token may not write, by REST's own rule."""
+    return scopes_read_only(access.scopes)
 
 
 def is_loopback(host: str) -> bool:

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
@@ -52,6 +53,12 @@ class TokenRevoked(InvalidToken):
         super().__init__(REVOKED_REASON)
 
 
+def scopes_read_only(scopes: Iterable[str]) -> bool:
+    """A token with these scopes is read-only: ``ratings:read`` and none that grants writing."""
+    held = set(scopes)
+    return SCOPE_READ in held and not held & {SCOPE_WRITE, SCOPE_WRITE_ANY, SCOPE_ADMIN}
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a verified token speaks for."""
@@ -70,15 +77,11 @@ class Principal:
     @property
     def read_only(self) -> bool:
         """Scope ``ratings:read`` and none that grants writing."""
-        return SCOPE_READ in self.scopes and not (
-            self.scopes & {SCOPE_WRITE, SCOPE_WRITE_ANY, SCOPE_ADMIN}
-        )
+        return scopes_read_only(self.scopes)
 
     def may_write_for(self, user_id: str) -> bool:
-        """The ownership rule: own ratings only, unless admin or ``ratings:write:any``; never
-        with a read-only token."""
-        if self.read_only:
-            return False
+        """The ownership rule: own ratings only, unless admin or ``ratings:write:any`` (the
+        service refuses read-only tokens before asking)."""
         return user_id == self.sub or self.is_admin or SCOPE_WRITE_ANY in self.scopes
 
 
