@@ -76,16 +76,26 @@ def postgres_url() -> Iterator[str]:
     yield from _postgres_database("ratewire_t")
 
 
-@pytest.fixture(scope="session")
-def mysql_url() -> Iterator[str]:
-    """A fresh MariaDB/MySQL database for this run."""
-    name = f"ratewire_t_{secrets.token_hex(4)}"
+def _mysql_database(prefix: str) -> Iterator[str]:
+    name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         asyncio.run(_mysql_admin(f"CREATE DATABASE {name}"))
     except (OSError, Exception) as exc:
         unavailable(f"MySQL at {MYSQL_ADMIN_URL}", exc)
     yield _with_database(MYSQL_ADMIN_URL, name)
     asyncio.run(_mysql_admin(f"DROP DATABASE IF EXISTS {name}"))
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    """A fresh MariaDB/MySQL database for this run."""
+    yield from _mysql_database("ratewire_t")
+
+
+@pytest.fixture
+def fresh_mysql_url() -> Iterator[str]:
+    """A MariaDB/MySQL database of this test's own."""
+    yield from _mysql_database("ratewire_m")
 
 
 @pytest.fixture

@@ -104,6 +104,9 @@ class StorageSettings(_Section):
     #: included) but the last ones may be lost on power loss or an OS crash; no fsync per
     #: commit, so each write answers sooner.
     sqlite_synchronous: Literal["full", "normal"] = "full"
+    #: SQL backends: bring an older schema up to date at start (under a lock, once for all
+    #: instances). false: refuse to start on one, naming ``ratewire db upgrade``.
+    migrate: bool = True
 
     def resolved_url(self) -> str:
         """The database URL, with the backend's default when none is configured."""

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from ratewire.storage.base import RatingStore
 from ratewire.storage.memory import MemoryStore
 from ratewire.storage.redis.store import RedisStore
-from ratewire.storage.sql import SqlStore, async_url, metadata
+from ratewire.storage.sql import SqlStore
+from tests.support.schema import drop_schema
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
@@ -20,13 +20,6 @@ BACKENDS = [
     pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
-
-
-async def drop_schema(url: str) -> None:
-    engine = create_async_engine(async_url(url))
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-    await engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

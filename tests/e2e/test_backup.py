@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from tests.conftest import _postgres_database
+from tests.support.datasets import serves_everything, write_ratings
 from tests.support.server import SECRET, ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -38,59 +38,15 @@ async def test_a_backup_taken_under_writes_serves_everything_it_holds(
     live = server_factory()
     database = Path(live.env["RATEWIRE_STORAGE__URL"].removeprefix("sqlite:///"))
     target = tmp_path / "copy.db"
-    await _write(live, range(200))
-    writing = asyncio.create_task(_write(live, range(200, 400)))  # the copy is taken meanwhile
+    await write_ratings(live, range(200))
+    writing = asyncio.create_task(
+        write_ratings(live, range(200, 400))
+    )  # the copy is taken meanwhile
     code, said = await _backup(database, target)
     await writing
     assert code == 0, said
     assert "backed up" in said and str(target) in said
-    await _serves_everything(server_factory, "sqlite", f"sqlite:///{target}", 200, 400)
-
-
-async def _serves_everything(
-    server_factory: Callable[..., ServerProcess], backend: str, url: str, least: int, most: int
-) -> None:
-    """A server on the restored database ``url`` serves between ``least`` and ``most``
-    ratings, rating.global's whole history from offset 1 without a gap, and an audit chain
-    that verifies."""
-    restored = server_factory(backend=backend, storage_url=url)
-    async with httpx.AsyncClient(base_url=restored.base_url, timeout=10) as http:
-        counts = [(await http.get(f"/games/g{g}/summary")).json()["count"] for g in range(7)]
-        total = sum(counts)
-        assert least <= total <= most, "at least everything written before the copy began"
-        offsets: list[int] = []
-        while True:  # the whole history of rating.global, page by page
-            page = await http.get(
-                f"/topics/rating.global/events?since={len(offsets)}&limit=100",
-                headers={"Authorization": f"Bearer {restored.token('reader')}"},
-            )
-            assert page.status_code == 200, page.text
-            offsets += [e["offset"] for e in page.json()["events"]]
-            if not page.json()["events"]:
-                break
-        assert page.json()["head"] == total and offsets == list(range(1, total + 1))
-    restored.stop()
-    verify = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ratewire", "audit", "verify",
-        env={**os.environ, "RATEWIRE_STORAGE__BACKEND": backend, "RATEWIRE_STORAGE__URL": url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await verify.communicate()
-    assert verify.returncode == 0, out.decode()
-
-
-async def _write(live: ServerProcess, numbers: range) -> None:
-    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
-
-        async def one(n: int) -> None:
-            answer = await http.put(
-                f"/games/g{n % 7}/ratings/u{n}",
-                json={"score": 1 + n % 5},
-                headers={"Authorization": f"Bearer {live.token(f'u{n}')}"},
-            )
-            assert answer.status_code == 201
-
-        await asyncio.gather(*(one(n) for n in numbers))
+    await serves_everything(server_factory, "sqlite", f"sqlite:///{target}", 200, 400)
 
 
 @pytest.fixture
@@ -109,9 +65,9 @@ async def test_a_pg_dump_of_a_live_database_restores_into_one_that_serves(
     if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
         pytest.fail("pg_dump and pg_restore are needed (Debian's postgresql-client)")
     live = server_factory(backend="postgresql", storage_url=fresh_postgres_url)
-    await _write(live, range(150))
+    await write_ratings(live, range(150))
     dump = tmp_path / "ratewire.dump"
-    writing = asyncio.create_task(_write(live, range(150, 300)))
+    writing = asyncio.create_task(write_ratings(live, range(150, 300)))
     done = await asyncio.to_thread(
         subprocess.run,
         ["pg_dump", "--format=custom", f"--file={dump}", f"--dbname={fresh_postgres_url}"],
@@ -127,7 +83,7 @@ async def test_a_pg_dump_of_a_live_database_restores_into_one_that_serves(
         text=True,
     )
     assert restored.returncode == 0, restored.stderr
-    await _serves_everything(server_factory, "postgresql", restored_postgres_url, 150, 300)
+    await serves_everything(server_factory, "postgresql", restored_postgres_url, 150, 300)
 
 
 async def test_a_backup_never_overwrites_and_names_the_tool_for_other_backends(

@@ -9,18 +9,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from ratewire.audit import AuditChain, AuditContext, AuditQuery, AuditRecord
 from ratewire.audit.verify import verify_chain
-from ratewire.storage.sql import SqlStore, async_url, metadata
-
-
-async def _drop_schema(url: str) -> None:
-    engine = create_async_engine(async_url(url))
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-    await engine.dispose()
+from ratewire.storage.sql import SqlStore
+from tests.support.schema import drop_schema
 
 
 # Synchronous: the session's postgres_url fixture may be set up here first, and it runs
@@ -30,7 +23,7 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}"
     url = str(request.getfixturevalue("postgres_url"))
-    asyncio.run(_drop_schema(url))
+    asyncio.run(drop_schema(url))
     return url
 
 

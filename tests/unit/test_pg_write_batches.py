@@ -9,13 +9,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from ratewire.audit import AuditChain
 from ratewire.audit.verify import verify_chain
 from ratewire.domain import RatingChanges, RatingDraft, Topic, TopicKind, utc_now
 from ratewire.storage.base import AlreadyExists, StorageUnavailable, VersionMismatch
-from ratewire.storage.sql import SqlStore, async_url, metadata
+from ratewire.storage.sql import SqlStore
+from tests.support.schema import drop_schema
 
 pytestmark = pytest.mark.postgresql
 GLOBAL = Topic(TopicKind.GLOBAL)
@@ -23,10 +23,7 @@ GLOBAL = Topic(TopicKind.GLOBAL)
 
 @pytest.fixture
 async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    engine = create_async_engine(async_url(postgres_url))
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-    await engine.dispose()
+    await drop_schema(postgres_url)
     opened = SqlStore(postgres_url)
     await opened.start()
     opened.use_audit(AuditChain("pg-batches-key-0123456789abcdef01234"))

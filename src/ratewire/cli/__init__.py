@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ratewire import __version__
-from ratewire.cli import audit, backup, bench, mcp, serve, tail, tokens, webhooks
+from ratewire.cli import audit, backup, bench, db, mcp, serve, tail, tokens, webhooks
 
 
 @click.group()
@@ -22,6 +22,7 @@ for command in (
     mcp.mcp,
     audit.audit,
     backup.backup,
+    db.db,
     bench.bench,
     webhooks.webhook,
 ):

@@ -39,6 +39,11 @@ from ratewire.config import ConfigError
     help="local trial: without a configured key, sign with a random secret kept in "
     "./.ratewire-dev-secret; accept secrets shorter than 32 bytes (with a warning)",
 )
+@click.option(
+    "--no-migrate",
+    is_flag=True,
+    help="refuse to start on an older schema instead of upgrading it (storage.migrate: false)",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)
 def serve(
     config_path: Path | None,
@@ -47,6 +52,7 @@ def serve(
     role: str | None,
     workers: int | None,
     dev: bool,
+    no_migrate: bool,
     reuse_port: bool,
 ) -> None:
     """Run the server (REST on server.port, WebSockets on modules.websocket.port and /ws)."""
@@ -72,6 +78,9 @@ def serve(
         }
     )
     settings = settings.model_copy(update={"server": server})
+    if no_migrate:
+        storage = settings.storage.model_copy(update={"migrate": False})
+        settings = settings.model_copy(update={"storage": storage})
     configure_logging(log_level.upper(), settings.log.format)
     notes: list[str] = []  # said once listening (a start that fails says one line only)
     if dev and "host" not in settings.server.model_fields_set:
@@ -106,6 +115,7 @@ def serve(
             *(("--auth", str(auth_path)) if auth_path else ()),
             *("--log-level", log_level, "--role", settings.server.role),
             *(("--dev",) if dev else ()),
+            *(("--no-migrate",) if no_migrate else ()),
         ]
         try:
             uvloop.run(prepare_storage(settings))

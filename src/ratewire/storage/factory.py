@@ -25,7 +25,11 @@ def open_store(settings: StorageSettings) -> RatingStore:
     if settings.backend in ("sqlite", "postgresql", "mysql"):
         from ratewire.storage.sql import SqlStore
 
-        return SqlStore(settings.resolved_url(), sqlite_synchronous=settings.sqlite_synchronous)
+        return SqlStore(
+            settings.resolved_url(),
+            sqlite_synchronous=settings.sqlite_synchronous,
+            migrate=settings.migrate,
+        )
     if settings.backend == "redis":
         from ratewire.storage.redis.store import RedisStore
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Literal
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, create_engine, delete, event, insert, select, update
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ratewire.domain import TopicKind
@@ -153,3 +154,28 @@ def configure_sqlite(connection: sqlite3.Connection, synchronous: SqliteSynchron
     cursor.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def sqlite_engine(
+    url: Any, synchronous: SqliteSynchronous, *, immediate: bool, pool_size: int
+) -> Engine:
+    """A synchronous engine on the SQLite file: ``immediate`` for the one writer (each
+    transaction takes the write lock as it begins), else a reader in autocommit."""
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        connect_args={"check_same_thread": False},  # pooled across the executor's threads
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        configure_sqlite(dbapi_connection, synchronous)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Readers run in autocommit: in WAL mode each statement reads one snapshot.
+        if immediate:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

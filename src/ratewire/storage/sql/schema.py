@@ -33,8 +33,9 @@ from sqlalchemy.exc import IntegrityError
 from ratewire.domain import GameSummary, Rating, RatingEvent
 from ratewire.storage.sql.audit import AuditTables
 
-#: Written to ``ratewire_meta`` when a database is created; a newer one refuses to start.
-SCHEMA_VERSION = 1
+#: Kept in ``ratewire_meta`` (set by each migration that changes the schema, see
+#: ``migrations/``): a ratewire from before migrations (0.1.0) refuses to open a newer schema.
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 

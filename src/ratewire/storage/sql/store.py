@@ -13,7 +13,6 @@ differences, the group-commit transactions and the reads each have a module of t
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import and_, create_engine, delete, event, insert, select, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -44,6 +43,7 @@ from ratewire.storage.sql.dialects import (
     Statements,
     async_url,
     configure_sqlite,
+    sqlite_engine,
 )
 from ratewire.storage.sql.execution import (
     PgWriteConnection,
@@ -51,6 +51,13 @@ from ratewire.storage.sql.execution import (
     SqliteRowReader,
     StatementRunner,
     WriteConnection,
+)
+from ratewire.storage.sql.migrate import (
+    SchemaChange,
+    SchemaState,
+    refuse_if_behind,
+    schema_state,
+    upgrade,
 )
 from ratewire.storage.sql.pg_writes import CREATE, DELETE, UPDATE, write_rating
 from ratewire.storage.sql.reads import SqlReads
@@ -89,9 +96,18 @@ class SqlStore(SqlReads):
     """
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, sqlite_synchronous: SqliteSynchronous = "full"
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        sqlite_synchronous: SqliteSynchronous = "full",
+        migrate: bool = True,
     ) -> None:
         self.url = async_url(url)
+        #: Upgrade an older schema at start (else refuse, naming ``ratewire db upgrade``).
+        self._migrate = migrate
+        #: What :meth:`start` did to the schema (None: migrating was off).
+        self.schema_change: SchemaChange | None = None
         self._sqlite_synchronous: SqliteSynchronous = sqlite_synchronous
         self.dialect = make_url(self.url).get_backend_name()
         self.epoch = ""
@@ -109,8 +125,12 @@ class SqlStore(SqlReads):
             sync_url = make_url(self.url).set(drivername="sqlite")
             # One writer thread and connection (SQLite has one writer at a time; queueing in
             # the executor beats spinning in SQLite's busy handler); readers never block in WAL.
-            self._sqlite_writer = self._sqlite_engine(sync_url, immediate=True, pool_size=1)
-            self._sqlite_reader = self._sqlite_engine(sync_url, immediate=False, pool_size=4)
+            self._sqlite_writer = sqlite_engine(
+                sync_url, sqlite_synchronous, immediate=True, pool_size=1
+            )
+            self._sqlite_reader = sqlite_engine(
+                sync_url, sqlite_synchronous, immediate=False, pool_size=4
+            )
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="ratewire-sqlite-w")
             self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="ratewire-sqlite-r")
             # The database file and options exactly as SQLAlchemy opens them from the URL.
@@ -152,28 +172,6 @@ class SqlStore(SqlReads):
         #: Webhooks and their cursors, in this database (ratewire.webhooks delivers them).
         self.webhooks = SqlWebhookStore(self._read, self._write)
 
-    def _sqlite_engine(self, url: Any, *, immediate: bool, pool_size: int) -> Engine:
-        engine = create_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=0,
-            connect_args={"check_same_thread": False},  # pooled across the executor's threads
-        )
-
-        synchronous = self._sqlite_synchronous
-
-        @event.listens_for(engine, "connect")
-        def _configure(dbapi_connection: Any, _record: Any) -> None:
-            configure_sqlite(dbapi_connection, synchronous)
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            # Readers run in autocommit: in WAL mode each statement reads one snapshot.
-            if immediate:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-
     # -- running operations ----------------------------------------------------------------
 
     async def _write(self, body: Callable[[Connection], _T], *, driver: bool = False) -> _T:
@@ -191,7 +189,7 @@ class SqlStore(SqlReads):
 
     async def start(self) -> None:
         try:
-            await self._create_schema()
+            self.schema_change = await self._prepare_schema()
             await self._write(seed)
             version, epoch = await self._read(
                 lambda conn: (
@@ -220,17 +218,19 @@ class SqlStore(SqlReads):
                 f"({SCHEMA_VERSION}); upgrade ratewire"
             )
 
-    async def _create_schema(self) -> None:
-        # Instances of a cluster start together against one new database: when two create a
-        # table at once, the loser's CREATE fails. Checking again then finds the winner's.
-        for attempt in range(5):
-            try:
-                await self._write(lambda conn: metadata.create_all(conn, checkfirst=True))
-                return
-            except (IntegrityError, StorageUnavailable):
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+    async def schema_state(self) -> SchemaState:
+        """Where the database's schema stands (the store need not be started)."""
+        return await self._read(schema_state)
+
+    async def upgrade_schema(self) -> SchemaChange:
+        """Create or migrate the schema to this ratewire's, under the migration lock."""
+        return await self._write(lambda conn: upgrade(conn, self.dialect))
+
+    async def _prepare_schema(self) -> SchemaChange | None:
+        if self._migrate:
+            return await self.upgrade_schema()
+        refuse_if_behind(await self.schema_state())
+        return None
 
     def _safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
