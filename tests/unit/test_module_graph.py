@@ -17,7 +17,7 @@ LAYERS = [
     {"security", "metrics"},
     {"audit", "broker"},
     {"storage"},
-    {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth"},
+    {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth", "transfer"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
     {"cli"},

@@ -5,7 +5,18 @@ from __future__ import annotations
 import click
 
 from ratewire import __version__
-from ratewire.cli import audit, backup, bench, db, mcp, serve, tail, tokens, webhooks
+from ratewire.cli import (
+    audit,
+    backup,
+    bench,
+    db,
+    mcp,
+    serve,
+    tail,
+    tokens,
+    transfer,
+    webhooks,
+)
 
 
 @click.group()
@@ -23,6 +34,9 @@ for command in (
     audit.audit,
     backup.backup,
     db.db,
+    transfer.copy,
+    transfer.export,
+    transfer.import_,
     bench.bench,
     webhooks.webhook,
 ):

@@ -190,9 +190,15 @@ def _migration_lock(conn: Connection, dialect: str) -> Iterator[None]:
             raise StorageUnavailable(
                 f"mysql: another instance held the migration lock for {LOCK_WAIT_SECONDS} s"
             )
+        # MariaDB warns that it ignores the name of the version table's primary key, and
+        # asyncmy logs every server warning: not a user's concern.
+        driver_log = logging.getLogger("asyncmy")
+        level = driver_log.level
+        driver_log.setLevel(logging.ERROR)
         try:
             yield
         finally:
+            driver_log.setLevel(level)
             conn.scalar(text(f"SELECT RELEASE_LOCK({name})"))
     else:
         yield  # SQLite: the store's write transactions begin IMMEDIATE (the write lock)
