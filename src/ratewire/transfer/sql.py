@@ -195,83 +195,10 @@ class SqlTarget:
         await conn.execute(delete(audit_tables.head))
 
     async def _load_with_copy(self, batches: AsyncIterator[tuple[Table, Sequence[Row]]]) -> None:
-        """One COPY per table, streamed from the batches, into tables whose indexes and keys
-        are built after the load (as pg_restore does): measured, keeping them during the load
-        took 3x as long. All in one transaction: a failure leaves the target as it was."""
-        import asyncpg  # ratewire[postgresql]
+        from ratewire.transfer.pg_load import load_postgres
 
         _, options = self._engine.dialect.create_connect_args(make_url(self.url))
-        conn = await asyncpg.connect(**options)
-        try:
-            async with conn.transaction():
-                await conn.execute(
-                    "DELETE FROM ratewire_meta WHERE key = 'epoch'; "
-                    "DELETE FROM global_head; DELETE FROM audit_head"
-                )
-                # Index builds sort in memory up to this (the default, 64 MB, spills to disk).
-                await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-                rebuild = await _drop_keys_and_indexes(conn, [t.name for t in TABLES])
-                streams = _TableStreams(batches)
-                while (table := await streams.next_table()) is not None:
-                    await conn.copy_records_to_table(
-                        table.name, records=streams.rows(table), columns=columns(table)
-                    )
-                for statement in rebuild:
-                    await conn.execute(statement)
-        finally:
-            await conn.close()
+        await load_postgres(dict(options), batches)
 
     async def close(self) -> None:
         await self._engine.dispose()
-
-
-async def _drop_keys_and_indexes(conn: Any, tables: list[str]) -> list[str]:
-    """Drop the tables' primary keys, unique constraints and indexes; the statements that
-    build them again, exactly as they were (PostgreSQL's own definitions of them).
-    Measured at 1,000,000 ratings: keeping the primary keys (rows arrive in their order)
-    saved 4 s of index builds and cost 6.5 s more of COPY."""
-    keys = await conn.fetch(
-        "SELECT c.conrelid::regclass::text AS tab, c.conname, pg_get_constraintdef(c.oid) AS def"
-        " FROM pg_constraint c WHERE c.contype IN ('p', 'u')"
-        " AND c.conrelid::regclass::text = ANY($1::text[])",
-        tables,
-    )
-    indexes = await conn.fetch(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
-        " AND tablename = ANY($1::text[]) AND indexname <> ALL($2::text[])",
-        tables,
-        [row["conname"] for row in keys],
-    )
-    for row in indexes:
-        await conn.execute(f'DROP INDEX "{row["indexname"]}"')
-    for row in keys:
-        await conn.execute(f'ALTER TABLE "{row["tab"]}" DROP CONSTRAINT "{row["conname"]}"')
-    return [
-        *(f'ALTER TABLE "{r["tab"]}" ADD CONSTRAINT "{r["conname"]}" {r["def"]}' for r in keys),
-        *(row["indexdef"] for row in indexes),
-    ]
-
-
-class _TableStreams:
-    """The batches (which come table by table) as one stream of rows per table, for one
-    COPY per table."""
-
-    def __init__(self, batches: AsyncIterator[tuple[Table, Sequence[Row]]]) -> None:
-        self._batches = aiter(batches)
-        self._head: tuple[Table, Sequence[Row]] | None = None
-        self._done = False
-
-    async def next_table(self) -> Table | None:
-        """The table of the next batch (None at the end)."""
-        if self._head is None and not self._done:
-            self._head = await anext(self._batches, None)
-            self._done = self._head is None
-        return None if self._head is None else self._head[0]
-
-    async def rows(self, table: Table) -> AsyncIterator[Row]:
-        """Every row of ``table``: the batches up to the next table's."""
-        while await self.next_table() is table:
-            assert self._head is not None
-            batch, self._head = self._head[1], None
-            for row in batch:
-                yield row

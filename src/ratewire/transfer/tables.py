@@ -44,7 +44,7 @@ TABLES: tuple[Table, ...] = (
 BY_NAME = {table.name: table for table in TABLES}
 #: Rows per batch read or written: large enough that per-batch costs vanish, small enough
 #: that memory stays flat.
-BATCH_ROWS = 5000
+BATCH_ROWS = 20_000
 
 
 def columns(table: Table) -> list[str]:
