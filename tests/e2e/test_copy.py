@@ -264,3 +264,46 @@ async def test_an_export_imports_whole_and_a_faulty_one_not_at_all(
     assert await served(imported) == expected
     imported.stop()
     await audit_verifies("postgresql", fresh_postgres_url)
+
+
+async def test_rows_the_database_refuses_leave_the_target_as_it_was(
+    source: tuple[str, dict[str, Any]], fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """A file that passes every check of its own but holds one rating twice: PostgreSQL
+    refuses it when the copy builds the primary key, after every row went in."""
+    source_url, _ = source
+    export = tmp_path / "ratewire.jsonl"
+    code, said = await ratewire("export", "--from", source_url, "--out", str(export))
+    assert code == 0, said
+    lines = export.read_bytes().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith(b'{"t":"ratings"'))
+    twice = tmp_path / "twice.jsonl"
+    header = orjson.loads(lines[0])
+    header["tables"]["ratings"]["rows"] += 1
+    end = orjson.loads(lines[-1])
+    end["rows"] += 1
+    _rewrite(
+        [
+            orjson.dumps(header) + b"\n",
+            *lines[1 : first + 1],
+            *lines[first:-1],
+            orjson.dumps(end) + b"\n",
+        ],
+        twice,
+        reseal=True,
+    )
+    for target in (fresh_postgres_url, f"sqlite:///{tmp_path / 'target.db'}"):
+        code, said = await ratewire("import", str(twice), "--to", target)
+        assert code == 1 and "nothing was written" in said and "Traceback" not in said, said
+        code, said = await ratewire("import", str(export), "--to", target)
+        assert code == 0 and "imported 39 ratings" in said, said  # it was still empty
+    import asyncpg
+
+    conn = await asyncpg.connect(fresh_postgres_url.replace("postgresql://", "postgres://"))
+    try:
+        left = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ratewire_copy%'"
+        )
+    finally:
+        await conn.close()
+    assert left == [], "the copy's own schema is dropped"

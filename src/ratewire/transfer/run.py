@@ -94,6 +94,12 @@ async def transfer(source: Source, counts: Counts, target: Target, advance: Adva
                 await loading
             raise failed
         await loading
+    except TransferError:
+        raise
+    except Exception as exc:  # the database refused a row: its transaction rolled back
+        raise TransferError(
+            f"{target.description}: {type(exc).__name__}: {exc}; nothing was written"
+        ) from exc
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
