@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import click
 from ratewire.cli.common import (
     auth_option,
     config_option,
+    run_on_store,
     settings_from,
 )
 from ratewire.config import Settings
@@ -23,23 +23,7 @@ def audit() -> None:
 
 
 def _run_with_store(settings: Settings, work: Any) -> Any:
-    """``await work(store)`` on the configured store; exits 1 with one line if it is down."""
-    from ratewire.storage import StorageError, open_store
-    from ratewire.storage.factory import UnsupportedBackend
-
-    async def run() -> Any:
-        store = open_store(settings.storage)
-        await store.start()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except (StorageError, UnsupportedBackend, OSError) as exc:
-        click.echo(f"ratewire audit: {exc}", err=True)
-        sys.exit(1)
+    return run_on_store(settings, work, "audit")
 
 
 @audit.command("verify")

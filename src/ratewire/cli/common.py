@@ -70,3 +70,27 @@ def token_service(settings: Settings) -> Any:
     except ConfigError as exc:
         click.echo(f"ratewire: config error: {exc}", err=True)
         sys.exit(2)
+
+
+def run_on_store(settings: Settings, work: Any, command: str, *, start: bool = True) -> Any:
+    """``await work(store)`` on the configured store (started first unless ``start`` is
+    false); exits 1 with one line naming ``command`` if the store cannot be used."""
+    import asyncio
+
+    from ratewire.storage import StorageError, open_store
+    from ratewire.storage.factory import UnsupportedBackend
+
+    async def run() -> Any:
+        store = open_store(settings.storage)
+        try:
+            if start:
+                await store.start()
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (StorageError, UnsupportedBackend, OSError) as exc:
+        click.echo(f"ratewire {command}: {exc}", err=True)
+        sys.exit(1)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ratewire.cli.common import auth_option, config_option, settings_from
+from ratewire.cli.common import auth_option, config_option, run_on_store, settings_from
 from ratewire.config import Settings
 
 
@@ -20,27 +18,11 @@ def db() -> None:
 
 
 def _on_sql_store(settings: Settings, work: Callable[[Any], Awaitable[str]]) -> str:
-    """``await work(store)`` on the configured SQL store (not started); what it says, or exit
-    1 with one line."""
-    from ratewire.storage import StorageError
-    from ratewire.storage.factory import UnsupportedBackend, open_store
-
+    """``await work(store)`` on the configured SQL store (not started): what it says."""
     backend = settings.storage.backend
     if backend not in ("sqlite", "postgresql", "mysql"):
         return f"storage.backend is {backend}: it has no schema to migrate"
-
-    async def run() -> str:
-        store = open_store(settings.storage)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except (StorageError, UnsupportedBackend, OSError) as exc:
-        click.echo(f"ratewire db: {exc}", err=True)
-        sys.exit(1)
+    return str(run_on_store(settings, work, "db", start=False))
 
 
 @db.command("upgrade")

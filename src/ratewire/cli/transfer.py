@@ -67,6 +67,25 @@ def _rate(rows: int, counts: Any, seconds: float) -> str:
     )
 
 
+async def _load(source: Any, target: Any, target_url: str, what: str) -> tuple[Any, float]:
+    """Every row of ``source`` into the empty ``target``, with a bar; then the target's counts
+    read back. (the source's counts, seconds)."""
+    from ratewire.transfer.run import counts_match, transfer
+
+    started = time.monotonic()
+    try:
+        counts = await source.open()  # an export file is checked whole here
+        await target.open()  # refuses a target that holds data, before writing anything
+        with _progress(counts.total, what) as advance:
+            await transfer(source, counts, target, advance)
+    finally:
+        await source.close()
+        await target.close()
+    seconds = time.monotonic() - started
+    await counts_match(counts, target_url)
+    return counts, seconds
+
+
 @click.command()
 @click.option("--from", "source_url", default=None, help="storage URL (default: the configured)")
 @click.option("--to", "target_url", required=True, help="storage URL of an empty database")
@@ -77,7 +96,7 @@ def copy(
 ) -> None:
     """Copy every rating, event (with its offsets and the epoch), audit entry, revocation and
     webhook (with its cursor) into an empty database of any backend."""
-    from ratewire.transfer.run import counts_match, open_source, open_target, transfer
+    from ratewire.transfer.run import open_source, open_target
 
     source_url = source_url or _configured_url(config_path, auth_path)
 
@@ -87,17 +106,7 @@ def copy(
         if source_url.rstrip("/") == target_url.rstrip("/"):
             raise TransferError("--from and --to name the same database")
         source, target = open_source(source_url), open_target(target_url)
-        started = time.monotonic()
-        try:
-            counts = await source.open()
-            await target.open()  # refuses a target that holds data, before writing anything
-            with _progress(counts.total, "copy") as advance:
-                await transfer(source, counts, target, advance)
-        finally:
-            await source.close()
-            await target.close()
-        seconds = time.monotonic() - started
-        await counts_match(counts, target_url)
+        counts, seconds = await _load(source, target, target_url, "copy")
         return (
             f"copied {counts.describe()} from {source.description} to {target.description} "
             f"{_rate(counts.total, counts, seconds)}; source read as {source.consistency}"
@@ -148,24 +157,13 @@ def import_(
     """Load an export into an empty database: all of it, or (on any fault in the file)
     nothing."""
     from ratewire.transfer.jsonl import ExportFile
-    from ratewire.transfer.run import counts_match, open_target, transfer
+    from ratewire.transfer.run import open_target
 
     target_url = target_url or _configured_url(config_path, auth_path)
 
     async def work() -> str:
-        source = ExportFile(file)
         target = open_target(target_url)
-        started = time.monotonic()
-        try:
-            counts = await source.open()  # the whole file is checked before anything is written
-            await target.open()
-            with _progress(counts.total, "import") as advance:
-                await transfer(source, counts, target, advance)
-        finally:
-            await source.close()
-            await target.close()
-        seconds = time.monotonic() - started
-        await counts_match(counts, target_url)
+        counts, seconds = await _load(ExportFile(file), target, target_url, "import")
         return (
             f"imported {counts.describe()} from {file} into {target.description} "
             f"{_rate(counts.total, counts, seconds)}"
