@@ -152,6 +152,11 @@ async def test_a_copy_through_each_backend_and_back_serves_what_the_source_serve
     assert code == 0 and "copied 39 ratings, 46 rating_events" in said, said
     on_middle = server_factory(backend=backend, storage_url=url, env=HOOKS)
     assert await served(on_middle) == expected
+    # Into a database that holds data: refused, and nothing changes.
+    code, said = await ratewire("copy", "--from", source_url, "--to", url)
+    assert code == 1 and "is not empty" in said and "nothing was written" in said, said
+    assert "Traceback" not in said and len(said.strip().splitlines()) == 1
+    assert await served(on_middle) == expected
     on_middle.stop()
     await audit_verifies(backend, url)
 
@@ -163,26 +168,19 @@ async def test_a_copy_through_each_backend_and_back_serves_what_the_source_serve
     on_back.stop()
     await audit_verifies("sqlite", back)
 
-    # Into a database that holds data: refused, and nothing changes.
-    code, said = await ratewire("copy", "--from", back, "--to", url)
-    assert code == 1 and "is not empty" in said and "nothing was written" in said, said
-    assert "Traceback" not in said and len(said.strip().splitlines()) == 1
-    again = server_factory(backend=backend, storage_url=url, env=HOOKS)
-    assert await served(again) == expected
-
 
 async def test_a_copy_of_a_live_database_is_one_consistent_state(
     server_factory: ServerFactory, fresh_postgres_url: str
 ) -> None:
     live = server_factory()
-    await write_ratings(live, range(150))
-    writing = asyncio.create_task(write_ratings(live, range(150, 400)))
+    await write_ratings(live, range(100))
+    writing = asyncio.create_task(write_ratings(live, range(100, 300)))
     code, said = await ratewire(
         "copy", "--from", live.env["RATEWIRE_STORAGE__URL"], "--to", fresh_postgres_url
     )
     await writing
     assert code == 0 and "consistent snapshot" in said, said
-    await serves_everything(server_factory, "postgresql", fresh_postgres_url, 150, 400)
+    await serves_everything(server_factory, "postgresql", fresh_postgres_url, 100, 300)
 
 
 async def test_copy_names_what_it_cannot_do(tmp_path: Path) -> None:
@@ -226,12 +224,11 @@ async def test_an_export_imports_whole_and_a_faulty_one_not_at_all(
     rating_line = next(i for i, line in enumerate(lines) if line.startswith(b'{"t":"ratings"'))
     number = rating_line + 1  # what an error message calls it
 
-    faulty = tmp_path / "faulty.jsonl"
     changed = lines[rating_line].replace(b'"g', b'"h', 1)
     wrong_type = orjson.loads(lines[rating_line])
     wrong_type["r"][3] = "five"
     newer = {**header, "version": 2}
-    for content, reseal, expected_error in (
+    cases = (
         (lines[:-1], False, f"line {len(lines) - 1}: the file ends without its end line"),
         ([*lines[:-1], lines[-1][:20]], False, f"line {len(lines)}: cut short"),
         (
@@ -251,9 +248,16 @@ async def test_an_export_imports_whole_and_a_faulty_one_not_at_all(
         ),
         ([orjson.dumps(newer) + b"\n", *lines[1:]], True, "line 1: format version 2"),
         ([b'{"id": 1}\n'], False, "line 1: not a ratewire export"),
-    ):
-        _rewrite(content, faulty, reseal=reseal)
-        code, said = await ratewire("import", str(faulty), "--to", fresh_postgres_url)
+    )
+    files = []
+    for index, (content, reseal, _) in enumerate(cases):
+        files.append(tmp_path / f"faulty-{index}.jsonl")
+        _rewrite(content, files[-1], reseal=reseal)
+    # Each is refused while the file is read, before the target is opened: all at once.
+    answers = await asyncio.gather(
+        *(ratewire("import", str(file), "--to", fresh_postgres_url) for file in files)
+    )
+    for (code, said), (_, _, expected_error) in zip(answers, cases, strict=True):
         assert code == 1 and expected_error in said and "nothing was imported" in said, said
         assert len(said.strip().splitlines()) == 1
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
-from tests.support.datasets import serves_everything, write_ratings
+from tests.support.datasets import audit_verifies, global_offsets, write_ratings
 from tests.support.server import SECRET, ServerProcess
 
 from ratewire.storage.sql import async_url
@@ -129,20 +129,22 @@ async def test_a_database_written_by_0_1_0_is_upgraded_once_and_serves_everythin
         ratewire(backend, url, "db", "upgrade"), ratewire(backend, url, "db", "upgrade")
     )
     assert (code_a, code_b) == (0, 0), said_a + said_b
-    upgraded = [s for s in (said_a, said_b) if "upgraded the schema from revision 0001" in s]
-    assert len(upgraded) == 1, said_a + said_b
-    code, said = await ratewire(backend, url, "db", "current")
-    assert code == 0 and "up to date" in said
+    migrated = [s for s in (said_a, said_b) if "upgraded the schema from revision 0001" in s]
+    assert len(migrated) == 1, said_a + said_b
     assert await schema_differences(url) == [], "the upgraded schema is a new database's"
 
-    await serves_everything(server_factory, backend, url, 60, 60)
-    upgraded_server = server_factory(backend=backend, storage_url=url, env=HOOKS_TO_LOOPBACK)
-    async with httpx.AsyncClient(base_url=upgraded_server.base_url, timeout=10) as http:
-        admin = {"Authorization": f"Bearer {upgraded_server.token('root', scope='ratings:admin')}"}
+    upgraded = server_factory(backend=backend, storage_url=url, env=HOOKS_TO_LOOPBACK)
+    async with httpx.AsyncClient(base_url=upgraded.base_url, timeout=10) as http:
+        counts = [(await http.get(f"/games/g{g}/summary")).json()["count"] for g in range(7)]
+        admin = {"Authorization": f"Bearer {upgraded.token('root', scope='ratings:admin')}"}
         body = {"url": "http://127.0.0.1:9/hook", "topics": ["rating.global"]}
         created = await http.post("/admin/webhooks", json=body, headers=admin)
         assert created.status_code == 201, created.text  # the migration's tables
-    upgraded_server.stop()
+    assert sum(counts) == 60
+    offsets, head = await global_offsets(upgraded)
+    assert head == 60 and offsets == list(range(1, 61)), "0.1.0's history, whole"
+    upgraded.stop()
+    await audit_verifies(backend, url)
 
     # 0.1.0 on the upgraded schema refuses to start rather than misread it.
     code, said = await ratewire(backend, url, "serve", pythonpath=release_src)
