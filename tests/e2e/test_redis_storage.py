@@ -170,3 +170,44 @@ async def test_a_password_in_the_url_reaches_every_connection(tmp_path: Path) ->
         await wrong.close()
     finally:
         guarded.stop()
+
+
+async def test_after_a_redis_restart_reads_do_not_fail_on_dead_pooled_connections(
+    durable_redis: RedisServer,
+) -> None:
+    """redis-py keeps idle connections in a pool and does not retry: after Redis restarts,
+    each dead one failed its next command, so every pooled connection cost a reader a 503."""
+    from ratewire.domain import RatingDraft, utc_now
+    from ratewire.storage.base import StorageUnavailable
+    from ratewire.storage.redis.store import RedisStore
+
+    store = RedisStore(durable_redis.url)
+    await store.start()
+    try:
+        written = await store.create(RatingDraft("g", "u1", 4, None), utc_now())
+        rating_id = written.rating.id
+        await asyncio.gather(*(store.get(rating_id) for _ in range(8)))  # eight pooled
+        durable_redis.kill()
+        durable_redis.start()
+        # Writes reconnect their own connection (the first may find it dead: a 503), and
+        # that drops the pool's dead ones: no read fails.
+        for attempt in range(3):
+            try:
+                await store.create(RatingDraft("g", "u2", 3, None), utc_now())
+                break
+            except StorageUnavailable:
+                assert attempt == 0
+        await asyncio.gather(*(store.get(rating_id) for _ in range(8)))
+
+        durable_redis.kill()
+        durable_redis.start()
+        # A read first: it may fail once, and the pool's other dead connections go with it.
+        failed = 0
+        for _ in range(8):
+            try:
+                await store.get(rating_id)
+            except StorageUnavailable:
+                failed += 1
+        assert failed <= 1
+    finally:
+        await store.close()

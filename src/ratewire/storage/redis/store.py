@@ -164,7 +164,7 @@ class RedisStore:
             redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
         )
         self.epoch = ""
-        self._wire = PipelinedConnection(redis_url)
+        self._wire = PipelinedConnection(redis_url, on_reconnect=self._drop_idle_connections)
         self._list = self._client.register_script(LIST)
         self._rank = self._client.register_script(RANK)
         self._top = self._client.register_script(TOP)
@@ -185,11 +185,19 @@ class RedisStore:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await self._drop_idle_connections()
             raise StorageUnavailable(f"redis ({self._url.split('@')[-1]}): {exc}") from exc
         except ResponseError as exc:
             if "LOADING" in str(exc) or "BUSY" in str(exc) or "READONLY" in str(exc):
                 raise StorageUnavailable(f"redis: {exc}") from exc
             raise
+
+    async def _drop_idle_connections(self) -> None:
+        """Redis went away (a command failed, or the write connection had to reconnect): the
+        idle connections of redis-py's pool died with it, and each would fail its next
+        command with a 503. redis-py does not retry by default, and a retry could run a
+        non-idempotent command twice; dropping them makes the next commands connect anew."""
+        await self._client.connection_pool.disconnect(inuse_connections=False)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -92,8 +93,10 @@ class PipelinedConnection:
     """Commands over one connection to the Redis of ``url`` (redis:// or rediss://, with an
     optional password and database), reconnecting on the next command after a loss."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, on_reconnect: Callable[[], Awaitable[None]] | None = None) -> None:
         parts = urlsplit(url)
+        #: Called after a connection replaced a lost one (Redis restarted, or the network cut).
+        self._on_reconnect = on_reconnect
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
         self._tls = parts.scheme == "rediss"
@@ -128,12 +131,14 @@ class PipelinedConnection:
                     f"cannot reach Redis at {self._host}:{self._port}: {exc}"
                 ) from exc
             assert isinstance(protocol, _Protocol)
-            self._protocol = protocol
+            replaced, self._protocol = self._protocol, protocol
             if self._password is not None:
                 auth = (self._username, self._password) if self._username else (self._password,)
                 await self._send(protocol, ("AUTH", *auth))
             if self._database:
                 await self._send(protocol, ("SELECT", self._database))
+            if replaced is not None and self._on_reconnect is not None:
+                await self._on_reconnect()
             return protocol
 
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
