@@ -23,15 +23,16 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 run: $(STAMP)
 	$(BIN)/ratewire serve --dev
 
-# pytest -n 3: the suite mostly waits on the server processes it starts, so three workers on
-# two cores run it in about 5.5 minutes instead of 9; --dist loadfile keeps each module's
-# shared servers (and any Debian package a module installs) in one worker.
+# pytest -n 4: the suite mostly waits on the server processes it starts, so four workers on
+# two cores keep both busy (2026-12-03: 9:04 with four, 9:52 with three, on a day this
+# machine was slow); --dist loadfile keeps each module's shared servers (and any Debian
+# package a module installs) in one worker.
 test: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 	cd $(JS) && npx tsc -p tsconfig.json --noEmit
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
 lint: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples && $(BIN)/ruff format --check src tests bench examples && $(BIN)/mypy
