@@ -23,10 +23,11 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 run: $(STAMP)
 	$(BIN)/ratewire serve --dev
 
-# pytest -n 4: the suite mostly waits on the server processes it starts, so four workers on
-# two cores keep both busy (2026-12-03: 9:04 with four, 9:52 with three, on a day this
-# machine was slow); --dist loadfile keeps each module's shared servers (and any Debian
-# package a module installs) in one worker.
+# pytest -n 4: the suite mostly waits on the server processes it starts, so more workers than
+# cores keep both busy. On 2026-12-03 (a slow day here) four took 9:04-10:13 and three
+# 9:16-10:15: the suite is now CPU-bound, and what would shorten it is less work per test.
+# --dist loadfile keeps each module's shared servers (and any Debian package a module
+# installs) in one worker.
 test: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
