@@ -320,9 +320,6 @@ class Runtime:
         """Open storage and the broker, start the relay and the history pruner."""
         if self.store is not None:
             await self.store.start()
-            change = getattr(self.store, "schema_change", None)
-            if change is not None and (change.applied or change.before is None):
-                log.info("storage: %s", change.describe())
         self._announce_audit_mode()
         if self.audit_log is not None:
             self.audit_log.start()

@@ -77,7 +77,7 @@ async def _load(source: Any, target: Any, target_url: str, what: str) -> tuple[A
         counts = await source.open()  # an export file is checked whole here
         await target.open()  # refuses a target that holds data, before writing anything
         with _progress(counts.total, what) as advance:
-            await transfer(source, counts, target, advance)
+            await transfer(source, target, advance)
     finally:
         await source.close()
         await target.close()

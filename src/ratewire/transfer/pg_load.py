@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from ratewire.transfer.tables import Row, TransferError, columns
+from ratewire.transfer.tables import CLEAR_SEEDS, Row, TransferError, columns
 
 #: Tables loaded into the copy's schema (each row one of a rating's); the others are small
 #: and go straight into the final transaction.
@@ -152,10 +152,10 @@ async def load_postgres(
             await current.rows_done()
         await asyncio.gather(*(t.building for t in staged if t.building is not None))
         async with control.transaction():
-            await control.execute(
-                "DELETE FROM ratewire_meta WHERE key = 'epoch'; "
-                "DELETE FROM global_head; DELETE FROM audit_head"
-            )
+            for statement in CLEAR_SEEDS:  # plain SQL: no dialect-specific syntax in them
+                await control.execute(
+                    str(statement.compile(compile_kwargs={"literal_binds": True}))
+                )
             for table, rows in small:
                 await control.copy_records_to_table(
                     table.name, schema_name=schema, records=rows, columns=columns(table)

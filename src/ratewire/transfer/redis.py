@@ -22,7 +22,15 @@ from sqlalchemy import Table
 from ratewire.domain.webhooks import Webhook
 from ratewire.security.revocation import Revocation
 from ratewire.storage.redis.store import split_url
-from ratewire.transfer.tables import BATCH_ROWS, Counts, Row, TargetNotEmpty, TransferError
+from ratewire.transfer.tables import (
+    BATCH_ROWS,
+    BY_NAME,
+    Counts,
+    Row,
+    TargetNotEmpty,
+    TransferError,
+    columns,
+)
 
 GAME, USER = "rating.game.", "rating.user."
 _WEBHOOK_FIELDS = [f.name for f in fields(Webhook)]
@@ -221,10 +229,7 @@ class RedisSource(_Redis):
 
 
 #: The SQL webhooks table's columns, each a field of the Redis store's JSON value.
-WEBHOOK_COLUMNS = (
-    "id", "url", "topics", "description", "secret", "status", "cursor", "generation",
-    "last_error", "created_at", "updated_at", "lease_owner", "lease_until",
-)  # fmt: skip
+WEBHOOK_COLUMNS = tuple(columns(BY_NAME["webhooks"]))
 assert set(WEBHOOK_COLUMNS) == set(_WEBHOOK_FIELDS)
 
 

@@ -67,7 +67,7 @@ def open_target(url: str) -> Target:
 READ_AHEAD = 4
 
 
-async def transfer(source: Source, counts: Counts, target: Target, advance: Advance) -> None:
+async def transfer(source: Source, target: Target, advance: Advance) -> None:
     """Load every row of the opened ``source`` into the opened, empty ``target``."""
     queue: asyncio.Queue[tuple[Table, Sequence[Row]] | None] = asyncio.Queue(READ_AHEAD)
 

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -22,9 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ratewire.storage.base import StorageError
 from ratewire.storage.sql import SqlStore, async_url
 from ratewire.storage.sql.backup import sqlite_path
-from ratewire.storage.sql.schema import audit_tables, global_head, store_meta
+from ratewire.storage.sql.schema import global_head, store_meta
 from ratewire.transfer.tables import (
     BATCH_ROWS,
+    BY_NAME,
+    CLEAR_SEEDS,
+    DATA_TABLES,
     TABLES,
     Counts,
     Row,
@@ -33,15 +36,18 @@ from ratewire.transfer.tables import (
     columns,
 )
 
-#: Tables whose rows are the data a target must not have yet.
-_DATA = ("ratings", "rating_events", "audit_log", "token_revocations", "webhooks")
+
+def _moved(query: Any, table: Table) -> Any:
+    """``query`` limited to the rows a copy moves (of ``ratewire_meta``, the epoch)."""
+    return query.where(store_meta.c.key == "epoch") if table is store_meta else query
 
 
 def _rows_of(table: Table) -> Any:
-    query = select(table).order_by(*table.primary_key.columns)
-    if table is store_meta:
-        query = query.where(store_meta.c.key == "epoch")
-    return query
+    return _moved(select(table).order_by(*table.primary_key.columns), table)
+
+
+def _count(table: Table) -> Any:
+    return _moved(select(func.count()).select_from(table), table)
 
 
 def _safe(url: str) -> str:
@@ -69,7 +75,7 @@ class SqlSource:
             return await self._open_server()
         except TransferError:
             raise
-        except (OSError, Exception) as exc:
+        except Exception as exc:  # the driver's errors, each its own class
             raise TransferError(f"{self.description}: {type(exc).__name__}: {exc}") from exc
 
     def _open_sqlite(self) -> Counts:
@@ -131,13 +137,6 @@ class SqlSource:
         await self._engine.dispose()
 
 
-def _count(table: Table) -> Any:
-    counted = select(func.count()).select_from(table)
-    if table is store_meta:
-        counted = counted.where(store_meta.c.key == "epoch")
-    return counted
-
-
 def _compiled(query: Any) -> tuple[str, Any]:
     """A query as SQLite's stdlib driver takes it: (SQL, positional parameters)."""
     compiled = query.compile(dialect=sqlite_dialect.dialect(paramstyle="qmark"))
@@ -162,12 +161,10 @@ class SqlTarget:
         finally:
             await store.close()
         async with self._engine.connect() as conn:
-            held = {}
-            for name in _DATA:
-                table = next(t for t in TABLES if t.name == name)
-                held[name] = int(
-                    (await conn.execute(select(func.count()).select_from(table))).scalar_one()
-                )
+            held = {
+                name: int((await conn.execute(_count(BY_NAME[name]))).scalar_one())
+                for name in DATA_TABLES
+            }
             head = (await conn.execute(select(global_head.c.last_offset))).scalar()
         if any(held.values()) or (head or 0) > 0:
             what = ", ".join(f"{n} {name}" for name, n in held.items() if n)
@@ -181,18 +178,13 @@ class SqlTarget:
             await self._load_with_copy(batches)
             return
         async with self._engine.begin() as conn:
-            await self._clear_seeds(conn)
+            for statement in CLEAR_SEEDS:
+                await conn.execute(statement)
             async for table, rows in batches:
                 names = columns(table)
                 await conn.execute(
                     insert(table), [dict(zip(names, row, strict=True)) for row in rows]
                 )
-
-    async def _clear_seeds(self, conn: AsyncConnection) -> None:
-        """The rows a new database is seeded with give way to the source's."""
-        await conn.execute(delete(store_meta).where(store_meta.c.key == "epoch"))
-        await conn.execute(delete(global_head))
-        await conn.execute(delete(audit_tables.head))
 
     async def _load_with_copy(self, batches: AsyncIterator[tuple[Table, Sequence[Row]]]) -> None:
         from ratewire.transfer.pg_load import load_postgres

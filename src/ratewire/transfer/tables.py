@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Table
+from sqlalchemy import Delete, Table, delete
 
 from ratewire.storage.sql.schema import (
     audit_tables,
@@ -42,6 +42,14 @@ TABLES: tuple[Table, ...] = (
     webhooks,
 )
 BY_NAME = {table.name: table for table in TABLES}
+#: The tables whose rows are a store's data: a target holding any of them is refused.
+DATA_TABLES = ("ratings", "rating_events", "audit_log", "webhooks", "token_revocations")
+#: A new database's seed rows (the epoch, the heads): they give way to the source's.
+CLEAR_SEEDS: tuple[Delete, ...] = (
+    delete(store_meta).where(store_meta.c.key == "epoch"),
+    delete(global_head),
+    delete(audit_tables.head),
+)
 #: Rows per batch read or written: large enough that per-batch costs vanish, small enough
 #: that memory stays flat.
 BATCH_ROWS = 20_000
@@ -70,8 +78,7 @@ class Counts:
         return sum(self.rows.values())
 
     def describe(self) -> str:
-        shown = ("ratings", "rating_events", "audit_log", "webhooks", "token_revocations")
-        return ", ".join(f"{self.rows.get(name, 0)} {name}" for name in shown)
+        return ", ".join(f"{self.rows.get(name, 0)} {name}" for name in DATA_TABLES)
 
 
 class Source(Protocol):

@@ -41,6 +41,8 @@ PG_LOCK_KEY = int.from_bytes(b"ratewire", "big")
 LOCK_WAIT_SECONDS = 300
 UPGRADE_COMMAND = "ratewire db upgrade"
 
+log = logging.getLogger("ratewire")
+
 
 class SchemaBehind(StorageError):
     """The database's schema is older than this ratewire's and migrating was not allowed."""
@@ -84,6 +86,11 @@ class SchemaChange:
     before: str | None
     after: str
     applied: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        """The schema was created or migrated (not found up to date)."""
+        return self.before is None or bool(self.applied)
 
     def describe(self) -> str:
         if self.before is None:
@@ -149,20 +156,23 @@ def schema_state(conn: Connection) -> SchemaState:
 
 def upgrade(conn: Connection, dialect: str) -> SchemaChange:
     """Bring the schema to the head, inside ``conn``'s transaction and the migration lock."""
-    with _migration_lock(conn, dialect):
-        state = schema_state(conn)
-        from alembic import command
+    from alembic import command
 
-        # again under the lock: another instance may have done it
+    with _migration_lock(conn, dialect):
+        state = schema_state(conn)  # under the lock: another instance may have done it
         if state.current is None:
             metadata.create_all(conn)
             command.stamp(_config(conn), state.head)
-            return SchemaChange(None, state.head, ())
-        if not state.stamped:
-            command.stamp(_config(conn), BASELINE)
-        if state.pending:
-            command.upgrade(_config(conn), state.head)
-        return SchemaChange(state.current, state.head, state.pending)
+            change = SchemaChange(None, state.head, ())
+        else:
+            if not state.stamped:
+                command.stamp(_config(conn), BASELINE)
+            if state.pending:
+                command.upgrade(_config(conn), state.head)
+            change = SchemaChange(state.current, state.head, state.pending)
+    if change.changed:
+        log.info("storage: %s", change.describe())
+    return change
 
 
 def refuse_if_behind(state: SchemaState) -> None:
