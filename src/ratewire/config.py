@@ -122,13 +122,49 @@ class StorageSettings(_Section):
         }[self.backend]
 
 
+BrokerBackend = Literal["local", "redis", "nats"]
+
+
 class BrokerSettings(_Section):
-    backend: Literal["local", "redis"] = "local"
-    url: str = "redis://127.0.0.1:6379/0"
-    #: Key prefix in Redis: clusters sharing one Redis need different prefixes.
+    backend: BrokerBackend = "local"
+    #: redis://... for Redis; nats://host:port (several, comma-separated, for a NATS cluster;
+    #: tls:// for TLS; nats://user:password@host or nats://token@host) for NATS. Default: the
+    #: backend's usual local address.
+    url: str | None = None
+    #: Names in the broker start with it (Redis keys, NATS streams, subjects and buckets):
+    #: clusters sharing one Redis or one NATS need different prefixes.
     prefix: str = Field("ratewire", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     #: How long the relay lease outlives its holder: failover time after a crash.
     lease_seconds: float = Field(2.0, ge=0.3, le=60)
+    #: NATS: how many events the JetStream stream keeps (what an instance without a database
+    #: can replay to a resuming subscriber); older ones are discarded.
+    max_events: int = Field(100_000, ge=100)
+    #: NATS: JetStream replicas of the stream and buckets (3 on a three-node NATS cluster).
+    replicas: int = Field(1, ge=1, le=5)
+    #: NATS: a .creds file (JWT and NKey seed) to authenticate with.
+    credentials_file: str | None = None
+    #: NATS: an NKey seed file to authenticate with.
+    nkey_seed_file: str | None = None
+    #: NATS over TLS: the CA bundle that signed the servers' certificates (default: the
+    #: system's), and this client's certificate and key where the servers verify clients.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def resolved_url(self) -> str:
+        """The broker's address, with the backend's default when none is configured."""
+        if self.url:
+            return self.url
+        return {
+            "local": "",
+            "redis": "redis://127.0.0.1:6379/0",
+            "nats": "nats://127.0.0.1:4222",
+        }[self.backend]
+
+    @property
+    def clustered(self) -> bool:
+        """Whether events leave the process (a broker every instance shares)."""
+        return self.backend != "local"
 
 
 class TlsSettings(_Section):
@@ -335,9 +371,16 @@ class Settings(_Section):
         role, broker, storage = self.server.role, self.broker.backend, self.storage.backend
         if role != "all" and broker == "local":
             return (
-                f"server.role: {role!r} needs broker.backend: redis "
+                f"server.role: {role!r} needs broker.backend: redis or nats "
                 "(with a local broker events never leave the process)"
             )
+        if broker == "nats" and "." in self.broker.prefix:
+            return (
+                f"broker.prefix {self.broker.prefix!r}: NATS names may not contain '.' "
+                "(use letters, digits, '_' and '-')"
+            )
+        if self.broker.tls_key_file and not self.broker.tls_cert_file:
+            return "broker.tls_key_file needs broker.tls_cert_file (the certificate it signs)"
         if storage == "none" and role != "stream":
             return f"storage.backend: 'none' is only for server.role: 'stream' (not {role!r})"
         if self.server.workers > 1 and storage == "memory":
@@ -358,8 +401,8 @@ class Settings(_Section):
         needed: list[tuple[str, str]] = []
         if self.storage.backend in ("postgresql", "mysql", "redis"):
             needed.append((self.storage.backend, f"storage.backend: {self.storage.backend}"))
-        if self.broker.backend == "redis":
-            needed.append(("redis", "broker.backend: redis"))
+        if self.broker.backend in ("redis", "nats"):
+            needed.append((self.broker.backend, f"broker.backend: {self.broker.backend}"))
         return needed
 
 

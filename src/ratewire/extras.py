@@ -1,8 +1,9 @@
 """Optional drivers, shipped as extras of the package.
 
 ``pip install ratewire`` runs the embedded default (SQLite, in-process broker); the drivers
-for the other backends come with ``ratewire[postgresql]``, ``[mysql]``, ``[redis]`` and
-``[mcp]``. A start that needs a missing one stops with one line naming the extra to install.
+for the other backends come with ``ratewire[postgresql]``, ``[mysql]``, ``[redis]``,
+``[nats]`` and ``[mcp]``. A start that needs a missing one stops with one line naming the
+extra to install.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ EXTRA_MODULES = {
     "postgresql": ("asyncpg",),
     "mysql": ("asyncmy",),
     "redis": ("redis",),
+    "nats": ("nats",),
     "mcp": ("mcp",),
 }
 

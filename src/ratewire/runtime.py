@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -33,6 +33,8 @@ from ratewire.audit import AuditChain, AuditContext, AuditRecord
 from ratewire.audit.log import AuditLog
 from ratewire.broker import Broker, LocalBroker
 from ratewire.broker.announcements import Announcements, LocalAnnouncements
+from ratewire.broker.base import ClusterBroker
+from ratewire.broker.factory import open_cluster_broker
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import GLOBAL_TOPIC, RatingEvent, parse_topic
@@ -68,9 +70,6 @@ from ratewire.storage.factory import UnsupportedBackend
 from ratewire.summaries import SummaryCache
 from ratewire.webhooks.admin import WebhookAdmin
 from ratewire.webhooks.deliverer import WebhookDeliverer, WebhookStats
-
-if TYPE_CHECKING:
-    from ratewire.broker.redis import RedisBroker
 
 log = logging.getLogger("ratewire")
 #: How often the deny list is read again from the store (a safety net under announcements).
@@ -108,23 +107,13 @@ class Runtime:
             open_store(settings.storage) if settings.storage.backend != "none" else None
         )
         self.hub = Hub()
-        self.redis_broker: RedisBroker | None = None
+        self.cluster_broker: ClusterBroker | None = None
         self.local_broker: LocalBroker | None = None
         self.broker: Broker
-        if settings.broker.backend == "redis":
-            # ratewire[redis]: Settings.deployment_problem() has checked it is installed.
-            from ratewire.broker.redis import RedisBroker
-            from ratewire.broker.redis_announcements import RedisAnnouncements
-
-            self.broker = self.redis_broker = RedisBroker(
-                settings.broker.url,
-                prefix=settings.broker.prefix,
-                max_events=settings.history.max_events_per_topic,
-                lease_seconds=settings.broker.lease_seconds,
-            )
-            self.announcements: Announcements = RedisAnnouncements(
-                settings.broker.url, prefix=settings.broker.prefix
-            )
+        self.announcements: Announcements
+        if settings.broker.clustered:
+            self.cluster_broker, self.announcements = open_cluster_broker(settings)
+            self.broker = self.cluster_broker
         else:
             self.broker = self.local_broker = LocalBroker()
             self.announcements = LocalAnnouncements()
@@ -136,7 +125,7 @@ class Runtime:
             # Workers sharing a store without a cluster broker learn of each other's
             # revocations only from the store: read it often enough to keep the 1 s promise.
             poll_seconds=0.5
-            if settings.server.workers > 1 and settings.broker.backend == "local"
+            if settings.server.workers > 1 and not settings.broker.clustered
             else REVOCATION_POLL_SECONDS,
         )
         self.audit_log: AuditLog | None = None
@@ -162,8 +151,8 @@ class Runtime:
         if self.store is not None:
             history = self.store
         else:
-            assert self.redis_broker is not None  # deployment_problem() guarantees it
-            history = StreamHistory(self.redis_broker)
+            assert self.cluster_broker is not None  # deployment_problem() guarantees it
+            history = StreamHistory(self.cluster_broker)
         self.sessions: set[Session] = set()
         self.realtime = RealtimeContext(
             hub=self.hub,
@@ -323,8 +312,8 @@ class Runtime:
         self._announce_audit_mode()
         if self.audit_log is not None:
             self.audit_log.start()
-        if self.redis_broker is not None:
-            broker = self.redis_broker
+        if self.cluster_broker is not None:
+            broker = self.cluster_broker
             await broker.connect(self.store.epoch if self.store is not None else None)
             relay_cursor = await broker.cursor()
             await broker.start(

@@ -1,5 +1,8 @@
-"""Fixtures for cluster tests: a Redis of the test's own, a fresh PostgreSQL database, and
-instances of ``ratewire serve`` sharing both."""
+"""Fixtures for cluster tests: a Redis (or a NATS) of the test's own, a fresh PostgreSQL
+database, and instances of ``ratewire serve`` sharing both.
+
+The broker is Redis unless a test asks for others:
+``@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)``."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
@@ -27,17 +31,43 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    try:
+        server = NatsServer(tmp_path)
+    except (RuntimeError, OSError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot start nats-server: {exc} (CI=true: cluster tests must run)")
+        pytest.skip(f"cannot start nats-server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster_broker(request: pytest.FixtureRequest) -> str:
+    """The broker backend the test's instances share (parametrize it indirectly)."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture
+def broker_url(cluster_broker: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the test's own broker server (started for the test)."""
+    server: RedisServer | NatsServer = request.getfixturevalue(f"{cluster_broker}_server")
+    return server.url
+
+
 ClusterFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture
 def instance(
-    redis_server: RedisServer,
+    cluster_broker: str,
+    broker_url: str,
     fresh_postgres_url: str,
     server_factory: Callable[..., ServerProcess],
 ) -> ClusterFactory:
     """Start one instance of the test's cluster: ``instance(role="stream", env={...})``.
-    (Fixtures tear down in reverse: the instances stop before Redis and the database go.)"""
+    (Fixtures tear down in reverse: the instances stop before the broker and the database.)"""
 
     def start(
         *, role: str = "all", env: dict[str, str] | None = None, **options: Any
@@ -49,8 +79,8 @@ def instance(
             storage_url=storage_url,
             args=("--role", role),
             env={
-                "RATEWIRE_BROKER__BACKEND": "redis",
-                "RATEWIRE_BROKER__URL": redis_server.url,
+                "RATEWIRE_BROKER__BACKEND": cluster_broker,
+                "RATEWIRE_BROKER__URL": broker_url,
                 **(env or {}),
             },
             **options,

@@ -47,12 +47,18 @@ def lease_holder(servers: list[ServerProcess]) -> ServerProcess:
     raise AssertionError("no instance took the relay lease")
 
 
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
 async def test_a_write_on_one_instance_reaches_subscribers_of_every_role(
     instance: ClusterFactory,
 ) -> None:
-    api = instance(role="api", env={"RATEWIRE_HISTORY__MAX_EVENTS_PER_TOPIC": "10"})
-    stream_with_db = instance(role="stream")
-    stream_alone = instance(role="stream", backend="none", storage_url="")
+    # The broker keeps a short history: ~10 events a topic on Redis, 100 events on NATS.
+    short_history = {
+        "RATEWIRE_HISTORY__MAX_EVENTS_PER_TOPIC": "10",
+        "RATEWIRE_BROKER__MAX_EVENTS": "100",
+    }
+    api = instance(role="api", env=short_history)
+    stream_with_db = instance(role="stream", env=short_history)
+    stream_alone = instance(role="stream", backend="none", storage_url="", env=short_history)
     token = api.token("watcher")
     followers = [
         Follower([server.module_ws_url], token, "rating.game.roles").start()
@@ -80,7 +86,7 @@ async def test_a_write_on_one_instance_reaches_subscribers_of_every_role(
 
     # Resume anywhere: offsets are the database's, the same on every instance. The instance
     # without a database answers from the stream's retained history, and says when the
-    # history no longer reaches back (the api instance keeps ~10 events a topic in Redis).
+    # history no longer reaches back.
     epoch = followers[0].epoch
     async with await WsClient.open(stream_with_db.module_ws_url, token) as client:
         await client.recv_type("connection_success")
@@ -100,6 +106,7 @@ async def test_a_write_on_one_instance_reaches_subscribers_of_every_role(
         assert "database" in refusal["message"]
 
 
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
 async def test_sigkill_of_the_relay_holder_loses_nothing_and_clients_resume_elsewhere(
     instance: ClusterFactory,
 ) -> None:

@@ -3,10 +3,10 @@ receives them in the same order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from ratewire.domain import RatingEvent
+from ratewire.domain import RatingEvent, Topic
 
 EventHandler = Callable[[RatingEvent], None]
 
@@ -31,3 +31,52 @@ class Broker(Protocol):
         """Raise if the broker cannot be reached."""
 
     async def close(self) -> None: ...
+
+
+#: Reads events the broker no longer holds (``seq`` above the first argument, at most the
+#: second argument of them, in order), if a store is configured: a consumer that fell behind
+#: the broker's retention fills its gap from it.
+GapReader = Callable[[int, int], Awaitable[list[RatingEvent]]]
+
+
+class ClusterBroker(Broker, Protocol):
+    """A broker that every instance of a cluster shares (Redis Streams, NATS JetStream): it
+    carries the events between instances, keeps the relay lease, and holds the recent history
+    that an instance without a database serves (see realtime.history)."""
+
+    #: The store's epoch the broker's names are under (two databases never mix histories).
+    epoch: str
+
+    @property
+    def consumed(self) -> int:
+        """The ``seq`` of the last event this instance's consumer handed to the hub."""
+
+    async def connect(self, epoch: str | None) -> None:
+        """Reach the broker and settle the epoch: the store's when this instance has one (it
+        is announced for the others), else the announced one (waiting for an announcement)."""
+
+    async def cursor(self) -> int | None:
+        """The ``seq`` of the last event published, or None if the broker holds no events
+        (new, or it lost them)."""
+
+    async def start(
+        self,
+        handler: EventHandler,
+        *,
+        follow: bool = True,
+        relay: bool = True,
+        gap_reader: GapReader | None = None,
+        on_reset: Callable[[], None] | None = None,
+        start_after: int | None = None,
+    ) -> None:
+        """Follow the events (``follow``: hand each to ``handler`` in ``seq`` order, after
+        ``start_after``, else after the cursor) and compete for the relay lease (``relay``).
+        A gap the broker cannot fill is read through ``gap_reader``; without one,
+        ``on_reset`` asks every subscriber to resume."""
+
+    async def topic_position(self, topic: Topic) -> tuple[int, int]:
+        """(the topic's last offset, the last ``seq``) as the broker holds them, at one
+        instant."""
+
+    async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
+        """The topic's events the broker holds with offset above ``since``, in order."""

@@ -31,21 +31,18 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ratewire.broker.base import EventHandler
+from ratewire.broker.base import EventHandler, GapReader
 from ratewire.broker.event_codec import decode_event, encode_event
+from ratewire.broker.ordered_delivery import OrderedDelivery
 from ratewire.domain import RatingEvent, Topic, TopicKind
 
 log = logging.getLogger("ratewire.broker")
-
-#: Reads events the stream no longer holds (``seq`` above the argument, in order), if a store
-#: is configured: a consumer that fell behind the stream's retention fills its gap from it.
-GapReader = Callable[[int, int], Awaitable[list[RatingEvent]]]
 
 _PUBLISH = """
 local cursor = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -108,16 +105,17 @@ class RedisBroker:
         self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._renew_script = self._redis.register_script(_RENEW)
-        self._handler: EventHandler | None = None
-        self._gap_reader: GapReader | None = None
-        self._on_reset: Callable[[], None] | None = None
+        self._delivery = OrderedDelivery()
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = False
         self.epoch = ""
         #: How many events the last ``publish`` call appended (see the Broker protocol).
         self.appended = 0
-        #: The ``seq`` of the last event this instance's consumer handed to the hub.
-        self.consumed = 0
+
+    @property
+    def consumed(self) -> int:
+        """The ``seq`` of the last event this instance's consumer handed to the hub."""
+        return self._delivery.consumed
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -160,11 +158,12 @@ class RedisBroker:
         """Follow the event stream (``follow``) and compete for the relay lease (``relay``).
 
         The consumer starts after ``start_after``, else after the stream's cursor."""
-        self._handler, self._gap_reader, self._on_reset = handler, gap_reader, on_reset
+        delivery = self._delivery
+        delivery.handler, delivery.gap_reader, delivery.on_reset = handler, gap_reader, on_reset
         if follow:
             if start_after is None:
                 start_after = await self.cursor() or 0
-            self.consumed = start_after
+            delivery.consumed = start_after
             self._tasks.append(asyncio.create_task(self._follow(), name="broker-follow"))
         if relay:
             self._tasks.append(asyncio.create_task(self._hold_lease(), name="relay-lease"))
@@ -305,42 +304,7 @@ class RedisBroker:
                 await asyncio.sleep(0.5)
 
     async def _deliver(self, entries: list[Any]) -> None:
-        handler = self._handler
-        assert handler is not None
+        delivery = self._delivery
         for entry_id, fields in entries:
-            seq = _entry_number(entry_id)
-            if seq <= self.consumed:
-                continue  # republished after Redis lost its data: already delivered
-            if seq != self.consumed + 1:
-                await self._fill_gap(seq)
-                if seq <= self.consumed:
-                    continue
-            handler(decode_event(fields[b"e"]))
-            self.consumed = seq
-
-    async def _fill_gap(self, next_seq: int) -> None:
-        """The stream skips from our position to ``next_seq``: it was trimmed past a consumer
-        that fell behind. Never skip silently: read the gap from the store, or, with no store,
-        tell every subscriber to resume (their ``since`` then decides what they get)."""
-        handler = self._handler
-        assert handler is not None
-        if self._gap_reader is not None:
-            while self.consumed + 1 < next_seq:
-                missing = await self._gap_reader(self.consumed, next_seq - self.consumed - 1)
-                if not missing:
-                    break
-                for event in missing:
-                    if event.seq > self.consumed:
-                        handler(event)
-                        self.consumed = event.seq
-            if self.consumed + 1 >= next_seq:
-                return
-        log.warning(
-            "event stream skips from seq %d to %d and no store holds the gap; "
-            "asking subscribers to resume",
-            self.consumed,
-            next_seq,
-        )
-        self.consumed = next_seq - 1
-        if self._on_reset is not None:
-            self._on_reset()
+            if _entry_number(entry_id) > delivery.consumed:  # else: already delivered
+                await delivery.deliver(decode_event(fields[b"e"]))

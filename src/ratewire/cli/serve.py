@@ -130,5 +130,8 @@ def serve(
         uvloop.run(run())
     except (StorageError, UnsupportedBackend, OSError) as exc:
         cannot_start(exc)
-    except optional_exception("redis.exceptions", "RedisError") as exc:
-        cannot_start(f"broker unreachable at {settings.broker.url}: {exc}")
+    except (
+        optional_exception("redis.exceptions", "RedisError"),
+        optional_exception("nats.errors", "Error"),
+    ) as exc:
+        cannot_start(f"broker unreachable at {settings.broker.resolved_url()}: {exc}")

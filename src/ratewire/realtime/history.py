@@ -1,9 +1,10 @@
 """Where a subscription reads what it starts from (head, snapshot, replay for ``since``).
 
 Instances with a database read the store: it holds every retained event and the summaries. A
-``stream`` instance without one reads the broker's per-topic streams, which hold the last
-``history.max_events_per_topic`` events of each topic; older ``since`` values are answered
-``recovered: false``, and snapshots are refused.
+``stream`` instance without one reads the broker's streams, which hold the last
+``history.max_events_per_topic`` events of each topic on Redis and the last
+``broker.max_events`` events on NATS; older ``since`` values are answered ``recovered:
+false``, and snapshots are refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from ratewire.domain import GameSummary, RatingEvent, Topic
 
 if TYPE_CHECKING:
-    from ratewire.broker.redis import RedisBroker
+    from ratewire.broker.base import ClusterBroker
 
 
 class HistorySource(Protocol):
@@ -38,15 +39,15 @@ class SnapshotUnavailable(Exception):
 
 
 class HistoryBehind(Exception):
-    """A client resumes from an offset this instance's history has not reached yet: Redis
-    lost its streams and they are being rebuilt from the database. Not a gap: the events are
+    """A client resumes from an offset this instance's history has not reached yet: the
+    broker lost its streams and they are being rebuilt from the database. Not a gap: the events are
     in the database, and the client gets them once the rebuild is done."""
 
 
 class StreamHistory:
-    """History from the broker's Redis streams, for instances without a database."""
+    """History from the cluster broker's streams, for instances without a database."""
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: ClusterBroker) -> None:
         self._broker = broker
 
     @property

@@ -31,10 +31,11 @@ __all__ = ["ConnectionRateLimiter", "RateDecision", "RequestRateLimiter", "share
 
 def shared_rate_limit_uri(broker: BrokerSettings) -> str | None:
     """The Redis that instances of one cluster share quotas in: the broker's, so a client
-    cannot multiply its quota by the number of instances. None on a single node."""
+    cannot multiply its quota by the number of instances. None on a single node, and on the
+    NATS broker (each instance counts its own: docs/operations.md)."""
     if broker.backend != "redis":
         return None
-    return broker.url
+    return broker.resolved_url()
 
 
 class SlidingWindowCounter:

@@ -1,0 +1,33 @@
+"""The cluster broker and announcements that ``broker.backend`` names."""
+
+from __future__ import annotations
+
+from ratewire.broker.announcements import Announcements
+from ratewire.broker.base import ClusterBroker
+from ratewire.config import Settings
+
+
+def open_cluster_broker(settings: Settings) -> tuple[ClusterBroker, Announcements]:
+    """The broker every instance shares and the announcements beside it (imports the
+    driver: Settings.deployment_problem() has checked its extra is installed)."""
+    broker = settings.broker
+    if broker.backend == "nats":
+        from ratewire.broker.nats import NatsBroker
+        from ratewire.broker.nats_announcements import NatsAnnouncements
+
+        return NatsBroker(broker), NatsAnnouncements(broker)
+    if broker.backend == "redis":
+        from ratewire.broker.redis import RedisBroker
+        from ratewire.broker.redis_announcements import RedisAnnouncements
+
+        url = broker.resolved_url()
+        return (
+            RedisBroker(
+                url,
+                prefix=broker.prefix,
+                max_events=settings.history.max_events_per_topic,
+                lease_seconds=broker.lease_seconds,
+            ),
+            RedisAnnouncements(url, prefix=broker.prefix),
+        )
+    raise ValueError(f"broker.backend {broker.backend!r} is not a cluster broker")

@@ -1,0 +1,472 @@
+"""The cluster broker on NATS JetStream: committed events travel through one stream per
+epoch to every instance (names in :mod:`ratewire.broker.nats_link`).
+
+Exactly once comes from JetStream's conditional publish, not from the lease. Each event is
+one message with ``Nats-Msg-Id`` its ``seq`` and ``Nats-Expected-Last-Msg-Id`` the ``seq``
+before it: the stream takes event ``n`` only right after event ``n - 1``, so nothing is
+published twice, nothing out of order, and a batch that would leave a gap is refused (the
+caller reads the store and comes back). A batch is pipelined: its messages go out together
+and each is judged on arrival, in order. The server forgets the last message id when it
+restarts after the duplicate window; a refused batch is therefore checked against the
+stream's real last event and, where that is the event before the batch, published again
+anchored on the stream's sequence instead (``Nats-Expected-Last-Sequence``).
+
+The lease (a key-value entry that expires unless renewed) keeps the store polling to one
+instance, and decides who seeds a stream NATS lost: only the holder may publish into an
+empty stream, and only a batch complete from the store's beginning (``after`` 0), so a
+stream rebuilt after JetStream lost its data is never missing an event committed meanwhile.
+
+Every instance follows the stream with an ephemeral push consumer of its own, from the
+``seq`` after the last one it handed to the hub; a consumer that stops hearing from the
+server (heartbeats) or skips a delivery is replaced from the same place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import api
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from ratewire.broker import nats_link
+from ratewire.broker.base import EventHandler, GapReader
+from ratewire.broker.event_codec import decode_event, encode_event
+from ratewire.broker.nats_reads import StreamMissing, StreamReader
+from ratewire.broker.ordered_delivery import OrderedDelivery
+from ratewire.config import BrokerSettings
+from ratewire.domain import RatingEvent, Topic
+
+log = logging.getLogger("ratewire.broker")
+
+#: How long a published batch may wait for the stream's acknowledgements.
+PUBLISH_TIMEOUT_SECONDS = 5.0
+#: The consumer's heartbeat: a consumer silent for three is replaced.
+HEARTBEAT_SECONDS = 1.0
+#: JetStream's error code for a refused ``Nats-Expected-Last-Sequence``.
+WRONG_LAST_SEQUENCE = 10071
+#: ... and for a stream name in use with another configuration.
+STREAM_CONFIG_DIFFERS = 10058
+EPOCH_KEY = "epoch"
+LEASE_KEY = "relay"
+
+
+class NatsBroker:
+    """NATS JetStream broker: publish (any instance), follow (every instance), relay lease."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self._settings = settings
+        self._names = nats_link.NatsNames(settings.prefix)
+        self._lease_seconds = settings.lease_seconds
+        self._owner = secrets.token_hex(8).encode()
+        self._nc: NatsClient | None = None
+        self._reader: StreamReader | None = None
+        self._lease: KeyValue | None = None
+        self._lease_revision = 0
+        self._leader = False
+        self._delivery = OrderedDelivery()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Acknowledgements of pipelined publishes, by reply subject (see _append).
+        self._reply_prefix = ""
+        self._acks: dict[str, asyncio.Future[bytes]] = {}
+        self._tokens = itertools.count()
+        # The follower: the consumer generation messages belong to, and its last delivery.
+        self._generation = 0
+        self._delivered = 0
+        self._heard_at = 0.0
+        self._replace_consumer = asyncio.Event()
+        self.epoch = ""
+        #: How many events the last ``publish`` call appended (see the Broker protocol).
+        self.appended = 0
+
+    @property
+    def consumed(self) -> int:
+        """The ``seq`` of the last event this instance's consumer handed to the hub."""
+        return self._delivery.consumed
+
+    @property
+    def _client(self) -> NatsClient:
+        assert self._nc is not None, "connect() first"
+        return self._nc
+
+    @property
+    def _stream(self) -> str:
+        return self._names.stream(self.epoch)
+
+    @property
+    def _read(self) -> StreamReader:
+        assert self._reader is not None, "connect() first"
+        return self._reader
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self, epoch: str | None) -> None:
+        """Reach NATS and settle the epoch: the store's when this instance has one (it is
+        announced for the others, and its stream made ready), else the announced one."""
+        self._nc = await nats_link.connect(self._settings, "broker")
+        js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        self._reply_prefix = self._nc.new_inbox() + "."
+        await self._nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
+        cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
+        self._lease = await self._bucket(self._names.lease_bucket, ttl=self._lease_seconds)
+        if epoch is not None:
+            self.epoch = epoch
+            await self._ensure_stream()
+            await cluster.put(EPOCH_KEY, epoch.encode())
+        else:
+            waited = False
+            while True:
+                with contextlib.suppress(KeyNotFoundError):
+                    entry = await cluster.get(EPOCH_KEY)
+                    if entry.value:
+                        self.epoch = entry.value.decode()
+                        break
+                if not waited:
+                    log.info("waiting for an instance with a database to announce its epoch")
+                    waited = True
+                await asyncio.sleep(0.2)
+        self._reader = StreamReader(js, self._names, self.epoch)
+
+    async def _bucket(self, name: str, *, ttl: float | None) -> KeyValue:
+        js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            return await js.create_key_value(
+                bucket=name, history=1, ttl=ttl, replicas=self._settings.replicas
+            )
+
+    def _stream_config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self._stream,
+            subjects=[self._names.events(self.epoch)],
+            retention=api.RetentionPolicy.LIMITS,
+            max_msgs=self._settings.max_events,
+            discard=api.DiscardPolicy.OLD,
+            storage=api.StorageType.FILE,
+            num_replicas=self._settings.replicas,
+            allow_direct=True,
+            duplicate_window=120.0,
+        )
+
+    async def _ensure_stream(self) -> None:
+        """Create the epoch's stream, or bring its limits to the configured ones."""
+        js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        config = self._stream_config()
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_CONFIG_DIFFERS:
+                raise
+            await js.update_stream(config)
+
+    async def start(
+        self,
+        handler: EventHandler,
+        *,
+        follow: bool = True,
+        relay: bool = True,
+        gap_reader: GapReader | None = None,
+        on_reset: Callable[[], None] | None = None,
+        start_after: int | None = None,
+    ) -> None:
+        """Follow the event stream (``follow``) and compete for the relay lease (``relay``).
+
+        The consumer starts after ``start_after``, else after the stream's cursor."""
+        delivery = self._delivery
+        delivery.handler, delivery.gap_reader, delivery.on_reset = handler, gap_reader, on_reset
+        if follow:
+            if start_after is None:
+                start_after = await self.cursor() or 0
+            delivery.consumed = start_after
+            self._tasks.append(asyncio.create_task(self._follow(), name="broker-follow"))
+        if relay:
+            self._tasks.append(asyncio.create_task(self._hold_lease(), name="relay-lease"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._leader and self._lease is not None:
+            with contextlib.suppress(NatsError, OSError, asyncio.TimeoutError):
+                await self._lease.delete(LEASE_KEY, last=self._lease_revision)
+        self._leader = False
+        if self._nc is not None:
+            with contextlib.suppress(NatsError, OSError):
+                await self._nc.close()
+
+    async def ping(self) -> None:
+        client = self._client
+        if not client.is_connected:
+            raise ConnectionError("NATS is not connected (reconnecting)")
+        await client.flush(timeout=2)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def holds_lease(self) -> bool:
+        """Whether this instance's relay is the one that polls the store."""
+        return self._leader
+
+    async def cursor(self) -> int | None:
+        """The ``seq`` of the last event published, or None if the stream holds none (new,
+        or NATS lost it)."""
+        try:
+            last = await self._read.last()
+        except StreamMissing:
+            return None
+        return None if last is None else last.event.seq
+
+    async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
+        """Append ``events`` (every event the store has with ``seq`` in ``(after, last]``).
+
+        Returns the stream's cursor afterwards. It is below the batch's last ``seq`` when the
+        batch did not reach back to the cursor (read the store after the cursor and retry), and
+        None when the stream is empty (new, or NATS lost it) and this call may not seed it:
+        only the lease holder may, with ``after`` 0."""
+        self.appended = 0
+        if not events:
+            return after
+        if not self._client.is_connected:
+            # nats-py would buffer the messages until it reconnects; the outbox holds them.
+            raise ConnectionError("NATS is not connected (reconnecting)")
+        appended, complete = await self._append(events, None)
+        self.appended += appended
+        if complete:
+            return events[-1].seq
+        for _ in range(3):  # each round either finishes or learns the stream's real state
+            try:
+                last = await self._read.last()
+            except StreamMissing:
+                if not (self._leader and after == 0):
+                    return None
+                await self._ensure_stream()
+                last = None
+            if last is None:
+                if not (self._leader and after == 0):
+                    return None
+                log.warning("the NATS stream %s is empty; seeding it from the store", self._stream)
+                anchor = await self._stream_last_seq()
+                pending = list(events)
+            else:
+                cursor = last.event.seq
+                if cursor >= events[-1].seq or cursor < after:
+                    return cursor  # all there, or a gap before the batch (read the store)
+                # The stream's last event is inside the batch: what follows it was refused
+                # only because the server no longer knew the last message id.
+                anchor = last.stream_seq
+                pending = [event for event in events if event.seq > cursor]
+            appended, complete = await self._append(pending, anchor)
+            self.appended += appended
+            if complete:
+                return events[-1].seq
+        return await self.cursor()
+
+    async def _stream_last_seq(self) -> int:
+        info = await self._client.jetstream().stream_info(self._stream)
+        return int(info.state.last_seq)
+
+    async def _append(self, events: Sequence[RatingEvent], anchor: int | None) -> tuple[int, bool]:
+        """Publish ``events`` (consecutive ``seq``) in one pipelined burst; the first is
+        conditional on the stream's last message id (``anchor`` None) or last sequence.
+
+        Returns (how many the stream appended, whether every one is in the stream now)."""
+        client = self._client
+        loop = asyncio.get_running_loop()
+        waiting: list[tuple[str, asyncio.Future[bytes]]] = []
+        try:
+            for index, event in enumerate(events):
+                headers = {"Nats-Msg-Id": str(event.seq)}
+                if index == 0 and anchor is not None:
+                    headers["Nats-Expected-Last-Sequence"] = str(anchor)
+                else:
+                    headers["Nats-Expected-Last-Msg-Id"] = str(event.seq - 1)
+                reply = f"{self._reply_prefix}{next(self._tokens)}"
+                future: asyncio.Future[bytes] = loop.create_future()
+                self._acks[reply] = future
+                waiting.append((reply, future))
+                subject = self._names.event_subject(self.epoch, event.game_id, event.user_id)
+                await client.publish(subject, encode_event(event), reply=reply, headers=headers)
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                replies = [await future for _, future in waiting]
+        finally:
+            for reply, _ in waiting:
+                self._acks.pop(reply, None)
+        appended, complete = 0, True
+        for payload in replies:
+            answer: dict[str, Any] = orjson.loads(payload) if payload else {}
+            if "error" in answer or "seq" not in answer:
+                complete = False
+            elif not answer.get("duplicate"):
+                appended += 1
+        return appended, complete
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.get(msg.subject)
+        if future is not None and not future.done():
+            # No responders (no stream for the subject) arrives as an empty status message.
+            future.set_result(msg.data)
+
+    async def _hold_lease(self) -> None:
+        lease = self._lease
+        assert lease is not None
+        while True:
+            try:
+                if self._leader:
+                    self._lease_revision = await lease.update(
+                        LEASE_KEY, self._owner, last=self._lease_revision
+                    )
+                else:
+                    self._lease_revision = await lease.create(LEASE_KEY, self._owner)
+                    self._leader = True
+                    log.info("this instance holds the relay lease")
+            except KeyWrongLastSequenceError:
+                if self._leader:
+                    log.warning("relay lease lost; another instance polls the store now")
+                self._leader = False
+            except (TimeoutError, NatsError, OSError):
+                # Unreachable: assume the lease is gone (it expires in NATS by itself).
+                self._leader = False
+            await asyncio.sleep(self._lease_seconds / 3)
+
+    # -- history (instances without a database) --------------------------------------------
+
+    async def topic_position(self, topic: Topic) -> tuple[int, int]:
+        """(the topic's last offset, the last ``seq``) as the stream holds them."""
+        try:
+            return await self._read.topic_position(topic)
+        except StreamMissing:
+            return 0, 0
+
+    async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
+        """The topic's events in the stream with offset above ``since``, in order."""
+        try:
+            return await self._read.topic_events(topic, since, limit)
+        except StreamMissing:
+            return []
+
+    # -- following -------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        backoff = 0.05
+        failing = False
+        while True:
+            try:
+                await self._consume()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, NatsError, OSError, StreamMissing) as exc:
+                if not failing:
+                    log.warning("NATS consumer unavailable (%s); retrying", exc or type(exc))
+                    failing = True
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+                continue
+            except Exception:
+                log.exception("broker: delivering events failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if failing:
+                log.info("NATS consumer following again")
+                failing = False
+
+    async def _start_position(self) -> int:
+        """The stream sequence to consume from: the message after the last event handed to
+        the hub (events and stream sequences differ by a constant in one stream)."""
+        js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        try:
+            info = await js.stream_info(self._stream)
+        except NotFoundError as exc:
+            raise StreamMissing(self._stream) from exc
+        state = info.state
+        last = await self._read.last()
+        if last is None:
+            return int(state.last_seq) + 1
+        wanted = last.stream_seq + (self.consumed + 1 - last.event.seq)
+        return min(max(wanted, int(state.first_seq), 1), last.stream_seq + 1)
+
+    async def _consume(self) -> None:
+        """One consumer's life: until it goes silent, skips a delivery, or fails."""
+        client = self._client
+        js = client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        start = await self._start_position()
+        self._generation += 1
+        generation = self._generation
+        self._delivered = 0
+        self._replace_consumer.clear()
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
+        inbox = client.new_inbox()
+
+        async def on_message(msg: Msg) -> None:
+            if generation == self._generation:
+                await self._on_message(msg)
+
+        subscription = await client.subscribe(inbox, cb=on_message)
+        try:
+            await js.add_consumer(
+                self._stream,
+                api.ConsumerConfig(
+                    deliver_subject=inbox,
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    ack_policy=api.AckPolicy.NONE,
+                    filter_subject=self._names.events(self.epoch),
+                    flow_control=True,
+                    idle_heartbeat=HEARTBEAT_SECONDS,
+                    inactive_threshold=10 * HEARTBEAT_SECONDS,
+                    mem_storage=True,
+                    num_replicas=1,
+                ),
+            )
+            while not self._replace_consumer.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        await self._replace_consumer.wait()
+                if loop.time() - self._heard_at > 3 * HEARTBEAT_SECONDS:
+                    raise TimeoutError("no heartbeat from the NATS consumer")
+        finally:
+            self._generation += 1  # whatever the old subscription still holds is dropped
+            with contextlib.suppress(NatsError, OSError):
+                await subscription.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._heard_at = asyncio.get_running_loop().time()
+        headers = msg.headers
+        if headers and "Status" in headers:
+            # Heartbeat or flow control: answer the server, and check nothing was skipped.
+            if msg.reply:
+                await self._client.publish(msg.reply)
+            stalled = headers.get("Nats-Consumer-Stalled")
+            if stalled:
+                await self._client.publish(stalled)
+            last = headers.get("Nats-Last-Consumer")
+            if last is not None and int(last) != self._delivered:
+                self._replace_consumer.set()
+            return
+        delivered = msg.metadata.sequence.consumer
+        if delivered != self._delivered + 1:
+            self._replace_consumer.set()  # a delivery was lost on the way: start again
+            return
+        self._delivered = delivered
+        await self._delivery.deliver(decode_event(msg.data))

@@ -1,0 +1,111 @@
+"""Announcements through NATS (see :mod:`ratewire.broker.announcements`): a core NATS subject
+carries each one to every instance at once, and a key-value bucket keeps every entry for
+instances that (re)connect later, as the hash does on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from ratewire.broker import nats_link
+from ratewire.broker.announcements import RevocationHandler
+from ratewire.config import BrokerSettings
+from ratewire.security.revocation import Revocation
+
+log = logging.getLogger("ratewire.broker")
+
+
+def _entry_key(revocation: Revocation) -> str:
+    """A key-value key for the revocation (keys allow fewer characters than token ids)."""
+    return base64.urlsafe_b64encode(revocation.key.encode()).decode().rstrip("=")
+
+
+class NatsAnnouncements:
+    """Announcements on ``P.announcements``, with the entries kept in ``P_revocations``."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self._settings = settings
+        self._names = nats_link.NatsNames(settings.prefix)
+        self._nc: NatsClient | None = None
+        self._kept: KeyValue | None = None
+        self._handler: RevocationHandler | None = None
+        self._reload: asyncio.Task[None] | None = None
+
+    async def start(self, on_revocation: RevocationHandler) -> None:
+        self._handler = on_revocation
+        # nats-py subscribes again by itself after a reconnect; what was announced while
+        # this instance was away is read from the bucket then.
+        self._nc = await nats_link.connect(
+            self._settings, "announcements", on_reconnect=self._on_reconnect
+        )
+        await self._nc.subscribe(self._names.announcements, cb=self._on_message)
+        js = self._nc.jetstream(timeout=5)
+        try:
+            self._kept = await js.key_value(self._names.revocations_bucket)
+        except BucketNotFoundError:
+            self._kept = await js.create_key_value(
+                bucket=self._names.revocations_bucket,
+                history=1,
+                replicas=self._settings.replicas,
+            )
+        await self._load_kept()
+
+    async def announce(self, revocation: Revocation) -> None:
+        payload = orjson.dumps(revocation.to_wire())
+        assert self._nc is not None and self._kept is not None, "start() first"
+        await self._kept.put(_entry_key(revocation), payload)
+        await self._nc.publish(self._names.announcements, payload)
+        await self._nc.flush(timeout=5)
+
+    async def close(self) -> None:
+        if self._reload is not None:
+            self._reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload
+        if self._nc is not None:
+            with contextlib.suppress(NatsError, OSError):
+                await self._nc.close()
+
+    async def _on_reconnect(self) -> None:
+        self._reload = asyncio.create_task(self._load_kept(), name="announcements-reload")
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._deliver(msg.data)
+
+    async def _load_kept(self) -> None:
+        kept = self._kept
+        assert kept is not None
+        try:
+            keys = await kept.keys()
+        except NoKeysError:
+            return
+        except (NatsError, OSError, TimeoutError) as exc:
+            log.warning("announcements: cannot read the kept revocations (%s)", exc)
+            return
+        now = time.time()
+        for key in keys:
+            with contextlib.suppress(NotFoundError):
+                entry = await kept.get(key)
+                revocation = self._deliver(entry.value or b"")
+                if revocation is None or revocation.expires_at <= now:
+                    await kept.purge(key)
+
+    def _deliver(self, payload: bytes) -> Revocation | None:
+        try:
+            revocation = Revocation.from_wire(orjson.loads(payload))
+        except (ValueError, KeyError, TypeError):
+            log.warning("announcements: ignoring a malformed entry %r", payload[:200])
+            return None
+        if self._handler is not None and revocation.expires_at > time.time():
+            self._handler(revocation)
+        return revocation

@@ -1,0 +1,131 @@
+"""Reading the NATS event stream without a consumer: JetStream's direct gets, answered by
+any server holding the stream (``allow_direct``), one round trip each.
+
+The stream numbers its messages itself; those sequences differ from the events' ``seq``
+(a stream rebuilt from the database starts at 1 with whatever event the database still has
+first), so every answer is read from the events inside the messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.errors import NoRespondersError
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from ratewire.broker.event_codec import decode_event
+from ratewire.broker.nats_link import NatsNames
+from ratewire.domain import RatingEvent, Topic, TopicKind
+from ratewire.domain.topics import event_offset
+
+
+class StreamMissing(Exception):
+    """The stream does not exist (new cluster, or NATS lost it)."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event and where the stream holds it."""
+
+    stream_seq: int
+    event: RatingEvent
+
+
+class StreamReader:
+    """Direct gets on one epoch's stream."""
+
+    def __init__(self, js: JetStreamContext, names: NatsNames, epoch: str) -> None:
+        self._js = js
+        self._names = names
+        self._stream = names.stream(epoch)
+        self._all = names.events(epoch)
+        self._epoch = epoch
+
+    async def last(self, subject_filter: str | None = None) -> StoredEvent | None:
+        """The last message matching ``subject_filter`` (default: any event), or None."""
+        try:
+            raw = await self._js.get_msg(
+                self._stream, subject=subject_filter or self._all, direct=True
+            )
+        except NotFoundError:
+            return None
+        except NoRespondersError as exc:
+            raise StreamMissing(self._stream) from exc
+        assert raw.seq is not None and raw.data is not None
+        return StoredEvent(raw.seq, decode_event(raw.data))
+
+    async def next(self, subject_filter: str, stream_seq: int) -> StoredEvent | None:
+        """The first message matching ``subject_filter`` at or after ``stream_seq``."""
+        try:
+            raw = await self._js.get_msg(
+                self._stream, seq=stream_seq, subject=subject_filter, direct=True, next=True
+            )
+        except NotFoundError:
+            return None
+        except NoRespondersError as exc:
+            raise StreamMissing(self._stream) from exc
+        assert raw.seq is not None and raw.data is not None
+        return StoredEvent(raw.seq, decode_event(raw.data))
+
+    def topic_filter(self, topic: Topic) -> str:
+        if topic.kind is TopicKind.GAME:
+            return self._names.game_filter(self._epoch, topic.key)
+        if topic.kind is TopicKind.USER:
+            return self._names.user_filter(self._epoch, topic.key)
+        return self._all
+
+    async def topic_position(self, topic: Topic) -> tuple[int, int]:
+        """(the topic's last offset, the last ``seq``), consistent with each other: the
+        topic's last message is read after the stream's, and read again if it came later."""
+        while True:
+            last = await self.last()
+            cursor = last.event.seq if last is not None else 0
+            if topic.kind is TopicKind.GLOBAL or not topic.has_history:
+                return (cursor if topic.kind is TopicKind.GLOBAL else 0), cursor
+            mine = await self.last(self.topic_filter(topic))
+            if mine is None:
+                return 0, cursor
+            if last is not None and mine.stream_seq <= last.stream_seq:
+                return event_offset(mine.event, topic), cursor
+            # The topic's event came after the cursor read: read both again.
+
+    async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
+        """The topic's events in the stream with offset above ``since``, in order."""
+        if not topic.has_history:
+            return []
+        subject_filter = self.topic_filter(topic)
+        last = await self.last(subject_filter)
+        if last is None or event_offset(last.event, topic) <= since:
+            return []
+        first = await self._first_after(topic, subject_filter, since, last.stream_seq)
+        events = [first.event]
+        position = first.stream_seq
+        while len(events) < limit and position < last.stream_seq:
+            found = await self.next(subject_filter, position + 1)
+            if found is None:
+                break
+            events.append(found.event)
+            position = found.stream_seq
+        return events
+
+    async def _first_after(
+        self, topic: Topic, subject_filter: str, since: int, last_seq: int
+    ) -> StoredEvent:
+        """The topic's first message with offset above ``since``: a binary search over
+        stream sequences (a topic's offsets grow with them), a direct get per step."""
+        low, high = 1, last_seq
+        found: StoredEvent | None = None
+        while low <= high:
+            middle = (low + high) // 2
+            candidate = await self.next(subject_filter, middle)
+            if candidate is None:  # trimmed meanwhile: nothing at or after ``middle``
+                high = middle - 1
+                continue
+            if event_offset(candidate.event, topic) > since:
+                found, high = candidate, middle - 1
+            else:
+                low = candidate.stream_seq + 1
+        if found is None:
+            raise StreamMissing(self._stream)  # the topic was trimmed away mid-read
+        return found
