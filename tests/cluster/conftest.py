@@ -50,10 +50,16 @@ def cluster_broker(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def broker_url(cluster_broker: str, request: pytest.FixtureRequest) -> str:
-    """The URL of the test's own broker server (started for the test)."""
+def broker_server(cluster_broker: str, request: pytest.FixtureRequest) -> RedisServer | NatsServer:
+    """The test's own broker server (``kill``, ``wipe``, ``start`` it for faults)."""
     server: RedisServer | NatsServer = request.getfixturevalue(f"{cluster_broker}_server")
-    return server.url
+    return server
+
+
+@pytest.fixture
+def broker_env(cluster_broker: str, broker_server: RedisServer | NatsServer) -> dict[str, str]:
+    """The environment that points an instance at the test's broker."""
+    return {"RATEWIRE_BROKER__BACKEND": cluster_broker, "RATEWIRE_BROKER__URL": broker_server.url}
 
 
 ClusterFactory = Callable[..., ServerProcess]
@@ -61,8 +67,7 @@ ClusterFactory = Callable[..., ServerProcess]
 
 @pytest.fixture
 def instance(
-    cluster_broker: str,
-    broker_url: str,
+    broker_env: dict[str, str],
     fresh_postgres_url: str,
     server_factory: Callable[..., ServerProcess],
 ) -> ClusterFactory:
@@ -78,11 +83,7 @@ def instance(
             backend=backend,
             storage_url=storage_url,
             args=("--role", role),
-            env={
-                "RATEWIRE_BROKER__BACKEND": cluster_broker,
-                "RATEWIRE_BROKER__URL": broker_url,
-                **(env or {}),
-            },
+            env={**broker_env, **(env or {})},
             **options,
         )
 

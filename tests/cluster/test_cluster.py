@@ -14,6 +14,7 @@ import redis.asyncio
 from tests.cluster.conftest import ClusterFactory
 from tests.cluster.follower import Follower, assert_exactly_once
 from tests.e2e.wsclient import WsClient
+from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 from tests.support.tcp_proxy import TcpProxy
@@ -143,9 +144,17 @@ async def test_sigkill_of_the_relay_holder_loses_nothing_and_clients_resume_else
     assert moved.connections >= 2  # it reconnected to another instance and resumed
 
 
-async def test_redis_killed_and_restarted_under_writes_delivers_every_write_once(
-    instance: ClusterFactory, redis_server: RedisServer
+@pytest.mark.parametrize(
+    ("cluster_broker", "fault"),
+    [("redis", "kill"), ("nats", "kill"), ("nats", "wipe")],
+    indirect=["cluster_broker"],
+)
+async def test_broker_killed_and_restarted_under_writes_delivers_every_write_once(
+    instance: ClusterFactory, broker_server: RedisServer | NatsServer, fault: str
 ) -> None:
+    """kill: SIGKILL (Redis, without persistence, comes back empty; NATS comes back with
+    what JetStream had on disk). wipe: NATS's store is deleted too. Either way the outbox
+    in the database rebuilds what the broker lost."""
     servers = [instance() for _ in range(2)]
     lease_holder(servers)
     token = servers[0].token("watcher")
@@ -157,7 +166,7 @@ async def test_redis_killed_and_restarted_under_writes_delivers_every_write_once
     for follower in followers:
         await follower.wait_for(10)
 
-    redis_server.kill()
+    getattr(broker_server, fault)()
     for i in range(10):  # the outbox holds them: writes keep committing
         assert (await rate(servers[i % 2], "outage", f"b{i}")).status_code == 201
     ready = await get(f"{servers[0].base_url}/readyz")
@@ -166,7 +175,7 @@ async def test_redis_killed_and_restarted_under_writes_delivers_every_write_once
     assert ready.json()["checks"]["storage"] == "ok"
     assert all(len(f.offsets) == 10 for f in followers)
 
-    redis_server.start()  # empty: it had no persistence
+    broker_server.start()
     for i in range(10):
         assert (await rate(servers[i % 2], "outage", f"c{i}")).status_code == 201
     for follower in followers:
@@ -175,7 +184,42 @@ async def test_redis_killed_and_restarted_under_writes_delivers_every_write_once
         assert_exactly_once(follower, 30)
         assert follower.connections == 1  # the WebSockets never noticed
     assert (await get(f"{servers[1].base_url}/readyz")).status_code == 200
-    assert "Redis unreachable" in servers[0].log_text()
+    name = "Redis" if isinstance(broker_server, RedisServer) else "NATS"
+    assert f"{name} unreachable" in servers[0].log_text()
+
+
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
+async def test_a_paused_relay_holder_publishes_nothing_stale_when_it_wakes(
+    instance: ClusterFactory,
+) -> None:
+    """SIGSTOP the instance holding the lease with writes going on elsewhere: the lease
+    passes, the others deliver; when it wakes (its lease long gone, its cursor stale) it
+    adds nothing twice, and its own subscribers catch up on everything."""
+    servers = [instance() for _ in range(3)]
+    holder = lease_holder(servers)
+    others = [s for s in servers if s is not holder]
+    token = servers[0].token("watcher")
+    followers = [Follower([s.module_ws_url], token, "rating.global").start() for s in servers]
+    for follower in followers:
+        await asyncio.wait_for(follower.subscribed.wait(), 10)
+    for i in range(10):
+        assert (await rate(servers[i % 3], "pause", f"a{i}")).status_code == 201
+    for follower in followers:
+        await follower.wait_for(10)
+
+    holder.pause()
+    try:
+        for i in range(20):
+            assert (await rate(others[i % 2], "pause", f"b{i}")).status_code == 201
+        assert "holds the relay lease" in lease_holder(others).log_text()
+    finally:
+        holder.resume()
+    for i in range(10):
+        assert (await rate(servers[i % 3], "pause", f"c{i}")).status_code == 201
+    for follower in followers:
+        await follower.wait_for(40, within=20)
+        await follower.stop()
+        assert_exactly_once(follower, 40)
 
 
 async def test_rest_rate_limits_are_shared_by_the_instances(instance: ClusterFactory) -> None:
@@ -313,8 +357,9 @@ async def test_a_subscribe_that_cannot_read_history_closes_1013_and_resumes_late
         proxy.close()
 
 
-async def test_a_stream_instance_whose_redis_lost_history_says_try_again_not_gap(
-    instance: ClusterFactory, redis_server: RedisServer
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
+async def test_a_stream_instance_whose_broker_lost_history_says_try_again_not_gap(
+    instance: ClusterFactory, broker_server: RedisServer | NatsServer
 ) -> None:
     """Redis restarted empty and no instance with a database has rebuilt its streams yet: a
     client resuming on a ``stream`` instance from offset 5 used to be told "not recovered"
@@ -330,10 +375,10 @@ async def test_a_stream_instance_whose_redis_lost_history_says_try_again_not_gap
         await client.recv_type("connection_success")
         epoch = (await client.subscribe("rating.game.behind"))["epoch"]
     writer.terminate()  # nobody left to rebuild the streams
-    redis_server.kill()
-    redis_server.start()  # empty
+    broker_server.wipe()
+    broker_server.start()  # empty
     resume = {"action": "subscribe", "topic": "rating.game.behind", "since": 5, "epoch": epoch}
-    for _ in range(100):  # until the stream instance is back on Redis
+    for _ in range(100):  # until the stream instance is back on its broker
         if (await get(f"{stream.base_url}/readyz")).status_code == 200:
             break
         await asyncio.sleep(0.1)

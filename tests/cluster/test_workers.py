@@ -11,7 +11,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.cluster.follower import assert_exactly_once, subscribed_followers
-from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
@@ -33,16 +32,17 @@ async def worker_totals(http: httpx.AsyncClient, names: dict[str, float]) -> dic
     }
 
 
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
 async def test_two_workers_share_both_ports_and_every_subscriber_gets_every_write(
     server_factory: Callable[..., ServerProcess],
-    redis_server: RedisServer,
+    broker_env: dict[str, str],
     fresh_postgres_url: str,
 ) -> None:
     server = server_factory(
         backend="postgresql",
         storage_url=fresh_postgres_url,
         args=("--workers", "2"),
-        env={"RATEWIRE_BROKER__BACKEND": "redis", "RATEWIRE_BROKER__URL": redis_server.url},
+        env=broker_env,
     )
     workers = worker_pids(server.pid)
     assert len(workers) == 2

@@ -74,6 +74,16 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
 
+    def wipe(self) -> None:
+        """Kill the server and lose what it held (without persistence, what kill does)."""
+        self.kill()
+        for name in ("appendonly.aof", "appendonlydir", "dump.rdb"):
+            path = self.workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

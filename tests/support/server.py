@@ -166,6 +166,16 @@ class ServerProcess:
             self.process.kill()
             self.process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (a long GC pause, a stalled VM), sockets open."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         """Stop (if running) and start again on the same ports and database."""
         self.terminate()
@@ -173,6 +183,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         try:
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGCONT)  # a paused server cannot stop
             self.terminate()
         finally:  # a server that does not stop in time fails the test, and is killed anyway
             if self.process is not None and self.process.poll() is None:

@@ -42,7 +42,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NotFoundError,
+    NoStreamResponseError,
 )
 from nats.js.kv import KeyValue
 
@@ -79,6 +79,7 @@ class NatsBroker:
         self._nc: NatsClient | None = None
         self._reader: StreamReader | None = None
         self._lease: KeyValue | None = None
+        self._announces_epoch = False
         self._lease_revision = 0
         self._leader = False
         self._delivery = OrderedDelivery()
@@ -92,6 +93,7 @@ class NatsBroker:
         self._delivered = 0
         self._heard_at = 0.0
         self._replace_consumer = asyncio.Event()
+        self._follow_failing = False
         self.epoch = ""
         #: How many events the last ``publish`` call appended (see the Broker protocol).
         self.appended = 0
@@ -121,16 +123,15 @@ class NatsBroker:
         """Reach NATS and settle the epoch: the store's when this instance has one (it is
         announced for the others, and its stream made ready), else the announced one."""
         self._nc = await nats_link.connect(self._settings, "broker")
-        js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         self._reply_prefix = self._nc.new_inbox() + "."
         await self._nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
-        cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
-        self._lease = await self._bucket(self._names.lease_bucket, ttl=self._lease_seconds)
         if epoch is not None:
             self.epoch = epoch
+            self._announces_epoch = True
             await self._ensure_stream()
-            await cluster.put(EPOCH_KEY, epoch.encode())
+            await self._ensure_buckets()
         else:
+            cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
             waited = False
             while True:
                 with contextlib.suppress(KeyNotFoundError):
@@ -142,7 +143,15 @@ class NatsBroker:
                     log.info("waiting for an instance with a database to announce its epoch")
                     waited = True
                 await asyncio.sleep(0.2)
-        self._reader = StreamReader(js, self._names, self.epoch)
+        self._reader = StreamReader(self._nc, self._names, self.epoch)
+
+    async def _ensure_buckets(self) -> None:
+        """The lease bucket, and the announced epoch if this instance has a database (again
+        after NATS lost them: a wiped JetStream keeps nothing)."""
+        self._lease = await self._bucket(self._names.lease_bucket, ttl=self._lease_seconds)
+        if self._announces_epoch:
+            cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
+            await cluster.put(EPOCH_KEY, self.epoch.encode())
 
     async def _bucket(self, name: str, *, ttl: float | None) -> KeyValue:
         js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
@@ -231,6 +240,8 @@ class NatsBroker:
         """The ``seq`` of the last event published, or None if the stream holds none (new,
         or NATS lost it)."""
         try:
+            if not (await self._read.require_stream()).state.messages:
+                return None
             last = await self._read.last()
         except StreamMissing:
             return None
@@ -255,17 +266,22 @@ class NatsBroker:
             return events[-1].seq
         for _ in range(3):  # each round either finishes or learns the stream's real state
             try:
-                last = await self._read.last()
+                state = (await self._read.require_stream()).state
             except StreamMissing:
                 if not (self._leader and after == 0):
                     return None
                 await self._ensure_stream()
-                last = None
+                state = (await self._read.require_stream()).state
+            last = await self._read.last() if state.messages else None
             if last is None:
                 if not (self._leader and after == 0):
                     return None
-                log.warning("the NATS stream %s is empty; seeding it from the store", self._stream)
-                anchor = await self._stream_last_seq()
+                log.info(
+                    "the NATS stream %s is empty: publishing the store's events from seq %d",
+                    self._stream,
+                    events[0].seq,
+                )
+                anchor = int(state.last_seq)
                 pending = list(events)
             else:
                 cursor = last.event.seq
@@ -280,10 +296,6 @@ class NatsBroker:
             if complete:
                 return events[-1].seq
         return await self.cursor()
-
-    async def _stream_last_seq(self) -> int:
-        info = await self._client.jetstream().stream_info(self._stream)
-        return int(info.state.last_seq)
 
     async def _append(self, events: Sequence[RatingEvent], anchor: int | None) -> tuple[int, bool]:
         """Publish ``events`` (consecutive ``seq``) in one pipelined burst; the first is
@@ -327,9 +339,9 @@ class NatsBroker:
             future.set_result(msg.data)
 
     async def _hold_lease(self) -> None:
-        lease = self._lease
-        assert lease is not None
         while True:
+            lease = self._lease
+            assert lease is not None
             try:
                 if self._leader:
                     self._lease_revision = await lease.update(
@@ -343,6 +355,10 @@ class NatsBroker:
                 if self._leader:
                     log.warning("relay lease lost; another instance polls the store now")
                 self._leader = False
+            except NoStreamResponseError:
+                self._leader = False  # NATS lost its buckets (a wiped store): make them again
+                with contextlib.suppress(NatsError, OSError, TimeoutError):
+                    await self._ensure_buckets()
             except (TimeoutError, NatsError, OSError):
                 # Unreachable: assume the lease is gone (it expires in NATS by itself).
                 self._leader = False
@@ -368,7 +384,6 @@ class NatsBroker:
 
     async def _follow(self) -> None:
         backoff = 0.05
-        failing = False
         while True:
             try:
                 await self._consume()
@@ -376,30 +391,20 @@ class NatsBroker:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, NatsError, OSError, StreamMissing) as exc:
-                if not failing:
+                if not self._follow_failing:
                     log.warning("NATS consumer unavailable (%s); retrying", exc or type(exc))
-                    failing = True
+                    self._follow_failing = True
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 2.0)
-                continue
             except Exception:
                 log.exception("broker: delivering events failed; retrying")
                 await asyncio.sleep(0.5)
-                continue
-            if failing:
-                log.info("NATS consumer following again")
-                failing = False
 
     async def _start_position(self) -> int:
         """The stream sequence to consume from: the message after the last event handed to
         the hub (events and stream sequences differ by a constant in one stream)."""
-        js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
-        try:
-            info = await js.stream_info(self._stream)
-        except NotFoundError as exc:
-            raise StreamMissing(self._stream) from exc
-        state = info.state
-        last = await self._read.last()
+        state = (await self._read.require_stream()).state
+        last = await self._read.last() if state.messages else None
         if last is None:
             return int(state.last_seq) + 1
         wanted = last.stream_seq + (self.consumed + 1 - last.event.seq)
@@ -439,6 +444,9 @@ class NatsBroker:
                     num_replicas=1,
                 ),
             )
+            if self._follow_failing:
+                log.info("NATS consumer following again")
+                self._follow_failing = False
             while not self._replace_consumer.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEARTBEAT_SECONDS):

@@ -14,7 +14,7 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NoKeysError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ratewire.broker import nats_link
@@ -49,21 +49,29 @@ class NatsAnnouncements:
             self._settings, "announcements", on_reconnect=self._on_reconnect
         )
         await self._nc.subscribe(self._names.announcements, cb=self._on_message)
+        self._kept = await self._bucket()
+        await self._load_kept()
+
+    async def _bucket(self) -> KeyValue:
+        assert self._nc is not None
         js = self._nc.jetstream(timeout=5)
         try:
-            self._kept = await js.key_value(self._names.revocations_bucket)
+            return await js.key_value(self._names.revocations_bucket)
         except BucketNotFoundError:
-            self._kept = await js.create_key_value(
+            return await js.create_key_value(
                 bucket=self._names.revocations_bucket,
                 history=1,
                 replicas=self._settings.replicas,
             )
-        await self._load_kept()
 
     async def announce(self, revocation: Revocation) -> None:
         payload = orjson.dumps(revocation.to_wire())
         assert self._nc is not None and self._kept is not None, "start() first"
-        await self._kept.put(_entry_key(revocation), payload)
+        try:
+            await self._kept.put(_entry_key(revocation), payload)
+        except NoStreamResponseError:  # NATS lost the bucket (a wiped store): make it again
+            self._kept = await self._bucket()
+            await self._kept.put(_entry_key(revocation), payload)
         await self._nc.publish(self._names.announcements, payload)
         await self._nc.flush(timeout=5)
 

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
-from nats.js.client import JetStreamContext
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ratewire.broker.event_codec import decode_event
 from ratewire.broker.nats_link import NatsNames
 from ratewire.domain import RatingEvent, Topic, TopicKind
 from ratewire.domain.topics import event_offset
+
+#: A direct get is answered in microseconds by any server holding the stream; one that waits
+#: longer is asking a stream that does not exist (see _get).
+DIRECT_GET_TIMEOUT_SECONDS = 1.0
+API_TIMEOUT_SECONDS = 5.0
 
 
 class StreamMissing(Exception):
@@ -35,8 +42,9 @@ class StoredEvent:
 class StreamReader:
     """Direct gets on one epoch's stream."""
 
-    def __init__(self, js: JetStreamContext, names: NatsNames, epoch: str) -> None:
-        self._js = js
+    def __init__(self, client: NatsClient, names: NatsNames, epoch: str) -> None:
+        self._js = client.jetstream(timeout=API_TIMEOUT_SECONDS)
+        self._direct = client.jetstream(timeout=DIRECT_GET_TIMEOUT_SECONDS)
         self._names = names
         self._stream = names.stream(epoch)
         self._all = names.events(epoch)
@@ -44,29 +52,34 @@ class StreamReader:
 
     async def last(self, subject_filter: str | None = None) -> StoredEvent | None:
         """The last message matching ``subject_filter`` (default: any event), or None."""
-        try:
-            raw = await self._js.get_msg(
-                self._stream, subject=subject_filter or self._all, direct=True
-            )
-        except NotFoundError:
-            return None
-        except NoRespondersError as exc:
-            raise StreamMissing(self._stream) from exc
-        assert raw.seq is not None and raw.data is not None
-        return StoredEvent(raw.seq, decode_event(raw.data))
+        return await self._get(seq=None, subject=subject_filter or self._all, next=False)
 
     async def next(self, subject_filter: str, stream_seq: int) -> StoredEvent | None:
         """The first message matching ``subject_filter`` at or after ``stream_seq``."""
+        return await self._get(seq=stream_seq, subject=subject_filter, next=True)
+
+    async def _get(self, *, seq: int | None, subject: str, next: bool) -> StoredEvent | None:
         try:
-            raw = await self._js.get_msg(
-                self._stream, seq=stream_seq, subject=subject_filter, direct=True, next=True
+            raw = await self._direct.get_msg(
+                self._stream, seq=seq, subject=subject, direct=True, next=next
             )
         except NotFoundError:
             return None
         except NoRespondersError as exc:
             raise StreamMissing(self._stream) from exc
+        except NatsTimeoutError:
+            # nats-server 2.9 leaves a direct get on a missing stream unanswered.
+            await self.require_stream()
+            raise
         assert raw.seq is not None and raw.data is not None
         return StoredEvent(raw.seq, decode_event(raw.data))
+
+    async def require_stream(self) -> api.StreamInfo:
+        """The stream's state; :class:`StreamMissing` if there is no stream."""
+        try:
+            return await self._js.stream_info(self._stream)
+        except NotFoundError as exc:
+            raise StreamMissing(self._stream) from exc
 
     def topic_filter(self, topic: Topic) -> str:
         if topic.kind is TopicKind.GAME:
