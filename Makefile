@@ -42,12 +42,14 @@ lint: $(STAMP) $(JS_STAMP)
 bench: $(STAMP)
 	$(BIN)/ratewire bench fanout
 
-# Ten minutes of faults against a cluster of its own (PostgreSQL, Redis and haproxy on this
-# machine), then the checker: make chaos SEED=7 CHAOS_SECONDS=120 replays another run.
+# Ten minutes of faults against a cluster of its own (PostgreSQL, a broker and haproxy on this
+# machine), then the checker: make chaos SEED=7 CHAOS_SECONDS=120 replays another run, and
+# make chaos BROKER=nats runs it on NATS JetStream instead of Redis Streams.
 SEED ?= 2026
 CHAOS_SECONDS ?= 600
+BROKER ?= redis
 chaos: $(STAMP)
-	$(BIN)/python -m bench.chaos --seconds $(CHAOS_SECONDS) --seed $(SEED) --wipe-every 12
+	$(BIN)/python -m bench.chaos --seconds $(CHAOS_SECONDS) --seed $(SEED) --wipe-every 12 --broker $(BROKER)
 
 clean:
 	rm -rf $(VENV) ratewire.db ratewire.db-wal ratewire.db-shm

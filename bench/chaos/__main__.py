@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> None:
         "--wipe-every",
         type=int,
         default=40,
-        help="every Nth fault deletes Redis's data before restarting it (default 40)",
+        help="every Nth fault deletes the broker's data before restarting it (default 40)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "nats"),
+        default="redis",
+        help="the cluster broker the instances share (default redis)",
     )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ratewire-chaos-"))
@@ -34,7 +40,14 @@ def main(argv: list[str] | None = None) -> None:
         print(line, file=sys.stderr, flush=True)
 
     history, verdict, result = asyncio.run(
-        run(args.seconds, args.seed, workdir, progress=progress, wipe_every=args.wipe_every)
+        run(
+            args.seconds,
+            args.seed,
+            workdir,
+            progress=progress,
+            wipe_every=args.wipe_every,
+            broker=args.broker,
+        )
     )
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(result, indent=2))

@@ -1,5 +1,5 @@
 """The faults of a chaos run, injected at moments drawn from the run's seed. Up to two run at
-once (never two on one target), so faults also combine: an instance paused while Redis
+once (never two on one target), so faults also combine: an instance paused while the broker
 restarts, the database cut while an instance comes back."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from bench.tcp_proxy import TcpProxy
 KINDS = (
     "kill_instance",
     "pause_instance",
-    "kill_redis",
+    "kill_broker",
     "cut_database",
     "cut_subscriber",
     "restart_haproxy",
     "connection_burst",
-    "wipe_redis",
+    "wipe_broker",
 )
 
 
@@ -64,7 +64,7 @@ class Nemesis:
                 continue
             self._count += 1
             kind = (
-                "wipe_redis" if self._count % self.wipe_every == 0 else self.rng.choice(KINDS[:-1])
+                "wipe_broker" if self._count % self.wipe_every == 0 else self.rng.choice(KINDS[:-1])
             )
             fault = self._pick(kind)
             if fault is None:
@@ -96,17 +96,18 @@ class Nemesis:
                     instance.signal(signal.SIGCONT)
 
                 action = pause
-        elif kind in ("kill_redis", "wipe_redis"):
-            target = "redis"
+        elif kind in ("kill_broker", "wipe_broker"):
+            target = "broker"
+            broker = topology.broker
 
-            async def restart_redis() -> None:
-                await topology.redis.kill()
+            async def restart_broker() -> None:
+                await broker.kill()
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
-                if kind == "wipe_redis":
-                    topology.redis.wipe()
-                await topology.redis.start()
+                if kind == "wipe_broker":
+                    broker.wipe()
+                await broker.start()
 
-            action = restart_redis
+            action = restart_broker
         elif kind == "cut_database":
             target = "database"
             proxy = topology.database_proxy

@@ -41,13 +41,14 @@ async def run(
     progress: Callable[[str], None] = lambda line: None,
     interval: tuple[float, float] = (0.5, 2.5),
     wipe_every: int = 40,
+    broker: str = "redis",
 ) -> tuple[History, Verdict, dict[str, Any]]:
-    """Run for ``seconds`` with faults drawn from ``seed``; the history, its verdict and the
-    report."""
+    """Run for ``seconds`` with faults drawn from ``seed``, the instances sharing ``broker``
+    (redis or nats); the history, its verdict and the report."""
     rng = random.Random(seed)
     users = [f"w{w}u{u}" for w in range(WRITERS) for u in range(USERS_PER_WRITER)]
     history = History(seed=seed, seconds=seconds, games=GAMES, users=users)
-    topology = Topology(workdir)
+    topology = Topology(workdir, broker)
     tasks: list[asyncio.Task[Any]] = []
     nemesis: Nemesis | None = None
     try:
@@ -138,11 +139,11 @@ async def _heal(topology: Topology, proxies: list[TcpProxy]) -> None:
     await topology.database_proxy.restore()
     for proxy in proxies:
         await proxy.restore()
-    for managed in (topology.redis, *topology.instances, topology.haproxy):
+    for managed in (topology.broker, *topology.instances, topology.haproxy):
         managed.signal(signal.SIGCONT)  # nothing stays paused
         if managed.process is None or managed.process.poll() is not None:
             await managed.start()
-    for managed in (topology.redis, *topology.instances, topology.haproxy):
+    for managed in (topology.broker, *topology.instances, topology.haproxy):
         if not await managed.wait_ready():
             raise RuntimeError(f"{managed.name} did not come back: see {topology.workdir}")
 

@@ -1,7 +1,8 @@
 """The cluster a chaos run owns, started from nothing and torn down after: a PostgreSQL
-database of its own (reached through a TCP proxy the nemesis can cut), a ``redis-server`` with
-its append-only file on, three ratewire instances (two ``all``, one ``stream`` without a
-database) and HAProxy with ``deploy/haproxy.cfg`` in front of them.
+database of its own (reached through a TCP proxy the nemesis can cut), a broker (a
+``redis-server`` with its append-only file on, or a ``nats-server`` with JetStream), three
+ratewire instances (two ``all``, one ``stream`` without a database) and HAProxy with
+``deploy/haproxy.cfg`` in front of them.
 
 HAProxy's REST backend takes three servers; the third slot points at the first instance
 again, because a ``stream`` instance serves no REST. So REST and ``/ws`` go to the two
@@ -147,6 +148,50 @@ class Redis(Managed):
         self.data.mkdir()
 
 
+class Nats(Managed):
+    """nats-server with JetStream, its store in the run's directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__("nats", workdir)
+        self.port = free_port()
+        self.data = workdir / "nats-data"
+        self.data.mkdir()
+        executable = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+        if executable is None:
+            raise SystemExit("nats-server is not installed: apt-get install nats-server")
+        self.executable = executable
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [
+            self.executable, "-js", "-sd", str(self.data), "-a", "127.0.0.1", "-p", str(self.port),
+        ], dict(os.environ)  # fmt: skip
+
+    async def ready(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            return (await asyncio.wait_for(reader.readline(), 1)).startswith(b"INFO")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+    def wipe(self) -> None:
+        """Forget everything (call while it is down): the next start is empty."""
+        shutil.rmtree(self.data)
+        self.data.mkdir()
+
+
+#: The brokers a run can use, by ``broker.backend``.
+BROKERS: dict[str, type[Redis] | type[Nats]] = {"redis": Redis, "nats": Nats}
+
+
 class Instance(Managed):
     def __init__(self, name: str, workdir: Path, env: dict[str, str], role: str) -> None:
         super().__init__(name, workdir)
@@ -202,9 +247,10 @@ class HAProxy(Managed):
 class Topology:
     """Everything a run needs; :meth:`start` and :meth:`stop` (which always cleans up)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, broker: str = "redis") -> None:
         self.workdir = workdir
-        self.redis = Redis(workdir)
+        self.broker_backend = broker
+        self.broker = BROKERS[broker](workdir)
         self.database_url, self._drop_database = "", _no_op
         self.database_proxy: TcpProxy | None = None
         self.instances: list[Instance] = []
@@ -216,8 +262,8 @@ class Topology:
         env = {
             "RATEWIRE_JWT__SECRET": SECRET,
             "RATEWIRE_AUDIT__KEY": AUDIT_KEY,
-            "RATEWIRE_BROKER__BACKEND": "redis",
-            "RATEWIRE_BROKER__URL": self.redis.url,
+            "RATEWIRE_BROKER__BACKEND": self.broker_backend,
+            "RATEWIRE_BROKER__URL": self.broker.url,
             "RATEWIRE_BROKER__PREFIX": self.prefix,
             "RATEWIRE_BROKER__LEASE_SECONDS": str(LEASE_SECONDS),
             "RATEWIRE_LIMITS__MAX_CONNECTIONS": str(MAX_CONNECTIONS),
@@ -261,7 +307,7 @@ class Topology:
             )
         self.database_proxy = TcpProxy(5432)
         await self.database_proxy.restore()
-        await self.redis.start()
+        await self.broker.start()
         self.instances = [
             Instance("ratewire1", self.workdir, self._env(database=True), "all"),
             Instance("ratewire2", self.workdir, self._env(database=True), "all"),
@@ -276,7 +322,7 @@ class Topology:
         if self.haproxy is not None:
             await self.haproxy.stop()
         await asyncio.gather(*(i.stop() for i in self.instances))
-        await self.redis.stop()
+        await self.broker.stop()
         if self.database_proxy is not None:
             self.database_proxy.cut()
         with contextlib.suppress(Exception):

@@ -1,8 +1,9 @@
-"""The chaos soak in the suite: a real cluster (PostgreSQL, redis-server with its append-only
-file, two ``all`` instances and a ``stream`` one behind HAProxy) under writers, subscribers and
-a nemesis, for 30 seconds per fixed seed (``make chaos`` runs ten minutes); the independent
-checker must find no violation. A failure prints the seed: ``python -m bench.chaos --seconds 30
---seed N`` replays the same faults at the same moments (the timing of the machine aside)."""
+"""The chaos soak in the suite: a real cluster (PostgreSQL, a broker, two ``all`` instances and
+a ``stream`` one behind HAProxy) under writers, subscribers and a nemesis, for 30 seconds per
+fixed seed, once on each broker: redis-server with its append-only file, and nats-server with
+JetStream (``make chaos`` runs ten minutes); the independent checker must find no violation. A
+failure prints the seed: ``python -m bench.chaos --seconds 30 --seed N --broker B`` replays the
+same faults at the same moments (the timing of the machine aside)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,23 @@ from tests.support.debian import ensure_tool
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 
 
-@pytest.mark.parametrize("seed", [11, 29])
+@pytest.mark.parametrize(("seed", "broker"), [(11, "redis"), (29, "nats")])
 async def test_no_violation_under_combined_faults(
-    seed: int, tmp_path: Path, postgres_url: str
+    seed: int, broker: str, tmp_path: Path, postgres_url: str
 ) -> None:
     ensure_tool("haproxy", "haproxy")
+    if broker == "nats":
+        ensure_tool("nats-server", "nats-server")
     # 30 s, not 60: the two runs are the suite's largest CPU cost on a 2-core machine.
-    history, verdict, result = await run(30, seed, tmp_path)
+    history, verdict, result = await run(30, seed, tmp_path, broker=broker)
     save(history, tmp_path / "history.json")
     (tmp_path / "report.json").write_text(json.dumps(result, indent=2))
     summary = human_summary(result)
     print(summary)
-    assert verdict.violations == [], f"seed {seed}: logs and history in {tmp_path}\n{summary}"
+    assert verdict.violations == [], (
+        f"seed {seed}, broker {broker}: logs and history in {tmp_path}\n{summary}"
+    )
     # The run did what it is for: writes acknowledged, frames checked, faults of every kind
-    # but the rare Redis wipe injected.
+    # but the rare broker wipe injected.
     assert result["writes_acknowledged"] > 100 and result["frames_checked"] > 300
     assert len(result["faults"]) >= 5, result["faults"]

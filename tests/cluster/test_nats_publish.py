@@ -1,0 +1,126 @@
+"""The NATS broker's publish, against a real nats-server: JetStream's conditional publish is
+what makes a second publish harmless, so it is checked here at the edges a cluster meets:
+relays racing with overlapping batches, a batch that would leave a gap, and a stream that has
+forgotten its last message id (what a nats-server restarted after the duplicate window
+knows)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import nats
+from tests.support.nats_server import NatsServer
+
+from ratewire.broker.event_codec import encode_event
+from ratewire.broker.nats import NatsBroker
+from ratewire.config import BrokerSettings
+from ratewire.domain import RatingEvent, Topic, TopicKind
+
+
+def _event(seq: int, game: str = "g", user: str = "u") -> RatingEvent:
+    data = {"id": f"r{seq}", "gameId": game, "userId": user, "score": 3, "version": 1}
+    return RatingEvent(seq, "created", game, user, seq, seq, data, datetime.now(UTC))
+
+
+async def _brokers(server: NatsServer, count: int) -> list[NatsBroker]:
+    settings = BrokerSettings(backend="nats", url=server.url, prefix="count")
+    brokers = [NatsBroker(settings) for _ in range(count)]
+    for broker in brokers:
+        await broker.connect("epoch1")
+    await brokers[0].start(lambda event: None, follow=False)  # takes the lease: may seed
+    for _ in range(100):
+        if brokers[0].holds_lease():
+            break
+        await asyncio.sleep(0.05)
+    assert brokers[0].holds_lease()
+    return brokers
+
+
+async def _stream_seqs(broker: NatsBroker) -> list[int]:
+    return [event.seq for event in await broker.topic_events(Topic(TopicKind.GLOBAL), 0, 100)]
+
+
+async def test_each_publisher_counts_only_the_events_it_appended(nats_server: NatsServer) -> None:
+    first, second = await _brokers(nats_server, 2)
+    try:
+        events = [_event(seq) for seq in (1, 2, 3)]
+        assert await first.publish(events[:2], 0) == 2
+        assert first.appended == 2
+        assert await second.publish(events, 0) == 3  # 1 and 2 were there already
+        assert second.appended == 1
+        assert await second.publish(events, 0) == 3
+        assert second.appended == 0
+        assert await _stream_seqs(first) == [1, 2, 3]  # each once
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_batch_past_the_cursor_is_refused_and_an_empty_stream_waits_for_the_holder(
+    nats_server: NatsServer,
+) -> None:
+    holder, other = await _brokers(nats_server, 2)
+    try:
+        # Nobody but the lease holder seeds an empty stream, and only from the store's start.
+        assert await other.publish([_event(1)], 0) is None
+        assert await holder.publish([_event(5)], 4) is None
+        assert await _stream_seqs(holder) == []
+        assert await holder.publish([_event(1), _event(2)], 0) == 2
+        # A batch that would leave a gap (3 missing) adds nothing: the cursor says where to
+        # read the store from.
+        assert await other.publish([_event(4), _event(5)], 3) == 2
+        assert other.appended == 0
+        assert await _stream_seqs(holder) == [1, 2]
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_a_stream_that_forgot_its_last_message_id_still_takes_the_next_event_once(
+    nats_server: NatsServer,
+) -> None:
+    (broker,) = await _brokers(nats_server, 1)
+    raw = await nats.connect(nats_server.url)
+    try:
+        assert await broker.publish([_event(1), _event(2)], 0) == 2
+        # Event 3 appended without a message id: the stream's last id is now unknown.
+        js = raw.jetstream()
+        await js.publish("count.epoch1.ev.g.u", encode_event(_event(3)))
+        # A relay that saw only 1 and 2 publishes 3 and 4: 3 is recognised as there, 4 goes
+        # in after it, anchored on the stream's sequence.
+        assert await broker.publish([_event(3), _event(4)], 2) == 4
+        assert broker.appended == 1
+        assert await _stream_seqs(broker) == [1, 2, 3, 4]
+        assert await broker.publish([_event(5)], 4) == 5  # and the chain holds again
+        assert await _stream_seqs(broker) == [1, 2, 3, 4, 5]
+    finally:
+        await raw.close()
+        await broker.close()
+
+
+async def test_topic_history_reads_each_topic_from_the_shared_stream(
+    nats_server: NatsServer,
+) -> None:
+    (broker,) = await _brokers(nats_server, 1)
+    try:
+        events = []
+        offsets = {"a": 0, "b": 0}
+        for seq in range(1, 41):
+            game = "a" if seq % 3 else "b"
+            offsets[game] += 1
+            data = {"id": f"r{seq}", "gameId": game, "userId": "u", "score": 3, "version": 1}
+            events.append(
+                RatingEvent(seq, "created", game, "u", offsets[game], seq, data, datetime.now(UTC))
+            )
+        assert await broker.publish(events, 0) == 40
+        game_b = Topic(TopicKind.GAME, "b")
+        assert await broker.topic_position(game_b) == (13, 40)
+        replay = await broker.topic_events(game_b, 10, 100)
+        assert [(e.game_offset, e.seq) for e in replay] == [(11, 33), (12, 36), (13, 39)]
+        page = await broker.topic_events(Topic(TopicKind.GAME, "a"), 0, 5)
+        assert [e.game_offset for e in page] == [1, 2, 3, 4, 5]
+        assert await broker.topic_events(game_b, 13, 100) == []
+        assert await broker.topic_position(Topic(TopicKind.USER, "nobody")) == (0, 40)
+    finally:
+        await broker.close()
