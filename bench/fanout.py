@@ -16,9 +16,11 @@ agent process following 1,000 topics does (``--publisher separate`` writes from 
 instead). Every run reports POST latency, the server's and the subscribers' CPU, and the
 server's stage budget; ``--py-spy DIR`` profiles the server while it is measured.
 
-Cluster targets (PostgreSQL at RATEWIRE_BENCH_POSTGRES, Redis at RATEWIRE_BENCH_REDIS): pg-local
-(one instance, local broker), pg-redis (one instance, Redis broker), cluster-3 (three instances,
-subscribers spread over them, writes through the first) and workers-2 (`--workers 2`).
+Cluster targets (PostgreSQL at RATEWIRE_BENCH_POSTGRES, Redis at RATEWIRE_BENCH_REDIS, NATS with
+JetStream at RATEWIRE_BENCH_NATS): pg-local (one instance, local broker), pg-redis (one instance,
+Redis broker), cluster-3 (three instances, subscribers spread over them, writes through the
+first), workers-2 (`--workers 2`), and pg-nats and cluster-3-nats on the NATS broker
+(``--target brokers`` runs the four broker targets in one run).
 
 Subscribers are spread over worker processes (picows clients: the load generator shares
 this 2-core machine with the server, so it must be cheap); each worker keeps a latency
@@ -662,7 +664,9 @@ STARTERS: dict[str, Callable[[], Target]] = {
     "floor": _floor,
     "pg-local": lambda: start_cluster("pg-local", broker="local"),
     "pg-redis": lambda: start_cluster("pg-redis"),
+    "pg-nats": lambda: start_cluster("pg-nats", broker="nats"),
     "cluster-3": lambda: start_cluster("cluster-3", instances=3),
+    "cluster-3-nats": lambda: start_cluster("cluster-3-nats", instances=3, broker="nats"),
     "workers-2": lambda: start_cluster("workers-2", workers=2),
     "redis-store": lambda: start_redis_storage("redis-store"),
 }
@@ -855,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "embedded": ("ratewire", "ratewire-normal", "ratewire-2w", "node-guide"),
         # Cluster mode against its single-node baselines, on PostgreSQL, in one run.
         "cluster": ("pg-local", "pg-redis", "cluster-3", "workers-2"),
+        # The two cluster brokers side by side, one instance and three.
+        "brokers": ("pg-redis", "pg-nats", "cluster-3", "cluster-3-nats"),
         # WebSockets and Server-Sent Events on one server build, in one run.
         "transports": ("ratewire", "ratewire-sse"),
         # The storage backends, single node: SQLite (the default) and Redis.

@@ -213,6 +213,7 @@ def start_node_guide() -> Target:
 
 POSTGRES_ADMIN = os.environ.get("RATEWIRE_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("RATEWIRE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("RATEWIRE_BENCH_NATS", "nats://127.0.0.1:4222")
 
 
 def _fresh_postgres() -> tuple[str, Callable[[], None]]:
@@ -247,14 +248,18 @@ def start_cluster(
     workers: int = 1,
     env_extra: dict[str, str] | None = None,
 ) -> Target:
-    """``instances`` ratewire processes on one new PostgreSQL database sharing a Redis broker
-    (a prefix of their own): writes go to the first, subscribers are spread over all."""
+    """``instances`` ratewire processes on one new PostgreSQL database sharing a Redis or NATS
+    broker (a prefix of their own): writes go to the first, subscribers are spread over all."""
     import secrets
 
     url, drop = _fresh_postgres()
     workdir = Path(tempfile.mkdtemp(prefix="ratewire-bench-"))
-    env = {"RATEWIRE_BROKER__BACKEND": broker, "RATEWIRE_BROKER__URL": REDIS_URL}
-    env["RATEWIRE_BROKER__PREFIX"] = f"bench-{secrets.token_hex(4)}"
+    prefix = f"bench-{secrets.token_hex(4)}"
+    env = {
+        "RATEWIRE_BROKER__BACKEND": broker,
+        "RATEWIRE_BROKER__URL": NATS_URL if broker == "nats" else REDIS_URL,
+        "RATEWIRE_BROKER__PREFIX": prefix,
+    }
     env.update(env_extra or {})
     args = ("--workers", str(workers)) if workers > 1 else ()
     started = [
@@ -270,8 +275,28 @@ def start_cluster(
         workdir,
         others=[t.process for t in started[1:]],
         ws_urls=[t.ws_url for t in started],
-        cleanup=[drop],
+        cleanup=[drop, *([lambda: _drop_nats_prefix(prefix)] if broker == "nats" else [])],
     )
+
+
+def _drop_nats_prefix(prefix: str) -> None:
+    """Delete the streams and buckets a NATS target made (the machine's NATS keeps them)."""
+    import asyncio
+
+    import nats
+
+    async def run() -> None:
+        client = await nats.connect(NATS_URL)
+        try:
+            js = client.jetstream()
+            for name in await js.streams_info():
+                stream = name.config.name or ""
+                if stream.startswith((f"{prefix}_", f"KV_{prefix}_")):
+                    await js.delete_stream(stream)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
 
 
 def start_redis_storage(

@@ -176,6 +176,7 @@ def test_the_installed_server_serves_and_tail_receives_a_rating(installed: Insta
         ({"RATEWIRE_STORAGE__BACKEND": "mysql"}, "mysql"),
         ({"RATEWIRE_STORAGE__BACKEND": "redis"}, "redis"),
         ({"RATEWIRE_BROKER__BACKEND": "redis"}, "redis"),
+        ({"RATEWIRE_BROKER__BACKEND": "nats"}, "nats"),
     ],
 )
 def test_a_missing_driver_stops_the_start_naming_its_extra(
@@ -185,12 +186,13 @@ def test_a_missing_driver_stops_the_start_naming_its_extra(
         "postgresql": "postgresql://127.0.0.1:5432/test",
         "mysql": "mysql://root@127.0.0.1:3306/test",
         "redis": "redis://127.0.0.1:6379/0",
+        "nats": "nats://127.0.0.1:4222",
     }
     env = {**settings, "RATEWIRE_SERVER__PORT": str(free_port())}
     if "RATEWIRE_STORAGE__BACKEND" in settings:
         env["RATEWIRE_STORAGE__URL"] = urls[extra]
     else:
-        env["RATEWIRE_BROKER__URL"] = urls["redis"]
+        env["RATEWIRE_BROKER__URL"] = urls[extra]
     started = installed.ratewire("serve", "--dev", env=env)
     assert started.returncode == 1
     lines = started.stderr.strip().splitlines()

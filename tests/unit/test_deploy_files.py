@@ -33,6 +33,20 @@ def test_compose_runs_three_instances_on_postgresql_and_redis_behind_haproxy() -
     assert {"postgres", "redis"} <= set(services)
 
 
+def test_the_nats_override_moves_every_instance_to_a_jetstream_server() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    override = yaml.safe_load((DEPLOY / "docker-compose.nats.yml").read_text())
+    services = override["services"]
+    for name in (n for n in compose["services"] if n.startswith("ratewire")):
+        env = services[name]["environment"]
+        assert env["RATEWIRE_BROKER__BACKEND"] == "nats"
+        assert env["RATEWIRE_BROKER__URL"] == "nats://nats:4222"
+        assert services[name]["depends_on"]["nats"] == {"condition": "service_healthy"}
+    nats = services["nats"]
+    assert "-js" in nats["command"] and "-sd" in nats["command"]
+    assert nats["volumes"] and nats["healthcheck"]
+
+
 def test_dockerfile_is_multi_stage_non_root_with_a_readiness_healthcheck() -> None:
     lines = (DEPLOY / "Dockerfile").read_text().splitlines()
     assert sum(line.startswith("FROM ") for line in lines) == 2
@@ -43,7 +57,7 @@ def test_dockerfile_is_multi_stage_non_root_with_a_readiness_healthcheck() -> No
     # Built from the wheel, with the drivers a cluster needs (they are extras of the package).
     text = "\n".join(lines)
     assert "python -m build --wheel" in text
-    assert '--find-links /wheels "ratewire[postgresql,mysql,redis]"' in text
+    assert '--find-links /wheels "ratewire[postgresql,mysql,redis,nats]"' in text
 
 
 def _exported_families() -> dict[str, set[str]]:

@@ -122,7 +122,9 @@ class NatsBroker:
     async def connect(self, epoch: str | None) -> None:
         """Reach NATS and settle the epoch: the store's when this instance has one (it is
         announced for the others, and its stream made ready), else the announced one."""
-        self._nc = await nats_link.connect(self._settings, "broker")
+        self._nc = await nats_link.connect(
+            self._settings, "broker", on_reconnect=self._on_reconnect
+        )
         self._reply_prefix = self._nc.new_inbox() + "."
         await self._nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
         if epoch is not None:
@@ -152,6 +154,11 @@ class NatsBroker:
         if self._announces_epoch:
             cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
             await cluster.put(EPOCH_KEY, self.epoch.encode())
+
+    async def _on_reconnect(self) -> None:
+        # A restarted server has forgotten the ephemeral consumer: make a new one now rather
+        # than after three missed heartbeats.
+        self._replace_consumer.set()
 
     async def _bucket(self, name: str, *, ttl: float | None) -> KeyValue:
         js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
