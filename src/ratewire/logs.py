@@ -1,5 +1,5 @@
-"""Logging: JSON lines for machines, a short human line in a terminal; tokens redacted from
-every line either way."""
+"""Logging: JSON lines for machines, a short human line in a terminal; tokens and the
+credentials in URLs redacted from every line either way."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ LogFormat = Literal["auto", "json", "human"]
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _TOKEN_IN_QUERY = re.compile(r"(?i)([?&](?:token|access_token)=)[^&\s\"]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+#: The user-info of a URL (``redis://:password@host``, ``nats://user:password@host``).
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
 def redact(text: str) -> str:
-    """``text`` with query-string tokens and bearer tokens replaced by ``REDACTED``."""
+    """``text`` with query-string tokens, bearer tokens and URL credentials replaced by
+    ``REDACTED``."""
+    text = _URL_CREDENTIALS.sub(r"\1REDACTED@", text)
     return _BEARER.sub(r"\1REDACTED", _TOKEN_IN_QUERY.sub(r"\1REDACTED", text))
 
 

@@ -34,7 +34,7 @@ from ratewire.audit.log import AuditLog
 from ratewire.broker import Broker, LocalBroker
 from ratewire.broker.announcements import Announcements, LocalAnnouncements
 from ratewire.broker.base import ClusterBroker
-from ratewire.broker.factory import open_cluster_broker
+from ratewire.broker.factory import open_cluster_broker, open_quota_chunks
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import GLOBAL_TOPIC, RatingEvent, parse_topic
@@ -60,7 +60,6 @@ from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
 from ratewire.security.ratelimit import (
     ConnectionRateLimiter,
     RequestRateLimiter,
-    shared_rate_limit_uri,
 )
 from ratewire.security.revocation import REVOKED_REASON, Revocation
 from ratewire.security.tokens import TokenService
@@ -177,7 +176,7 @@ class Runtime:
         probes: dict[str, ReadinessProbe] = {"broker": self.broker.ping}
         self.rest_limiter = RequestRateLimiter(
             settings.limits.rest_requests_per_client_per_minute,
-            shared_rate_limit_uri(settings.broker),
+            open_quota_chunks(settings, self.cluster_broker),
         )
         self.metrics = Metrics(self._metric_sources(), multiprocess_dir_from_env())
         self.delivery_timer = DeliveryTimer(self.metrics.observe_stage)

@@ -1,7 +1,8 @@
-"""The REST quota a cluster shares through Redis, admitted in process from leased chunks: one
-client hammering three instances gets no more than the limit (plus the stated bound), Redis is
-asked once per chunk rather than once per request, and a Redis outage lets requests through
-and the quota holds again once Redis is back."""
+"""The REST quota a cluster shares through its broker (Redis, or a NATS key-value bucket),
+admitted in process from leased chunks: one client hammering three instances gets no more
+than the limit (plus the stated bound), the broker is asked once per chunk rather than once
+per request, and a broker outage lets requests through and the quota holds again once the
+broker is back."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import asyncio
 import time
 
 import httpx
+import nats
+import nats.js.errors
 import pytest
 import redis.asyncio
 from tests.cluster.conftest import ClusterFactory
+from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
@@ -39,8 +43,19 @@ async def hammer(servers: list[ServerProcess], token: str, count: int) -> list[i
             await client.aclose()
 
 
-async def lease_calls(redis_server: RedisServer) -> int:
-    client = redis.asyncio.Redis(port=redis_server.port)
+async def lease_calls(broker: RedisServer | NatsServer) -> int:
+    """How many chunks the instances have leased so far: Lua calls on Redis; on NATS the
+    writes to the quota bucket (its stream's last sequence)."""
+    if isinstance(broker, NatsServer):
+        client = await nats.connect(broker.url)
+        try:
+            info = await client.jetstream().stream_info("KV_ratewire_quota")
+        except nats.js.errors.NotFoundError:
+            return 0
+        finally:
+            await client.close()
+        return int(info.state.last_seq)
+    client = redis.asyncio.Redis(port=broker.port)
     try:
         stats = await client.info("commandstats")
     finally:
@@ -52,13 +67,14 @@ async def lease_calls(redis_server: RedisServer) -> int:
     )
 
 
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
 async def test_one_client_on_three_instances_gets_the_limit_within_the_stated_bound(
-    instance: ClusterFactory, redis_server: RedisServer
+    instance: ClusterFactory, broker_server: RedisServer | NatsServer
 ) -> None:
     limit = {"RATEWIRE_LIMITS__REST_REQUESTS_PER_CLIENT_PER_MINUTE": str(LIMIT)}
     servers = [instance(env=limit) for _ in range(3)]
     token = servers[0].token("greedy")
-    before = await lease_calls(redis_server)
+    before = await lease_calls(broker_server)
     started = time.monotonic()
     statuses = await hammer(servers, token, 6 * LIMIT)
     elapsed = time.monotonic() - started
@@ -69,27 +85,28 @@ async def test_one_client_on_three_instances_gets_the_limit_within_the_stated_bo
     assert admitted <= LIMIT + 3 * CHUNK_MAX + LIMIT * elapsed / 60 + 1
     # Chunks left unused on the other instances are the only way to get fewer.
     assert admitted >= LIMIT - 3 * CHUNK_MAX
-    # Admitted in process: Redis saw one call per chunk (and one a second per refusing
+    # Admitted in process: the broker saw one lease per chunk (and one a second per refusing
     # instance), not one per request.
-    assert await lease_calls(redis_server) - before < len(statuses) / 3
+    assert await lease_calls(broker_server) - before < len(statuses) / 3
     # Another client has its own quota.
     assert (await hammer(servers[:1], servers[0].token("someone-else"), 1)) == [200]
 
 
-async def test_redis_down_lets_requests_through_and_the_quota_holds_again_after(
-    instance: ClusterFactory, redis_server: RedisServer
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
+async def test_the_broker_down_lets_requests_through_and_the_quota_holds_again_after(
+    instance: ClusterFactory, broker_server: RedisServer | NatsServer
 ) -> None:
     limit = {"RATEWIRE_LIMITS__REST_REQUESTS_PER_CLIENT_PER_MINUTE": "10"}
     server = instance(env=limit)
     token = server.token("steady")
     assert (await hammer([server], token, 20)).count(429) == 10
-    redis_server.kill()
-    # The limiter must not become an outage of the API: with Redis gone, reads go through
+    broker_server.kill()
+    # The limiter must not become an outage of the API: with the broker gone, reads go through
     # (this client's chunk is spent and its refusal cached for a second: wait that out).
     await asyncio.sleep(1.1)
     assert await hammer([server], token, 15) == [200] * 15
-    redis_server.start()
-    # Redis came back empty: a new count starts, and the limit holds again.
+    broker_server.start()
+    # Back (Redis empty, NATS with its store): the limit holds again.
     statuses = await hammer([server], token, 25)
     assert statuses.count(200) <= 10 and statuses[-1] == 429
     log = server.log_text()

@@ -14,6 +14,7 @@ from tests.support.server import SECRET
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 
 
+@pytest.mark.parametrize("cluster_broker", ["redis", "nats"], indirect=True)
 async def test_a_revocation_reaches_every_instance_within_a_second(
     instance: ClusterFactory,
 ) -> None:
@@ -39,7 +40,7 @@ async def test_a_revocation_reaches_every_instance_within_a_second(
     for client in live:
         assert await client.closed_with(within=1.0) == (4001, "Token revoked")
 
-    late = instance(role="stream", backend="none", storage_url="")  # learns it from Redis
+    late = instance(role="stream", backend="none", storage_url="")  # learns it from the broker
     for server in (full, stream_alone, late):
         async with await WsClient.open(server.module_ws_url, victim) as client:
             assert await client.closed_with() == (4001, "Token revoked")

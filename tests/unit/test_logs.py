@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from ratewire.logs import HumanFormatter, JsonLineFormatter, formatter_for
+from ratewire.logs import HumanFormatter, JsonLineFormatter, formatter_for, redact
 
 
 class Terminal(io.StringIO):
@@ -36,3 +36,11 @@ def test_the_human_line_has_time_level_message_and_fields_and_no_token() -> None
 def test_the_json_line_is_one_object_with_the_token_redacted() -> None:
     entry = json.loads(JsonLineFormatter().format(_record("Authorization: Bearer abc.def.ghi")))
     assert entry["level"] == "warning" and entry["msg"] == "Authorization: Bearer REDACTED"
+
+
+def test_credentials_in_a_broker_url_are_redacted() -> None:
+    line = redact("broker unreachable at tls://ratewire:s3cret@nats-1:4222,nats://tok@nats-2:4222")
+    assert line == "broker unreachable at tls://REDACTED@nats-1:4222,nats://REDACTED@nats-2:4222"
+    assert redact("redis://:pw@127.0.0.1:6379/0 and mail me at a@b.example") == (
+        "redis://REDACTED@127.0.0.1:6379/0 and mail me at a@b.example"
+    )

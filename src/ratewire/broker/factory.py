@@ -1,10 +1,11 @@
-"""The cluster broker and announcements that ``broker.backend`` names."""
+"""The cluster broker, announcements and shared quota counts that ``broker.backend`` names."""
 
 from __future__ import annotations
 
 from ratewire.broker.announcements import Announcements
 from ratewire.broker.base import ClusterBroker
 from ratewire.config import Settings
+from ratewire.security.quota_lease import ChunkStore
 
 
 def open_cluster_broker(settings: Settings) -> tuple[ClusterBroker, Announcements]:
@@ -31,3 +32,20 @@ def open_cluster_broker(settings: Settings) -> tuple[ClusterBroker, Announcement
             RedisAnnouncements(url, prefix=broker.prefix),
         )
     raise ValueError(f"broker.backend {broker.backend!r} is not a cluster broker")
+
+
+def open_quota_chunks(settings: Settings, broker: ClusterBroker | None) -> ChunkStore | None:
+    """Where the instances of a cluster count each client's REST requests together: the
+    broker's Redis, or a key-value bucket on the broker's NATS connection. None on a single
+    node (each process counts alone)."""
+    if broker is None:
+        return None
+    if settings.broker.backend == "nats":
+        from ratewire.broker.nats import NatsBroker
+        from ratewire.broker.nats_quota import NatsQuotaChunks
+
+        assert isinstance(broker, NatsBroker)
+        return NatsQuotaChunks(settings.broker, broker.client)
+    from ratewire.broker.redis_quota import RedisQuotaChunks
+
+    return RedisQuotaChunks(settings.broker.resolved_url())

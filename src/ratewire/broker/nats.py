@@ -108,6 +108,10 @@ class NatsBroker:
         assert self._nc is not None, "connect() first"
         return self._nc
 
+    def client(self) -> NatsClient:
+        """The broker's connection (after :meth:`connect`), for what shares it."""
+        return self._client
+
     @property
     def _stream(self) -> str:
         return self._names.stream(self.epoch)
@@ -439,6 +443,9 @@ class NatsBroker:
             await js.add_consumer(
                 self._stream,
                 api.ConsumerConfig(
+                    # Named after the prefix and this instance, so an operator listing the
+                    # stream's consumers sees whose each one is.
+                    name=f"{self._settings.prefix}_{self._owner.decode()}_{generation}",
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                     opt_start_seq=start,

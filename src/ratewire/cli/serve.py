@@ -14,6 +14,7 @@ from ratewire.cli.common import (
     with_dev_secret,
 )
 from ratewire.config import ConfigError
+from ratewire.logs import redact
 
 
 @click.command()
@@ -134,4 +135,4 @@ def serve(
         optional_exception("redis.exceptions", "RedisError"),
         optional_exception("nats.errors", "Error"),
     ) as exc:
-        cannot_start(f"broker unreachable at {settings.broker.resolved_url()}: {exc}")
+        cannot_start(f"broker unreachable at {redact(settings.broker.resolved_url())}: {exc}")

@@ -1,12 +1,13 @@
-"""A cluster's shared REST quota without a Redis round trip per request.
+"""A cluster's shared REST quota without a broker round trip per request.
 
 Every instance of a cluster counts requests against one quota per client (a token's ``sub``,
-else its IP), kept in Redis as a sliding-window counter: the current minute's count plus the
+else its IP), kept in the broker (a :class:`ChunkStore`: Redis, or a NATS key-value bucket)
+as a sliding-window counter: the current minute's count plus the
 previous minute's, weighted by how much of it the window still covers (the algorithm of the
 ``limits`` library's SlidingWindowCounter, which the single node uses). Instead of counting
 each request there, an instance *leases* a chunk of what remains (a quarter of it, at most a
-twentieth of the limit) in one Lua call and admits the next requests from that chunk in
-process. The chunk counts as used in Redis the moment it is leased.
+twentieth of the limit) in one atomic step (a Lua call, a compare-and-set) and admits the next
+requests from that chunk in process. The chunk counts as used the moment it is leased.
 
 What that gives:
 
@@ -16,11 +17,11 @@ What that gives:
   N chunks in any minute-long window (chunks leased at the end of one minute still weigh
   on the next); a chunk is at most limit/20, and a quarter of what remains as the quota runs
   out;
-- a request costs a Redis round trip only when its instance's chunk ran out: at the default
+- a request costs a broker round trip only when its instance's chunk ran out: at the default
   600/min, one in 30 requests of a busy client (one in 7 as its quota runs low);
-- a refused client is refused in process for a second before Redis is asked again;
-- Redis down: requests are let through (the API must not fail with its limiter), logged once
-  when it goes and once when it is back.
+- a refused client is refused in process for a second before the broker is asked again;
+- the broker down: requests are let through (the API must not fail with its limiter), logged
+  once when it goes and once when it is back.
 """
 
 from __future__ import annotations
@@ -29,41 +30,42 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import Protocol
 
 from ratewire.security.rate_decision import RateDecision
 
 log = logging.getLogger("ratewire.ratelimit")
 WINDOW_SECONDS = 60
-#: How long a refusal from Redis is trusted before Redis is asked again.
+#: How long a refusal from the store is trusted before it is asked again.
 REFUSAL_SECONDS = 1.0
 #: Local leases of clients idle this long are forgotten (memory bound).
 IDLE_SECONDS = 2 * WINDOW_SECONDS
 
-# KEYS: previous window, current window. ARGV: limit, weight of the previous window in
-# thousandths, largest chunk, TTL of the current window's key in ms.
-# Returns {granted, left after the grant}.
-_LEASE = """
-local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
-local curr = tonumber(redis.call('GET', KEYS[2]) or '0')
-local left = tonumber(ARGV[1]) - math.floor(prev * tonumber(ARGV[2]) / 1000) - curr
-if left <= 0 then
-  return {0, 0}
-end
-local grant = math.min(tonumber(ARGV[3]), math.max(1, math.floor(left / 4)), left)
-redis.call('INCRBY', KEYS[2], grant)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {grant, left - grant}
-"""
+
+class ChunkStoreUnavailable(Exception):
+    """The store of the shared counts cannot be reached (the request is let through)."""
+
+
+class ChunkStore(Protocol):
+    """Where a cluster's per-client counts live (Redis, or a NATS key-value bucket)."""
+
+    async def lease(
+        self, key: str, window: int, previous_weight: int, limit: int, chunk_max: int
+    ) -> tuple[int, int]:
+        """Carve a chunk out of what ``key`` has left in minute ``window``, atomically: left
+        is ``limit`` less the window's count less the previous window's count weighted by
+        ``previous_weight`` thousandths; the grant is min(``chunk_max``, a quarter of it, at
+        least 1), nothing when nothing is left. Returns (granted, left after the grant);
+        raises :class:`ChunkStoreUnavailable`."""
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
 class _Lease:
     window: int
     tokens: int  # admissions left in this instance's chunk
-    shared_left: int  # what Redis had left after the lease (for RateLimit-Remaining)
+    shared_left: int  # what the store had left after the lease (for RateLimit-Remaining)
     refused_until: float = 0.0
     used_at: float = 0.0
 
@@ -71,16 +73,14 @@ class _Lease:
 class LeasedQuota:
     """``per_minute`` requests per key across a cluster, admitted from leased chunks."""
 
-    def __init__(self, redis_url: str, per_minute: int, prefix: str = "ratewire-rl") -> None:
+    def __init__(self, store: ChunkStore, per_minute: int) -> None:
         self.limit = per_minute
         self.chunk_max = max(1, per_minute // 20)
-        self._redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-        self._script = self._redis.register_script(_LEASE)
-        self._prefix = prefix
+        self._store = store
         self._leases: dict[str, _Lease] = {}
         self._down = False
         self._calls = 0
-        #: Requests refused (for /metrics) and leases taken from Redis (for the benchmark).
+        #: Requests refused (for /metrics) and leases taken from the store (for the benchmark).
         self.refused = 0
         self.leases_taken = 0
 
@@ -106,7 +106,7 @@ class LeasedQuota:
         if self._calls % 4096 == 0:
             self._forget_idle(now)
         granted = await self._lease(key, window, now)
-        if granted is None:  # Redis is down: let it through
+        if granted is None:  # the store is down: let it through
             return RateDecision(True, self.limit, -1, 0)
         lease = self._leases[key]
         if granted == 0:
@@ -119,14 +119,10 @@ class LeasedQuota:
     async def _lease(self, key: str, window: int, now: float) -> int | None:
         weight = 1 - (now - window * WINDOW_SECONDS) / WINDOW_SECONDS
         try:
-            granted, left = await self._script(
-                keys=[
-                    f"{self._prefix}:{key}:{window - 1}",
-                    f"{self._prefix}:{key}:{window}",
-                ],
-                args=[self.limit, int(weight * 1000), self.chunk_max, 2 * WINDOW_SECONDS * 1000],
+            granted, left = await self._store.lease(
+                key, window, int(weight * 1000), self.limit, self.chunk_max
             )
-        except (RedisError, OSError) as exc:
+        except ChunkStoreUnavailable as exc:
             if not self._down:
                 self._down = True
                 log.warning("rate-limit store unreachable (%s); letting requests through", exc)
@@ -143,4 +139,4 @@ class LeasedQuota:
             del self._leases[key]
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._store.close()

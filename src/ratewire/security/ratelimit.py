@@ -9,9 +9,9 @@ request grows with the number of clients: with a token per user, 20,000 users wr
 (bench.rest --hot-games 50; bench/results/profiles.txt). Here a hit is two dict lookups,
 and keys idle for two windows go with the window they were counted in.
 
-A cluster shares one quota per client through Redis, admitted in process from chunks each
-instance leases (:mod:`ratewire.security.quota_lease`), so a request does not pay a Redis
-round trip.
+A cluster shares one quota per client through its broker (Redis, or a NATS key-value
+bucket), admitted in process from chunks each instance leases
+(:mod:`ratewire.security.quota_lease`), so a request does not pay a round trip.
 """
 
 from __future__ import annotations
@@ -20,22 +20,12 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from ratewire.config import BrokerSettings
 from ratewire.security.rate_decision import RateDecision
 
 if TYPE_CHECKING:
-    from ratewire.security.quota_lease import LeasedQuota
+    from ratewire.security.quota_lease import ChunkStore, LeasedQuota
 
-__all__ = ["ConnectionRateLimiter", "RateDecision", "RequestRateLimiter", "shared_rate_limit_uri"]
-
-
-def shared_rate_limit_uri(broker: BrokerSettings) -> str | None:
-    """The Redis that instances of one cluster share quotas in: the broker's, so a client
-    cannot multiply its quota by the number of instances. None on a single node, and on the
-    NATS broker (each instance counts its own: docs/operations.md)."""
-    if broker.backend != "redis":
-        return None
-    return broker.resolved_url()
+__all__ = ["ConnectionRateLimiter", "RateDecision", "RequestRateLimiter"]
 
 
 class SlidingWindowCounter:
@@ -86,14 +76,15 @@ class SlidingWindowCounter:
 class RequestRateLimiter:
     """``per_minute`` requests per key (a token's ``sub``, else the client IP)."""
 
-    def __init__(self, per_minute: float, shared_redis_url: str | None = None) -> None:
+    def __init__(self, per_minute: float, shared: ChunkStore | None = None) -> None:
+        """``shared``: where a cluster's instances count together (None: in this process)."""
         self._limit = max(1, int(per_minute))
         self._counter = SlidingWindowCounter(self._limit)
         self._shared: LeasedQuota | None = None
-        if shared_redis_url:  # a cluster: ratewire[redis] is installed (its broker needs it)
+        if shared is not None:
             from ratewire.security.quota_lease import LeasedQuota
 
-            self._shared = LeasedQuota(shared_redis_url, self._limit)
+            self._shared = LeasedQuota(shared, self._limit)
         self._refused_here = 0
 
     @property
@@ -104,7 +95,7 @@ class RequestRateLimiter:
     async def check(self, key: str) -> RateDecision:
         """Count one request for ``key``; the decision says if it is over the limit.
 
-        If the shared quota's store (Redis) cannot be reached the request is let through: an
+        If the shared quota's store (the broker) cannot be reached the request is let through: an
         outage of the limiter must not become an outage of the API."""
         if self._shared is not None:
             return await self._shared.check(key)
