@@ -156,12 +156,12 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
         (
             ("--role", "stream"),
             {},
-            "server.role: 'stream' needs broker.backend: redis",
+            "server.role: 'stream' needs broker.backend: redis or nats",
         ),
         (
             ("--role", "api"),
             {},
-            "server.role: 'api' needs broker.backend: redis",
+            "server.role: 'api' needs broker.backend: redis or nats",
         ),
         (
             (),
@@ -177,6 +177,21 @@ def test_serve_with_a_bad_config_exits_with_that_line(tmp_path: Path) -> None:
             (),
             {"RATEWIRE_BROKER__BACKEND": "redis", "RATEWIRE_BROKER__URL": "redis://127.0.0.1:1/0"},
             "broker unreachable at redis://127.0.0.1:1/0",
+        ),
+        (
+            (),
+            {"RATEWIRE_BROKER__BACKEND": "nats", "RATEWIRE_BROKER__URL": "nats://u:pw@127.0.0.1:1"},
+            "broker unreachable at nats://REDACTED@127.0.0.1:1: nats: no servers available",
+        ),
+        (
+            (),
+            {"RATEWIRE_BROKER__BACKEND": "nats", "RATEWIRE_BROKER__PREFIX": "team.a"},
+            "broker.prefix 'team.a': NATS names may not contain '.'",
+        ),
+        (
+            (),
+            {"RATEWIRE_BROKER__BACKEND": "nats", "RATEWIRE_BROKER__TLS_KEY_FILE": "key.pem"},
+            "broker.tls_key_file needs broker.tls_cert_file",
         ),
     ],
 )

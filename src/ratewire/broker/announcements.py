@@ -11,8 +11,11 @@ database (``role: stream``, ``storage: none``) learns the deny list there.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
+
+import orjson
 
 from ratewire.security.revocation import Revocation
 
@@ -30,6 +33,19 @@ class Announcements(Protocol):
         """Tell every instance (this one included) about ``revocation``."""
 
     async def close(self) -> None: ...
+
+
+def deliver_announced(payload: bytes, handler: RevocationHandler | None) -> Revocation | None:
+    """Parse an announced (or kept) entry and hand it to ``handler`` while it is in force;
+    the entry, or None (logged) if it is not one."""
+    try:
+        revocation = Revocation.from_wire(orjson.loads(payload))
+    except (ValueError, KeyError, TypeError):
+        log.warning("announcements: ignoring a malformed entry %r", payload[:200])
+        return None
+    if handler is not None and revocation.expires_at > time.time():
+        handler(revocation)
+    return revocation
 
 
 class LocalAnnouncements:

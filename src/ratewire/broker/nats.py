@@ -29,7 +29,7 @@ import itertools
 import logging
 import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -47,10 +47,9 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from ratewire.broker import nats_link
-from ratewire.broker.base import EventHandler, GapReader
+from ratewire.broker.cluster_base import FollowingBroker
 from ratewire.broker.event_codec import decode_event, encode_event
 from ratewire.broker.nats_reads import StreamMissing, StreamReader
-from ratewire.broker.ordered_delivery import OrderedDelivery
 from ratewire.config import BrokerSettings
 from ratewire.domain import RatingEvent, Topic
 
@@ -84,10 +83,11 @@ def _write_now(client: NatsClient) -> None:
         client._pending_data_size = 0
 
 
-class NatsBroker:
+class NatsBroker(FollowingBroker):
     """NATS JetStream broker: publish (any instance), follow (every instance), relay lease."""
 
     def __init__(self, settings: BrokerSettings) -> None:
+        super().__init__()
         self._settings = settings
         self._names = nats_link.NatsNames(settings.prefix)
         self._lease_seconds = settings.lease_seconds
@@ -97,9 +97,6 @@ class NatsBroker:
         self._lease: KeyValue | None = None
         self._announces_epoch = False
         self._lease_revision = 0
-        self._leader = False
-        self._delivery = OrderedDelivery()
-        self._tasks: list[asyncio.Task[None]] = []
         # Acknowledgements of pipelined publishes, by reply subject (see _append).
         self._reply_prefix = ""
         self._acks: dict[str, asyncio.Future[bytes]] = {}
@@ -113,11 +110,6 @@ class NatsBroker:
         self.epoch = ""
         #: How many events the last ``publish`` call appended (see the Broker protocol).
         self.appended = 0
-
-    @property
-    def consumed(self) -> int:
-        """The ``seq`` of the last event this instance's consumer handed to the hub."""
-        return self._delivery.consumed
 
     @property
     def _client(self) -> NatsClient:
@@ -213,36 +205,8 @@ class NatsBroker:
                 raise
             await js.update_stream(config)
 
-    async def start(
-        self,
-        handler: EventHandler,
-        *,
-        follow: bool = True,
-        relay: bool = True,
-        gap_reader: GapReader | None = None,
-        on_reset: Callable[[], None] | None = None,
-        start_after: int | None = None,
-    ) -> None:
-        """Follow the event stream (``follow``) and compete for the relay lease (``relay``).
-
-        The consumer starts after ``start_after``, else after the stream's cursor."""
-        delivery = self._delivery
-        delivery.handler, delivery.gap_reader, delivery.on_reset = handler, gap_reader, on_reset
-        if follow:
-            if start_after is None:
-                start_after = await self.cursor() or 0
-            delivery.consumed = start_after
-            self._tasks.append(asyncio.create_task(self._follow(), name="broker-follow"))
-        if relay:
-            self._tasks.append(asyncio.create_task(self._hold_lease(), name="relay-lease"))
-
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._stop_tasks()
         if self._leader and self._lease is not None:
             with contextlib.suppress(NatsError, OSError, asyncio.TimeoutError):
                 await self._lease.delete(LEASE_KEY, last=self._lease_revision)
@@ -258,10 +222,6 @@ class NatsBroker:
         await client.flush(timeout=2)
 
     # -- publishing ------------------------------------------------------------------------
-
-    def holds_lease(self) -> bool:
-        """Whether this instance's relay is the one that polls the store."""
-        return self._leader
 
     async def cursor(self) -> int | None:
         """The ``seq`` of the last event published, or None if the stream holds none (new,

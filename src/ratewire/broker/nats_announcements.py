@@ -18,7 +18,7 @@ from nats.js.errors import BucketNotFoundError, NoKeysError, NoStreamResponseErr
 from nats.js.kv import KeyValue
 
 from ratewire.broker import nats_link
-from ratewire.broker.announcements import RevocationHandler
+from ratewire.broker.announcements import RevocationHandler, deliver_announced
 from ratewire.config import BrokerSettings
 from ratewire.security.revocation import Revocation
 
@@ -109,11 +109,4 @@ class NatsAnnouncements:
                     await kept.purge(key)
 
     def _deliver(self, payload: bytes) -> Revocation | None:
-        try:
-            revocation = Revocation.from_wire(orjson.loads(payload))
-        except (ValueError, KeyError, TypeError):
-            log.warning("announcements: ignoring a malformed entry %r", payload[:200])
-            return None
-        if self._handler is not None and revocation.expires_at > time.time():
-            self._handler(revocation)
-        return revocation
+        return deliver_announced(payload, self._handler)

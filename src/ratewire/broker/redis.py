@@ -31,15 +31,14 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ratewire.broker.base import EventHandler, GapReader
+from ratewire.broker.cluster_base import FollowingBroker
 from ratewire.broker.event_codec import decode_event, encode_event
-from ratewire.broker.ordered_delivery import OrderedDelivery
 from ratewire.domain import RatingEvent, Topic, TopicKind
 
 log = logging.getLogger("ratewire.broker")
@@ -84,7 +83,7 @@ def _entry_number(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-class RedisBroker:
+class RedisBroker(FollowingBroker):
     """Redis Streams broker: publish (any instance), follow (every instance), relay lease."""
 
     def __init__(
@@ -99,23 +98,16 @@ class RedisBroker:
         self._prefix = prefix
         self._max_events = max_events
         self._lease_ms = int(lease_seconds * 1000)
+        super().__init__()
         self._owner = secrets.token_hex(8)
         # Blocking XREADs get their own connection so they never delay a publish.
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._renew_script = self._redis.register_script(_RENEW)
-        self._delivery = OrderedDelivery()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._leader = False
         self.epoch = ""
         #: How many events the last ``publish`` call appended (see the Broker protocol).
         self.appended = 0
-
-    @property
-    def consumed(self) -> int:
-        """The ``seq`` of the last event this instance's consumer handed to the hub."""
-        return self._delivery.consumed
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -145,36 +137,8 @@ class RedisBroker:
                 waited = True
             await asyncio.sleep(0.2)
 
-    async def start(
-        self,
-        handler: EventHandler,
-        *,
-        follow: bool = True,
-        relay: bool = True,
-        gap_reader: GapReader | None = None,
-        on_reset: Callable[[], None] | None = None,
-        start_after: int | None = None,
-    ) -> None:
-        """Follow the event stream (``follow``) and compete for the relay lease (``relay``).
-
-        The consumer starts after ``start_after``, else after the stream's cursor."""
-        delivery = self._delivery
-        delivery.handler, delivery.gap_reader, delivery.on_reset = handler, gap_reader, on_reset
-        if follow:
-            if start_after is None:
-                start_after = await self.cursor() or 0
-            delivery.consumed = start_after
-            self._tasks.append(asyncio.create_task(self._follow(), name="broker-follow"))
-        if relay:
-            self._tasks.append(asyncio.create_task(self._hold_lease(), name="relay-lease"))
-
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._stop_tasks()
         if self._leader:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.eval(
@@ -191,10 +155,6 @@ class RedisBroker:
         await self._redis.ping()
 
     # -- publishing ------------------------------------------------------------------------
-
-    def holds_lease(self) -> bool:
-        """Whether this instance's relay is the one that polls the store."""
-        return self._leader
 
     async def cursor(self) -> int | None:
         """The ``seq`` of the last event published, or None if Redis has no stream (new, or it

@@ -13,7 +13,11 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ratewire.broker.announcements import RECONNECT_DELAY_MAX, RevocationHandler
+from ratewire.broker.announcements import (
+    RECONNECT_DELAY_MAX,
+    RevocationHandler,
+    deliver_announced,
+)
 from ratewire.security.revocation import Revocation
 
 log = logging.getLogger("ratewire.broker")
@@ -89,11 +93,4 @@ class RedisAnnouncements:
             await self._redis.hdel(self._hash, *expired)
 
     def _deliver(self, payload: bytes) -> Revocation | None:
-        try:
-            revocation = Revocation.from_wire(orjson.loads(payload))
-        except (ValueError, KeyError, TypeError):
-            log.warning("announcements: ignoring a malformed entry %r", payload[:200])
-            return None
-        if self._handler is not None and revocation.expires_at > time.time():
-            self._handler(revocation)
-        return revocation
+        return deliver_announced(payload, self._handler)
