@@ -141,6 +141,10 @@ class BrokerSettings(_Section):
     max_events: int = Field(100_000, ge=100)
     #: NATS: JetStream replicas of the stream and buckets (3 on a three-node NATS cluster).
     replicas: int = Field(1, ge=1, le=5)
+    #: NATS: where JetStream keeps the event stream. file: it survives a NATS restart.
+    #: memory: no disk writes per event (on a disk shared with the database they lengthen its
+    #: commits); a NATS restart empties it and the lease holder republishes the outbox.
+    stream_storage: Literal["file", "memory"] = "file"
     #: NATS: a .creds file (JWT and NKey seed) to authenticate with.
     credentials_file: str | None = None
     #: NATS: an NKey seed file to authenticate with.

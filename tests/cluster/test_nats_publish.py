@@ -10,6 +10,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import nats
+import pytest
 from tests.support.nats_server import NatsServer
 
 from ratewire.broker.event_codec import encode_event
@@ -124,3 +125,24 @@ async def test_topic_history_reads_each_topic_from_the_shared_stream(
         assert await broker.topic_position(Topic(TopicKind.USER, "nobody")) == (0, 40)
     finally:
         await broker.close()
+
+
+async def test_the_stream_is_made_with_the_configured_storage_and_kept_when_it_differs(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    for storage in ("memory", "file"):
+        settings = BrokerSettings(
+            backend="nats", url=nats_server.url, prefix="kept", stream_storage=storage
+        )
+        broker = NatsBroker(settings)
+        try:
+            await broker.connect("epoch1")  # the second time: the stream exists, in memory
+        finally:
+            await broker.close()
+    raw = await nats.connect(nats_server.url)
+    try:
+        info = await raw.jetstream().stream_info("kept_epoch1")
+    finally:
+        await raw.close()
+    assert info.config.storage == "memory"
+    assert "keeps its configuration" in caplog.text

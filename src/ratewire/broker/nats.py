@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
@@ -188,7 +189,7 @@ class NatsBroker(FollowingBroker):
             retention=api.RetentionPolicy.LIMITS,
             max_msgs=self._settings.max_events,
             discard=api.DiscardPolicy.OLD,
-            storage=api.StorageType.FILE,
+            storage=api.StorageType(self._settings.stream_storage),
             num_replicas=self._settings.replicas,
             allow_direct=True,
             duplicate_window=120.0,
@@ -203,7 +204,15 @@ class NatsBroker(FollowingBroker):
         except BadRequestError as exc:
             if exc.err_code != STREAM_CONFIG_DIFFERS:
                 raise
-            await js.update_stream(config)
+            try:
+                await js.update_stream(config)
+            except APIError as refused:  # e.g. its storage type, fixed at creation
+                log.warning(
+                    "the NATS stream %s keeps its configuration (%s); delete it to apply the "
+                    "settings (ratewire rebuilds it from the database)",
+                    self._stream,
+                    refused.description,
+                )
 
     async def close(self) -> None:
         await self._stop_tasks()
