@@ -97,6 +97,9 @@ class NatsAnnouncements:
             keys = await kept.keys()
         except NoKeysError:
             return
+        except NotFoundError:  # NATS lost the bucket (a wiped store): nothing was kept
+            self._kept = await self._bucket()
+            return
         except (NatsError, OSError, TimeoutError) as exc:
             log.warning("announcements: cannot read the kept revocations (%s)", exc)
             return

@@ -30,6 +30,9 @@ API_TIMEOUT_SECONDS = 5.0
 class StreamMissing(Exception):
     """The stream does not exist (new cluster, or NATS lost it)."""
 
+    def __str__(self) -> str:
+        return f"no stream {self.args[0]} in NATS (yet)"
+
 
 @dataclass(frozen=True)
 class StoredEvent:
