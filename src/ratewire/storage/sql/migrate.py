@@ -207,6 +207,11 @@ def _migration_lock(conn: Connection, dialect: str) -> Iterator[None]:
         driver_log.setLevel(logging.ERROR)
         try:
             yield
+            # GET_LOCK outlives transactions: commit the new revision before letting the next
+            # instance in, or it reads the old one and migrates again (seen in CI: two
+            # concurrent `db upgrade`s both ran 0001 -> 0002). SQLAlchemy's own COMMIT at
+            # the end then finds nothing to do.
+            conn.exec_driver_sql("COMMIT")
         finally:
             driver_log.setLevel(level)
             conn.scalar(text(f"SELECT RELEASE_LOCK({name})"))
