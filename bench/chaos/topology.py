@@ -102,16 +102,52 @@ class Managed:
                 await self.kill()
 
 
-class Redis(Managed):
+class BrokerServer(Managed):
+    """A broker server of the run's own (redis-server, nats-server), its data in the run's
+    directory, on a free port; ready when its first line over TCP says so."""
+
+    #: (name, executable, package, what to send once connected, how its answer starts)
+    SPEC: tuple[str, str, str, bytes, bytes]
+
     def __init__(self, workdir: Path) -> None:
-        super().__init__("redis", workdir)
+        name, executable, package, self._probe, self._answer = self.SPEC
+        super().__init__(name, workdir)
         self.port = free_port()
-        self.data = workdir / "redis-data"
+        self.data = workdir / f"{name}-data"
         self.data.mkdir()
-        executable = shutil.which("redis-server")
-        if executable is None:
-            raise SystemExit("redis-server is not installed: apt-get install redis-server")
-        self.executable = executable
+        found = shutil.which(executable) or shutil.which(executable, path="/usr/sbin")
+        if found is None:
+            raise SystemExit(f"{executable} is not installed: apt-get install {package}")
+        self.executable = found
+
+    @property
+    def url(self) -> str:
+        """What the instances' ``broker.url`` is set to."""
+        raise NotImplementedError
+
+    async def ready(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            if self._probe:
+                writer.write(self._probe)
+                await writer.drain()
+            return (await asyncio.wait_for(reader.readline(), 1)).startswith(self._answer)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+    def wipe(self) -> None:
+        """Forget everything (call while it is down): the next start is empty."""
+        shutil.rmtree(self.data)
+        self.data.mkdir()
+
+
+class Redis(BrokerServer):
+    SPEC = ("redis", "redis-server", "redis-server", b"PING\r\n", b"+PONG")
 
     @property
     def url(self) -> str:
@@ -128,38 +164,11 @@ class Redis(Managed):
             "--dir", str(self.data),
         ], dict(os.environ)  # fmt: skip
 
-    async def ready(self) -> bool:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return False
-        try:
-            writer.write(b"PING\r\n")
-            await writer.drain()
-            return (await asyncio.wait_for(reader.readline(), 1)).startswith(b"+PONG")
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
 
-    def wipe(self) -> None:
-        """Forget everything (call while it is down): the next start is empty."""
-        shutil.rmtree(self.data)
-        self.data.mkdir()
+class Nats(BrokerServer):
+    """nats-server with JetStream; it greets every connection with an INFO line."""
 
-
-class Nats(Managed):
-    """nats-server with JetStream, its store in the run's directory."""
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__("nats", workdir)
-        self.port = free_port()
-        self.data = workdir / "nats-data"
-        self.data.mkdir()
-        executable = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
-        if executable is None:
-            raise SystemExit("nats-server is not installed: apt-get install nats-server")
-        self.executable = executable
+    SPEC = ("nats", "nats-server", "nats-server", b"", b"INFO")
 
     @property
     def url(self) -> str:
@@ -170,26 +179,9 @@ class Nats(Managed):
             self.executable, "-js", "-sd", str(self.data), "-a", "127.0.0.1", "-p", str(self.port),
         ], dict(os.environ)  # fmt: skip
 
-    async def ready(self) -> bool:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return False
-        try:
-            return (await asyncio.wait_for(reader.readline(), 1)).startswith(b"INFO")
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
-
-    def wipe(self) -> None:
-        """Forget everything (call while it is down): the next start is empty."""
-        shutil.rmtree(self.data)
-        self.data.mkdir()
-
 
 #: The brokers a run can use, by ``broker.backend``.
-BROKERS: dict[str, type[Redis] | type[Nats]] = {"redis": Redis, "nats": Nats}
+BROKERS: dict[str, type[BrokerServer]] = {"redis": Redis, "nats": Nats}
 
 
 class Instance(Managed):
