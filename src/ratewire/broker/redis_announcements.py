@@ -79,7 +79,7 @@ class RedisAnnouncements:
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
 
     async def _load_kept(self) -> None:
         kept: dict[Any, Any] = await self._redis.hgetall(self._hash)
