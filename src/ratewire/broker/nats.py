@@ -40,7 +40,6 @@ from nats.js import api
 from nats.js.errors import (
     APIError,
     BadRequestError,
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
@@ -172,13 +171,13 @@ class NatsBroker(FollowingBroker):
         self._replace_consumer.set()
 
     async def _bucket(self, name: str, *, ttl: float | None) -> KeyValue:
-        js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
-        try:
-            return await js.key_value(name)
-        except BucketNotFoundError:
-            return await js.create_key_value(
-                bucket=name, history=1, ttl=ttl, replicas=self._settings.replicas
-            )
+        return await nats_link.bucket(
+            self._client,
+            name,
+            replicas=self._settings.replicas,
+            ttl=ttl,
+            api_timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
 
     def _stream_config(self) -> api.StreamConfig:
         return api.StreamConfig(

@@ -5,7 +5,6 @@ instances that (re)connect later, as the hash does on Redis."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -14,7 +13,7 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, NoKeysError, NoStreamResponseError, NotFoundError
+from nats.js.errors import NoKeysError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ratewire.broker import nats_link
@@ -23,11 +22,6 @@ from ratewire.config import BrokerSettings
 from ratewire.security.revocation import Revocation
 
 log = logging.getLogger("ratewire.broker")
-
-
-def _entry_key(revocation: Revocation) -> str:
-    """A key-value key for the revocation (keys allow fewer characters than token ids)."""
-    return base64.urlsafe_b64encode(revocation.key.encode()).decode().rstrip("=")
 
 
 class NatsAnnouncements:
@@ -54,24 +48,18 @@ class NatsAnnouncements:
 
     async def _bucket(self) -> KeyValue:
         assert self._nc is not None
-        js = self._nc.jetstream(timeout=5)
-        try:
-            return await js.key_value(self._names.revocations_bucket)
-        except BucketNotFoundError:
-            return await js.create_key_value(
-                bucket=self._names.revocations_bucket,
-                history=1,
-                replicas=self._settings.replicas,
-            )
+        return await nats_link.bucket(
+            self._nc, self._names.revocations_bucket, replicas=self._settings.replicas
+        )
 
     async def announce(self, revocation: Revocation) -> None:
         payload = orjson.dumps(revocation.to_wire())
         assert self._nc is not None and self._kept is not None, "start() first"
         try:
-            await self._kept.put(_entry_key(revocation), payload)
+            await self._kept.put(nats_link.bucket_key(revocation.key), payload)
         except NoStreamResponseError:  # NATS lost the bucket (a wiped store): make it again
             self._kept = await self._bucket()
-            await self._kept.put(_entry_key(revocation), payload)
+            await self._kept.put(nats_link.bucket_key(revocation.key), payload)
         await self._nc.publish(self._names.announcements, payload)
         await self._nc.flush(timeout=5)
 

@@ -16,6 +16,7 @@ Names (``P`` is ``broker.prefix``, ``E`` the store's epoch):
 
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from ratewire.config import BrokerSettings
 
@@ -76,6 +79,27 @@ class NatsNames:
     @property
     def announcements(self) -> str:
         return f"{self.prefix}.announcements"
+
+
+async def bucket(
+    client: NatsClient,
+    name: str,
+    *,
+    replicas: int,
+    ttl: float | None = None,
+    api_timeout: float = 5,
+) -> KeyValue:
+    """The key-value bucket ``name`` (one value per key), made if it does not exist yet."""
+    js = client.jetstream(timeout=api_timeout)
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        return await js.create_key_value(bucket=name, history=1, ttl=ttl, replicas=replicas)
+
+
+def bucket_key(text: str) -> str:
+    """``text`` as a key-value key (keys allow fewer characters than token ids or IPs)."""
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:

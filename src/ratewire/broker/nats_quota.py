@@ -5,19 +5,18 @@ revision; instances that lease for one client at the same moment retry."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
 )
 from nats.js.kv import KeyValue
 
+from ratewire.broker import nats_link
 from ratewire.broker.nats_link import NatsNames
 from ratewire.config import BrokerSettings
 from ratewire.security.quota_lease import WINDOW_SECONDS, ChunkStoreUnavailable
@@ -41,7 +40,7 @@ class NatsQuotaChunks:
         client = self._client()
         if not client.is_connected:
             raise ChunkStoreUnavailable("NATS is not connected (reconnecting)")
-        name = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+        name = nats_link.bucket_key(key)
         try:
             kv = await self._bucket(client)
             for _ in range(CAS_ATTEMPTS):
@@ -67,16 +66,13 @@ class NatsQuotaChunks:
 
     async def _bucket(self, client: NatsClient) -> KeyValue:
         if self._kv is None:
-            js = client.jetstream(timeout=2)
-            try:
-                self._kv = await js.key_value(self._bucket_name)
-            except BucketNotFoundError:
-                self._kv = await js.create_key_value(
-                    bucket=self._bucket_name,
-                    history=1,
-                    ttl=2 * WINDOW_SECONDS,
-                    replicas=self._replicas,
-                )
+            self._kv = await nats_link.bucket(
+                client,
+                self._bucket_name,
+                replicas=self._replicas,
+                ttl=2 * WINDOW_SECONDS,
+                timeout=2,
+            )
         return self._kv
 
     @staticmethod
