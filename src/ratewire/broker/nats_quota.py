@@ -71,7 +71,7 @@ class NatsQuotaChunks:
                 self._bucket_name,
                 replicas=self._replicas,
                 ttl=2 * WINDOW_SECONDS,
-                timeout=2,
+                api_timeout=2,
             )
         return self._kv
 
