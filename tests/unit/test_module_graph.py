@@ -20,7 +20,7 @@ LAYERS = [
     {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth", "transfer"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
-    {"cli"},
+    {"cli", "healthcheck"},
     {"__main__"},
 ]
 
