@@ -174,6 +174,8 @@ class Runtime:
             settings.limits.ws_connections_per_ip_per_second
         )
         probes: dict[str, ReadinessProbe] = {"broker": self.broker.ping}
+        if self.audit_log is not None:
+            probes["audit"] = self.audit_log.check
         self.rest_limiter = RequestRateLimiter(
             settings.limits.rest_requests_per_client_per_minute,
             open_quota_chunks(settings, self.cluster_broker),
@@ -278,6 +280,7 @@ class Runtime:
             return errors
 
         cache = self.summary_cache
+        audit = self.audit_log
         return MetricSources(
             connections=lambda: len(self.sessions),
             connections_opened=lambda: stats.opened,
@@ -300,6 +303,8 @@ class Runtime:
             webhook_attempts=lambda: dict(hook_stats().attempts),
             webhook_deliveries=lambda: hook_stats().delivered,
             webhook_backlog_seconds=lambda: hook_stats().backlog_seconds(),
+            audit_entries_dropped=lambda: audit.dropped if audit is not None else 0,
+            audit_entries_made_safe=lambda: audit.made_safe if audit is not None else 0,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -541,7 +546,9 @@ class Runtime:
                 self.asgi,
                 self.settings,
                 self.descriptor_budget,
-                websocket_protocol_with_budget(self.descriptor_budget),
+                websocket_protocol_with_budget(
+                    self.descriptor_budget, self.settings.limits.send_buffer_bytes
+                ),
                 reuse_port=self.reuse_port,
             )
             await self.start_module_server()

@@ -26,7 +26,7 @@ from ratewire.security.tokens import InvalidToken, Principal, TokenService
 
 AUTH_STATE_KEY = "auth"
 REQUEST_ID_STATE_KEY = "request_id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -131,7 +131,7 @@ class AdmissionMiddleware:
             return
         # A proxy we trust may hand us the id its own logs use; anyone else's is ignored.
         offered = request_header(scope, b"x-request-id") if scope.get(VIA_TRUSTED_PROXY) else None
-        request_id = offered if offered and _REQUEST_ID.match(offered) else self._ids.new()
+        request_id = offered if offered and _REQUEST_ID.fullmatch(offered) else self._ids.new()
         state = scope.setdefault("state", {})
         state[REQUEST_ID_STATE_KEY] = request_id
         extra_headers = [(b"x-request-id", request_id.encode())]

@@ -26,7 +26,7 @@ from ratewire.api.request_metrics import ROUTE_TEMPLATE_KEY
 from ratewire.api.routes import REVALIDATE, etag_matches, parse_if_match, summary_etag
 from ratewire.api.schemas import RatingCreate, RatingReplace
 from ratewire.domain import RatingDraft, validate_identifier
-from ratewire.domain.rating import IDENTIFIER_RE
+from ratewire.domain.rating import is_identifier
 from ratewire.security.tokens import Principal
 from ratewire.service import Forbidden, RatingService
 from ratewire.storage.base import AlreadyExists, NotFound, StorageUnavailable, VersionMismatch
@@ -62,7 +62,7 @@ class FastPaths:
 
     async def _summary(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         game_id = path[len(_PREFIX) : -len(_SUFFIX)]
-        if not IDENTIFIER_RE.match(game_id):
+        if not is_identifier(game_id):
             await self.app(scope, receive, send)  # the route explains what is wrong (422)
             return
         service: RatingService = scope["app"].state.service
@@ -118,8 +118,8 @@ class FastPaths:
         principal = scope.get("state", {}).get(AUTH_STATE_KEY)
         if (
             not middle
-            or not IDENTIFIER_RE.match(game_id)
-            or not IDENTIFIER_RE.match(user_id)
+            or not is_identifier(game_id)
+            or not is_identifier(user_id)
             or not isinstance(principal, Principal)
             or request_header(scope, b"content-length") is None
         ):

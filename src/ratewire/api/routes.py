@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import orjson
@@ -24,7 +25,7 @@ from ratewire.api.schemas import (
     problem_responses,
 )
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, validate_identifier
-from ratewire.domain.rating import IDENTIFIER_RE
+from ratewire.domain.rating import IDENTIFIER_PATTERN
 from ratewire.security.tokens import InvalidToken, Principal
 from ratewire.service import RatingService
 
@@ -59,14 +60,22 @@ async def require_principal(
     )
 
 
+_VERSION_TAG = re.compile(r"[0-9]{1,18}")
+
+
 def parse_if_match(value: str | None) -> int | None:
     """The version an ``If-Match`` header names (``"3"``, ``W/"3"`` or ``3``), or None."""
     if value is None:
         return None
     tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    # ASCII digits only (str.isdigit also takes "²", which int() refuses), and few enough for
+    # every store's 64-bit version column.
+    if _VERSION_TAG.fullmatch(tag) is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
         raise ApiProblem(
-            400, f'If-Match must name a version like "3", got {value!r}', slug="bad-if-match"
+            400,
+            f'If-Match must name a version like "3" (at most 18 digits), got {shown!r}',
+            slug="bad-if-match",
         )
     return int(tag)
 
@@ -120,7 +129,7 @@ IfNoneMatch = Annotated[
 ]
 RatingId = Annotated[str, Path(max_length=64)]
 #: Documents the identifier rule (validate_identifier enforces it, with its own message).
-IdentifierInPath = Path(pattern=IDENTIFIER_RE.pattern)
+IdentifierInPath = Path(pattern=IDENTIFIER_PATTERN)
 
 
 @router.post(

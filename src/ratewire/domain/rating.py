@@ -12,7 +12,11 @@ from typing import Any, Literal
 
 EventKind = Literal["created", "updated", "deleted"]
 
-IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: The identifier rule as a JSON-schema pattern (OpenAPI, pydantic's Rust engine: there ``$``
+#: means the end of the text). Python's ``re`` lets ``$`` match before a final newline, so
+#: Python code checks identifiers with ``is_identifier`` (a full match), never with this.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 COMMENT_MAX_CHARS = 2000
 SCORE_MIN, SCORE_MAX = 1, 5
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -35,6 +39,22 @@ def validate_text(value: str, field_name: str) -> str:
     return value
 
 
+def storable_text(value: str) -> str:
+    """``value``, or with what UTF-8 cannot encode (lone surrogates) escaped as ``\\udfff``:
+    for text from untrusted input that is kept, not refused (no store, and no JSON encoder,
+    takes a lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
+def is_identifier(value: str) -> bool:
+    """Whether ``value`` is, as a whole, 1..64 characters of ``[A-Za-z0-9_-]``."""
+    return _IDENTIFIER.fullmatch(value) is not None
+
+
 def validate_identifier(value: object, field_name: str) -> str:
     """Return ``value`` as an identifier string, or raise ``ValueError`` naming the field.
 
@@ -44,7 +64,7 @@ def validate_identifier(value: object, field_name: str) -> str:
         raise ValueError(f"{field_name} must be a string or integer, not a boolean")
     if isinstance(value, int):
         value = str(value)
-    if not isinstance(value, str) or not IDENTIFIER_RE.match(value):
+    if not isinstance(value, str) or not is_identifier(value):
         raise ValueError(f"{field_name} must be 1..64 characters of A-Z a-z 0-9 _ -")
     return value
 

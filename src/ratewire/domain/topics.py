@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from ratewire.domain.rating import IDENTIFIER_RE, RatingEvent
+from ratewire.domain.rating import RatingEvent, is_identifier
 
 GLOBAL_TOPIC = "rating.global"
 GAME_PREFIX = "rating.game."
@@ -59,7 +59,7 @@ def parse_topic(name: str) -> Topic | None:
     for prefix, kind in ((GAME_PREFIX, TopicKind.GAME), (USER_PREFIX, TopicKind.USER)):
         if name.startswith(prefix):
             key = name[len(prefix) :]
-            return Topic(kind, key) if IDENTIFIER_RE.match(key) else None
+            return Topic(kind, key) if is_identifier(key) else None
     return None
 
 

@@ -1,8 +1,9 @@
 """Server -> client frames, encoded once as bytes.
 
 ``rating_update`` is on the hot path: its data is encoded once per event and spliced into one
-frame per topic, and that one frame is written to every subscriber. Topic names are validated
-identifiers, so they need no JSON escaping.
+frame per topic, and that one frame is written to every subscriber. Every string goes through
+the encoder, validated or not: a topic name spliced in raw once let an identifier ending in a
+newline (accepted by a ``$`` that matches before it) break every ``rating.game.*`` reader.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ _LONG = struct.Struct("!BBQ")
 
 def rating_update(topic: str, offset: int, kind: str, data_json: bytes) -> bytes:
     """``{"type":"rating_update","topic":T,"offset":N,"event":K,"data":{...}}``."""
-    return b'{"type":"rating_update","topic":"%s","offset":%d,"event":"%s","data":%s}' % (
-        topic.encode(),
+    return b'{"type":"rating_update","topic":%s,"offset":%d,"event":%s,"data":%s}' % (
+        orjson.dumps(topic),
         offset,
-        kind.encode(),
+        orjson.dumps(kind),
         data_json,
     )
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+import orjson
+
+#: Offsets are 64-bit signed integers in every store: larger ones are refused here, not by
+#: the database halfway through a subscribe.
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class ClientMessage(msgspec.Struct, frozen=True):
@@ -12,7 +17,7 @@ class ClientMessage(msgspec.Struct, frozen=True):
 
     action: str
     topic: str | None = None
-    since: int | None = None
+    since: Offset | None = None
     epoch: str | None = None
     snapshot: bool = False
     token: str | None = None
@@ -36,6 +41,15 @@ def decode(payload: bytes) -> ClientMessage:
         raise BadMessage(f"not valid JSON: {exc}") from None
     except UnicodeDecodeError:  # msgspec raises it for bad UTF-8 inside a JSON string
         raise BadMessage("not valid JSON: a string is not UTF-8") from None
-    if message.since is not None and message.since < 0:
-        raise BadMessage("invalid message: since must be >= 0")
+    except RecursionError:
+        raise BadMessage("not valid JSON here: nested too deeply") from None
+    if message.id is not None and not isinstance(message.id, str | float | bool):
+        # The id is echoed back: it must be something the reply can carry (orjson refuses
+        # integers beyond 64 bits and nesting past 254 levels).
+        try:
+            orjson.dumps(message.id)
+        except TypeError:
+            raise BadMessage(
+                "invalid message: id must be a string, a 64-bit integer or small JSON"
+            ) from None
     return message

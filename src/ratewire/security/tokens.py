@@ -4,6 +4,7 @@ bounded, deny list consulted)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 import warnings
@@ -14,6 +15,7 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from ratewire.config import JwtSettings
+from ratewire.domain.rating import storable_text
 from ratewire.security.keys import load_key_set
 from ratewire.security.revocation import REVOKED_REASON, DenyList
 
@@ -198,10 +200,13 @@ class TokenService:
             raise InvalidToken("Invalid token: not valid yet (nbf or iat in the future)") from None
         except jwt.PyJWTError:
             raise InvalidToken() from None
-        issued = claims.get("iat")
-        issued_at = float(issued) if isinstance(issued, int | float) else None
+        expires_at = _seconds(claims["exp"])
+        if expires_at is None:
+            # PyJWT takes any int()-able exp ("1700000000" too); arithmetic on it would fail.
+            raise InvalidToken("Invalid token: exp must be a number of seconds")
+        issued_at = _seconds(claims.get("iat"))
         start = issued_at if issued_at is not None else time.time()
-        if claims["exp"] - start > self._max_ttl + self._leeway:
+        if expires_at - start > self._max_ttl + self._leeway:
             raise InvalidToken(f"Invalid token: it lives longer than {self._max_ttl} s")
         sub, scope, topics = claims.get("sub"), claims.get("scope", ""), claims.get("topics")
         if not isinstance(sub, str) or not sub or not isinstance(scope, str):
@@ -218,10 +223,21 @@ class TokenService:
             sub=sub,
             jti=jti,
             scopes=frozenset(scope.split()),
-            expires_at=float(claims["exp"]),
+            expires_at=expires_at,
             topics=tuple(topics) if topics is not None else None,
             issued_at=issued_at,
         )
+
+
+def _seconds(value: object) -> float | None:
+    """A time claim as seconds, or None unless it is a JSON number a float can hold."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def unverified_identity(token: str) -> tuple[str | None, str | None]:
@@ -232,7 +248,9 @@ def unverified_identity(token: str) -> tuple[str | None, str | None]:
     except jwt.PyJWTError:
         return None, None
     sub, jti = claims.get("sub"), claims.get("jti")
+    # Anyone can put anything in an unsigned claim: a lone surrogate once stopped the audit
+    # log's writer (no store or JSON encoder takes one), so these are made storable here.
     return (
-        sub[:255] if isinstance(sub, str) else None,
-        jti[:255] if isinstance(jti, str) else None,
+        storable_text(sub[:255]) if isinstance(sub, str) else None,
+        storable_text(jti[:255]) if isinstance(jti, str) else None,
     )
