@@ -86,6 +86,10 @@ class MetricSources:
     webhook_deliveries: Callable[[], int] = _zero
     #: Webhook id -> age in seconds of its oldest event not delivered yet (held here).
     webhook_backlog_seconds: Callable[[], Mapping[str, float]] = _none
+    #: Audit entries dropped (storage away past the buffer, or refused by the store).
+    audit_entries_dropped: Callable[[], int] = _zero
+    #: Audit entries whose text (from untrusted claims) was escaped to be storable.
+    audit_entries_made_safe: Callable[[], int] = _zero
 
 
 @dataclass
@@ -205,6 +209,14 @@ class Metrics:
             mode="livemax",
         )
         self._webhook_backlog_labels: set[str] = set()
+        self._audit_dropped = counter(
+            "ratewire_audit_entries_dropped",
+            "Audit entries lost: storage unreachable past the buffer, or refused by the store",
+        )
+        self._audit_made_safe = counter(
+            "ratewire_audit_entries_made_safe",
+            "Audit entries recorded with text no store can keep (lone surrogates) escaped",
+        )
         self.commit_to_send = Histogram(
             "ratewire_commit_to_send_seconds",
             "Seconds from an event's commit to its frames being handed to subscribers",
@@ -311,6 +323,8 @@ class Metrics:
         self._webhook_backlog_labels = set(backlog)
         for webhook, age in backlog.items():
             self._webhook_backlog.labels(webhook).set(age)
+        self._audit_dropped.copy(s.audit_entries_dropped())
+        self._audit_made_safe.copy(s.audit_entries_made_safe())
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this process, or every worker in multi-process mode."""

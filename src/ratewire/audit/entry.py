@@ -14,11 +14,13 @@ Actions (stable names, documented in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from ratewire.domain.rating import storable_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +138,44 @@ class AuditHead:
     mac: str
     pruned_seq: int
     pruned_mac: str
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_value(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else str(value)  # orjson's range
+    if value is None or isinstance(value, bool | float):
+        return value
+    return storable_text(repr(value))
+
+
+def storable(record: AuditRecord) -> AuditRecord:
+    """``record`` if every store can keep it as it is, else a copy with its text made
+    storable (the same object back means nothing needed changing)."""
+    context = record.context
+    texts = (context.actor, context.scopes, context.ip, context.request_id, record.rating_id)
+    try:
+        for text in texts:
+            if text is not None:
+                text.encode()
+        record.detail_json()
+    except (UnicodeEncodeError, TypeError):
+        # orjson raises its JSONEncodeError, a TypeError, for lone surrogates and for values
+        # it cannot encode (and for integers above 64 bits).
+        pass
+    else:
+        return record
+    actor, scopes, ip, request_id, rating_id = (
+        None if text is None else storable_text(text) for text in texts
+    )
+    return replace(
+        record,
+        context=AuditContext(actor, scopes or "", ip, request_id),
+        rating_id=rating_id,
+        detail=_storable_value(record.detail),
+    )

@@ -6,6 +6,11 @@ events here happen on the hot path (every connection) and need no transaction of
 so they are buffered and appended in batches: recording one costs an append to a list, and one
 transaction every ``flush_seconds`` carries them all. A crash can lose the last fraction of a
 second of them; it can never lose or invent a change.
+
+What is recorded here comes partly from untrusted input (the claims of a refused token), so
+each record is made storable when it is queued, and the flusher survives any error: a flusher
+that died once (on a claim holding a lone surrogate, which orjson refuses) silently ended the
+log for the rest of the process's life. ``check`` lets ``/readyz`` report a stopped flusher.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import contextlib
 import logging
 from typing import Any
 
-from ratewire.audit.entry import AuditContext, AuditRecord
+from ratewire.audit.entry import AuditContext, AuditRecord, storable
 from ratewire.audit.store import AuditStore, AuditStoreError
 
 log = logging.getLogger("ratewire.audit")
@@ -32,8 +37,12 @@ class AuditLog:
         self._buffer: list[AuditRecord] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failing = False
-        #: Records dropped because storage stayed unreachable too long.
+        #: Records dropped: storage stayed unreachable too long, or the store refused the
+        #: record itself (never expected once records are made storable; counted, logged).
         self.dropped = 0
+        #: Records that held text no store can keep (lone surrogates) and were recorded with
+        #: it escaped (``\\udfff``).
+        self.made_safe = 0
 
     def record(
         self,
@@ -44,7 +53,17 @@ class AuditLog:
         **detail: Any,
     ) -> None:
         """Queue one entry (never blocks, never raises)."""
-        self._buffer.append(AuditRecord.now(action, context, rating_id=rating_id, **detail))
+        entry = AuditRecord.now(action, context, rating_id=rating_id, **detail)
+        safe = storable(entry)
+        if safe is not entry:
+            if not self.made_safe:
+                log.warning(
+                    "audit entry %s held text no store can keep; recorded with it escaped "
+                    "(counted in ratewire_audit_entries_made_safe)",
+                    action,
+                )
+            self.made_safe += 1
+        self._buffer.append(safe)
         if len(self._buffer) > MAX_BUFFERED:
             del self._buffer[0]
             self.dropped += 1
@@ -72,6 +91,11 @@ class AuditLog:
             self._buffer[:0] = batch  # kept, in order, for the next attempt
             raise
 
+    async def check(self) -> None:
+        """Raise if the flusher is not running (for ``/readyz``): entries would pile up."""
+        if self._flusher is None or self._flusher.done():
+            raise RuntimeError("the audit log's writer has stopped")
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self._flush_seconds)
@@ -81,7 +105,24 @@ class AuditLog:
                 if not self._failing:
                     log.warning("audit entries wait for storage (%s); will retry", exc)
                 self._failing = True
+            except Exception:
+                # Not the store being away: something in the batch. Retrying it whole would
+                # wedge the log on it forever, so write the entries one by one.
+                log.exception("an audit batch was refused; writing its entries one by one")
+                await self._flush_one_by_one()
             else:
                 if self._failing:
                     log.info("audit entries written again")
                 self._failing = False
+
+    async def _flush_one_by_one(self) -> None:
+        batch, self._buffer = self._buffer, []
+        for position, entry in enumerate(batch):
+            try:
+                await self._store.append_audit([entry])
+            except AuditStoreError:
+                self._buffer[:0] = batch[position:]  # storage went away: retry the rest
+                return
+            except Exception as exc:
+                self.dropped += 1
+                log.error("audit entry %s dropped: the store refused it (%s)", entry.action, exc)
