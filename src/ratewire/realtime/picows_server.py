@@ -47,6 +47,7 @@ from ratewire.realtime.handshake import (
 from ratewire.realtime.session import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_SLOW,
     RealtimeContext,
     Session,
@@ -120,13 +121,27 @@ class PicowsPeer(WSListener):
         if session is None:
             return
         msg_type = frame.msg_type
+        # RFC 6455 5.2 and 5.4, as strictly as /ws: no extension was negotiated, so a set RSV
+        # bit fails the connection; so does a continuation with no message begun, or a new
+        # message inside a fragmented one (picows leaves all three to the application).
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._fail("RSV bits set without a negotiated extension")
+            return
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
-            if frame.fin:
+            if self._fragments is not None:
+                self._fail("a new message inside a fragmented one")
+            elif transport.is_close_frame_sent:
+                return  # closing: the client's close frame is what counts now
+            elif frame.fin:
                 self._deliver(session, frame.get_payload_as_bytes(), msg_type == WSMsgType.TEXT)
             else:
                 self._fragments = bytearray(frame.get_payload_as_memoryview())
                 self._fragmented_text = msg_type == WSMsgType.TEXT
-        elif msg_type == WSMsgType.CONTINUATION and self._fragments is not None:
+        elif msg_type == WSMsgType.CONTINUATION:
+            if self._fragments is None:
+                if not transport.is_close_frame_sent:
+                    self._fail("a continuation frame with no message to continue")
+                return
             self._fragments += frame.get_payload_as_memoryview()
             if len(self._fragments) > self._ctx.limits.max_message_bytes:
                 self._fragments = None
@@ -139,6 +154,10 @@ class PicowsPeer(WSListener):
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
             transport.disconnect()
+
+    def _fail(self, why: str) -> None:
+        self._fragments = None
+        self.close(CLOSE_PROTOCOL_ERROR, f"Protocol error: {why}")
 
     def _deliver(self, session: Session, payload: bytes, text: bool) -> None:
         # RFC 6455 section 8.1: a text message that is not UTF-8 fails the connection (1007),

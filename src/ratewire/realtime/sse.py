@@ -42,6 +42,7 @@ from ratewire.realtime.handshake import (
     admit,
     token_from_request,
 )
+from ratewire.realtime.history import StreamHistory
 from ratewire.realtime.messages import ClientMessage
 from ratewire.realtime.outbox import Outbox
 from ratewire.realtime.session import RealtimeContext, Session
@@ -67,6 +68,7 @@ logging.getLogger("uvicorn.error").addFilter(_CutShortIsExpected())
 _UPDATE_PREFIX = b'{"type":"rating_update","topic":"'
 _CURSOR_VERSION = "1"
 _EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_OFFSET = re.compile(r"[0-9]{1,18}")
 _MADE_KEPT = 256
 
 
@@ -92,9 +94,11 @@ def decode_cursor(cursor: str) -> tuple[str, dict[str, int]]:
             topic, _, offset = pair.rpartition("=")
             if parse_topic(topic) is None:
                 raise ValueError(topic)
-            positions[topic] = int(offset)
-            if positions[topic] < 0:
+            # ASCII digits that fit every store's 64-bit offsets (int() also takes "+5",
+            # "5_0" and non-ASCII digits; a 20-digit one failed in the database: a 1013).
+            if _OFFSET.fullmatch(offset) is None:
                 raise ValueError(pair)
+            positions[topic] = int(offset)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadCursor(f"Last-Event-ID {cursor[:80]!r} is not a cursor of this server") from None
     return epoch, positions
@@ -336,6 +340,13 @@ class SseEndpoint:
         except BadCursor as exc:
             await _problem(send, 400, str(exc))
             return
+        if epoch == ctx.store.epoch and not isinstance(ctx.store, StreamHistory):
+            ahead = await _beyond_head(
+                ctx, {t: resume_from[t] for t in followed & resume_from.keys()}
+            )
+            if ahead is not None:
+                await _problem(send, 400, f"Last-Event-ID {cursor[:80]!r} {ahead}")
+                return
         if ctx.slots.user_full(principal.sub):
             await _problem(send, 429, USER_CAP_BODY, retry_after=RETRY_AFTER_SECONDS)
             return
@@ -404,6 +415,26 @@ class SseEndpoint:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
+
+
+async def _beyond_head(ctx: RealtimeContext, resumed: dict[str, int]) -> str | None:
+    """What is wrong with a cursor that resumes past a topic's last event, else None.
+
+    In the store's own epoch no client can have seen such an offset: the cursor was forged
+    or belongs elsewhere. (A broker's history may lag the database while it is rebuilt, so
+    instances without a database answer it later with 1013 instead, see ``HistoryBehind``.)
+    """
+    for name, offset in resumed.items():
+        topic = parse_topic(name)
+        if topic is None:
+            continue
+        try:
+            head, _ = await ctx.store.topic_position(topic)
+        except Exception:
+            return None  # storage away: the subscribe that follows says so (1013)
+        if offset > head:
+            return f"names offset {offset} of {name}, past its last event ({head})"
+    return None
 
 
 async def _problem(
