@@ -28,10 +28,38 @@ class RefusedUrl(ValueError):
     """The URL may not be a webhook's; the text says why."""
 
 
+#: IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64's well-known and
+#: local-use prefixes, RFC 6052 / 8215; IPv4-compatible addresses, RFC 4291 2.5.5.1).
+_IPV4_IN_LAST_32_BITS = (
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("::/96"),
+)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: mapped (``::ffff:a.b.c.d``), 6to4
+    (``2002:AABB:CCDD::``), Teredo's client, NAT64 and IPv4-compatible forms."""
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo is not None:
+        found.append(address.teredo[1])
+    # :: and ::1 are the unspecified and loopback addresses, not IPv4-compatible ones.
+    if int(address) > 1 and any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def refusal(address: IpAddress) -> str | None:
-    """Why a webhook may not connect to ``address`` (None: it may)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Why a webhook may not connect to ``address`` (None: it may). An IPv6 address that
+    embeds an IPv4 one is judged by both: ``2002:7f00:1::`` leads to 127.0.0.1."""
+    if isinstance(address, ipaddress.IPv6Address):
+        for inner in embedded_ipv4(address):
+            if (why := _refusal(inner)) is not None:
+                return f"{why} ({inner}, embedded)"
+    return _refusal(address)
+
+
+def _refusal(address: IpAddress) -> str | None:
     if address in METADATA:
         return "a cloud metadata address"
     if address.is_loopback:

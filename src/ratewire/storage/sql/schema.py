@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -184,3 +185,13 @@ def seed(conn: Connection) -> None:
                     conn.execute(insert(table).values(**row))
             except IntegrityError:
                 pass
+
+
+def seed_and_prove_writable(conn: Connection) -> None:
+    """:func:`seed`, then one write that changes nothing: a database that opens but refuses
+    writes (a read-only or immutable SQLite file, a read-only replica) is found at start,
+    with its own error, instead of answering 503 to every write while ``/readyz`` says ready."""
+    seed(conn)
+    conn.execute(
+        update(store_meta).where(store_meta.c.key == "epoch").values(value=store_meta.c.value)
+    )

@@ -70,7 +70,7 @@ from ratewire.storage.sql.schema import (
     metadata,
     rating_from_row,
     revocations,
-    seed,
+    seed_and_prove_writable,
     store_meta,
     to_ms,
     user_heads,
@@ -190,7 +190,7 @@ class SqlStore(SqlReads):
     async def start(self) -> None:
         try:
             self.schema_change = await self._prepare_schema()
-            await self._write(seed)
+            await self._write(seed_and_prove_writable)
             version, epoch = await self._read(
                 lambda conn: (
                     conn.scalar(
