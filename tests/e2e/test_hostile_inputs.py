@@ -153,6 +153,15 @@ def test_identifiers_with_a_trailing_newline_are_refused_everywhere(server: Serv
             return await client.recv_type("error")
 
     assert asyncio.run(subscribe())["code"] == "unknown_topic"
+    minted = subprocess.run(
+        [sys.executable, "-m", "ratewire", "token", "7\n"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (minted.returncode, minted.stdout) == (2, "")
+    assert "user id" in minted.stderr
 
 
 # -- 2. the audit log's writer and a refused token's claims -------------------------------------

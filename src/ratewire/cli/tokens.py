@@ -28,8 +28,12 @@ def token(
     sub: str, scope: str | None, ttl: int | None, config_path: Path | None, auth_path: Path | None
 ) -> None:
     """Print a JWT for SUB signed with the configured key (or the --dev secret)."""
+    from ratewire.domain import validate_identifier
+
     service = token_service(settings_from(config_path, auth_path))
     try:
+        # The sub is the user id the token writes and follows as: it obeys the same rule.
+        validate_identifier(sub, "SUB (the user id)")
         click.echo(service.issue(sub, scope=scope, ttl_seconds=ttl))
     except ValueError as exc:
         click.echo(f"ratewire token: {exc}", err=True)
