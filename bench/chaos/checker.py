@@ -27,8 +27,6 @@ from typing import Any
 
 from bench.chaos.history import History, HistoryEvent
 
-_KIND_OF_OP = {"post": "created", "put": None, "patch": "updated", "delete": "deleted"}
-
 
 @dataclass
 class Violation:

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -332,7 +331,3 @@ async def _answers(url: str) -> bool:
             return (await http.get(url)).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-#: What the nemesis and the workload are handed: a way to mint tokens for a subject.
-TokenMinter = Callable[[str, str | None], str]
