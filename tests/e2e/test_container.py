@@ -156,11 +156,18 @@ def _locked() -> Iterator[None]:
 
 
 def _drop_other_tags(podman: Podman, repository: str, keep: str) -> None:
-    """Earlier builds' images (each some hundred MB); one in use by a container stays."""
-    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository, check=False)
+    """Earlier builds' images (each some hundred MB), once an hour old: a test run beside this
+    one (another checkout on this machine) may still be using a newer one."""
+    listed = podman(
+        "images",
+        "--filter=until=1h",
+        f"--filter=reference={repository}",
+        "--format={{.Repository}}:{{.Tag}}",
+        check=False,
+    )
     for image in listed.stdout.split():
         if image.startswith(repository + ":") and image != keep:
-            podman("rmi", image, check=False)
+            podman("rmi", image, check=False)  # refused while a container uses it
 
 
 def _base_image(podman: Podman) -> str:
