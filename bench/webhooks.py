@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.fanout import publish
+from bench.fanout.publisher import publish
 from bench.servers import start_ratewire, token
 
 

@@ -1,0 +1,73 @@
+"""The publisher: POST ratings at a rate (or flat out), each carrying its send time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from bench.servers import token
+
+
+@dataclass
+class Published:
+    """What the publisher saw: writes answered 201, failed, and each POST's round trip."""
+
+    ok: int = 0
+    failed: int = 0
+    post_ns: list[int] = field(default_factory=list)
+
+
+async def publish(
+    post_url: str, game: str, rate: float, seconds: float, *, timed: bool = True
+) -> Published:
+    """POST ratings for ``seconds``; at ``rate``/s, or flat out with a few connections. Each
+    carries its send time in ``comment`` unless not ``timed`` (a warm-up)."""
+    headers = {"Authorization": f"Bearer {token('publisher', 'ratings:write:any')}"}
+    stats = Published()
+    sent = 0
+    run_id = f"{os.getpid()}x{time.time_ns()}"
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as http:
+
+        async def one(index: int) -> None:
+            sent_at = time.time_ns()
+            body = {
+                "gameId": game,
+                "userId": f"p{run_id}-{index}",
+                "score": 1 + index % 5,
+                "comment": f"t={sent_at}" if timed else "warm-up",
+            }
+            try:
+                response = await http.post(post_url, json=body)
+            except httpx.HTTPError:
+                stats.failed += 1
+                return
+            stats.post_ns.append(time.time_ns() - sent_at)
+            if response.status_code == 201:
+                stats.ok += 1
+            else:
+                stats.failed += 1
+
+        if rate > 0:
+            tasks = []
+            start = time.monotonic()
+            while time.monotonic() < deadline:
+                tasks.append(asyncio.create_task(one(sent)))
+                sent += 1
+                await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+            await asyncio.gather(*tasks)
+        else:
+
+            async def lane(lane_index: int) -> None:
+                index = lane_index
+                while time.monotonic() < deadline:
+                    await one(index)
+                    index += 8
+
+            await asyncio.gather(*(lane(i) for i in range(8)))
+    return stats

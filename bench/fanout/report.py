@@ -1,0 +1,175 @@
+"""What a run prints and saves: the results table, the server's latency budget, the ratios
+to the guide's server over alternating rounds, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.fanout.measure import Result
+from ratewire.latency import STAGES
+
+
+def print_table(results: list[Result]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fan-out (one game topic; send-to-receive latency)")
+    for column in (
+        "target",
+        "subs",
+        "rate/s",
+        "writes",
+        "delivered",
+        "lost",
+        "gaps/dups",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "POST p50/p99",
+        "CPU ms/1k",
+        "conn/s",
+        "KiB/idle conn",
+    ):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r.target,
+            str(r.subs),
+            "max" if r.rate == 0 else f"{r.rate:g}",
+            str(r.writes_ok),
+            str(r.delivered),
+            str(r.lost),
+            f"{r.gaps}/{r.duplicates}",
+            f"{r.deliveries_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.max_ms:.1f}",
+            f"{r.post_p50_ms:.1f}/{r.post_p99_ms:.1f}",
+            f"{r.cpu_ms_per_1000_deliveries:.1f}",
+            f"{r.connects_per_s:,.0f}",
+            f"{r.idle_kib_per_connection:.1f}",
+        )
+    Console(width=160).print(table)
+
+
+def print_budget(results: list[Result]) -> None:
+    """The server-side latency budget of each ratewire run (stage by stage, and GC)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with_budget = [r for r in results if r.budget]
+    if not with_budget:
+        return
+    table = Table(title="latency budget (server side, per event; ms: mean / p50 / p99)")
+    table.add_column("stage")
+    for r in with_budget:
+        table.add_column(r.target, justify="right")
+    keys = [k for k in (*STAGES, "gc0", "gc1", "gc2") if any(k in r.budget for r in with_budget)]
+    for key in keys:
+        cells = []
+        for r in with_budget:
+            b = r.budget.get(key)
+            cells.append(
+                "-"
+                if b is None
+                else f"{b['mean_ms']:.2f} / {b['p50_ms']:.2f} / {b['p99_ms']:.2f}"
+                + (f" (x{b['count']:.0f})" if key.startswith("gc") else "")
+            )
+        table.add_row(key, *cells)
+    Console(width=160).print(table)
+
+
+def write_json(json_out: Path, payload: dict[str, object]) -> None:
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+        **payload,
+    }
+    json_out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+@dataclass
+class RatioSummary:
+    """One target against the guide's server over alternating rounds."""
+
+    target: str
+    #: Per round: the target's figure divided by the guide's in the same round.
+    p50: list[float]
+    p99: list[float]
+    deliveries: list[float]
+    #: The publisher's POST p50, and server CPU per delivery, against the guide's.
+    post_p50: list[float] = field(default_factory=list)
+    cpu_per_delivery: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def spread(values: list[float]) -> dict[str, float]:
+        return {
+            "median": round(statistics.median(values), 3),
+            "min": round(min(values), 3),
+            "max": round(max(values), 3),
+        }
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "p50_ratio": {"runs": self.p50, **self.spread(self.p50)},
+            "p99_ratio": {"runs": self.p99, **self.spread(self.p99)},
+            "deliveries_ratio": {"runs": self.deliveries, **self.spread(self.deliveries)},
+            "post_p50_ratio": {"runs": self.post_p50, **self.spread(self.post_p50)},
+            "cpu_per_delivery_ratio": {
+                "runs": self.cpu_per_delivery,
+                **self.spread(self.cpu_per_delivery),
+            },
+        }
+
+
+def print_ratios(
+    rounds: int, names: list[str], results: list[list[Result]], summaries: list[RatioSummary]
+) -> None:
+    """The alternating rounds' table: each target's ratios to the guide's server (median and
+    spread over the rounds), and its losses over all of them. ``results`` holds one list per
+    round, in the order of ``names``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{rounds} alternating rounds: ratio to the guide's server (median, min-max)"
+    )
+    for column in (
+        "target",
+        "p50 ratio",
+        "p99 ratio",
+        "deliveries/s ratio",
+        "POST p50 ratio",
+        "CPU/delivery ratio",
+        "lost",
+        "gaps/dups",
+    ):
+        table.add_column(column, justify="right")
+    for summary in summaries:
+        position = names.index(summary.target)
+        runs = [r[position] for r in results]
+        cells = []
+        for values in (
+            summary.p50,
+            summary.p99,
+            summary.deliveries,
+            summary.post_p50,
+            summary.cpu_per_delivery,
+        ):
+            spread = RatioSummary.spread(values)
+            cells.append(f"{spread['median']:.2f} ({spread['min']:.2f}-{spread['max']:.2f})")
+        table.add_row(
+            summary.target,
+            *cells,
+            str(sum(r.lost for r in runs)),
+            f"{sum(r.gaps for r in runs)}/{sum(r.duplicates for r in runs)}",
+        )
+    Console(width=160).print(table)

@@ -1,0 +1,135 @@
+"""Every target in turn, once (:func:`run_fanout`) or in alternating rounds against the
+guide's server (:func:`run_alternating`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.fanout.measure import Result, run_one
+from bench.fanout.report import (
+    RatioSummary,
+    print_budget,
+    print_ratios,
+    print_table,
+    write_json,
+)
+from bench.fanout.targets import STARTERS
+from bench.servers import raise_fd_limit
+
+
+def measure(
+    name: str,
+    subs: int,
+    rate: float,
+    seconds: float,
+    procs: int,
+    *,
+    publisher: str = "auto",
+    profile_dir: Path | None = None,
+) -> Result:
+    """Start the target called ``name``, measure it once (:func:`run_one`), stop it."""
+    from rich.console import Console
+
+    with Console(stderr=True).status(
+        f"{name}: {subs} subscribers, {'max' if rate == 0 else rate} writes/s, {seconds:g} s"
+    ):
+        target = STARTERS[name]()
+        try:
+            return run_one(
+                target, subs, rate, seconds, procs, publisher=publisher, profile_dir=profile_dir
+            )
+        finally:
+            target.stop()
+
+
+def run_fanout(
+    subs: int,
+    rate: float,
+    seconds: float,
+    *,
+    targets: Sequence[str] = ("ratewire", "node-guide"),
+    procs: int = 2,
+    json_out: Path | None = None,
+    publisher: str = "auto",
+    profile_dir: Path | None = None,
+) -> list[Result]:
+    """Run the benchmark against each target in turn (same machine, same run) and report."""
+    raise_fd_limit()
+    results = [
+        measure(name, subs, rate, seconds, procs, publisher=publisher, profile_dir=profile_dir)
+        for name in targets
+    ]
+    print_table(results)
+    print_budget(results)
+    if json_out is not None:
+        write_json(json_out, {"results": [asdict(r) for r in results]})
+    return results
+
+
+def _ratio(ours: float, guide: float) -> float:
+    return round(ours / guide, 3) if guide else float("nan")
+
+
+def run_alternating(
+    subs: int,
+    rate: float,
+    seconds: float,
+    rounds: int,
+    *,
+    targets: Sequence[str] = ("ratewire", "node-guide"),
+    procs: int = 2,
+    json_out: Path | None = None,
+    publisher: str = "auto",
+    profile_dir: Path | None = None,
+) -> list[RatioSummary]:
+    """``rounds`` rounds of every target, the order rotated each round; each non-guide
+    target's p50, p99 and deliveries/s divided by the guide's of the same round. Single runs
+    on a shared 2-core machine swing by 2x: the median of these ratios is the figure."""
+    raise_fd_limit()
+    names = list(dict.fromkeys([*targets, "node-guide"]))
+    results: list[list[Result]] = []
+    for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        by_name = {
+            name: measure(
+                name, subs, rate, seconds, procs, publisher=publisher, profile_dir=profile_dir
+            )
+            for name in order
+        }
+        results.append([by_name[name] for name in names])
+        print_table(results[-1])
+    summaries = []
+    for position, name in enumerate(names):
+        if name == "node-guide":
+            continue
+        guide_at = names.index("node-guide")
+        pairs = [(r[position], r[guide_at]) for r in results]
+        summaries.append(
+            RatioSummary(
+                name,
+                [round(ours.p50_ms / guide.p50_ms, 3) for ours, guide in pairs],
+                [round(ours.p99_ms / guide.p99_ms, 3) for ours, guide in pairs],
+                [round(ours.deliveries_per_s / guide.deliveries_per_s, 3) for ours, guide in pairs],
+                [_ratio(ours.post_p50_ms, guide.post_p50_ms) for ours, guide in pairs],
+                [
+                    _ratio(ours.cpu_ms_per_1000_deliveries, guide.cpu_ms_per_1000_deliveries)
+                    for ours, guide in pairs
+                ],
+            )
+        )
+    print_ratios(rounds, names, results, summaries)
+    print_budget([r for round_results in results for r in round_results][: len(names)])
+    if json_out is not None:
+        write_json(
+            json_out,
+            {
+                "subs": subs,
+                "rate": rate,
+                "seconds": seconds,
+                "rounds": [[asdict(r) for r in round_results] for round_results in results],
+                "ratios": [summary.as_dict() for summary in summaries],
+            },
+        )
+    return summaries
