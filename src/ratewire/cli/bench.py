@@ -1,10 +1,17 @@
-"""``ratewire bench fanout | rest``: the benchmarks of bench/, from a source checkout."""
+"""``ratewire bench fanout | rest``: the benchmarks of bench/, from a source checkout.
+
+bench/ is not in the wheel (pyproject packages src/ only): it is development tooling that
+needs the checkout around it (bench/peers' Node server, bench/results, the wrk scripts). So
+these commands run ``python -m bench.<name>`` as a child process in the checkout this
+ratewire was installed from (``pip install -e .``), where ``bench`` imports as the package it
+is; the installed package never imports it. From a wheel they say so and stop.
+"""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -39,10 +46,9 @@ def bench_fanout(
     subs: int, rate: float, seconds: float, procs: int, target: str, json_out: Path | None
 ) -> None:
     """N subscribers of one game topic, R writes/s over REST: deliveries/s, losses, latency."""
-    fanout = _bench_module("fanout")
     argv = ["--subs", str(subs), "--rate", str(rate), "--seconds", str(seconds)]
     argv += ["--procs", str(procs), "--target", target]
-    fanout.main(argv + (["--json-out", str(json_out)] if json_out else []))
+    _run_in_checkout("fanout", argv + (["--json-out", str(json_out)] if json_out else []))
 
 
 @bench.command("rest")
@@ -56,19 +62,21 @@ def bench_fanout(
 @click.option("--connections", type=click.IntRange(min=1), default=32, show_default=True)
 def bench_rest(backend: str, seconds: float, connections: int) -> None:
     """/healthz, summary, rating, POST and PUT under wrk load (sqlite, postgresql, cluster)."""
-    rest = _bench_module("rest")
-    rest.main(["--backend", backend, "--seconds", str(seconds), "--connections", str(connections)])
+    argv = ["--backend", backend, "--seconds", str(seconds), "--connections", str(connections)]
+    _run_in_checkout("rest", argv)
 
 
-def _bench_module(name: str) -> Any:
-    import importlib
-
+def _run_in_checkout(name: str, argv: list[str]) -> None:
+    """``python -m bench.<name> ARGV`` in this ratewire's source checkout; exits with its
+    status."""
     checkout = Path(__file__).resolve().parents[3]
-    if not (checkout / "bench" / f"{name}.py").is_file():
+    bench = checkout / "bench"
+    if not ((bench / name / "__main__.py").is_file() or (bench / f"{name}.py").is_file()):
         click.echo(
-            "ratewire bench: bench/ is part of the source checkout; run it from there", err=True
+            "ratewire bench: the benchmarks are in bench/ of the source checkout, not in the "
+            f"installed package: run python -m bench.{name} in a checkout, or install ratewire "
+            "from one (pip install -e .)",
+            err=True,
         )
         sys.exit(2)
-    if str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    return importlib.import_module(f"bench.{name}")
+    sys.exit(subprocess.call([sys.executable, "-m", f"bench.{name}", *argv], cwd=checkout))
