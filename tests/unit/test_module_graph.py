@@ -1,13 +1,15 @@
 """The house rules of src/: no import circle, every arrow pointing down the layers below, and
 no module too long to read in one sitting. Imports inside functions count: a circle closed
-lazily is still a circle."""
+lazily is still a circle. bench/ keeps the same rules but the layers (it is tooling on top of
+everything), and src/ never imports bench/ (it is not in the wheel)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
 MAX_LINES = 600
 
 #: Bottom first. A module may import its own package and the layers below its own.
@@ -25,31 +27,46 @@ LAYERS = [
 ]
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path = SRC, top: str = "ratewire") -> dict[str, Path]:
+    """Every module of the package ``top`` under ``root``, by dotted name."""
     found = {}
-    for path in (SRC / "ratewire").rglob("*.py"):
-        parts = path.relative_to(SRC).with_suffix("").parts
+    for path in (root / top).rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = path
     return found
 
 
+def _imported(name: str, path: Path) -> set[str]:
+    """What module ``name`` (at ``path``) imports, anywhere in it: each ``from x import y`` as
+    ``x`` and ``x.y`` (``y`` may be a module), relative imports made absolute."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found.update([base, *(f"{base}.{alias.name}" for alias in node.names)])
+    return found
+
+
 def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
-    edges: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*parent, base] if base else parent)
-                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
-            edges[name].update(t for t in targets if t in modules and t != name)
-    return edges
+    return {
+        name: {t for t in _imported(name, path) if t in modules and t != name}
+        for name, path in modules.items()
+    }
+
+
+def _too_long(modules: dict[str, Path]) -> dict[str, int]:
+    return {
+        str(path.relative_to(ROOT)): count
+        for path in modules.values()
+        if (count := len(path.read_text().splitlines())) > MAX_LINES
+    }
 
 
 def _package(module: str) -> str:
@@ -115,15 +132,39 @@ def test_every_import_points_down_the_layers() -> None:
 
 
 def test_no_module_over_600_lines() -> None:
-    long = {
-        str(path.relative_to(SRC)): count
-        for path in (SRC / "ratewire").rglob("*.py")
-        if (count := len(path.read_text().splitlines())) > MAX_LINES
-    }
-    assert long == {}
+    assert _too_long(_modules()) == {}
+
+
+def test_no_import_circle_in_bench() -> None:
+    assert _cycles(_imports(_modules(ROOT, "bench"))) == []
+
+
+def test_no_bench_module_over_600_lines() -> None:
+    assert _too_long(_modules(ROOT, "bench")) == {}
+
+
+def test_src_never_imports_bench() -> None:
+    """The wheel holds src/ only: ``ratewire bench`` runs ``python -m bench.*`` in the
+    checkout instead of importing it (cli/bench.py)."""
+    reaching = [
+        f"{name} -> {target}"
+        for name, path in _modules().items()
+        for target in _imported(name, path)
+        if target == "bench" or target.startswith("bench.")
+    ]
+    assert reaching == []
 
 
 def test_the_checks_see_a_circle_and_an_upward_arrow() -> None:
     edges = {"ratewire.a.x": {"ratewire.b.y"}, "ratewire.b.y": {"ratewire.a.x"}}
     assert _cycles(edges) == [["ratewire.a.x", "ratewire.b.y"]]
     assert _layer("domain") < _layer("storage") < _layer("cli")
+
+
+def test_the_checks_see_a_circle_closed_inside_a_function(tmp_path: Path) -> None:
+    """bench.fanout and bench.ws_impls once imported each other, both lazily."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("def f():\n    from pkg.b import g\n")
+    (tmp_path / "pkg" / "b.py").write_text("def g():\n    from . import a\n")
+    assert _cycles(_imports(_modules(tmp_path, "pkg"))) == [["pkg.a", "pkg.b"]]
