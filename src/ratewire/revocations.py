@@ -18,16 +18,13 @@ from collections.abc import Callable
 
 from ratewire.audit import AuditContext
 from ratewire.broker.announcements import Announcements
-from ratewire.extras import optional_exception
+from ratewire.broker.base import BrokerUnavailable
 from ratewire.security.revocation import Revocation, RevocationKind
 from ratewire.security.tokens import TokenService
 from ratewire.storage.base import RatingStore, StorageError
 
 log = logging.getLogger("ratewire.revocations")
 RevokedHandler = Callable[[Revocation], None]
-
-#: Without ratewire[redis] (one instance, local announcements) nothing raises it.
-RedisError = optional_exception("redis.exceptions", "RedisError")
 
 
 class RevocationService:
@@ -91,7 +88,7 @@ class RevocationService:
         self._take(revocation)
         try:
             await self._announcements.announce(revocation)
-        except (RedisError, OSError) as exc:
+        except BrokerUnavailable as exc:
             # Stored and in force here; the others read it from the store at their next poll.
             log.warning(
                 "revocation of %s stored, but could not be announced (%s): other instances "

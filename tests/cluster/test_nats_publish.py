@@ -1,8 +1,7 @@
-"""The NATS broker's publish, against a real nats-server: JetStream's conditional publish is
-what makes a second publish harmless, so it is checked here at the edges a cluster meets:
-relays racing with overlapping batches, a batch that would leave a gap, and a stream that has
-forgotten its last message id (what a nats-server restarted after the duplicate window
-knows)."""
+"""What only the NATS broker has, against a real nats-server (the contract every broker keeps,
+racing publishers and gaps included, is tests/contract/test_broker_contract.py): a stream that
+has forgotten its last message id (what a nats-server restarted after the duplicate window
+knows), topic history read from the one shared stream, and the stream's storage setting."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import pytest
 from tests.support.nats_server import NatsServer
 
 from ratewire.broker.event_codec import encode_event
-from ratewire.broker.nats import NatsBroker
+from ratewire.broker.nats.broker import NatsBroker
 from ratewire.config import BrokerSettings
 from ratewire.domain import RatingEvent, Topic, TopicKind
 
@@ -40,42 +39,6 @@ async def _brokers(server: NatsServer, count: int) -> list[NatsBroker]:
 
 async def _stream_seqs(broker: NatsBroker) -> list[int]:
     return [event.seq for event in await broker.topic_events(Topic(TopicKind.GLOBAL), 0, 100)]
-
-
-async def test_each_publisher_counts_only_the_events_it_appended(nats_server: NatsServer) -> None:
-    first, second = await _brokers(nats_server, 2)
-    try:
-        events = [_event(seq) for seq in (1, 2, 3)]
-        assert await first.publish(events[:2], 0) == 2
-        assert first.appended == 2
-        assert await second.publish(events, 0) == 3  # 1 and 2 were there already
-        assert second.appended == 1
-        assert await second.publish(events, 0) == 3
-        assert second.appended == 0
-        assert await _stream_seqs(first) == [1, 2, 3]  # each once
-    finally:
-        await first.close()
-        await second.close()
-
-
-async def test_a_batch_past_the_cursor_is_refused_and_an_empty_stream_waits_for_the_holder(
-    nats_server: NatsServer,
-) -> None:
-    holder, other = await _brokers(nats_server, 2)
-    try:
-        # Nobody but the lease holder seeds an empty stream, and only from the store's start.
-        assert await other.publish([_event(1)], 0) is None
-        assert await holder.publish([_event(5)], 4) is None
-        assert await _stream_seqs(holder) == []
-        assert await holder.publish([_event(1), _event(2)], 0) == 2
-        # A batch that would leave a gap (3 missing) adds nothing: the cursor says where to
-        # read the store from.
-        assert await other.publish([_event(4), _event(5)], 3) == 2
-        assert other.appended == 0
-        assert await _stream_seqs(holder) == [1, 2]
-    finally:
-        await holder.close()
-        await other.close()
 
 
 async def test_a_stream_that_forgot_its_last_message_id_still_takes_the_next_event_once(

@@ -2,7 +2,7 @@
 live what a cluster's instances share through the same backend (announcements, quota
 counts)."""
 
-from ratewire.broker.base import Broker, EventHandler
+from ratewire.broker.base import Broker, BrokerUnavailable, EventHandler
 from ratewire.broker.local import LocalBroker
 
-__all__ = ["Broker", "EventHandler", "LocalBroker"]
+__all__ = ["Broker", "BrokerUnavailable", "EventHandler", "LocalBroker"]

@@ -1,7 +1,7 @@
 """Cluster announcements: control messages every instance must hear at once (today: token
 revocations), apart from the ordered event stream.
 
-Events need order and exactly-once (Streams, broker.redis); a revocation needs neither, only
+Events need order and exactly-once (Streams, broker.redis.broker); a revocation needs neither, only
 speed and reach: Redis pub/sub delivers it to every instance within milliseconds. Pub/sub
 forgets what an instance missed while disconnected, so every entry is also kept in a hash
 (``P:revocations``) that instances read when they (re)connect: an instance without a
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 import orjson
 
@@ -30,7 +30,8 @@ class Announcements(Protocol):
         (including those announced before this instance started)."""
 
     async def announce(self, revocation: Revocation) -> None:
-        """Tell every instance (this one included) about ``revocation``."""
+        """Tell every instance (this one included) about ``revocation``;
+        :class:`~ratewire.broker.base.BrokerUnavailable` if the broker cannot be reached."""
 
     async def close(self) -> None: ...
 
@@ -46,6 +47,22 @@ def deliver_announced(payload: bytes, handler: RevocationHandler | None) -> Revo
     if handler is not None and revocation.expires_at > time.time():
         handler(revocation)
     return revocation
+
+
+Key = TypeVar("Key")
+
+
+def deliver_kept(kept: Iterable[tuple[Key, bytes]], handler: RevocationHandler | None) -> list[Key]:
+    """Hand every kept entry still in force to ``handler`` (after a (re)connect: what was
+    announced while this instance was away); the keys of those to forget (expired or not
+    entries at all)."""
+    now = time.time()
+    forget = []
+    for key, payload in kept:
+        revocation = deliver_announced(payload, handler)
+        if revocation is None or revocation.expires_at <= now:
+            forget.append(key)
+    return forget
 
 
 class LocalAnnouncements:

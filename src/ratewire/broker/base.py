@@ -3,12 +3,34 @@ receives them in the same order."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 from ratewire.domain import RatingEvent, Topic
 
 EventHandler = Callable[[RatingEvent], None]
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached or did not answer in time. Every backend raises this
+    for its library's connection errors (the original is the ``__cause__``), so callers
+    catch one type whatever ``broker.backend`` is."""
+
+
+def unavailable(backend: str, exc: BaseException) -> BrokerUnavailable:
+    """``exc``, a library's connection error, as ratewire's own, naming the backend."""
+    return BrokerUnavailable(f"{backend}: {exc or type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def translated(backend: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Raise :class:`BrokerUnavailable` for ``errors`` (the translation at the boundary, as
+    httpx maps httpcore's transport errors: nothing above it sees a library's types)."""
+    try:
+        yield
+    except errors as exc:
+        raise unavailable(backend, exc) from exc
 
 
 class Broker(Protocol):

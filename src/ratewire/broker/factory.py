@@ -13,13 +13,13 @@ def open_cluster_broker(settings: Settings) -> tuple[ClusterBroker, Announcement
     driver: Settings.deployment_problem() has checked its extra is installed)."""
     broker = settings.broker
     if broker.backend == "nats":
-        from ratewire.broker.nats import NatsBroker
-        from ratewire.broker.nats_announcements import NatsAnnouncements
+        from ratewire.broker.nats.announcements import NatsAnnouncements
+        from ratewire.broker.nats.broker import NatsBroker
 
         return NatsBroker(broker), NatsAnnouncements(broker)
     if broker.backend == "redis":
-        from ratewire.broker.redis import RedisBroker
-        from ratewire.broker.redis_announcements import RedisAnnouncements
+        from ratewire.broker.redis.announcements import RedisAnnouncements
+        from ratewire.broker.redis.broker import RedisBroker
 
         url = broker.resolved_url()
         return (
@@ -41,11 +41,11 @@ def open_quota_chunks(settings: Settings, broker: ClusterBroker | None) -> Chunk
     if broker is None:
         return None
     if settings.broker.backend == "nats":
-        from ratewire.broker.nats import NatsBroker
-        from ratewire.broker.nats_quota import NatsQuotaChunks
+        from ratewire.broker.nats.broker import NatsBroker
+        from ratewire.broker.nats.quota import NatsQuotaChunks
 
         assert isinstance(broker, NatsBroker)
         return NatsQuotaChunks(settings.broker, broker.client)
-    from ratewire.broker.redis_quota import RedisQuotaChunks
+    from ratewire.broker.redis.quota import RedisQuotaChunks
 
     return RedisQuotaChunks(settings.broker.resolved_url())

@@ -15,6 +15,9 @@ class LocalBroker:
     def __init__(self) -> None:
         self._handler: BatchHandler | None = None
         self.appended = 0
+        #: The last ``seq`` handed on through ``publish`` (the relay's fast path hands the
+        #: hub events directly and does not pass here).
+        self._cursor = 0
 
     async def start(self, handler: BatchHandler) -> None:
         """Deliver published events to ``handler`` a batch at a time (the hub writes a batch
@@ -22,11 +25,17 @@ class LocalBroker:
         self._handler = handler
 
     async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
+        """Hand ``events`` to the hub, skipping those handed on already (a batch holds
+        consecutive ``seq``), so publishing twice is harmless here too."""
+        if events and events[0].seq <= self._cursor:
+            events = events[self._cursor - events[0].seq + 1 :]
         handler = self._handler
         if events and handler is not None:
             handler(events)
         self.appended = len(events)
-        return events[-1].seq if events else after
+        if events:
+            self._cursor = events[-1].seq
+        return max(self._cursor, after)
 
     def holds_lease(self) -> bool:
         return True  # alone: this relay is the only one

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -16,12 +15,14 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NoKeysError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
-from ratewire.broker import nats_link
-from ratewire.broker.announcements import RevocationHandler, deliver_announced
+from ratewire.broker.announcements import RevocationHandler, deliver_announced, deliver_kept
+from ratewire.broker.base import translated
+from ratewire.broker.nats import link as nats_link
 from ratewire.config import BrokerSettings
 from ratewire.security.revocation import Revocation
 
 log = logging.getLogger("ratewire.broker")
+_UNREACHABLE = (NatsError, OSError, TimeoutError)
 
 
 class NatsAnnouncements:
@@ -39,12 +40,13 @@ class NatsAnnouncements:
         self._handler = on_revocation
         # nats-py subscribes again by itself after a reconnect; what was announced while
         # this instance was away is read from the bucket then.
-        self._nc = await nats_link.connect(
-            self._settings, "announcements", on_reconnect=self._on_reconnect
-        )
-        await self._nc.subscribe(self._names.announcements, cb=self._on_message)
-        self._kept = await self._bucket()
-        await self._load_kept()
+        with translated("NATS", _UNREACHABLE):
+            self._nc = await nats_link.connect(
+                self._settings, "announcements", on_reconnect=self._on_reconnect
+            )
+            await self._nc.subscribe(self._names.announcements, cb=self._on_message)
+            self._kept = await self._bucket()
+            await self._load_kept()
 
     async def _bucket(self) -> KeyValue:
         assert self._nc is not None
@@ -55,13 +57,17 @@ class NatsAnnouncements:
     async def announce(self, revocation: Revocation) -> None:
         payload = orjson.dumps(revocation.to_wire())
         assert self._nc is not None and self._kept is not None, "start() first"
-        try:
-            await self._kept.put(nats_link.bucket_key(revocation.key), payload)
-        except NoStreamResponseError:  # NATS lost the bucket (a wiped store): make it again
-            self._kept = await self._bucket()
-            await self._kept.put(nats_link.bucket_key(revocation.key), payload)
-        await self._nc.publish(self._names.announcements, payload)
-        await self._nc.flush(timeout=5)
+        with translated("NATS", _UNREACHABLE):
+            if not self._nc.is_connected:
+                # nats-py would hold the message until it reconnects: the caller should know.
+                raise ConnectionError("not connected (reconnecting)")
+            try:
+                await self._kept.put(nats_link.bucket_key(revocation.key), payload)
+            except NoStreamResponseError:  # NATS lost the bucket (a wiped store): make it again
+                self._kept = await self._bucket()
+                await self._kept.put(nats_link.bucket_key(revocation.key), payload)
+            await self._nc.publish(self._names.announcements, payload)
+            await self._nc.flush(timeout=5)
 
     async def close(self) -> None:
         if self._reload is not None:
@@ -76,7 +82,7 @@ class NatsAnnouncements:
         self._reload = asyncio.create_task(self._load_kept(), name="announcements-reload")
 
     async def _on_message(self, msg: Msg) -> None:
-        self._deliver(msg.data)
+        deliver_announced(msg.data, self._handler)
 
     async def _load_kept(self) -> None:
         kept = self._kept
@@ -91,13 +97,10 @@ class NatsAnnouncements:
         except (NatsError, OSError, TimeoutError) as exc:
             log.warning("announcements: cannot read the kept revocations (%s)", exc)
             return
-        now = time.time()
+        entries = []
         for key in keys:
             with contextlib.suppress(NotFoundError):
-                entry = await kept.get(key)
-                revocation = self._deliver(entry.value or b"")
-                if revocation is None or revocation.expires_at <= now:
-                    await kept.purge(key)
-
-    def _deliver(self, payload: bytes) -> Revocation | None:
-        return deliver_announced(payload, self._handler)
+                entries.append((key, (await kept.get(key)).value or b""))
+        for key in deliver_kept(entries, self._handler):
+            with contextlib.suppress(NotFoundError):
+                await kept.purge(key)

@@ -1,5 +1,5 @@
 """The cluster broker on NATS JetStream: committed events travel through one stream per
-epoch to every instance (names in :mod:`ratewire.broker.nats_link`).
+epoch to every instance (names in :mod:`ratewire.broker.nats.link`).
 
 Exactly once comes from JetStream's conditional publish, not from the lease. Each event is
 one message with ``Nats-Msg-Id`` its ``seq`` and ``Nats-Expected-Last-Msg-Id`` the ``seq``
@@ -27,10 +27,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -46,10 +45,11 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from ratewire.broker import nats_link
+from ratewire.broker.base import BrokerUnavailable
 from ratewire.broker.cluster_base import FollowingBroker
 from ratewire.broker.event_codec import decode_event, encode_event
-from ratewire.broker.nats_reads import StreamMissing, StreamReader
+from ratewire.broker.nats import link as nats_link
+from ratewire.broker.nats.reads import StreamMissing, StreamReader
 from ratewire.config import BrokerSettings
 from ratewire.domain import RatingEvent, Topic
 
@@ -84,11 +84,18 @@ def _write_now(client: NatsClient) -> None:
 class NatsBroker(FollowingBroker):
     """NATS JetStream broker: publish (any instance), follow (every instance), relay lease."""
 
+    backend_name = "NATS"
+    unreachable: ClassVar[tuple[type[BaseException], ...]] = (
+        NatsError,
+        OSError,
+        TimeoutError,
+        StreamMissing,
+    )
+
     def __init__(self, settings: BrokerSettings) -> None:
-        super().__init__()
+        super().__init__(settings.lease_seconds)
         self._settings = settings
         self._names = nats_link.NatsNames(settings.prefix)
-        self._lease_seconds = settings.lease_seconds
         self._owner = secrets.token_hex(8).encode()
         self._nc: NatsClient | None = None
         self._reader: StreamReader | None = None
@@ -104,19 +111,14 @@ class NatsBroker(FollowingBroker):
         self._delivered = 0
         self._heard_at = 0.0
         self._replace_consumer = asyncio.Event()
-        self._follow_failing = False
         self.epoch = ""
         #: How many events the last ``publish`` call appended (see the Broker protocol).
         self.appended = 0
 
-    @property
-    def _client(self) -> NatsClient:
-        assert self._nc is not None, "connect() first"
-        return self._nc
-
     def client(self) -> NatsClient:
         """The broker's connection (after :meth:`connect`), for what shares it."""
-        return self._client
+        assert self._nc is not None, "connect() first"
+        return self._nc
 
     @property
     def _stream(self) -> str:
@@ -132,30 +134,28 @@ class NatsBroker(FollowingBroker):
     async def connect(self, epoch: str | None) -> None:
         """Reach NATS and settle the epoch: the store's when this instance has one (it is
         announced for the others, and its stream made ready), else the announced one."""
-        self._nc = await nats_link.connect(
-            self._settings, "broker", on_reconnect=self._on_reconnect
-        )
-        self._reply_prefix = self._nc.new_inbox() + "."
-        await self._nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
-        if epoch is not None:
-            self.epoch = epoch
-            self._announces_epoch = True
-            await self._ensure_stream()
-            await self._ensure_buckets()
-        else:
-            cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
-            waited = False
-            while True:
-                with contextlib.suppress(KeyNotFoundError):
-                    entry = await cluster.get(EPOCH_KEY)
-                    if entry.value:
-                        self.epoch = entry.value.decode()
-                        break
-                if not waited:
-                    log.info("waiting for an instance with a database to announce its epoch")
-                    waited = True
-                await asyncio.sleep(0.2)
+        with self.translated():
+            self._nc = await nats_link.connect(
+                self._settings, "broker", on_reconnect=self._on_reconnect
+            )
+            self._reply_prefix = self._nc.new_inbox() + "."
+            await self._nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
+            if epoch is not None:
+                self.epoch = epoch
+                self._announces_epoch = True
+                await self._ensure_stream()
+                await self._ensure_buckets()
+        if epoch is None:
+            self.epoch = await self._wait_for_epoch()
         self._reader = StreamReader(self._nc, self._names, self.epoch)
+
+    async def _announced_epoch(self) -> str | None:
+        cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
+        try:
+            entry = await cluster.get(EPOCH_KEY)
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
 
     async def _ensure_buckets(self) -> None:
         """The lease bucket, and the announced epoch if this instance has a database (again
@@ -172,7 +172,7 @@ class NatsBroker(FollowingBroker):
 
     async def _bucket(self, name: str, *, ttl: float | None) -> KeyValue:
         return await nats_link.bucket(
-            self._client,
+            self.client(),
             name,
             replicas=self._settings.replicas,
             ttl=ttl,
@@ -194,7 +194,7 @@ class NatsBroker(FollowingBroker):
 
     async def _ensure_stream(self) -> None:
         """Create the epoch's stream, or bring its limits to the configured ones."""
-        js = self._client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        js = self.client().jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         config = self._stream_config()
         try:
             await js.add_stream(config)
@@ -211,21 +211,21 @@ class NatsBroker(FollowingBroker):
                     refused.description,
                 )
 
-    async def close(self) -> None:
-        await self._stop_tasks()
-        if self._leader and self._lease is not None:
-            with contextlib.suppress(NatsError, OSError, asyncio.TimeoutError):
-                await self._lease.delete(LEASE_KEY, last=self._lease_revision)
-        self._leader = False
+    async def _release_lease(self) -> None:
+        if self._lease is not None:
+            await self._lease.delete(LEASE_KEY, last=self._lease_revision)
+
+    async def _disconnect(self) -> None:
         if self._nc is not None:
             with contextlib.suppress(NatsError, OSError):
                 await self._nc.close()
 
     async def ping(self) -> None:
-        client = self._client
+        client = self.client()
         if not client.is_connected:
-            raise ConnectionError("NATS is not connected (reconnecting)")
-        await client.flush(timeout=2)
+            raise BrokerUnavailable("NATS: not connected (reconnecting)")
+        with self.translated():
+            await client.flush(timeout=2)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -238,6 +238,8 @@ class NatsBroker(FollowingBroker):
             last = await self._read.last()
         except StreamMissing:
             return None
+        except self.unreachable as exc:
+            raise self.unavailable(exc) from exc
         return None if last is None else last.event.seq
 
     async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
@@ -250,9 +252,13 @@ class NatsBroker(FollowingBroker):
         self.appended = 0
         if not events:
             return after
-        if not self._client.is_connected:
+        if not self.client().is_connected:
             # nats-py would buffer the messages until it reconnects; the outbox holds them.
-            raise ConnectionError("NATS is not connected (reconnecting)")
+            raise BrokerUnavailable("NATS: not connected (reconnecting)")
+        with self.translated():
+            return await self._publish(events, after)
+
+    async def _publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
         appended, complete = await self._append(events, None)
         self.appended += appended
         if complete:
@@ -295,7 +301,7 @@ class NatsBroker(FollowingBroker):
         conditional on the stream's last message id (``anchor`` None) or last sequence.
 
         Returns (how many the stream appended, whether every one is in the stream now)."""
-        client = self._client
+        client = self.client()
         loop = asyncio.get_running_loop()
         waiting: list[tuple[str, asyncio.Future[bytes]]] = []
         try:
@@ -332,31 +338,29 @@ class NatsBroker(FollowingBroker):
             # No responders (no stream for the subject) arrives as an empty status message.
             future.set_result(msg.data)
 
-    async def _hold_lease(self) -> None:
-        while True:
-            lease = self._lease
-            assert lease is not None
-            try:
-                if self._leader:
-                    self._lease_revision = await lease.update(
-                        LEASE_KEY, self._owner, last=self._lease_revision
-                    )
-                else:
-                    self._lease_revision = await lease.create(LEASE_KEY, self._owner)
-                    self._leader = True
-                    log.info("this instance holds the relay lease")
-            except KeyWrongLastSequenceError:
-                if self._leader:
-                    log.warning("relay lease lost; another instance polls the store now")
-                self._leader = False
-            except NoStreamResponseError:
-                self._leader = False  # NATS lost its buckets (a wiped store): make them again
-                with contextlib.suppress(NatsError, OSError, TimeoutError):
-                    await self._ensure_buckets()
-            except (TimeoutError, NatsError, OSError):
-                # Unreachable: assume the lease is gone (it expires in NATS by itself).
-                self._leader = False
-            await asyncio.sleep(self._lease_seconds / 3)
+    async def _take_lease(self) -> bool:
+        assert self._lease is not None
+        try:
+            self._lease_revision = await self._lease.create(LEASE_KEY, self._owner)
+        except KeyWrongLastSequenceError:
+            return False  # held by another instance
+        return True
+
+    async def _renew_lease(self) -> bool:
+        assert self._lease is not None
+        try:
+            self._lease_revision = await self._lease.update(
+                LEASE_KEY, self._owner, last=self._lease_revision
+            )
+        except KeyWrongLastSequenceError:
+            return False  # it expired and another instance took it
+        return True
+
+    async def _lease_unreachable(self, exc: BaseException) -> None:
+        if isinstance(exc, NoStreamResponseError):
+            # NATS lost its buckets (a wiped store): make them again.
+            with contextlib.suppress(*self.unreachable):
+                await self._ensure_buckets()
 
     # -- history (instances without a database) --------------------------------------------
 
@@ -366,6 +370,8 @@ class NatsBroker(FollowingBroker):
             return await self._read.topic_position(topic)
         except StreamMissing:
             return 0, 0
+        except self.unreachable as exc:
+            raise self.unavailable(exc) from exc
 
     async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
         """The topic's events in the stream with offset above ``since``, in order."""
@@ -373,26 +379,13 @@ class NatsBroker(FollowingBroker):
             return await self._read.topic_events(topic, since, limit)
         except StreamMissing:
             return []
+        except self.unreachable as exc:
+            raise self.unavailable(exc) from exc
 
     # -- following -------------------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                await self._consume()
-                backoff = 0.05
-            except asyncio.CancelledError:
-                raise
-            except (TimeoutError, NatsError, OSError, StreamMissing) as exc:
-                if not self._follow_failing:
-                    log.warning("NATS consumer unavailable (%s); retrying", exc or type(exc))
-                    self._follow_failing = True
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 2.0)
-            except Exception:
-                log.exception("broker: delivering events failed; retrying")
-                await asyncio.sleep(0.5)
+    async def _follow_step(self) -> None:
+        await self._consume()
 
     async def _start_position(self) -> int:
         """The stream sequence to consume from: the message after the last event handed to
@@ -406,7 +399,7 @@ class NatsBroker(FollowingBroker):
 
     async def _consume(self) -> None:
         """One consumer's life: until it goes silent, skips a delivery, or fails."""
-        client = self._client
+        client = self.client()
         js = client.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         start = await self._start_position()
         self._generation += 1
@@ -441,9 +434,7 @@ class NatsBroker(FollowingBroker):
                     num_replicas=1,
                 ),
             )
-            if self._follow_failing:
-                log.info("NATS consumer following again")
-                self._follow_failing = False
+            self._following()
             while not self._replace_consumer.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEARTBEAT_SECONDS):
@@ -461,10 +452,10 @@ class NatsBroker(FollowingBroker):
         if headers and "Status" in headers:
             # Heartbeat or flow control: answer the server, and check nothing was skipped.
             if msg.reply:
-                await self._client.publish(msg.reply)
+                await self.client().publish(msg.reply)
             stalled = headers.get("Nats-Consumer-Stalled")
             if stalled:
-                await self._client.publish(stalled)
+                await self.client().publish(stalled)
             last = headers.get("Nats-Last-Consumer")
             if last is not None and int(last) != self._delivered:
                 self._replace_consumer.set()

@@ -11,7 +11,7 @@ Names (``P`` is ``broker.prefix``, ``E`` the store's epoch):
 - key-value bucket ``P_lease``: ``relay``, the relay lease (the bucket's entries expire after
   ``broker.lease_seconds`` unless renewed).
 - key-value bucket ``P_revocations`` and subject ``P.announcements``: the deny list.
-- key-value bucket ``P_quota``: the REST quota's counts (see broker.nats_quota).
+- key-value bucket ``P_quota``: the REST quota's counts (see broker.nats.quota).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from ratewire.broker import nats_link
-from ratewire.broker.nats_link import NatsNames
+from ratewire.broker.nats import link as nats_link
+from ratewire.broker.nats.link import NatsNames
 from ratewire.config import BrokerSettings
 from ratewire.security.quota_lease import WINDOW_SECONDS, ChunkStoreUnavailable
 

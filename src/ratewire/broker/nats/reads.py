@@ -17,7 +17,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ratewire.broker.event_codec import decode_event
-from ratewire.broker.nats_link import NatsNames
+from ratewire.broker.nats.link import NatsNames
 from ratewire.domain import RatingEvent, Topic, TopicKind
 from ratewire.domain.topics import event_offset
 

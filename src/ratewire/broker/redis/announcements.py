@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -17,7 +16,9 @@ from ratewire.broker.announcements import (
     RECONNECT_DELAY_MAX,
     RevocationHandler,
     deliver_announced,
+    deliver_kept,
 )
+from ratewire.broker.base import translated
 from ratewire.security.revocation import Revocation
 
 log = logging.getLogger("ratewire.broker")
@@ -46,10 +47,11 @@ class RedisAnnouncements:
 
     async def announce(self, revocation: Revocation) -> None:
         payload = orjson.dumps(revocation.to_wire())
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._hash, revocation.key, payload)
-            pipe.publish(self._channel, payload)
-            await pipe.execute()
+        with translated("Redis", (RedisError, OSError)):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._hash, revocation.key, payload)
+                pipe.publish(self._channel, payload)
+                await pipe.execute()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -72,7 +74,7 @@ class RedisAnnouncements:
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message["type"] == "message":
-                        self._deliver(message["data"])
+                        deliver_announced(message["data"], self._handler)
             except (RedisError, OSError) as exc:
                 log.warning("announcements: Redis unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -83,14 +85,6 @@ class RedisAnnouncements:
 
     async def _load_kept(self) -> None:
         kept: dict[Any, Any] = await self._redis.hgetall(self._hash)
-        now = time.time()
-        expired = []
-        for field, payload in kept.items():
-            entry = self._deliver(payload)
-            if entry is None or entry.expires_at <= now:
-                expired.append(field)
-        if expired:
-            await self._redis.hdel(self._hash, *expired)
-
-    def _deliver(self, payload: bytes) -> Revocation | None:
-        return deliver_announced(payload, self._handler)
+        forget = deliver_kept(kept.items(), self._handler)
+        if forget:
+            await self._redis.hdel(self._hash, *forget)

@@ -26,13 +26,9 @@ that was committed while Redis was away.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import random
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,8 +36,6 @@ from redis.exceptions import RedisError
 from ratewire.broker.cluster_base import FollowingBroker
 from ratewire.broker.event_codec import decode_event, encode_event
 from ratewire.domain import RatingEvent, Topic, TopicKind
-
-log = logging.getLogger("ratewire.broker")
 
 _PUBLISH = """
 local cursor = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -78,6 +72,8 @@ end
 return 0
 """
 
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+
 
 def _entry_number(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
@@ -85,6 +81,9 @@ def _entry_number(entry_id: bytes) -> int:
 
 class RedisBroker(FollowingBroker):
     """Redis Streams broker: publish (any instance), follow (every instance), relay lease."""
+
+    backend_name = "Redis"
+    unreachable: ClassVar[tuple[type[BaseException], ...]] = (RedisError, OSError)
 
     def __init__(
         self,
@@ -98,7 +97,7 @@ class RedisBroker(FollowingBroker):
         self._prefix = prefix
         self._max_events = max_events
         self._lease_ms = int(lease_seconds * 1000)
-        super().__init__()
+        super().__init__(lease_seconds)
         self._owner = secrets.token_hex(8)
         # Blocking XREADs get their own connection so they never delay a publish.
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
@@ -122,44 +121,32 @@ class RedisBroker(FollowingBroker):
     async def connect(self, epoch: str | None) -> None:
         """Reach Redis and settle the epoch: the store's when this instance has one (it is
         announced for the others), else the announced one (waiting for an announcement)."""
-        if epoch is not None:
-            self.epoch = epoch
-            await self._redis.set(f"{self._prefix}:epoch", epoch)
+        if epoch is None:
+            self.epoch = await self._wait_for_epoch()
             return
-        waited = False
-        while True:
-            current: Any = await self._redis.get(f"{self._prefix}:epoch")
-            if current:
-                self.epoch = current.decode()
-                return
-            if not waited:
-                log.info("waiting for an instance with a database to announce its epoch in Redis")
-                waited = True
-            await asyncio.sleep(0.2)
+        self.epoch = epoch
+        with self.translated():
+            await self._redis.set(f"{self._prefix}:epoch", epoch)
 
-    async def close(self) -> None:
-        await self._stop_tasks()
-        if self._leader:
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.eval(
-                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
-                    1,
-                    f"{self._prefix}:lease",
-                    self._owner,
-                )
-        self._leader = False
+    async def _announced_epoch(self) -> str | None:
+        current: Any = await self._redis.get(f"{self._prefix}:epoch")
+        return current.decode() if current else None
+
+    async def _disconnect(self) -> None:
         await self._reader.aclose()
         await self._redis.aclose()
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        with self.translated():
+            await self._redis.ping()
 
     # -- publishing ------------------------------------------------------------------------
 
     async def cursor(self) -> int | None:
         """The ``seq`` of the last event published, or None if Redis has no stream (new, or it
         lost its data)."""
-        value = await self._redis.get(self._key("cursor"))
+        with self.translated():
+            value = await self._redis.get(self._key("cursor"))
         return None if value is None else int(value)
 
     async def publish(self, events: Sequence[RatingEvent], after: int) -> int | None:
@@ -180,7 +167,8 @@ class RedisBroker(FollowingBroker):
             keys.append(self._topic_key(f"rating.game.{event.game_id}"))
             keys.append(self._topic_key(f"rating.user.{event.user_id}"))
             args.extend((event.seq, event.game_offset, event.user_offset, encode_event(event)))
-        result: Any = await self._publish_script(keys=keys, args=args)
+        with self.translated():
+            result: Any = await self._publish_script(keys=keys, args=args)
         if not isinstance(result, list):  # -1: no cursor, and this call may not seed it
             self.appended = 0
             return None
@@ -189,42 +177,35 @@ class RedisBroker(FollowingBroker):
         self.appended = int(result[1])
         return int(result[0])
 
-    async def _hold_lease(self) -> None:
-        lease_key = f"{self._prefix}:lease"
-        while True:
-            try:
-                if self._leader:
-                    self._leader = bool(
-                        await self._renew_script(
-                            keys=[lease_key], args=[self._owner, self._lease_ms]
-                        )
-                    )
-                    if not self._leader:
-                        log.warning("relay lease lost; another instance polls the store now")
-                else:
-                    self._leader = bool(
-                        await self._redis.set(lease_key, self._owner, nx=True, px=self._lease_ms)
-                    )
-                    if self._leader:
-                        log.info("this instance holds the relay lease")
-            except (RedisError, OSError):
-                # Unreachable: assume the lease is gone (it expires in Redis by itself).
-                self._leader = False
-            await asyncio.sleep(self._lease_ms / 3000)
+    @property
+    def _lease_key(self) -> str:
+        return f"{self._prefix}:lease"
+
+    async def _take_lease(self) -> bool:
+        return bool(await self._redis.set(self._lease_key, self._owner, nx=True, px=self._lease_ms))
+
+    async def _renew_lease(self) -> bool:
+        return bool(
+            await self._renew_script(keys=[self._lease_key], args=[self._owner, self._lease_ms])
+        )
+
+    async def _release_lease(self) -> None:
+        await self._redis.eval(_RELEASE, 1, self._lease_key, self._owner)
 
     # -- history (instances without a database) --------------------------------------------
 
     async def topic_position(self, topic: Topic) -> tuple[int, int]:
         """(the topic's last offset, the last ``seq``) as Redis holds them, read atomically."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if topic.kind is TopicKind.GLOBAL or not topic.has_history:
+        with self.translated():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if topic.kind is TopicKind.GLOBAL or not topic.has_history:
+                    pipe.get(self._key("cursor"))
+                    (cursor,) = await pipe.execute()
+                    seq = int(cursor or 0)
+                    return (seq if topic.kind is TopicKind.GLOBAL else 0), seq
+                pipe.xrevrange(self._topic_key(topic.name), count=1)
                 pipe.get(self._key("cursor"))
-                (cursor,) = await pipe.execute()
-                seq = int(cursor or 0)
-                return (seq if topic.kind is TopicKind.GLOBAL else 0), seq
-            pipe.xrevrange(self._topic_key(topic.name), count=1)
-            pipe.get(self._key("cursor"))
-            last, cursor = await pipe.execute()
+                last, cursor = await pipe.execute()
         return (_entry_number(last[0][0]) if last else 0), int(cursor or 0)
 
     async def topic_events(self, topic: Topic, since: int, limit: int) -> list[RatingEvent]:
@@ -232,36 +213,19 @@ class RedisBroker(FollowingBroker):
         if not topic.has_history:
             return []
         key = self._key("events") if topic.kind is TopicKind.GLOBAL else self._topic_key(topic.name)
-        entries: Any = await self._redis.xrange(key, min=f"{since + 1}-0", count=limit)
+        with self.translated():
+            entries: Any = await self._redis.xrange(key, min=f"{since + 1}-0", count=limit)
         return [decode_event(fields[b"e"]) for _, fields in entries]
 
     # -- following -------------------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        backoff = 0.05
-        down_since: float | None = None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                reply: Any = await self._reader.xread(
-                    {self._key("events"): f"{self.consumed}-0"}, count=1000, block=1000
-                )
-                if down_since is not None:
-                    log.info("Redis reachable again after %.1f s", loop.time() - down_since)
-                    down_since, backoff = None, 0.05
-                for _, entries in reply:
-                    await self._deliver(entries)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if down_since is None:
-                    down_since = loop.time()
-                    log.warning("Redis unreachable (%s); reconnecting with backoff", exc)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 2.0)
-            except Exception:
-                log.exception("broker: delivering events failed; retrying")
-                await asyncio.sleep(0.5)
+    async def _follow_step(self) -> None:
+        reply: Any = await self._reader.xread(
+            {self._key("events"): f"{self.consumed}-0"}, count=1000, block=1000
+        )
+        self._following()
+        for _, entries in reply:
+            await self._deliver(entries)
 
     async def _deliver(self, entries: list[Any]) -> None:
         delivery = self._delivery

@@ -3,7 +3,7 @@ on, Redis logs a script's effects as one MULTI/EXEC block, so a crash keeps all 
 none of it.
 
 Key layout (``S`` is the store's prefix, ``E`` its epoch; the ``S:E:*`` keys are laid out as
-the Redis broker lays out its streams, see ratewire.broker.redis, so that a broker on the same
+the Redis broker lays out its streams, see ratewire.broker.redis.broker, so that a broker on the same
 server and prefix reads the store's streams instead of a copy):
 
 - ``S:epoch``: the epoch.
