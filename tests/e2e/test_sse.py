@@ -18,7 +18,7 @@ from tests.support.debian import ensure_tool
 from tests.support.server import ServerProcess
 from tests.support.sse import SseEvent, SseStream
 
-from ratewire.realtime.sse import encode_cursor
+from ratewire.realtime.sse import encode_event_id
 
 pytestmark = pytest.mark.e2e
 ServerFactory = Callable[..., ServerProcess]
@@ -156,7 +156,7 @@ async def test_history_that_no_longer_reaches_the_cursor_is_one_gap_event_then_l
                 break
             await asyncio.sleep(0.1)
         assert answer.status_code == 410
-    cursor = encode_cursor(epoch, {"rating.game.sse3": 1}).decode()
+    cursor = encode_event_id(epoch, {"rating.game.sse3": 1}).decode()
     stream = await SseStream.open(
         server.base_url, ["rating.game.sse3"], server.token("r"), last_event_id=cursor
     )
@@ -174,7 +174,7 @@ async def test_history_that_no_longer_reaches_the_cursor_is_one_gap_event_then_l
         (live,) = await stream.events("rating_update", 1)
         assert live.data["offset"] == 9
         # A cursor of another epoch (a restored database, say) is a gap too.
-        other = encode_cursor("0000000000000000", {"rating.game.sse3": 8}).decode()
+        other = encode_event_id("0000000000000000", {"rating.game.sse3": 8}).decode()
         again = await SseStream.open(
             server.base_url, ["rating.game.sse3"], server.token("r"), last_event_id=other
         )

@@ -21,7 +21,7 @@ from ratewire.audit.entry import AuditContext, AuditRecord, storable
 from ratewire.domain import is_identifier, parse_topic, validate_identifier
 from ratewire.realtime import frames
 from ratewire.realtime.messages import BadMessage, decode
-from ratewire.realtime.sse import BadCursor, decode_cursor
+from ratewire.realtime.sse import BadLastEventId, decode_event_id
 from ratewire.webhooks.addresses import refusal
 
 BUDGET = settings(
@@ -136,8 +136,8 @@ def test_sse_cursors_decode_to_known_topics_and_64_bit_offsets_or_are_refused(
     text = "|".join(["1", epoch, *(f"{p}={o}" for p, o in pairs)])
     cursor = base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode()
     try:
-        _, positions = decode_cursor(cursor.rstrip("="))
-    except BadCursor:
+        _, positions = decode_event_id(cursor.rstrip("="))
+    except BadLastEventId:
         return
     for topic, offset in positions.items():
         assert parse_topic(topic) is not None

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ratewire.realtime.session import Session
-
-CLOSE_TOO_SLOW = 4009
+from ratewire.realtime.session import CLOSE_TOO_SLOW, Session
 
 
 class Outbox:

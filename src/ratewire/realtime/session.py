@@ -76,6 +76,28 @@ class Peer(Protocol):
         """Wait until the send buffer is low again (used between replay pages)."""
 
 
+@dataclass(frozen=True, slots=True)
+class TopicRefusal:
+    """Why a token may not follow a topic: ``unknown_topic`` or ``forbidden``, and the text."""
+
+    code: str
+    message: str
+
+
+def check_topic(principal: Principal, name: str) -> Topic | TopicRefusal:
+    """The topic ``name`` if ``principal`` may follow it (every transport asks this)."""
+    topic = parse_topic(name)
+    if topic is None:
+        return TopicRefusal(
+            "unknown_topic",
+            f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
+            "rating.game.* and rating.user.{userId}",
+        )
+    if not may_subscribe(principal, topic):
+        return TopicRefusal("forbidden", f"this token may not subscribe to {topic.name}")
+    return topic
+
+
 @dataclass(slots=True)
 class ConnectionStats:
     """Running counts over every connection of the process (read by /metrics)."""
@@ -420,26 +442,12 @@ class Session:
         if not message.topic:
             self.send(frames.error("bad_request", f"{message.action} needs a topic", message.id))
             return None
-        topic = parse_topic(message.topic)
-        if topic is None:
-            self.send(
-                frames.error(
-                    "unknown_topic",
-                    f"no topic {message.topic!r}; topics are rating.global, "
-                    "rating.game.{gameId}, rating.game.* and rating.user.{userId}",
-                    message.id,
-                )
-            )
-            return None
         assert self.principal is not None
-        if not may_subscribe(self.principal, topic):
-            self.send(
-                frames.error(
-                    "forbidden", f"this token may not subscribe to {topic.name}", message.id
-                )
-            )
+        checked = check_topic(self.principal, message.topic)
+        if isinstance(checked, TopicRefusal):
+            self.send(frames.error(checked.code, checked.message, message.id))
             return None
-        return topic
+        return checked
 
     def _unsubscribe(self, message: ClientMessage) -> None:
         if not message.topic:

@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import logging
 import re
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import ClassVar
 from urllib.parse import parse_qs
@@ -45,10 +46,14 @@ from ratewire.realtime.handshake import (
 from ratewire.realtime.history import StreamHistory
 from ratewire.realtime.messages import ClientMessage
 from ratewire.realtime.outbox import Outbox
-from ratewire.realtime.session import RealtimeContext, Session
-from ratewire.security.permissions import may_subscribe
+from ratewire.realtime.session import (
+    RealtimeContext,
+    Session,
+    TopicRefusal,
+    check_topic,
+)
 from ratewire.security.ratelimit import ConnectionRateLimiter
-from ratewire.security.tokens import InvalidToken
+from ratewire.security.tokens import InvalidToken, Principal
 
 #: How long an ``EventSource`` waits before reconnecting (the ``retry:`` field), in ms.
 RETRY_MS = 1000
@@ -72,18 +77,18 @@ _OFFSET = re.compile(r"[0-9]{1,18}")
 _MADE_KEPT = 256
 
 
-class BadCursor(ValueError):
+class BadLastEventId(ValueError):
     """A ``Last-Event-ID`` this server did not write."""
 
 
-def encode_cursor(epoch: str, positions: dict[str, int]) -> bytes:
+def encode_event_id(epoch: str, positions: dict[str, int]) -> bytes:
     """The opaque event id: the epoch and each topic's last delivered offset."""
     text = "|".join([_CURSOR_VERSION, epoch, *(f"{t}={o}" for t, o in positions.items())])
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=")
 
 
-def decode_cursor(cursor: str) -> tuple[str, dict[str, int]]:
-    """(epoch, offsets by topic) of an id written by :func:`encode_cursor`."""
+def decode_event_id(cursor: str) -> tuple[str, dict[str, int]]:
+    """(epoch, offsets by topic) of an id written by :func:`encode_event_id`."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, epoch, *pairs = text.split("|")
@@ -100,7 +105,9 @@ def decode_cursor(cursor: str) -> tuple[str, dict[str, int]]:
                 raise ValueError(pair)
             positions[topic] = int(offset)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadCursor(f"Last-Event-ID {cursor[:80]!r} is not a cursor of this server") from None
+        raise BadLastEventId(
+            f"Last-Event-ID {cursor[:80]!r} is not a cursor of this server"
+        ) from None
     return epoch, positions
 
 
@@ -200,7 +207,7 @@ class SsePeer(Outbox):
         return None  # connection_success, pong, refreshed: nothing a stream reader needs
 
     def _format(self, kind: bytes, data: bytes) -> bytes:
-        cursor = encode_cursor(self._epoch, self.positions)
+        cursor = encode_event_id(self._epoch, self.positions)
         return b"id: %s\nevent: %s\ndata: %s\n\n" % (cursor, kind, data)
 
     # -- writing -------------------------------------------------------------------------
@@ -285,70 +292,13 @@ class SseEndpoint:
     async def _serve(
         self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        ctx = self._ctx
         retry_after = self._limiter.acquire(ip)
         if retry_after:
             await _problem(send, 429, RATE_REFUSED_BODY, retry_after=retry_after)
             return
-        query_string = scope["query_string"].decode("latin-1")
-        query = parse_qs(query_string)
-        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-        token = token_from_request("?" + query_string, authorization)
-        if token is None:
-            detail = "a token is needed: Authorization: Bearer <JWT> or ?token=<JWT>"
-            await _problem(send, 401, detail)
-            return
-        try:
-            principal = ctx.tokens.verify(token)
-        except InvalidToken as exc:
-            await _problem(send, 401, exc.reason)
-            return
-        names = query.get("topic", [])
-        if not names:
-            await _problem(send, 400, "name at least one topic: ?topic=rating.global")
-            return
-        if len(names) > ctx.limits.max_subscriptions_per_connection:
-            await _problem(
-                send,
-                400,
-                f"a stream holds at most {ctx.limits.max_subscriptions_per_connection} topics",
-            )
-            return
-        names = list(dict.fromkeys(names))
-        followed: set[str] = set()
-        for name in names:
-            topic = parse_topic(name)
-            if topic is None:
-                await _problem(
-                    send,
-                    400,
-                    f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
-                    "rating.game.* and rating.user.{userId}",
-                )
-                return
-            if not may_subscribe(principal, topic):
-                await _problem(send, 403, f"this token may not follow {name}")
-                return
-            if topic.kind is not TopicKind.ALL_GAMES:
-                followed.add(name)
-        cursor = (
-            headers.get(b"last-event-id", b"").decode("latin-1")
-            or (query.get("lastEventId", [""])[0])
-        )
-        try:
-            epoch, resume_from = decode_cursor(cursor) if cursor else (None, {})
-        except BadCursor as exc:
-            await _problem(send, 400, str(exc))
-            return
-        if epoch == ctx.store.epoch and not isinstance(ctx.store, StreamHistory):
-            ahead = await _beyond_head(
-                ctx, {t: resume_from[t] for t in followed & resume_from.keys()}
-            )
-            if ahead is not None:
-                await _problem(send, 400, f"Last-Event-ID {cursor[:80]!r} {ahead}")
-                return
-        if ctx.slots.user_full(principal.sub):
-            await _problem(send, 429, USER_CAP_BODY, retry_after=RETRY_AFTER_SECONDS)
+        request = await self._accepted(headers, scope["query_string"].decode("latin-1"))
+        if isinstance(request, _Refusal):
+            await _problem(send, request.status, request.detail, retry_after=request.retry_after)
             return
         await send(
             {
@@ -367,26 +317,72 @@ class SseEndpoint:
         await send(
             {"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True}
         )
+        await self._stream(ip, request, receive, send)
+
+    async def _accepted(
+        self, headers: dict[bytes, bytes], query_string: str
+    ) -> _Request | _Refusal:
+        """The stream a request asks for, or why it is refused (before the stream starts, so
+        an ``EventSource`` stops retrying)."""
+        ctx = self._ctx
+        query = parse_qs(query_string)
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        token = token_from_request("?" + query_string, authorization)
+        if token is None:
+            return _Refusal(401, "a token is needed: Authorization: Bearer <JWT> or ?token=<JWT>")
+        try:
+            principal = ctx.tokens.verify(token)
+        except InvalidToken as exc:
+            return _Refusal(401, exc.reason)
+        asked = query.get("topic", [])
+        if not asked:
+            return _Refusal(400, "name at least one topic: ?topic=rating.global")
+        if len(asked) > (most := ctx.limits.max_subscriptions_per_connection):
+            return _Refusal(400, f"a stream holds at most {most} topics")
+        names = list(dict.fromkeys(asked))
+        followed: set[str] = set()
+        for name in names:
+            checked = check_topic(principal, name)
+            if isinstance(checked, TopicRefusal):
+                return _Refusal(403 if checked.code == "forbidden" else 400, checked.message)
+            if checked.kind is not TopicKind.ALL_GAMES:
+                followed.add(name)
+        cursor = (
+            headers.get(b"last-event-id", b"").decode("latin-1")
+            or (query.get("lastEventId", [""])[0])
+        )
+        try:
+            epoch, resume_from = decode_event_id(cursor) if cursor else (None, {})
+        except BadLastEventId as exc:
+            return _Refusal(400, str(exc))
         resumed = {name: resume_from[name] for name in followed if name in resume_from}
+        if epoch == ctx.store.epoch and not isinstance(ctx.store, StreamHistory):
+            ahead = await _beyond_head(ctx, resumed)
+            if ahead is not None:
+                return _Refusal(400, f"Last-Event-ID {cursor[:80]!r} {ahead}")
+        if ctx.slots.user_full(principal.sub):
+            return _Refusal(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
+        return _Request(principal, names, followed, epoch, resumed)
+
+    async def _stream(self, ip: str, request: _Request, receive: Receive, send: Send) -> None:
+        """Serve the accepted stream until the client goes or the session ends it."""
+        ctx = self._ctx
         peer = SsePeer(
             send,
             ctx.limits.send_buffer_bytes,
             ctx.limits.sse_heartbeat_seconds,
             ctx.store.epoch,
-            followed,
-            resumed,
+            request.followed,
+            request.resumed,
         )
         session = Session(peer, ctx, ip, "/stream")
         peer.session = session
         writer = asyncio.create_task(peer.write_loop())
-        session.opened(principal)
-        for name in names:
-            since = resumed.get(name)
-            session.request(
-                ClientMessage(
-                    "subscribe", topic=name, since=since, epoch=epoch if since is not None else None
-                )
-            )
+        session.opened(request.principal)
+        for name in request.names:
+            since = request.resumed.get(name)
+            epoch = request.epoch if since is not None else None
+            session.request(ClientMessage("subscribe", topic=name, since=since, epoch=epoch))
         closing = asyncio.ensure_future(peer.closing.wait())
         receiving = asyncio.ensure_future(receive())
         try:
@@ -417,6 +413,26 @@ class SseEndpoint:
                     await writer
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What an accepted ``GET /stream`` follows, and from where."""
+
+    principal: Principal
+    names: list[str]
+    #: The topics with offsets of their own (all but rating.game.*).
+    followed: set[str]
+    epoch: str | None
+    #: Where each resumed topic starts (from ``Last-Event-ID``).
+    resumed: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    status: int
+    detail: str | bytes
+    retry_after: int | None = None
+
+
 async def _beyond_head(ctx: RealtimeContext, resumed: dict[str, int]) -> str | None:
     """What is wrong with a cursor that resumes past a topic's last event, else None.
 
@@ -445,7 +461,9 @@ async def _problem(
     if isinstance(detail, bytes):
         detail = detail.decode().strip()
     title = HTTPStatus(status).phrase
-    body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    # The type names the status as REST's problems do (ratewire.api.problems).
+    kind = f"urn:ratewire:problem:{title.lower().replace(' ', '-')}"
+    body = orjson.dumps({"type": kind, "title": title, "status": status, "detail": detail})
     headers = [(b"content-type", b"application/problem+json")]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))

@@ -20,7 +20,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ratewire.listener import DescriptorBudget
-from ratewire.realtime.outbox import CLOSE_TOO_SLOW
+from ratewire.realtime.session import CLOSE_TOO_SLOW
 
 TOO_SLOW_REASON = "Client too slow"
 
