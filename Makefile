@@ -1,13 +1,20 @@
 # Both targets create and reuse .venv/ at the repo root, so they work on a fresh machine.
+# `make run` installs the server only (the runtime dependencies); `make test` and the other
+# targets add the dev tools (ruff, mypy, pytest, playwright...) on top, in the same venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck bench chaos clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
@@ -20,7 +27,7 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 	cd $(JS) && npm ci --no-audit --no-fund
 	touch $(JS_STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	$(BIN)/ratewire serve --dev
 
 # pytest -n 4: the suite mostly waits on the server processes it starts, so more workers than

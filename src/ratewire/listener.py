@@ -22,15 +22,46 @@ reset).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("ratewire.capacity")
 BACKLOG = 4096
+
+
+class PortUnavailable(OSError):
+    """A port could not be bound; its text names the setting, the option and the port."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def port_named(setting: str, option: str, host: str, port: int) -> Iterator[None]:
+    """Turns a failure to bind ``host:port`` into one line naming ``setting`` (and the
+    ``serve`` option that overrides it), the port and what to do about it."""
+    try:
+        yield
+    except PortUnavailable:
+        raise
+    except OSError as exc:
+        advice = {
+            errno.EADDRINUSE: "another process listens there; stop it or choose another port",
+            errno.EACCES: "this user may not bind it (ports below 1024 need privileges); "
+            "choose a port of 1024 or more",
+            errno.EADDRNOTAVAIL: f"{host!r} is not an address of this machine (server.host, "
+            "--host)",
+        }.get(exc.errno or 0, "choose another port or address")
+        raise PortUnavailable(
+            exc.errno or 0,
+            f"{setting} {port} ({option}) on {host or '*'}: {exc.strerror or exc}; {advice}",
+        ) from exc
 
 
 def listening_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:

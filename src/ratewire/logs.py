@@ -61,6 +61,20 @@ class ClientFaultFilter(logging.Filter):
         return True
 
 
+class LibraryDetailFilter(logging.Filter):
+    """Turns the INFO lines of libraries' internals (Alembic's plugins and migration context,
+    uvicorn's "Started server process") into DEBUG lines: ratewire says what they mean in its
+    own words (the schema revision, where it listens), and ``--log-level DEBUG`` shows them."""
+
+    _LIBRARIES = ("alembic", "uvicorn.error")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.startswith(self._LIBRARIES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -103,6 +117,7 @@ def configure_logging(level: str = "INFO", log_format: LogFormat = "auto") -> No
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter_for(log_format, sys.stderr))
     handler.addFilter(ClientFaultFilter())
+    handler.addFilter(LibraryDetailFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -17,7 +17,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from ratewire.api.http_server import HttpServer
 from ratewire.api.ops import ReadinessProbe
 from ratewire.audit import AuditChain, AuditContext, AuditRecord
 from ratewire.audit.log import AuditLog
+from ratewire.banner import start_banner
 from ratewire.broker import Broker, LocalBroker
 from ratewire.broker.announcements import Announcements, LocalAnnouncements
 from ratewire.broker.base import ClusterBroker
@@ -39,7 +40,7 @@ from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import GLOBAL_TOPIC, RatingEvent, parse_topic
 from ratewire.latency import DeliveryTimer, GcPauses
-from ratewire.listener import DescriptorBudget, PausableListener
+from ratewire.listener import DescriptorBudget, PausableListener, port_named
 from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_realtime
 from ratewire.realtime.history import HistorySource, StreamHistory
@@ -93,6 +94,9 @@ class Runtime:
     ) -> None:
         """``notes``: warnings to log once both ports listen."""
         self._notes = tuple(notes)
+        self._dev = dev
+        #: Where the start banner goes once both ports listen (``serve`` in a terminal).
+        self.banner: Callable[[str], None] | None = None
         problem = settings.deployment_problem()
         if problem is not None:
             raise UnsupportedBackend(problem)
@@ -541,21 +545,23 @@ class Runtime:
         )
         watchdog = asyncio.create_task(self.descriptors.run(), name="descriptor-watchdog")
         http_server: HttpServer | None = None
+        host, module = self.settings.server.host, self.settings.modules.websocket
         try:
-            http_server = HttpServer(  # binds: a port in use fails here, and stops the rest
-                self.asgi,
-                self.settings,
-                self.descriptor_budget,
-                websocket_protocol_with_budget(
-                    self.descriptor_budget, self.settings.limits.send_buffer_bytes
-                ),
-                reuse_port=self.reuse_port,
-            )
-            await self.start_module_server()
+            with port_named("server.port", "--port", host, self.settings.server.port):
+                http_server = HttpServer(  # binds: a port in use fails here, stops the rest
+                    self.asgi,
+                    self.settings,
+                    self.descriptor_budget,
+                    websocket_protocol_with_budget(
+                        self.descriptor_budget, self.settings.limits.send_buffer_bytes
+                    ),
+                    reuse_port=self.reuse_port,
+                )
+            with port_named("modules.websocket.port", "--ws-port", host, module.port):
+                await self.start_module_server()
             await http_server.start()
             # uvicorn, bound to no socket of its own, no longer says where it listens.
-            host, tls = self.settings.server.host, bool(self.settings.tls.cert)
-            module = self.settings.modules.websocket
+            tls = bool(self.settings.tls.cert)
             log.info(
                 "listening: REST and /ws on %s://%s:%d%s",
                 "https" if tls else "http",
@@ -567,6 +573,9 @@ class Runtime:
             )
             for note in self._notes:
                 log.warning(note)
+            if self.banner is not None:
+                roles = (self.serves_rest, self.serves_websockets)
+                self.banner(start_banner(self.settings, self._dev, *roles))
             assert http_server.serving is not None
             stop_task = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(

@@ -20,6 +20,7 @@ LAYERS = [
     {"audit", "broker"},
     {"storage"},
     {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth", "transfer"},
+    {"banner"},
     {"api", "realtime", "dashboard", "mcp_server"},
     {"runtime", "workers"},
     {"cli", "healthcheck"},

@@ -16,11 +16,35 @@ from ratewire.cli.common import (
 from ratewire.config import ConfigError
 from ratewire.logs import redact
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 @click.command()
 @config_option
 @auth_option
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--host",
+    default=None,
+    help="address both ports listen on (default: server.host, else 0.0.0.0; --dev: 127.0.0.1)",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="REST, /docs, /dashboard and /ws (default: server.port, else 8080)",
+)
+@click.option(
+    "--ws-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="the WebSocket module port (default: modules.websocket.port, else 8081)",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+)
 @click.option(
     "--role",
     type=click.Choice(["all", "api", "stream"]),
@@ -49,6 +73,9 @@ from ratewire.logs import redact
 def serve(
     config_path: Path | None,
     auth_path: Path | None,
+    host: str | None,
+    port: int | None,
+    ws_port: int | None,
     log_level: str,
     role: str | None,
     workers: int | None,
@@ -56,7 +83,10 @@ def serve(
     no_migrate: bool,
     reuse_port: bool,
 ) -> None:
-    """Run the server (REST on server.port, WebSockets on modules.websocket.port and /ws)."""
+    """Run the server (REST on server.port, WebSockets on modules.websocket.port and /ws).
+
+    --host, --port and --ws-port override server.host, server.port and
+    modules.websocket.port (as RATEWIRE_SERVER__PORT etc. do)."""
     import logging
 
     import uvloop
@@ -72,13 +102,21 @@ def serve(
     dev_note = None
     if dev:
         settings, dev_note = with_dev_secret(settings, create=True)
-    server = settings.server.model_copy(
-        update={
-            "role": role or settings.server.role,
-            "workers": workers or settings.server.workers,
-        }
-    )
+    overrides: dict[str, object] = {
+        "role": role or settings.server.role,
+        "workers": workers or settings.server.workers,
+    }
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    # model_copy adds to fields_set: a --host counts as a configured server.host below.
+    server = settings.server.model_copy(update=overrides)
     settings = settings.model_copy(update={"server": server})
+    if ws_port is not None:
+        module = settings.modules.websocket.model_copy(update={"port": ws_port})
+        modules = settings.modules.model_copy(update={"websocket": module})
+        settings = settings.model_copy(update={"modules": modules})
     if no_migrate:
         storage = settings.storage.model_copy(update={"migrate": False})
         settings = settings.model_copy(update={"storage": storage})
@@ -115,6 +153,9 @@ def serve(
             *(("--config", str(config_path)) if config_path else ()),
             *(("--auth", str(auth_path)) if auth_path else ()),
             *("--log-level", log_level, "--role", settings.server.role),
+            *(("--host", host) if host is not None else ()),
+            *(("--port", str(port)) if port is not None else ()),
+            *(("--ws-port", str(ws_port)) if ws_port is not None else ()),
             *(("--dev",) if dev else ()),
             *(("--no-migrate",) if no_migrate else ()),
         ]
@@ -125,7 +166,11 @@ def serve(
         sys.exit(uvloop.run(supervise(settings.server.workers, forwarded)))
 
     async def run() -> None:
-        await Runtime(settings, reuse_port=reuse_port, dev=dev, notes=notes).serve()
+        runtime = Runtime(settings, reuse_port=reuse_port, dev=dev, notes=notes)
+        if sys.stderr.isatty() and not reuse_port:
+            # A person is watching: say where to go next (log lines go to the same stream).
+            runtime.banner = lambda text: click.echo(f"\n{text}\n", err=True)
+        await runtime.serve()
 
     try:
         uvloop.run(run())
