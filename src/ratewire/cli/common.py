@@ -91,6 +91,8 @@ def run_on_store(settings: Settings, work: Any, command: str, *, start: bool = T
 
     try:
         return asyncio.run(run())
+    except BrokenPipeError:
+        raise  # stdout was closed (``| head``): click ends quietly
     except (StorageError, UnsupportedBackend, OSError) as exc:
         click.echo(f"ratewire {command}: {exc}", err=True)
         sys.exit(1)

@@ -41,6 +41,8 @@ def tail(
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
         url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
+    if sys.stderr.isatty():
+        _narrate(url, topic, since)
     # Without --token, a fresh one whenever needed: tail outlives any one token.
     issuer = None if token_value else token_service(settings)
     colour = sys.stdout.isatty() and not as_json
@@ -62,6 +64,25 @@ def tail(
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+
+
+def _narrate(url: str, topic: str, since: int | None) -> None:
+    """Tell the person at the terminal, on stderr, what tail is doing (connecting, following,
+    connection lost, cannot reach): the client's own INFO lines. stdout stays the updates."""
+    import logging
+
+    class Narration(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return click.style(f"ratewire tail: {record.getMessage()}", dim=True)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Narration())
+    client_log = logging.getLogger("ratewire.client")
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO)
+    client_log.propagate = False
+    start = "" if since is None else f" (replaying {topic} after offset {since})"
+    click.echo(click.style(f"ratewire tail: connecting to {url}{start}", dim=True), err=True)
 
 
 _EVENT_COLOURS = {"created": "green", "updated": "cyan", "deleted": "red"}

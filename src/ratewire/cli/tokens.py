@@ -86,6 +86,8 @@ def revoke(
             answer = admin_request(url, token_value, "GET", "/admin/revocations")
             for entry in answer["items"]:
                 click.echo(orjson.dumps(entry).decode())
+            if not answer["items"]:  # on stderr: a script reading stdout sees no line
+                click.echo("ratewire revoke --list: none in force", err=True)
             return
         body = {"jti": jti} if jti is not None else {"sub": sub}
         if reason:

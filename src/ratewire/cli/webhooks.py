@@ -93,8 +93,11 @@ def list_webhooks(
 ) -> None:
     """Every webhook: id, status, cursor, topics and URL."""
     call = _call("list", config_path, auth_path, url, token_value)
-    for item in call("GET", "/admin/webhooks")["items"]:
+    items = call("GET", "/admin/webhooks")["items"]
+    for item in items:
         click.echo(_line(item))
+    if not items:  # on stderr: a script reading stdout sees no line
+        click.echo("ratewire webhook list: none registered", err=True)
 
 
 @webhook.command()

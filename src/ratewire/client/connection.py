@@ -43,6 +43,7 @@ from ratewire.client.models import (
 )
 
 log = logging.getLogger("ratewire.client")
+RECONNECTING = "connection lost (close code %s); reconnecting and resuming"
 
 #: A token, or a callable (sync or async) that returns a fresh one.
 TokenProvider = Callable[[], str | Awaitable[str]]
@@ -206,6 +207,8 @@ class StreamConnection:
                     self.connections += 1
                     if await self._session(ws, token):
                         attempt = 0
+                    if not self._closed:  # the server closed it cleanly (1000, 1001)
+                        log.info(RECONNECTING, ws.close_code)
             except ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd is not None else None
                 if code in AUTH_CLOSE_CODES:
@@ -216,7 +219,7 @@ class StreamConnection:
                     fresh_token = True  # renew and come back at once
                     attempt = 0
                     continue
-                log.info("stream closed (%s); resuming", code)
+                log.info(RECONNECTING, code)
             except InvalidStatus as refused:
                 status = refused.response.status_code
                 if status in (401, 403, 404):
@@ -247,6 +250,7 @@ class StreamConnection:
         if hello.get("type") != "connection_success":
             raise ConnectionError(f"unexpected first frame {hello}")
         self._ws = ws
+        log.info("connected to %s", self.url)
         for topic in list(self._subs):
             await self._subscribe(ws, topic, snapshot=any(s.snapshot for s in self._subs[topic]))
         refresher = asyncio.create_task(self._refresh_before_expiry(ws, token))
@@ -337,6 +341,10 @@ class StreamConnection:
                 await sub.queue.put(gap)
             return
         fresh = "recovered" not in frame  # not a resume: live from ``offset``
+        if fresh:
+            log.info("following %s from offset %d (live from here)", topic, offset)
+        else:
+            log.info("following %s: resumed, every update after the last one seen", topic)
         if fresh and (topic not in self._position or self._position[topic] < offset):
             self._position[topic] = offset
         for sub in self._subs.get(topic, ()):
