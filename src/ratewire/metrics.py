@@ -112,128 +112,142 @@ class Metrics:
     def __init__(self, sources: MetricSources, multiprocess_dir: str | None = None) -> None:
         self.sources = sources
         self.multiprocess_dir = multiprocess_dir
-        self.registry = registry = CollectorRegistry(auto_describe=False)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._define_connection_series()
+        self._define_delivery_series()
+        self._define_capacity_series()
+        self._define_webhook_and_audit_series()
+        self._define_histograms()
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> _Copied:
-            return _Copied(Counter(name, doc, labels, registry=registry))
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> _Copied:
+        return _Copied(Counter(name, doc, labels, registry=self.registry))
 
-        def gauge(
-            name: str, doc: str, labels: tuple[str, ...] = (), mode: GaugeMode = "livesum"
-        ) -> Gauge:
-            # live*: a dead worker's gauges leave the totals (its counters stay in).
-            return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
+    def _gauge(
+        self, name: str, doc: str, labels: tuple[str, ...] = (), mode: GaugeMode = "livesum"
+    ) -> Gauge:
+        # live*: a dead worker's gauges leave the totals (its counters stay in).
+        return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
 
-        self._connections = gauge(
+    def _define_connection_series(self) -> None:
+        self._connections = self._gauge(
             "ratewire_websocket_connections", "Open WebSocket connections", mode="livesum"
         )
-        self._opened = counter("ratewire_websocket_opened", "WebSocket connections opened")
-        self._closed = counter(
+        self._opened = self._counter("ratewire_websocket_opened", "WebSocket connections opened")
+        self._closed = self._counter(
             "ratewire_websocket_closed",
             "WebSocket connections closed, by close code (1006: gone without a close frame)",
             ("code",),
         )
-        self._subscriptions = gauge(
+        self._subscriptions = self._gauge(
             "ratewire_subscriptions", "Subscriptions held, by topic kind", ("kind",), "livesum"
         )
-        self._published = counter(
+
+    def _define_delivery_series(self) -> None:
+        self._published = self._counter(
             "ratewire_events_published",
             "Rating events this instance's relay handed to the broker (summed over instances: "
             "every committed event once)",
         )
-        self._deliveries = counter(
+        self._deliveries = self._counter(
             "ratewire_deliveries", "rating_update frames written to subscribers"
         )
-        self._slow = counter(
+        self._slow = self._counter(
             "ratewire_slow_consumers_cut",
             "Connections closed with 4009 because their send buffer overflowed",
         )
-        self._relay_lag = gauge(
+        self._relay_lag = self._gauge(
             "ratewire_relay_lag_seconds",
             "Age of the oldest committed event the relay has not published yet (0: none)",
             mode="livemax",
         )
-        self._rate_limited = counter(
+
+    def _define_capacity_series(self) -> None:
+        self._rate_limited = self._counter(
             "ratewire_rate_limited",
             "Requests, messages and connections refused by a limit, by limit",
             ("limit",),
         )
-        self._storage_errors = counter(
+        self._storage_errors = self._counter(
             "ratewire_storage_errors",
             "Storage operations that failed (the store was unreachable or refused), by caller",
             ("where",),
         )
-        self._max_connections = gauge(
+        self._max_connections = self._gauge(
             "ratewire_websocket_max_connections",
             "WebSocket connections this process holds at most (limits.max_connections)",
             mode="livesum",
         )
-        self._refused_at_capacity = counter(
+        self._refused_at_capacity = self._counter(
             "ratewire_websocket_refused_at_capacity",
             "WebSocket upgrades answered 503 because the process was at max_connections",
         )
-        self._accept_errors = counter(
+        self._accept_errors = self._counter(
             "ratewire_accept_errors",
             "Connections the server could not accept (out of file descriptors)",
         )
-        self._descriptors_exhausted = counter(
+        self._descriptors_exhausted = self._counter(
             "ratewire_descriptors_exhausted_seconds",
             "Seconds the process had no file descriptor left (connections closed at accept)",
         )
-        self._cache_hits = counter(
+        self._cache_hits = self._counter(
             "ratewire_summary_cache_hits", "Summary and top-games reads answered from memory"
         )
-        self._cache_misses = counter(
+        self._cache_misses = self._counter(
             "ratewire_summary_cache_misses", "Summary and top-games reads that went to the store"
         )
-        self._cache_entries = gauge(
+        self._cache_entries = self._gauge(
             "ratewire_summary_cache_entries", "Game summaries held in memory", mode="livesum"
         )
-        self._worker_notices = counter(
+        self._worker_notices = self._counter(
             "ratewire_worker_notices",
             "Commit notices between the workers of one host (serve --workers, in-process "
             "broker), by outcome: sent, received, dropped (the sibling reads the store instead)",
             ("outcome",),
         )
-        self._webhook_attempts = counter(
+
+    def _define_webhook_and_audit_series(self) -> None:
+        self._webhook_attempts = self._counter(
             "ratewire_webhook_attempts",
             "Webhook POSTs, by outcome: delivered (2xx), failed (retried), gone (410: disabled)",
             ("outcome",),
         )
-        self._webhook_deliveries = counter(
+        self._webhook_deliveries = self._counter(
             "ratewire_webhook_deliveries", "Events delivered to webhooks (2xx answers)"
         )
-        self._webhook_backlog = gauge(
+        self._webhook_backlog = self._gauge(
             "ratewire_webhook_oldest_undelivered_seconds",
             "Age of each webhook's oldest event not delivered yet (0: none), on its deliverer",
             ("webhook",),
             mode="livemax",
         )
         self._webhook_backlog_labels: set[str] = set()
-        self._audit_dropped = counter(
+        self._audit_dropped = self._counter(
             "ratewire_audit_entries_dropped",
             "Audit entries lost: storage unreachable past the buffer, or refused by the store",
         )
-        self._audit_made_safe = counter(
+        self._audit_made_safe = self._counter(
             "ratewire_audit_entries_made_safe",
             "Audit entries recorded with text no store can keep (lone surrogates) escaped",
         )
+
+    def _define_histograms(self) -> None:
         self.commit_to_send = Histogram(
             "ratewire_commit_to_send_seconds",
             "Seconds from an event's commit to its frames being handed to subscribers",
-            registry=registry,
+            registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
         self._http_requests = Counter(
             "ratewire_http_requests",
             "REST requests answered, by route template, method and status",
             ("route", "method", "status"),
-            registry=registry,
+            registry=self.registry,
         )
         self._http_latency = Histogram(
             "ratewire_http_request_duration_seconds",
             "Seconds from a REST request's arrival to its response, by route template",
             ("route", "method"),
-            registry=registry,
+            registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
 
@@ -243,7 +257,7 @@ class Metrics:
             "Seconds each stage from a write's request to its last socket write took, once per "
             "event: commit, relay, encode, first_write, fan_out (the latency budget)",
             ("stage",),
-            registry=registry,
+            registry=self.registry,
             buckets=STAGE_BUCKETS,
         )
         # Children looked up once: observe_stage runs five times per event.
@@ -252,7 +266,7 @@ class Metrics:
             "ratewire_gc_pause_seconds",
             "Seconds each garbage collection paused the process, by generation",
             ("generation",),
-            registry=registry,
+            registry=self.registry,
             buckets=STAGE_BUCKETS,
         )
         self._gc_children = [gc_pauses.labels(str(generation)) for generation in range(3)]
