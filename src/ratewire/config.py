@@ -268,6 +268,11 @@ class JwtSettings(_Section):
     #: Tokens living longer than this (exp - iat, or exp - now without iat) are refused
     #: everywhere: a stolen token stays useful for minutes, not years.
     max_ttl_seconds: int = Field(900, gt=0)
+    #: The same bound for read-only tokens (scope ``ratings:read`` alone), which may live
+    #: longer: a dashboard left open on a wall screen stays signed in for as long as its token
+    #: lives (``ratewire token dashboard --scope ratings:read --ttl 86400``). None: as
+    #: max_ttl_seconds. Revocation still ends such a token at once.
+    max_read_only_ttl_seconds: int | None = Field(None, gt=0)
     leeway_seconds: float = Field(5, ge=0)
 
     @field_validator("keys")

@@ -97,6 +97,8 @@ class TokenService:
         self._settings = settings
         self._keys = load_key_set(settings, dev=dev)
         self._max_ttl = settings.max_ttl_seconds
+        #: Read-only tokens may live longer (a dashboard on a wall screen), never shorter.
+        self._max_read_only_ttl = max(self._max_ttl, settings.max_read_only_ttl_seconds or 0)
         self._leeway = settings.leeway_seconds
         self._default_ttl = settings.expiry_seconds
         #: Revocations in force; every verification consults it.
@@ -114,7 +116,12 @@ class TokenService:
     @property
     def max_lifetime(self) -> float:
         """The longest any acceptable token can still verify from now (revocation lifetime)."""
-        return self._max_ttl + 2 * self._leeway
+        return self._max_read_only_ttl + 2 * self._leeway
+
+    def max_ttl_for(self, scopes: Iterable[str]) -> int:
+        """The longest lifetime a token with ``scopes`` may have (jwt.max_ttl_seconds, or
+        jwt.max_read_only_ttl_seconds for a read-only one)."""
+        return self._max_read_only_ttl if scopes_read_only(scopes) else self._max_ttl
 
     def issue(
         self,
@@ -129,10 +136,17 @@ class TokenService:
         if key is None or key.signer is None:
             raise ValueError("no configured key can sign (every jwt.keys entry is verify-only)")
         ttl = ttl_seconds or self._default_ttl
-        if ttl > self._max_ttl:
-            raise ValueError(
-                f"a {ttl} s token would be refused: jwt.max_ttl_seconds is {self._max_ttl}"
+        read_only = scopes_read_only((scope or "").split())
+        limit = self.max_ttl_for((scope or "").split())
+        if ttl > limit:
+            setting = "jwt.max_read_only_ttl_seconds" if read_only else "jwt.max_ttl_seconds"
+            hint = (
+                ""
+                if read_only
+                else " (read-only tokens, --scope ratings:read, may live up to "
+                "jwt.max_read_only_ttl_seconds)"
             )
+            raise ValueError(f"a {ttl} s token would be refused: {setting} is {limit}{hint}")
         now = time.time()
         claims: dict[str, object] = {
             "sub": sub,
@@ -206,11 +220,12 @@ class TokenService:
             raise InvalidToken("Invalid token: exp must be a number of seconds")
         issued_at = _seconds(claims.get("iat"))
         start = issued_at if issued_at is not None else time.time()
-        if expires_at - start > self._max_ttl + self._leeway:
-            raise InvalidToken(f"Invalid token: it lives longer than {self._max_ttl} s")
         sub, scope, topics = claims.get("sub"), claims.get("scope", ""), claims.get("topics")
         if not isinstance(sub, str) or not sub or not isinstance(scope, str):
             raise InvalidToken()
+        limit = self.max_ttl_for(scope.split())
+        if expires_at - start > limit + self._leeway:
+            raise InvalidToken(f"Invalid token: it lives longer than {limit} s")
         if topics is not None and not (
             isinstance(topics, list) and all(isinstance(t, str) for t in topics)
         ):
