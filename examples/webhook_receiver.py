@@ -1,8 +1,14 @@
 """A webhook receiver: verify each POST's signature, handle every event exactly once (by its
 ``webhook-id``), print it.
 
-    python examples/webhook_receiver.py --port 9000 --secret whsec_...
     ratewire webhook add http://127.0.0.1:9000/ --topic rating.global   # prints the secret
+    python examples/webhook_receiver.py --port 9000 --secret whsec_...
+
+A webhook URL must be https to a public address unless the server allows otherwise: for
+this local trial start the server with both settings on (never in production):
+
+    RATEWIRE_WEBHOOKS__ALLOW_INSECURE_HTTP=true RATEWIRE_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true \
+        make run
 
 ratewire delivers at least once (a retry after a lost answer, a replay, a restart repeat
 an event with the same webhook-id); keeping the ids seen makes it exactly once here. The ids

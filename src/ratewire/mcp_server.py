@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp.shared.exceptions import MCPError
 from pydantic import AnyHttpUrl
 
+from ratewire import __version__
 from ratewire.client import Client, Gap, HistoryPage, RatewireError, Rating, Summary, Update
 from ratewire.client.connection import TokenProvider
 from ratewire.config import McpSettings, TlsSettings
@@ -122,6 +124,7 @@ class RatewireMCP:
             )
         self.server: MCPServer[None] = MCPServer(
             "ratewire",
+            version=__version__,
             instructions=INSTRUCTIONS,
             subscriptions=self.bus,
             lifespan=self._lifespan,
@@ -339,4 +342,14 @@ def run(
         ssl_keyfile=tls.key,
         log_level="warning",
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    where = f"{'https' if tls.cert else 'http'}://{host}:{http_port}/mcp"
+
+    class Announcing(uvicorn.Server):
+        """uvicorn at log level warning says nothing once it listens: say where."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"ratewire mcp {__version__}: listening on {where}", file=sys.stderr)
+
+    asyncio.run(Announcing(config).serve())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from ratewire.config import ConfigError, load_settings
 from tests.support.cli import run_ratewire
@@ -201,3 +203,43 @@ def test_deployments_that_cannot_work_stop_the_start_with_one_line(
     result = run_ratewire("serve", *args, cwd=tmp_path, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"ratewire: cannot start: {expected}" in result.stderr
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every key of ``model``, dotted; a section's keys below it (``jwt.keys`` is a list)."""
+    found: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= _keys(annotation, f"{prefix}{name}.")
+        else:
+            found.add(f"{prefix}{name}")
+    return found
+
+
+def _written(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    found: set[str] = set()
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            found |= _written(value, f"{prefix}{name}.")
+        else:
+            found.add(f"{prefix}{name}")
+    return found
+
+
+def test_the_examples_write_out_every_key_of_the_settings() -> None:
+    """examples/config.yml and auth.yml say they hold every key: a key added to the settings
+    model without them fails here, as does one they keep after it is gone."""
+    import yaml
+
+    from ratewire.config import Settings
+
+    written = _written(yaml.safe_load((EXAMPLES / "config.yml").read_text()))
+    auth = (EXAMPLES / "auth.yml").read_text()
+    written |= _written(yaml.safe_load(auth))
+    # The one key shown commented out: a placeholder secret would be a weak one.
+    if "\n  # secret: " in auth:
+        written.add("jwt.secret")
+    expected = _keys(Settings)
+    assert sorted(expected - written) == [], "keys missing from examples/config.yml or auth.yml"
+    assert sorted(written - expected) == [], "keys the settings no longer have"

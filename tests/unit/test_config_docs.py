@@ -52,3 +52,21 @@ def test_every_configuration_key_is_in_the_reference() -> None:
         if f"`{key}`" not in rows.get("jwt", "")
     ]
     assert missing == [], f"not in docs/protocol.md's Configuration table: {missing}"
+
+
+def test_every_close_code_the_metrics_can_count_is_in_the_reference() -> None:
+    """The server's close codes (realtime.session), and the two that only reach the metrics
+    (1005: the client gave none; 1011: an internal error), each have a row in docs/protocol.md's
+    Close codes table; 1000 and 1006 are named under it."""
+    from ratewire.realtime import session
+
+    text = PROTOCOL.read_text()
+    table = text.split("### Close codes", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| (\d{4}) \|", table, re.MULTILINE))
+    sent = {
+        str(value)
+        for name, value in vars(session).items()
+        if name.startswith("CLOSE_") and isinstance(value, int) and value != 1006
+    }
+    assert sorted((sent | {"1005", "1011"}) - rows) == []
+    assert "1000" in table and "1006" in table

@@ -119,7 +119,9 @@ async def checked_addresses(host: str, port: int, *, allow_private: bool) -> lis
     if not allow_private:
         for address in addresses:
             if (why := refusal(address)) is not None:
-                raise RefusedUrl(f"{host} resolves to {address}, {why}")
+                raise RefusedUrl(
+                    f"{host} resolves to {address}, {why} (webhooks.allow_private_networks)"
+                )
     return addresses
 
 
