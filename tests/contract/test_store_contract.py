@@ -270,6 +270,18 @@ async def test_racing_updates_with_one_version_exactly_one_wins(store: RatingSto
     assert (await store.get(created.rating.id)).version == 2
 
 
+async def test_racing_upserts_of_a_new_pair_create_it_once_and_replace_it(
+    store: RatingStore,
+) -> None:
+    drafts = [RatingDraft("42", "7", 1 + i % 5, f"c{i}") for i in range(12)]
+    results = await asyncio.gather(*(store.upsert(d, None, utc_now()) for d in drafts))
+    assert sum(r.created for r in results) == 1
+    assert len({r.rating.id for r in results}) == 1
+    assert (await store.get(results[0].rating.id)).version == 12
+    assert (await store.summary("42")).count == 1
+    assert await store.topic_head(GLOBAL) == 12
+
+
 async def test_concurrent_writers_keep_summaries_and_offsets_exact(store: RatingStore) -> None:
     async def life(index: int) -> None:
         rating = (await create(store, "hot", f"u{index}", 1 + index % 5)).rating

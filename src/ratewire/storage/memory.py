@@ -31,11 +31,17 @@ from ratewire.domain.rating import EventKind
 from ratewire.domain.topics import GLOBAL_TOPIC
 from ratewire.security.revocation import Revocation
 from ratewire.storage.base import AlreadyExists, NotFound, VersionMismatch, WriteResult
+from ratewire.storage.upsert import PairUpsert
 from ratewire.storage.webhook_store import MemoryWebhookStore
 
 
-class MemoryStore:
+class MemoryStore(PairUpsert):
     """A :class:`~ratewire.storage.base.RatingStore` in process memory."""
+
+    #: One: nothing awaits between an upsert's look-up and its write, so it loses no race
+    #: (and never gives up).
+    upsert_attempts = 1
+    upsert_gave_up = "rating {pair} kept changing"
 
     def __init__(self) -> None:
         self.epoch = secrets.token_hex(8)
@@ -122,22 +128,8 @@ class MemoryStore:
         rating = Rating.new(draft, now)
         return WriteResult(rating, self._commit("created", None, rating, now, audit), created=True)
 
-    async def upsert(
-        self,
-        draft: RatingDraft,
-        expected_version: int | None,
-        now: datetime,
-        audit: AuditContext | None = None,
-    ) -> WriteResult:
-        existing_id = self._by_pair.get((draft.game_id, draft.user_id))
-        if existing_id is None:
-            if expected_version is not None:
-                raise VersionMismatch(f"{draft.game_id}/{draft.user_id}", expected_version, None)
-            return await self.create(draft, now, audit)
-        changes = RatingChanges(
-            score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
-        )
-        return await self.update(existing_id, changes, expected_version, now, audit)
+    async def _pair_id(self, game_id: str, user_id: str) -> str | None:
+        return self._by_pair.get((game_id, user_id))
 
     async def update(
         self,

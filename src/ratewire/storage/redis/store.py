@@ -64,6 +64,7 @@ from ratewire.storage.redis.audit import RedisAuditChain, encode_record
 from ratewire.storage.redis.scripts import LIST, PRUNE, RANK, TOP, WRITE
 from ratewire.storage.redis.webhooks import RedisWebhookStore
 from ratewire.storage.redis.wire import PipelinedConnection
+from ratewire.storage.upsert import PairUpsert
 
 _WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest()
 
@@ -152,8 +153,11 @@ def _prior_name(mean: float, weight: float) -> str:
     return f"{mean!r}:{weight!r}"
 
 
-class RedisStore:
+class RedisStore(PairUpsert):
     """A :class:`~ratewire.storage.base.RatingStore` on a standalone Redis (7 or later)."""
+
+    upsert_attempts = MAX_RETRIES
+    upsert_gave_up = "rating {pair} kept changing"
 
     def __init__(self, url: str) -> None:
         redis_url, self.prefix = split_url(url)
@@ -333,32 +337,10 @@ class RedisStore:
             self._audit_queued()
         return WriteResult(rating, self._event("created", rating, answer, now), created=True)
 
-    async def upsert(
-        self,
-        draft: RatingDraft,
-        expected_version: int | None,
-        now: datetime,
-        audit: AuditContext | None = None,
-    ) -> WriteResult:
-        changes = RatingChanges(
-            score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
-        )
-        for _ in range(MAX_RETRIES):
-            async with self._reaching_redis():
-                existing = await self._client.hget(
-                    f"{self.prefix}:pair", f"{draft.game_id}/{draft.user_id}"
-                )
-            if existing is None:
-                if expected_version is not None:
-                    raise VersionMismatch(
-                        f"{draft.game_id}/{draft.user_id}", expected_version, None
-                    )
-                with contextlib.suppress(AlreadyExists):  # created meanwhile: replace it
-                    return await self.create(draft, now, audit)
-                continue
-            with contextlib.suppress(NotFound):  # deleted meanwhile: create it
-                return await self.update(existing.decode(), changes, expected_version, now, audit)
-        raise StorageUnavailable(f"rating {draft.game_id}/{draft.user_id} kept changing")
+    async def _pair_id(self, game_id: str, user_id: str) -> str | None:
+        async with self._reaching_redis():
+            existing = await self._client.hget(f"{self.prefix}:pair", f"{game_id}/{user_id}")
+        return None if existing is None else existing.decode()
 
     async def _read(self, rating_id: str) -> Rating:
         async with self._reaching_redis():

@@ -76,6 +76,7 @@ from ratewire.storage.sql.schema import (
     user_heads,
 )
 from ratewire.storage.sql.webhooks import SqlWebhookStore
+from ratewire.storage.upsert import PairUpsert
 
 #: PostgreSQL connections of the rating writes' own pool: batches never overlap, so one is
 #: busy at a time; the second stands in while a lost one is replaced.
@@ -85,7 +86,7 @@ _T = TypeVar("_T")
 __all__ = ["SCHEMA_VERSION", "SqlStore", "async_url", "metadata"]
 
 
-class SqlStore(SqlReads):
+class SqlStore(SqlReads, PairUpsert):
     """A :class:`~ratewire.storage.base.RatingStore` over SQLite, PostgreSQL or MySQL.
 
     Every operation is one synchronous function over a SQLAlchemy ``Connection``, written once
@@ -94,6 +95,10 @@ class SqlStore(SqlReads):
     driver: aiosqlite hops threads on every statement, cursor and fetch (~0.15 ms each, about
     3.5 ms per write); one hop per transaction brings a write to well under 1 ms.
     """
+
+    #: Each lost race means another writer committed in between: three in a row are a 503.
+    upsert_attempts = 3
+    upsert_gave_up = "upsert of {pair} kept racing; retry"
 
     def __init__(
         self,
@@ -435,33 +440,6 @@ class SqlStore(SqlReads):
         except (IntegrityError, PairTaken):
             existing = await self._pair_id(draft.game_id, draft.user_id)
             raise AlreadyExists(draft.game_id, draft.user_id, existing) from None
-
-    async def upsert(
-        self,
-        draft: RatingDraft,
-        expected_version: int | None,
-        now: datetime,
-        audit: AuditContext | None = None,
-    ) -> WriteResult:
-        changes = RatingChanges(
-            score=draft.score, comment=draft.comment, clear_comment=draft.comment is None
-        )
-        for _ in range(3):
-            existing_id = await self._pair_id(draft.game_id, draft.user_id)
-            if existing_id is None:
-                if expected_version is not None:
-                    raise VersionMismatch(
-                        f"{draft.game_id}/{draft.user_id}", expected_version, None
-                    )
-                try:
-                    return await self.create(draft, now, audit)
-                except AlreadyExists:
-                    continue  # a concurrent writer created it first: update that one instead
-            try:
-                return await self.update(existing_id, changes, expected_version, now, audit)
-            except NotFound:
-                continue  # deleted between the lookup and the update: create it again
-        raise StorageUnavailable(f"upsert of {draft.game_id}/{draft.user_id} kept racing; retry")
 
     async def update(
         self,
