@@ -131,6 +131,26 @@ async def test_upsert_creates_then_replaces_and_repeats_are_quiet(store: RatingS
         await store.upsert(RatingDraft("42", "new", 3, None), 1, utc_now())
 
 
+async def test_every_backend_keeps_a_moment_to_the_exact_millisecond(store: RatingStore) -> None:
+    from ratewire.audit import AuditChain, AuditQuery
+
+    # Float seconds, int(moment.timestamp() * 1000), put both a millisecond early (...471, ...474).
+    created_at = datetime(2004, 3, 15, 7, 55, 47, 472000, tzinfo=UTC)
+    updated_at = datetime(2004, 3, 15, 7, 55, 47, 475000, tzinfo=UTC)
+    store.use_audit(AuditChain("contract-audit-key-0123456789abcdef"))
+    created = await store.create(RatingDraft("g", "7", 3, None), created_at)
+    await store.update(created.rating.id, RatingChanges(score=4), None, updated_at)
+    rating = await store.get(created.rating.id)
+    assert (rating.created_at, rating.updated_at) == (created_at, updated_at)
+    assert [r.updated_at for r in await store.list_ratings("g", None, 10, None)] == [updated_at]
+    history = await store.topic_events(game("g"), 0, 10)
+    assert [e.occurred_at for e in history] == [created_at, updated_at]
+    assert [e.occurred_at for e in await store.events_after(0, 10)] == [created_at, updated_at]
+    entries = await store.audit_entries(AuditQuery(limit=10, oldest_first=True))
+    assert [e.at_ms for e in entries] == [1_079_337_347_472, 1_079_337_347_475]
+    assert entries[0].to_wire()["at"] == "2004-03-15T07:55:47.472Z"
+
+
 # -- reads ------------------------------------------------------------------------------------
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from ratewire.storage.redis.store import from_ms, persistence_warning, split_url, to_ms
+from ratewire.storage.redis.store import persistence_warning, split_url
 
 
 @pytest.mark.parametrize(
@@ -35,13 +33,3 @@ def test_the_prefix_is_taken_out_of_the_url_and_the_rest_kept() -> None:
         "shop",
     )
     assert split_url("rediss://host/0") == ("rediss://host/0", "ratewire")
-
-
-def test_millisecond_times_round_trip_exactly() -> None:
-    # 1.123 s is not exact in binary floating point: float seconds would give 1122 ms.
-    moment = datetime(2026, 11, 25, 12, 0, 1, 123000, tzinfo=UTC)
-    assert from_ms(to_ms(moment)) == moment
-    assert all(
-        from_ms(to_ms(from_ms(ms))) == from_ms(ms)
-        for ms in range(1_764_000_000_000, 1_764_000_001_000)
-    )

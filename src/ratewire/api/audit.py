@@ -16,6 +16,7 @@ from ratewire.api.problems import ApiProblem
 from ratewire.api.routes import JSON
 from ratewire.api.schemas import problem_responses
 from ratewire.audit import AuditQuery
+from ratewire.domain import epoch_ms
 from ratewire.service import RatingService
 
 router = APIRouter(tags=["admin"])
@@ -59,7 +60,7 @@ def _ms(moment: datetime | None) -> int | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # times without a zone are UTC
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(moment)
 
 
 @router.get(

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from ratewire.domain.rating import storable_text
+from ratewire.domain.time import epoch_ms, from_epoch_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class AuditRecord:
         moment = at or datetime.now(UTC)
         return cls(
             action,
-            int(moment.timestamp() * 1000),
+            epoch_ms(moment),
             context or AuditContext(),
             rating_id,
             detail,
@@ -84,7 +85,7 @@ class AuditEntry:
 
     def to_wire(self) -> dict[str, Any]:
         """As ``GET /audit`` and ``ratewire audit export`` give it (field names are stable)."""
-        at = datetime.fromtimestamp(self.at_ms / 1000, UTC)
+        at = from_epoch_ms(self.at_ms)
         return {
             "seq": self.seq,
             "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -3,11 +3,9 @@ and the commit notices workers on one host send each other)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import orjson
 
-from ratewire.domain import RatingEvent
+from ratewire.domain import RatingEvent, epoch_ms, from_epoch_ms
 
 
 def encode_event(event: RatingEvent) -> bytes:
@@ -21,7 +19,7 @@ def encode_event(event: RatingEvent) -> bytes:
             "gameOffset": event.game_offset,
             "userOffset": event.user_offset,
             "data": event.data,
-            "at": int(event.occurred_at.timestamp() * 1000),
+            "at": epoch_ms(event.occurred_at),
         }
     )
 
@@ -37,5 +35,5 @@ def decode_event(payload: bytes) -> RatingEvent:
         game_offset=fields["gameOffset"],
         user_offset=fields["userOffset"],
         data=fields["data"],
-        occurred_at=datetime.fromtimestamp(fields["at"] / 1000, UTC),
+        occurred_at=from_epoch_ms(fields["at"]),
     )

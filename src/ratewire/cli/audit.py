@@ -99,12 +99,13 @@ def audit_export(
     import orjson
 
     from ratewire.audit import AuditQuery
+    from ratewire.domain import epoch_ms
 
     settings = settings_from(config_path, auth_path)
     since_ms = None
     if since is not None:
         moment = since if since.tzinfo else since.replace(tzinfo=UTC)
-        since_ms = int(moment.timestamp() * 1000)
+        since_ms = epoch_ms(moment)
 
     async def export(store: Any) -> int:
         written, after = 0, 0

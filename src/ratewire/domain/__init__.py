@@ -1,4 +1,4 @@
-"""Pure domain code (no I/O): ratings, their events, topics and summaries."""
+"""Pure domain code (no I/O): ratings, their events, topics, summaries and epoch ms."""
 
 from ratewire.domain.rating import (
     COMMENT_MAX_CHARS,
@@ -15,6 +15,7 @@ from ratewire.domain.rating import (
     validate_text,
 )
 from ratewire.domain.summary import GameSummary, SummaryDelta
+from ratewire.domain.time import epoch_ms, from_epoch_ms
 from ratewire.domain.topics import (
     GAME_WILDCARD,
     GLOBAL_TOPIC,
@@ -39,8 +40,10 @@ __all__ = [
     "SummaryDelta",
     "Topic",
     "TopicKind",
+    "epoch_ms",
     "event_offset",
     "format_timestamp",
+    "from_epoch_ms",
     "game_topic",
     "is_identifier",
     "new_rating_id",

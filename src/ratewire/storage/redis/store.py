@@ -27,7 +27,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -50,6 +50,8 @@ from ratewire.domain import (
     SummaryDelta,
     Topic,
     TopicKind,
+    epoch_ms,
+    from_epoch_ms,
 )
 from ratewire.domain.rating import EventKind
 from ratewire.security.revocation import Revocation
@@ -71,23 +73,12 @@ _WRITE_SHA = hashlib.sha1(WRITE.encode()).hexdigest()
 log = logging.getLogger("ratewire.storage.redis")
 
 DEFAULT_PREFIX = "ratewire"
-_EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 #: Events the pruner looks at per script call (each call blocks Redis for its duration).
 PRUNE_BATCH = 500
 #: Rankings kept current by every write (one per Bayesian prior asked for; normally one).
 MAX_RANKINGS = 4
 #: How often a write retries after the rating changed under it (no If-Match given).
 MAX_RETRIES = 50
-
-
-def to_ms(moment: datetime) -> int:
-    """Epoch milliseconds, exactly (float seconds would round some to the wrong ms)."""
-    return (moment - _EPOCH_START) // _MS
-
-
-def from_ms(ms: int) -> datetime:
-    return _EPOCH_START + ms * _MS
 
 
 def persistence_warning(config: dict[str, str]) -> str | None:
@@ -134,8 +125,8 @@ def _rating(fields: dict[bytes, bytes], rating_id: str) -> Rating:
         user_id=fields[b"u"].decode(),
         score=int(fields[b"s"]),
         comment=None if comment is None else comment.decode(),
-        created_at=from_ms(int(fields[b"ca"])),
-        updated_at=from_ms(int(fields[b"ua"])),
+        created_at=from_epoch_ms(int(fields[b"ca"])),
+        updated_at=from_epoch_ms(int(fields[b"ua"])),
         version=int(fields[b"v"]),
     )
 
@@ -281,15 +272,15 @@ class RedisStore(PairUpsert):
             fields.score,
             "0" if fields.comment is None else "1",
             fields.comment or "",
-            to_ms(fields.created_at),
-            to_ms(fields.updated_at),
+            epoch_ms(fields.created_at),
+            epoch_ms(fields.updated_at),
             fields.version,
             delta.count,
             delta.total,
             *delta.histogram,
             kind,
             orjson.dumps(wire),
-            to_ms(now),
+            epoch_ms(now),
             record,
             self.prefix,
             self.epoch,
@@ -498,7 +489,7 @@ class RedisStore(PairUpsert):
             while True:
                 count, last, done = await self._prune(
                     keys=[self._history],
-                    args=[keep_per_topic, to_ms(older_than), start, PRUNE_BATCH],
+                    args=[keep_per_topic, epoch_ms(older_than), start, PRUNE_BATCH],
                 )
                 removed += int(count)
                 if int(done):

@@ -8,7 +8,6 @@ so a write's offsets come from the rows it already locks.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -31,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ratewire.domain import GameSummary, Rating, RatingEvent
+from ratewire.domain import GameSummary, Rating, RatingEvent, from_epoch_ms
 from ratewire.storage.sql.audit import AuditTables
 
 #: Kept in ``ratewire_meta`` (set by each migration that changes the schema, see
@@ -122,14 +121,6 @@ HISTOGRAM = [game_summaries.c[f"h{score}"] for score in range(1, 6)]
 HISTOGRAM_NAMES = tuple(column.name for column in HISTOGRAM)
 
 
-def to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 def rating_from_row(row: Any) -> Rating:
     """A ``select(ratings)`` row (a SQLAlchemy row or the driver's tuple: by position)."""
     rating_id, game_id, user_id, score, comment, created_at, updated_at, version = row
@@ -139,8 +130,8 @@ def rating_from_row(row: Any) -> Rating:
         user_id=user_id,
         score=int(score),
         comment=comment,
-        created_at=from_ms(created_at),
-        updated_at=from_ms(updated_at),
+        created_at=from_epoch_ms(created_at),
+        updated_at=from_epoch_ms(updated_at),
         version=int(version),
     )
 
@@ -154,7 +145,7 @@ def event_from_row(row: Any) -> RatingEvent:
         game_offset=int(row.game_offset),
         user_offset=int(row.user_offset),
         data=orjson.loads(row.payload),
-        occurred_at=from_ms(row.occurred_at),
+        occurred_at=from_epoch_ms(row.occurred_at),
     )
 
 

@@ -29,6 +29,7 @@ from ratewire.audit import AuditChain, AuditContext, AuditRecord
 from ratewire.audit.records import rating_audit_record, revocation_audit_record
 from ratewire.domain import Rating, RatingChanges, RatingDraft, RatingEvent, SummaryDelta
 from ratewire.domain.rating import EventKind
+from ratewire.domain.time import epoch_ms
 from ratewire.security.revocation import Revocation
 from ratewire.storage.base import (
     AlreadyExists,
@@ -72,7 +73,6 @@ from ratewire.storage.sql.schema import (
     revocations,
     seed_and_prove_writable,
     store_meta,
-    to_ms,
     user_heads,
 )
 from ratewire.storage.sql.webhooks import SqlWebhookStore
@@ -315,7 +315,7 @@ class SqlStore(SqlReads, PairUpsert):
                 "game_offset": game_offset,
                 "user_offset": user_offset,
                 "payload": orjson.dumps(data).decode(),
-                "occurred_at": to_ms(now),
+                "occurred_at": epoch_ms(now),
             },
         )
         return self._recorded(
@@ -342,7 +342,7 @@ class SqlStore(SqlReads, PairUpsert):
         )
         data = current.to_wire()
         offsets = write_rating(
-            conn, statement, delta, kind, orjson.dumps(data).decode(), to_ms(now), rating_values
+            conn, statement, delta, kind, orjson.dumps(data).decode(), epoch_ms(now), rating_values
         )
         if offsets is None:
             return None
@@ -410,8 +410,8 @@ class SqlStore(SqlReads, PairUpsert):
                         rating.user_id,
                         rating.score,
                         rating.comment,
-                        to_ms(rating.created_at),
-                        to_ms(rating.updated_at),
+                        epoch_ms(rating.created_at),
+                        epoch_ms(rating.updated_at),
                         rating.version,
                     ),
                 )
@@ -427,8 +427,8 @@ class SqlStore(SqlReads, PairUpsert):
                     "user_id": rating.user_id,
                     "score": rating.score,
                     "comment": rating.comment,
-                    "created_at": to_ms(rating.created_at),
-                    "updated_at": to_ms(rating.updated_at),
+                    "created_at": epoch_ms(rating.created_at),
+                    "updated_at": epoch_ms(rating.updated_at),
                     "version": rating.version,
                 },
             )
@@ -455,7 +455,7 @@ class SqlStore(SqlReads, PairUpsert):
             if new is None:
                 raise NoChange(old)
             if isinstance(conn, PgWriteConnection):
-                values = (rating_id, new.score, new.comment, to_ms(new.updated_at), new.version)
+                values = (rating_id, new.score, new.comment, epoch_ms(new.updated_at), new.version)
                 event = self._record_pg(conn, UPDATE, "updated", old, new, now, audit, values)
                 if event is None:  # locked above, so not expected: nothing was written
                     raise NotFound(rating_id)
@@ -467,7 +467,7 @@ class SqlStore(SqlReads, PairUpsert):
                     "rid": rating_id,
                     "b_score": new.score,
                     "b_comment": new.comment,
-                    "b_updated_at": to_ms(new.updated_at),
+                    "b_updated_at": epoch_ms(new.updated_at),
                     "b_version": new.version,
                 },
             )
@@ -513,7 +513,9 @@ class SqlStore(SqlReads, PairUpsert):
 
         def body(conn: Connection) -> int:
             seq_head = int(conn.scalar(self._sql.global_offset) or 0)
-            expired = conn.execute(delete(events).where(events.c.occurred_at < to_ms(older_than)))
+            expired = conn.execute(
+                delete(events).where(events.c.occurred_at < epoch_ms(older_than))
+            )
             outside = conn.execute(
                 delete(events).where(
                     and_(
