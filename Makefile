@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench chaos clean
+.PHONY: run test lint typecheck bench chaos dist clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(STAMP) $(JS_STAMP)
 lint: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples && $(BIN)/ruff format --check src tests bench examples && $(BIN)/mypy
 	cd $(JS) && npx tsc -p tsconfig.json --noEmit
+
+# The sdist and the wheel in dist/ (pip install dist/ratewire-*.whl elsewhere).
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist
 
 bench: $(STAMP)
 	$(BIN)/ratewire bench fanout
