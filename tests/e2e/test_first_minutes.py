@@ -303,3 +303,25 @@ def test_mcp_over_http_says_where_it_listens(
     finally:
         terminal.stop()
     assert f"ratewire mcp {__version__}" in shown
+
+
+def test_a_local_webhook_refusal_names_the_settings_a_trial_needs(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The command examples/webhook_receiver.py gives, against a server without and then with
+    the first of the two settings it names."""
+    env = {"RATEWIRE_JWT__SECRET": SECRET}
+    for settings, named in (
+        ({}, "webhooks.allow_insecure_http"),
+        ({"RATEWIRE_WEBHOOKS__ALLOW_INSECURE_HTTP": "true"}, "webhooks.allow_private_networks"),
+    ):
+        server = server_factory(env=settings)
+        added = run_ratewire(
+            "webhook", "add", "http://127.0.0.1:9000/", "--topic", "rating.global",
+            "--url", server.base_url, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert added.returncode == 1 and named in added.stderr, added.stderr
+    docstring = (Path(__file__).parents[2] / "examples" / "webhook_receiver.py").read_text()
+    assert "ratewire webhook add http://127.0.0.1:9000/ --topic rating.global" in docstring
+    assert "RATEWIRE_WEBHOOKS__ALLOW_INSECURE_HTTP=true" in docstring
+    assert "RATEWIRE_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true" in docstring
