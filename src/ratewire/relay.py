@@ -13,8 +13,8 @@ In cluster mode every instance runs a relay: each publishes the events its own r
 committed at once (low latency), and the one holding the broker's lease also polls the store
 for events nobody announced (an instance killed between commit and publish). The broker takes
 each batch with the ``seq`` it is complete after, so a second publish of an event is skipped
-and a batch that would leave a gap is refused (see broker.redis.broker); the relay then reads the gap
-from the store.
+and a batch that would leave a gap is refused (see broker.redis.broker); the relay then reads
+the gap from the store.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ store, and hands each committed event to whoever listens (the relay)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ratewire.audit import AuditContext
@@ -56,29 +56,30 @@ class RatingService:
     """Create, read, change and delete ratings; summaries and rankings."""
 
     def __init__(
-        self, store: RatingStore, settings: RatingsSettings, cache: SummaryCache | None = None
+        self,
+        store: RatingStore,
+        settings: RatingsSettings,
+        cache: SummaryCache | None = None,
+        *,
+        after_commit: Sequence[EventListener] = (),
     ) -> None:
+        """``after_commit``: called in order with every event this service commits, right
+        after the commit and before the request is answered (the delivery path: see
+        ratewire.runtime.delivery)."""
         self.store = store
         self._settings = settings
-        self._listeners: list[EventListener] = []
         #: Summaries and top games from memory (None: every read goes to the store).
         self.cache = cache
+        steps = tuple(after_commit)
         if cache is not None:
-            # At commit, before the 2xx: a read after the write sees it (read-your-writes).
-            self.add_listener(lambda event: cache.saw(event.game_id, event.game_offset))
-
-    def add_listener(self, listener: EventListener, *, first: bool = False) -> None:
-        """Call ``listener`` with every event this service commits (after the commit);
-        ``first``: before the listeners added so far."""
-        if first:
-            self._listeners.insert(0, listener)
-        else:
-            self._listeners.append(listener)
+            # Before the rest, and before the 2xx: a read after the write sees it.
+            steps = (lambda event: cache.saw(event.game_id, event.game_offset), *steps)
+        self._after_commit = steps
 
     def _committed(self, result: WriteResult) -> WriteResult:
         if result.event is not None:
-            for listener in self._listeners:
-                listener(result.event)
+            for step in self._after_commit:
+                step(result.event)
         return result
 
     @staticmethod

@@ -20,9 +20,8 @@ LAYERS = [
     {"audit", "broker"},
     {"storage"},
     {"relay", "capacity", "listener", "revocations", "service", "webhooks", "mcp_auth", "transfer"},
-    {"banner"},
     {"api", "realtime", "dashboard", "mcp_server"},
-    {"runtime", "workers"},
+    {"runtime"},
     {"cli", "healthcheck"},
     {"__main__"},
 ]

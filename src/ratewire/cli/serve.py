@@ -91,7 +91,7 @@ def serve(
 
     import uvloop
 
-    from ratewire.extras import optional_exception
+    from ratewire.broker.base import BrokerUnavailable
     from ratewire.logs import configure_logging
     from ratewire.runtime import Runtime
     from ratewire.security.keys import load_key_set
@@ -147,7 +147,7 @@ def serve(
     if dev_note is not None and not reuse_port:
         logging.getLogger("ratewire").warning(dev_note)
     if settings.server.workers > 1 and not reuse_port:
-        from ratewire.workers import prepare_storage, supervise
+        from ratewire.runtime.workers import prepare_storage, supervise
 
         forwarded = [
             *(("--config", str(config_path)) if config_path else ()),
@@ -176,8 +176,7 @@ def serve(
         uvloop.run(run())
     except (StorageError, UnsupportedBackend, OSError) as exc:
         cannot_start(exc)
-    except (
-        optional_exception("redis.exceptions", "RedisError"),
-        optional_exception("nats.errors", "Error"),
-    ) as exc:
-        cannot_start(f"broker unreachable at {redact(settings.broker.resolved_url())}: {exc}")
+    except BrokerUnavailable as exc:
+        # The library's own words (the cause): the URL already says which broker it is.
+        reason = exc.__cause__ or exc
+        cannot_start(f"broker unreachable at {redact(settings.broker.resolved_url())}: {reason}")

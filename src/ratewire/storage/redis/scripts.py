@@ -3,8 +3,8 @@ on, Redis logs a script's effects as one MULTI/EXEC block, so a crash keeps all 
 none of it.
 
 Key layout (``S`` is the store's prefix, ``E`` its epoch; the ``S:E:*`` keys are laid out as
-the Redis broker lays out its streams, see ratewire.broker.redis.broker, so that a broker on the same
-server and prefix reads the store's streams instead of a copy):
+the Redis broker lays out its streams, see ratewire.broker.redis.broker, so that a broker on
+the same server and prefix reads the store's streams instead of a copy):
 
 - ``S:epoch``: the epoch.
 - ``S:r:{id}``: one rating (hash: g, u, s, c, ca, ua, v; times in epoch ms).
