@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ratewire.capacity import ConnectionSlots
 from ratewire.config import Settings
 from ratewire.domain import RatingEvent
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.picows_server import PicowsPeer
 from ratewire.realtime.session import RealtimeContext
+from ratewire.realtime.slots import ConnectionSlots
 from ratewire.security.tokens import Principal, TokenService
 
 

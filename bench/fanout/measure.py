@@ -60,7 +60,7 @@ class Result:
     #: True when the publisher ran inside the (only) subscriber process (``--procs 1``).
     inline_publisher: bool = False
     #: ratewire targets: the server's latency budget over the measured writes (stage ->
-    #: count, mean_ms, p50_ms, p99_ms), from /metrics (ratewire.latency).
+    #: count, mean_ms, p50_ms, p99_ms), from /metrics (ratewire.observability.latency).
     budget: dict[str, dict[str, float]] = field(default_factory=dict)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.fanout.measure import Result
-from ratewire.latency import STAGES
+from ratewire.observability.latency import STAGES
 
 
 def print_table(results: list[Result]) -> None:

@@ -26,8 +26,6 @@ from pydantic import (
 from ratewire import extras
 
 ENV_PREFIX = "RATEWIRE_"
-#: Sections that live in auth.yml; everything else lives in config.yml.
-AUTH_SECTIONS = frozenset({"jwt"})
 GUIDE_TOPIC_TEMPLATES = ["rating.global", "rating.game.{game_id}", "rating.user.{user_id}"]
 
 
@@ -216,7 +214,7 @@ class RatingsSettings(_Section):
 
     bayesian_prior_mean: float = Field(3.0, ge=1, le=5)
     bayesian_prior_weight: float = Field(10, ge=0)
-    #: Game summaries kept in memory (an LRU, see ratewire.summaries); 0 turns the cache off.
+    #: Game summaries kept in memory (an LRU, see ratewire.services.summaries); 0: no cache.
     summary_cache_size: int = Field(10_000, ge=0)
 
 
@@ -374,6 +372,40 @@ class Settings(_Section):
     webhooks: WebhooksSettings = WebhooksSettings()
     mcp: McpSettings = McpSettings()
     log: LogSettings = LogSettings()
+
+    def overridden(
+        self,
+        *,
+        role: str | None = None,
+        workers: int | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        ws_port: int | None = None,
+        migrate: bool | None = None,
+    ) -> Settings:
+        """These settings with a command line's overrides (None: not given). A given host
+        counts as configured (it joins ``server.model_fields_set``)."""
+        server = {"role": role or self.server.role, "workers": workers or self.server.workers}
+        if host is not None:
+            server["host"] = host
+        if port is not None:
+            server["port"] = port
+        changed = self.model_copy(update={"server": self.server.model_copy(update=server)})
+        if ws_port is not None:
+            module = changed.modules.websocket.model_copy(update={"port": ws_port})
+            modules = changed.modules.model_copy(update={"websocket": module})
+            changed = changed.model_copy(update={"modules": modules})
+        if migrate is not None:
+            storage = changed.storage.model_copy(update={"migrate": migrate})
+            changed = changed.model_copy(update={"storage": storage})
+        return changed
+
+    def on_loopback_unless_host_set(self) -> Settings:
+        """For a trial (``--dev``): listen on 127.0.0.1 unless ``server.host`` was set."""
+        if "host" in self.server.model_fields_set:
+            return self
+        server = self.server.model_copy(update={"host": "127.0.0.1"})
+        return self.model_copy(update={"server": server})
 
     def deployment_problem(self) -> str | None:
         """Why this combination of role, workers and backends cannot work, or None."""

@@ -11,7 +11,7 @@ import pytest
 from ratewire.api import create_app
 from ratewire.config import JwtSettings, LimitsSettings, Settings
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
 from ratewire.storage.memory import MemoryStore
 
 SECRET = "api-tests-secret-0123456789abcdef0123456"

@@ -13,7 +13,7 @@ import pytest
 from ratewire.api import create_app
 from ratewire.config import JwtSettings, Settings
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
 from ratewire.storage.base import StorageUnavailable
 from ratewire.storage.sql import SqlStore
 from tests.conftest import POSTGRES_ADMIN_URL, _postgres_admin

@@ -22,9 +22,9 @@ from tests.support.server import SECRET, ServerProcess
 from ratewire.api import create_app
 from ratewire.broker.announcements import LocalAnnouncements
 from ratewire.config import JwtSettings, RatingsSettings, Settings, WebhooksSettings
-from ratewire.revocations import RevocationService
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
+from ratewire.services.revocations import RevocationService
 from ratewire.storage.memory import MemoryStore
 from ratewire.webhooks.admin import WebhookAdmin
 

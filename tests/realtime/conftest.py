@@ -10,7 +10,7 @@ from ratewire.config import JwtSettings, LimitsSettings, RatingsSettings
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.session import RealtimeContext
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
 from ratewire.storage.memory import MemoryStore
 from tests.realtime.harness import SECRET, Harness
 

@@ -13,7 +13,7 @@ from ratewire.domain import RatingDraft, RatingEvent, utc_now
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.session import RealtimeContext, Session
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
 from ratewire.storage.memory import MemoryStore
 
 SECRET = "realtime-tests-secret-0123456789abcdef"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from ratewire.broker import LocalBroker
 from ratewire.domain import RatingEvent
-from ratewire.relay import Relay
+from ratewire.services.relay import Relay
 from tests.realtime.harness import Harness
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ratewire.metrics import Metrics, MetricSources
+from ratewire.observability.metrics import Metrics, MetricSources
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"

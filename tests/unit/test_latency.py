@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ratewire.domain import RatingEvent
-from ratewire.latency import DeliveryTimer
+from ratewire.observability.latency import DeliveryTimer
 
 
 def _event(seq: int, at: datetime) -> RatingEvent:

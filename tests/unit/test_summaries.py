@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ratewire.domain import GameSummary
-from ratewire.summaries import SummaryCache
+from ratewire.services.summaries import SummaryCache
 
 
 def summary(game: str, count: int, offset: int) -> GameSummary:

@@ -14,8 +14,8 @@ from ratewire.api.problems import ApiProblem
 from ratewire.api.routes import JSON, require_principal
 from ratewire.api.schemas import problem_responses
 from ratewire.domain import validate_text
-from ratewire.revocations import RevocationService
 from ratewire.security.tokens import Principal
+from ratewire.services.revocations import RevocationService
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

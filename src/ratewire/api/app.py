@@ -23,11 +23,11 @@ from ratewire.api.topic_history import router as topic_history_router
 from ratewire.api.webhooks import router as webhooks_router
 from ratewire.audit.log import AuditLog
 from ratewire.config import Settings
-from ratewire.metrics import Metrics
-from ratewire.revocations import RevocationService
+from ratewire.observability.metrics import Metrics
 from ratewire.security.ratelimit import RequestRateLimiter
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
+from ratewire.services.revocations import RevocationService
 from ratewire.webhooks.admin import WebhookAdmin
 
 DESCRIPTION = """

@@ -17,7 +17,7 @@ from ratewire.api.routes import JSON
 from ratewire.api.schemas import problem_responses
 from ratewire.audit import AuditQuery
 from ratewire.domain import epoch_ms
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
 
 router = APIRouter(tags=["admin"])
 

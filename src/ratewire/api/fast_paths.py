@@ -28,7 +28,7 @@ from ratewire.api.schemas import RatingCreate, RatingReplace
 from ratewire.domain import RatingDraft, validate_identifier
 from ratewire.domain.rating import is_identifier
 from ratewire.security.tokens import Principal
-from ratewire.service import Forbidden, RatingService
+from ratewire.services.ratings import Forbidden, RatingService
 from ratewire.storage.base import AlreadyExists, NotFound, StorageUnavailable, VersionMismatch
 
 log = logging.getLogger("ratewire.api")

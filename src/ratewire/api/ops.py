@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from ratewire import __version__
-from ratewire.metrics import Metrics
+from ratewire.observability.metrics import Metrics
 
 router = APIRouter()
 

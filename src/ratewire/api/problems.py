@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ratewire.service import BadCursor, Forbidden
+from ratewire.services.ratings import BadCursor, Forbidden
 from ratewire.storage.base import (
     AlreadyExists,
     NotFound,

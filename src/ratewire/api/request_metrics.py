@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratewire.metrics import UNMATCHED_ROUTE, Metrics
+from ratewire.observability.metrics import UNMATCHED_ROUTE, Metrics
 
 #: Where the fast paths, which skip routing, leave the template of the route they answered.
 ROUTE_TEMPLATE_KEY = "ratewire.route"

@@ -27,7 +27,7 @@ from ratewire.api.schemas import (
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, validate_identifier
 from ratewire.domain.rating import IDENTIFIER_PATTERN
 from ratewire.security.tokens import InvalidToken, Principal
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
 
 router = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="A JWT from `ratewire token SUB`")

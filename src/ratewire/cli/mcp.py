@@ -56,7 +56,7 @@ def mcp(
     except MissingExtra as exc:
         click.echo(f"ratewire: cannot start: {exc}", err=True)
         sys.exit(1)
-    from ratewire.mcp_server import run
+    from ratewire.mcp.server import run
 
     settings = settings_from(config_path, auth_path)
     tls = bool(settings.tls.cert)
@@ -72,7 +72,7 @@ def mcp(
             return str(issuer.issue(subject))
 
     if http_port is not None:
-        from ratewire.mcp_auth import binding_problem
+        from ratewire.mcp.auth import binding_problem
 
         problem = binding_problem(host, settings.mcp, settings.tls)
         if problem is not None:

@@ -102,31 +102,19 @@ def serve(
     dev_note = None
     if dev:
         settings, dev_note = with_dev_secret(settings, create=True)
-    overrides: dict[str, object] = {
-        "role": role or settings.server.role,
-        "workers": workers or settings.server.workers,
-    }
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    # model_copy adds to fields_set: a --host counts as a configured server.host below.
-    server = settings.server.model_copy(update=overrides)
-    settings = settings.model_copy(update={"server": server})
-    if ws_port is not None:
-        module = settings.modules.websocket.model_copy(update={"port": ws_port})
-        modules = settings.modules.model_copy(update={"websocket": module})
-        settings = settings.model_copy(update={"modules": modules})
-    if no_migrate:
-        storage = settings.storage.model_copy(update={"migrate": False})
-        settings = settings.model_copy(update={"storage": storage})
+    settings = settings.overridden(
+        role=role,
+        workers=workers,
+        host=host,
+        port=port,
+        ws_port=ws_port,
+        migrate=False if no_migrate else None,
+    )
     configure_logging(log_level.upper(), settings.log.format)
     notes: list[str] = []  # said once listening (a start that fails says one line only)
     if dev and "host" not in settings.server.model_fields_set:
         # A trial server stays on this machine unless told otherwise.
-        settings = settings.model_copy(
-            update={"server": settings.server.model_copy(update={"host": "127.0.0.1"})}
-        )
+        settings = settings.on_loopback_unless_host_set()
         if not reuse_port:
             notes.append(
                 "dev mode: listening on 127.0.0.1 only; set server.host "

@@ -65,7 +65,7 @@ def revoke(
     instance; their open WebSocket connections close with 4001 "Token revoked"."""
     import orjson
 
-    from ratewire.admin_client import AdminRequestFailed, admin_request
+    from ratewire.cli.admin_client import AdminRequestFailed, admin_request
     from ratewire.security.tokens import SCOPE_ADMIN
 
     if token_id is not None:

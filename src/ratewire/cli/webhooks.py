@@ -28,7 +28,7 @@ def _call(
     token_value: str | None,
 ) -> Callable[..., Any]:
     """An admin request function for ``command``; exits with one line when it fails."""
-    from ratewire.admin_client import AdminRequestFailed, admin_request
+    from ratewire.cli.admin_client import AdminRequestFailed, admin_request
     from ratewire.security.tokens import SCOPE_ADMIN
 
     settings = settings_from(config_path, auth_path)

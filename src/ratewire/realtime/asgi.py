@@ -14,7 +14,6 @@ import contextlib
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
     USER_CAP_BODY,
@@ -24,6 +23,7 @@ from ratewire.realtime.handshake import (
 )
 from ratewire.realtime.outbox import Outbox
 from ratewire.realtime.session import CLOSE_MESSAGE_TOO_BIG, RealtimeContext, Session
+from ratewire.realtime.slots import RETRY_AFTER_SECONDS
 from ratewire.security.ratelimit import ConnectionRateLimiter
 
 

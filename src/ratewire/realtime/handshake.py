@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
-from ratewire.capacity import RETRY_AFTER_SECONDS
+from ratewire.realtime.slots import RETRY_AFTER_SECONDS
 from ratewire.security.tokens import InvalidToken, Principal
 
 if TYPE_CHECKING:

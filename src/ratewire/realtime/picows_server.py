@@ -32,8 +32,6 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
-from ratewire.capacity import RETRY_AFTER_SECONDS, ConnectionSlots
-from ratewire.listener import DescriptorBudget, PausableListener, listening_sockets
 from ratewire.realtime.handshake import (
     AT_CAPACITY_BODY,
     IP_CAP_BODY,
@@ -52,9 +50,11 @@ from ratewire.realtime.session import (
     RealtimeContext,
     Session,
 )
+from ratewire.realtime.slots import RETRY_AFTER_SECONDS, ConnectionSlots
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import InvalidToken, Principal
+from ratewire.serving.listener import DescriptorBudget, PausableListener, listening_sockets
 
 log = logging.getLogger("ratewire.ws")
 # An adapter, not a Logger: picows builds a child Logger per connection for a Logger (memory
@@ -350,7 +350,7 @@ async def start_module_server(
 ) -> PausableListener:
     """Listen for WebSocket connections at ``ws[s]://host:port/`` (``reuse_port``: shared
     with the other workers on this host). Accepting pauses while ``budget`` is spent (see
-    :mod:`ratewire.listener`)."""
+    :mod:`ratewire.serving.listener`)."""
     limits = ctx.limits
 
     def refuse(status: int, body: bytes, retry_after: int | None = None) -> Any:

@@ -21,7 +21,6 @@ import orjson
 
 from ratewire.audit import AuditContext
 from ratewire.audit.log import AuditLog
-from ratewire.capacity import ConnectionSlots
 from ratewire.config import LimitsSettings
 from ratewire.domain import (
     GameSummary,
@@ -39,6 +38,7 @@ from ratewire.realtime.history import (
 )
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
+from ratewire.realtime.slots import ConnectionSlots
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService

@@ -35,7 +35,6 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from ratewire.capacity import RETRY_AFTER_SECONDS
 from ratewire.domain import TopicKind, parse_topic
 from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
@@ -52,6 +51,7 @@ from ratewire.realtime.session import (
     TopicRefusal,
     check_topic,
 )
+from ratewire.realtime.slots import RETRY_AFTER_SECONDS
 from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import InvalidToken, Principal
 

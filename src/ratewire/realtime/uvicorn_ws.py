@@ -19,8 +19,8 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from ratewire.listener import DescriptorBudget
 from ratewire.realtime.session import CLOSE_TOO_SLOW
+from ratewire.serving.listener import DescriptorBudget
 
 TOO_SLOW_REASON = "Client too slow"
 

@@ -14,7 +14,6 @@ import socket
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from ratewire import capacity
 from ratewire.api import create_app
 from ratewire.api.app import create_ops_app
 from ratewire.api.ops import ReadinessProbe
@@ -27,24 +26,27 @@ from ratewire.broker.factory import open_cluster_broker, open_quota_chunks
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
 from ratewire.domain import GLOBAL_TOPIC, parse_topic
-from ratewire.latency import DeliveryTimer, GcPauses
-from ratewire.listener import DescriptorBudget
-from ratewire.metrics import Metrics, MetricSources, multiprocess_dir_from_env
+from ratewire.observability.latency import DeliveryTimer, GcPauses
+from ratewire.observability.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_realtime
 from ratewire.realtime.history import HistorySource, StreamHistory
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.session import CLOSE_TOO_SLOW, RealtimeContext, Session
+from ratewire.realtime.slots import ConnectionSlots
 from ratewire.realtime.sse import SseEndpoint
-from ratewire.relay import Relay
-from ratewire.revocations import RevocationService
 from ratewire.runtime.delivery import Delivery, after_commit_steps
 from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
 from ratewire.security.ratelimit import ConnectionRateLimiter, RequestRateLimiter
 from ratewire.security.tokens import TokenService
-from ratewire.service import RatingService
+from ratewire.services.ratings import RatingService
+from ratewire.services.relay import Relay
+from ratewire.services.revocations import RevocationService
+from ratewire.services.summaries import SummaryCache
+from ratewire.serving.capacity import plan as plan_capacity
+from ratewire.serving.listener import DescriptorBudget
+from ratewire.serving.watchdogs import AcceptErrorReporter, DescriptorWatchdog
 from ratewire.storage import RatingStore, open_store
 from ratewire.storage.factory import UnsupportedBackend
-from ratewire.summaries import SummaryCache
 from ratewire.webhooks.admin import WebhookAdmin
 from ratewire.webhooks.deliverer import WebhookDeliverer, WebhookStats
 
@@ -172,7 +174,7 @@ class Parts:
             history = StreamHistory(self.cluster_broker)
         prior = settings.ratings.bayesian_prior_mean, settings.ratings.bayesian_prior_weight
         origins = settings.modules.websocket.allowed_origins
-        self.capacity = capacity.plan(settings.limits.max_connections)
+        self.capacity = plan_capacity(settings.limits.max_connections)
         self.realtime = RealtimeContext(
             hub=self.hub,
             store=history,
@@ -180,7 +182,7 @@ class Parts:
             limits=settings.limits,
             summary_wire=lambda summary: summary.to_wire(*prior),
             sessions=self.sessions,
-            slots=capacity.ConnectionSlots(
+            slots=ConnectionSlots(
                 self.capacity.max_connections,
                 settings.limits.ws_connections_per_ip,
                 settings.limits.ws_connections_per_user,
@@ -196,8 +198,8 @@ class Parts:
             settings.limits.rest_requests_per_client_per_minute,
             open_quota_chunks(settings, self.cluster_broker),
         )
-        self.accept_errors = capacity.AcceptErrorReporter()
-        self.descriptors = capacity.DescriptorWatchdog(self.capacity.descriptors)
+        self.accept_errors = AcceptErrorReporter()
+        self.descriptors = DescriptorWatchdog(self.capacity.descriptors)
 
     def _build_apps(self) -> tuple[FastAPI, ASGIApp]:
         """The FastAPI app (REST, or only the operations endpoints), and in front of it the
@@ -236,7 +238,7 @@ class Parts:
         """Where each series is read at scrape time: the parts, looked up then (some are
         built after the metrics)."""
 
-        def slots() -> capacity.ConnectionSlots:
+        def slots() -> ConnectionSlots:
             return self.realtime.slots
 
         def hook_stats() -> WebhookStats:

@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.domain import RatingEvent
-from ratewire.latency import DeliveryTimer
-from ratewire.metrics import Metrics
+from ratewire.observability.latency import DeliveryTimer
+from ratewire.observability.metrics import Metrics
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.session import CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, Session
-from ratewire.relay import Relay
 from ratewire.security.revocation import REVOKED_REASON, Revocation
 from ratewire.security.tokens import TokenService
-from ratewire.summaries import SummaryCache
+from ratewire.services.relay import Relay
+from ratewire.services.summaries import SummaryCache
 from ratewire.webhooks.deliverer import WebhookDeliverer
 
 EventStep = Callable[[RatingEvent], None]

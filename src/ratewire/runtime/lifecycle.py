@@ -16,15 +16,15 @@ import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from ratewire.api.http_server import HttpServer
 from ratewire.config import Settings
-from ratewire.listener import DescriptorBudget, PausableListener, port_named
 from ratewire.realtime.picows_server import start_module_server
 from ratewire.realtime.session import CLOSE_GOING_AWAY
 from ratewire.realtime.uvicorn_ws import websocket_protocol_with_budget
 from ratewire.runtime.assembly import Parts
 from ratewire.runtime.banner import start_banner
 from ratewire.runtime.housekeeping import announce_audit_mode, prune_forever
+from ratewire.serving.http_server import HttpServer
+from ratewire.serving.listener import DescriptorBudget, PausableListener, port_named
 
 log = logging.getLogger("ratewire")
 #: How long one shutdown step may take before the next one goes ahead.
@@ -187,7 +187,7 @@ class Runtime(Parts):
                 log.warning(shortfall)
         await self.start()
         # What sockets of both ports may take: the limit less what is open now and a quarter
-        # of the reserve for the backends and files (see ratewire.listener).
+        # of the reserve for the backends and files (see ratewire.serving.listener).
         self.descriptor_budget = DescriptorBudget(
             self.capacity.descriptors
             - self.descriptors.open_descriptors()

@@ -5,8 +5,9 @@ connections over them; they share the store and the broker exactly as instances 
 hosts do, so a write on one reaches subscribers on every other. This process only starts
 them, forwards SIGTERM/SIGINT, and restarts a worker that died (with backoff). It also gives
 them a shared directory for prometheus-client's multi-process mode, so a scrape of any worker
-answers for all of them (see ratewire.metrics), and one for their commit notices, so a commit
-in one worker reaches the subscribers of the others at once (see ratewire.broker.siblings).
+answers for all of them (see ratewire.observability.metrics), and one for their commit
+notices, so a commit in one worker reaches the subscribers of the others at once (see
+ratewire.broker.siblings).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 from ratewire.broker.siblings import NOTIFY_DIR_ENV, WORKER_INDEX_ENV, notices_directory
 from ratewire.config import Settings
-from ratewire.metrics import MULTIPROC_ENV, forget_worker
+from ratewire.observability.metrics import MULTIPROC_ENV, forget_worker
 from ratewire.storage import open_store
 
 log = logging.getLogger("ratewire.workers")

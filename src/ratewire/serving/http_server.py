@@ -1,5 +1,5 @@
 """The main port: the ASGI app (REST, ``/ws``, the dashboard, ``/metrics``) served by uvicorn,
-on listening sockets the runtime owns and a :class:`~ratewire.listener.PausableListener`
+on listening sockets the runtime owns and a :class:`~ratewire.serving.listener.PausableListener`
 accepts on, so that accepting pauses with the WebSocket port's when descriptors are short.
 uvicorn itself runs with no socket of its own; its protocols are built as it builds them."""
 
@@ -14,9 +14,9 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from ratewire.api.http_protocol import http_protocol_with_head_timeout
 from ratewire.config import Settings
-from ratewire.listener import DescriptorBudget, PausableListener, listening_sockets
+from ratewire.serving.http_protocol import http_protocol_with_head_timeout
+from ratewire.serving.listener import DescriptorBudget, PausableListener, listening_sockets
 
 #: uvicorn's own message size cap, as a multiple of limits.max_message_bytes (see below).
 WS_BACKSTOP_FACTOR = 4

@@ -18,8 +18,8 @@ from ratewire.domain import (
     utc_now,
 )
 from ratewire.security.tokens import Principal
+from ratewire.services.summaries import SummaryCache
 from ratewire.storage.base import RatingStore, WriteResult
-from ratewire.summaries import SummaryCache
 
 EventListener = Callable[[RatingEvent], None]
 

@@ -37,7 +37,7 @@ from ratewire import __version__
 from ratewire.client import Client, Gap, HistoryPage, RatewireError, Rating, Summary, Update
 from ratewire.client.connection import TokenProvider
 from ratewire.config import McpSettings, TlsSettings
-from ratewire.mcp_auth import (
+from ratewire.mcp.auth import (
     BareChallenge,
     RatewireTokenVerifier,
     metadata_routes,
@@ -308,7 +308,7 @@ def run(
     tls: TlsSettings | None = None,
 ) -> None:
     """Serve MCP on stdio, or on streamable HTTP at ``host:http_port`` (path ``/mcp``) as a
-    resource server: bearer tokens on every request (see :mod:`ratewire.mcp_auth`)."""
+    resource server: bearer tokens on every request (see :mod:`ratewire.mcp.auth`)."""
     if http_port is None:
         RatewireMCP(url, token, token_provider, rest_url=rest_url).server.run("stdio")
         return

@@ -13,12 +13,12 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ratewire.listener import DescriptorBudget
+from ratewire.serving.listener import DescriptorBudget
 
 
 class _HeadDeadlineProtocol(HttpToolsProtocol):
     head_timeout: float = 10.0
-    #: Counts this port's sockets with the WebSocket port's (see ratewire.listener).
+    #: Counts this port's sockets with the WebSocket port's (see ratewire.serving.listener).
     descriptor_budget: DescriptorBudget | None = None
     _head_deadline: asyncio.TimerHandle | None = None
 

@@ -33,7 +33,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ratewire.latency import STAGE_BUCKETS, STAGES
+from ratewire.observability.latency import STAGE_BUCKETS, STAGES
 
 #: Set by ``serve --workers`` for its workers (prometheus-client reads it at import).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -278,7 +278,7 @@ class Metrics:
         self.commit_to_send.observe(max(0.0, time.time() - committed_at))
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        """One event spent ``seconds`` in ``stage`` (see ratewire.latency)."""
+        """One event spent ``seconds`` in ``stage`` (see ratewire.observability.latency)."""
         self._stage_children[stage].observe(seconds)
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:

@@ -1,0 +1,1 @@
+"""``ratewire mcp``: the MCP server for LLM agents, and its authorization over HTTP."""
