@@ -80,7 +80,7 @@ async def test_one_client_on_three_instances_gets_the_limit_within_the_stated_bo
     elapsed = time.monotonic() - started
     admitted = statuses.count(200)
     assert set(statuses) == {200, 429}
-    # The bound the README states: the limit plus one chunk per instance, and what the
+    # The bound docs/operations.md states: the limit plus one chunk per instance, and what the
     # sliding window gave back while the test ran (a minute's quota per minute).
     assert admitted <= LIMIT + 3 * CHUNK_MAX + LIMIT * elapsed / 60 + 1
     # Chunks left unused on the other instances are the only way to get fewer.
