@@ -41,12 +41,3 @@ def require(extra: str, purpose: str) -> None:
             f"{purpose} needs the {module!r} package, which is not installed: "
             f"pip install 'ratewire[{extra}]'"
         )
-
-
-def optional_exception(module: str, name: str) -> type[Exception]:
-    """The exception class ``module.name`` if its package is installed; otherwise a class of
-    its own, which nothing raises (so ``except`` clauses work without the driver)."""
-    if importlib.util.find_spec(module.partition(".")[0]) is None:
-        return type(name, (Exception,), {"__doc__": f"{module}.{name} (not installed)"})
-    found: type[Exception] = getattr(importlib.import_module(module), name)
-    return found

@@ -162,6 +162,9 @@ def test_audit_records_from_untrusted_claims_are_always_storable(
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_every_ipv6_form_of_a_refused_ipv4_address_is_refused(value: int) -> None:
     inner = ipaddress.IPv4Address(value)
+    mapped = ipaddress.IPv6Address((0xFFFF << 32) | value)
+    # ::ffff:a.b.c.d is that address on a dual-stack socket: judged exactly as it is.
+    assert (refusal(mapped) is None) == (refusal(inner) is None)
     if refusal(inner) is None:
         return
     forms = [

@@ -83,7 +83,7 @@ class SiblingNotices:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._receive)
 
     def announce(self, event: RatingEvent) -> None:
-        """Tell every sibling about ``event`` (a service listener: right after the commit)."""
+        """Tell every sibling about ``event`` (an after-commit step: ratewire.runtime.delivery)."""
         sock = self._socket
         if sock is None:
             return

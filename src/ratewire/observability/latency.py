@@ -64,7 +64,7 @@ class DeliveryTimer:
         self._delivered_through = 0  # events are delivered in seq order
 
     def committed(self, event: RatingEvent) -> None:
-        """The service committed ``event`` (a service listener: called before the relay's)."""
+        """The service committed ``event`` (an after-commit step, before the relay's)."""
         now = time.time()
         self._observe("commit", max(0.0, now - event.occurred_at.timestamp()))
         if event.seq <= self._delivered_through:

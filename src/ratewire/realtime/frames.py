@@ -19,12 +19,16 @@ _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
 
+#: The three event kinds, encoded once (a frame is built per event and topic).
+_KINDS = {kind: orjson.dumps(kind) for kind in ("created", "updated", "deleted")}
+
+
 def rating_update(topic: str, offset: int, kind: str, data_json: bytes) -> bytes:
     """``{"type":"rating_update","topic":T,"offset":N,"event":K,"data":{...}}``."""
     return b'{"type":"rating_update","topic":%s,"offset":%d,"event":%s,"data":%s}' % (
         orjson.dumps(topic),
         offset,
-        orjson.dumps(kind),
+        _KINDS.get(kind) or orjson.dumps(kind),
         data_json,
     )
 

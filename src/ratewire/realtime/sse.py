@@ -355,13 +355,13 @@ class SseEndpoint:
             epoch, resume_from = decode_event_id(cursor) if cursor else (None, {})
         except BadLastEventId as exc:
             return _Refusal(400, str(exc))
+        if ctx.slots.user_full(principal.sub):
+            return _Refusal(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
         resumed = {name: resume_from[name] for name in followed if name in resume_from}
         if epoch == ctx.store.epoch and not isinstance(ctx.store, StreamHistory):
             ahead = await _beyond_head(ctx, resumed)
             if ahead is not None:
                 return _Refusal(400, f"Last-Event-ID {cursor[:80]!r} {ahead}")
-        if ctx.slots.user_full(principal.sub):
-            return _Refusal(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
         return _Request(principal, names, followed, epoch, resumed)
 
     async def _stream(self, ip: str, request: _Request, receive: Receive, send: Send) -> None:

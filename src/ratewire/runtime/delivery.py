@@ -1,14 +1,14 @@
 """The path a committed event takes through one instance, as explicit steps in order.
 
-After the commit (the request's task, before its 2xx; see :func:`after_commit_steps`):
+After the commit (the request's task, before its 2xx):
 
-1. the delivery timer notes the commit (the ``commit`` stage ends here);
-2. the other workers of this host are told (``serve --workers``, in-process broker): they fan
+1. the rating service updates its summary cache (read-your-writes: a read after the write
+   sees it); then the steps of :func:`after_commit_steps`:
+2. the delivery timer notes the commit (the ``commit`` stage ends here);
+3. the other workers of this host are told (``serve --workers``, in-process broker): they fan
    out on the other cores while this one does;
-3. the relay takes it: on the in-process broker it is handed to this instance's hub at the
+4. the relay takes it: on the in-process broker it is handed to this instance's hub at the
    end of the loop pass (:meth:`Delivery.deliver_batch`), in a cluster it goes to the broker.
-
-(The rating service itself updates its summary cache first, for read-your-writes.)
 
 From the broker (a cluster), every event any instance committed arrives at
 :meth:`Delivery.on_broker_event`: it is delivered here and moves the relay's cursor.
@@ -20,8 +20,9 @@ and each event's stage times are recorded (and the summary cache learns the game
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from ratewire.broker.base import EventHandler
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.domain import RatingEvent
 from ratewire.observability.latency import DeliveryTimer
@@ -34,14 +35,12 @@ from ratewire.services.relay import Relay
 from ratewire.services.summaries import SummaryCache
 from ratewire.webhooks.deliverer import WebhookDeliverer
 
-EventStep = Callable[[RatingEvent], None]
-
 
 def after_commit_steps(
     timer: DeliveryTimer, siblings: SiblingNotices | None, relay: Relay
-) -> tuple[EventStep, ...]:
+) -> tuple[EventHandler, ...]:
     """What runs, in this order, right after each commit (see the module's docstring)."""
-    steps: list[EventStep] = [timer.committed]
+    steps: list[EventHandler] = [timer.committed]
     if siblings is not None:
         steps.append(siblings.announce)
     steps.append(relay.notify)

@@ -1,27 +1,26 @@
 """The use cases: the only writer of ratings. Checks rights, applies the change through the
-store, and hands each committed event to whoever listens (the relay)."""
+store, and hands each committed event to the after-commit steps it was given (the delivery
+path: ratewire.runtime.delivery)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from ratewire.audit import AuditContext
+from ratewire.broker.base import EventHandler
 from ratewire.config import RatingsSettings
 from ratewire.domain import (
     GameSummary,
     Rating,
     RatingChanges,
     RatingDraft,
-    RatingEvent,
     utc_now,
 )
 from ratewire.security.tokens import Principal
 from ratewire.services.summaries import SummaryCache
 from ratewire.storage.base import RatingStore, WriteResult
-
-EventListener = Callable[[RatingEvent], None]
 
 
 class Forbidden(Exception):
@@ -61,7 +60,7 @@ class RatingService:
         settings: RatingsSettings,
         cache: SummaryCache | None = None,
         *,
-        after_commit: Sequence[EventListener] = (),
+        after_commit: Sequence[EventHandler] = (),
     ) -> None:
         """``after_commit``: called in order with every event this service commits, right
         after the commit and before the request is answered (the delivery path: see

@@ -53,6 +53,10 @@ def refusal(address: IpAddress) -> str | None:
     """Why a webhook may not connect to ``address`` (None: it may). An IPv6 address that
     embeds an IPv4 one is judged by both: ``2002:7f00:1::`` leads to 127.0.0.1."""
     if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            # ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket, nothing more (the wrapper sits
+            # in ::/8, "reserved": it must not refuse a public address written this way).
+            return _refusal(address.ipv4_mapped)
         for inner in embedded_ipv4(address):
             if (why := _refusal(inner)) is not None:
                 return f"{why} ({inner}, embedded)"

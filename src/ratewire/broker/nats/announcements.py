@@ -22,7 +22,6 @@ from ratewire.config import BrokerSettings
 from ratewire.security.revocation import Revocation
 
 log = logging.getLogger("ratewire.broker")
-_UNREACHABLE = (NatsError, OSError, TimeoutError)
 
 
 class NatsAnnouncements:
@@ -40,7 +39,7 @@ class NatsAnnouncements:
         self._handler = on_revocation
         # nats-py subscribes again by itself after a reconnect; what was announced while
         # this instance was away is read from the bucket then.
-        with translated("NATS", _UNREACHABLE):
+        with translated("NATS", nats_link.UNREACHABLE):
             self._nc = await nats_link.connect(
                 self._settings, "announcements", on_reconnect=self._on_reconnect
             )
@@ -57,7 +56,7 @@ class NatsAnnouncements:
     async def announce(self, revocation: Revocation) -> None:
         payload = orjson.dumps(revocation.to_wire())
         assert self._nc is not None and self._kept is not None, "start() first"
-        with translated("NATS", _UNREACHABLE):
+        with translated("NATS", nats_link.UNREACHABLE):
             if not self._nc.is_connected:
                 # nats-py would hold the message until it reconnects: the caller should know.
                 raise ConnectionError("not connected (reconnecting)")
@@ -94,7 +93,7 @@ class NatsAnnouncements:
         except NotFoundError:  # NATS lost the bucket (a wiped store): nothing was kept
             self._kept = await self._bucket()
             return
-        except (NatsError, OSError, TimeoutError) as exc:
+        except nats_link.UNREACHABLE as exc:
             log.warning("announcements: cannot read the kept revocations (%s)", exc)
             return
         entries = []

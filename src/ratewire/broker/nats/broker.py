@@ -85,12 +85,7 @@ class NatsBroker(FollowingBroker):
     """NATS JetStream broker: publish (any instance), follow (every instance), relay lease."""
 
     backend_name = "NATS"
-    unreachable: ClassVar[tuple[type[BaseException], ...]] = (
-        NatsError,
-        OSError,
-        TimeoutError,
-        StreamMissing,
-    )
+    unreachable: ClassVar[tuple[type[BaseException], ...]] = (*nats_link.UNREACHABLE, StreamMissing)
 
     def __init__(self, settings: BrokerSettings) -> None:
         super().__init__(settings.lease_seconds)
@@ -100,6 +95,7 @@ class NatsBroker(FollowingBroker):
         self._nc: NatsClient | None = None
         self._reader: StreamReader | None = None
         self._lease: KeyValue | None = None
+        self._cluster: KeyValue | None = None
         self._announces_epoch = False
         self._lease_revision = 0
         # Acknowledgements of pipelined publishes, by reply subject (see _append).
@@ -150,9 +146,10 @@ class NatsBroker(FollowingBroker):
         self._reader = StreamReader(self._nc, self._names, self.epoch)
 
     async def _announced_epoch(self) -> str | None:
-        cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
+        if self._cluster is None:  # looked up once, not on every poll
+            self._cluster = await self._bucket(self._names.cluster_bucket, ttl=None)
         try:
-            entry = await cluster.get(EPOCH_KEY)
+            entry = await self._cluster.get(EPOCH_KEY)
         except KeyNotFoundError:
             return None
         return entry.value.decode() if entry.value else None

@@ -24,10 +24,15 @@ from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from ratewire.config import BrokerSettings
+
+#: nats-py's errors (and the socket's, and timeouts) that mean NATS could not be reached or
+#: answered late: translated into BrokerUnavailable where they leave the broker.
+UNREACHABLE: tuple[type[BaseException], ...] = (NatsError, OSError, TimeoutError)
 
 log = logging.getLogger("ratewire.broker")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
-from nats.errors import Error as NatsError
 from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -60,7 +59,7 @@ class NatsQuotaChunks:
         except NoStreamResponseError as exc:
             self._kv = None  # NATS lost the bucket (a wiped store): made again next time
             raise ChunkStoreUnavailable("the quota bucket is gone") from exc
-        except (NatsError, OSError, TimeoutError) as exc:
+        except nats_link.UNREACHABLE as exc:
             raise ChunkStoreUnavailable(str(exc) or type(exc).__name__) from exc
         raise ChunkStoreUnavailable(f"{CAS_ATTEMPTS} instances at once leasing for one client")
 

@@ -9,8 +9,6 @@ import logging
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from ratewire.broker.announcements import (
     RECONNECT_DELAY_MAX,
@@ -19,6 +17,7 @@ from ratewire.broker.announcements import (
     deliver_kept,
 )
 from ratewire.broker.base import translated
+from ratewire.broker.redis import link
 from ratewire.security.revocation import Revocation
 
 log = logging.getLogger("ratewire.broker")
@@ -28,9 +27,9 @@ class RedisAnnouncements:
     """Announcements through Redis pub/sub, with the entries kept in a hash for late joiners."""
 
     def __init__(self, url: str, *, prefix: str) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._redis = link.connect(url)
         # The subscription waits indefinitely for messages: a connection with no read timeout.
-        self._listener = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._listener = link.connect(url, blocking=True)
         self._channel = f"{prefix}:announcements"
         self._hash = f"{prefix}:revocations"
         self._handler: RevocationHandler | None = None
@@ -47,7 +46,7 @@ class RedisAnnouncements:
 
     async def announce(self, revocation: Revocation) -> None:
         payload = orjson.dumps(revocation.to_wire())
-        with translated("Redis", (RedisError, OSError)):
+        with translated("Redis", link.UNREACHABLE):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._hash, revocation.key, payload)
                 pipe.publish(self._channel, payload)
@@ -75,12 +74,12 @@ class RedisAnnouncements:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message["type"] == "message":
                         deliver_announced(message["data"], self._handler)
-            except (RedisError, OSError) as exc:
+            except link.UNREACHABLE as exc:
                 log.warning("announcements: Redis unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*link.UNREACHABLE):
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
 
     async def _load_kept(self) -> None:

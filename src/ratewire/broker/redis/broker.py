@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import Any
 
 from ratewire.broker.cluster_base import FollowingBroker
 from ratewire.broker.event_codec import decode_event, encode_event
+from ratewire.broker.redis import link
 from ratewire.domain import RatingEvent, Topic, TopicKind
 
 _PUBLISH = """
@@ -83,7 +81,7 @@ class RedisBroker(FollowingBroker):
     """Redis Streams broker: publish (any instance), follow (every instance), relay lease."""
 
     backend_name = "Redis"
-    unreachable: ClassVar[tuple[type[BaseException], ...]] = (RedisError, OSError)
+    unreachable = link.UNREACHABLE
 
     def __init__(
         self,
@@ -99,9 +97,8 @@ class RedisBroker(FollowingBroker):
         self._lease_ms = int(lease_seconds * 1000)
         super().__init__(lease_seconds)
         self._owner = secrets.token_hex(8)
-        # Blocking XREADs get their own connection so they never delay a publish.
-        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._redis = link.connect(url)
+        self._reader = link.connect(url, blocking=True)  # XREAD ... BLOCK
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._renew_script = self._redis.register_script(_RENEW)
         self.epoch = ""

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from ratewire.broker.redis import link
 from ratewire.security.quota_lease import WINDOW_SECONDS, ChunkStoreUnavailable
 
 # KEYS: previous window, current window. ARGV: limit, weight of the previous window in
@@ -43,7 +43,7 @@ class RedisQuotaChunks:
                 keys=[f"{self._prefix}:{key}:{window - 1}", f"{self._prefix}:{key}:{window}"],
                 args=[limit, previous_weight, chunk_max, 2 * WINDOW_SECONDS * 1000],
             )
-        except (RedisError, OSError) as exc:
+        except link.UNREACHABLE as exc:
             raise ChunkStoreUnavailable(str(exc)) from exc
         return int(result[0]), int(result[1])
 
