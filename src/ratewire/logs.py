@@ -18,14 +18,17 @@ LogFormat = Literal["auto", "json", "human"]
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _TOKEN_IN_QUERY = re.compile(r"(?i)([?&](?:token|access_token)=)[^&\s\"]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+#: A JWT in a WebSocket subprotocol list (``Sec-WebSocket-Protocol: ratewire.v1, token.<JWT>``).
+_SUBPROTOCOL_TOKEN = re.compile(r"(?i)(\btoken\.)[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 #: The user-info of a URL (``redis://:password@host``, ``nats://user:password@host``).
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
 def redact(text: str) -> str:
-    """``text`` with query-string tokens, bearer tokens and URL credentials replaced by
-    ``REDACTED``."""
+    """``text`` with query-string tokens, bearer tokens, subprotocol tokens and URL
+    credentials replaced by ``REDACTED``."""
     text = _URL_CREDENTIALS.sub(r"\1REDACTED@", text)
+    text = _SUBPROTOCOL_TOKEN.sub(r"\1REDACTED", text)
     return _BEARER.sub(r"\1REDACTED", _TOKEN_IN_QUERY.sub(r"\1REDACTED", text))
 
 

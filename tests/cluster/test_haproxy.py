@@ -13,11 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 from tests.cluster.conftest import ClusterFactory
 from tests.cluster.follower import Follower, assert_exactly_once
 from tests.support.debian import ensure_tool
 from tests.support.server import ServerProcess, free_port
 from tests.support.sse import SseStream
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
@@ -145,3 +148,31 @@ async def test_through_haproxy_a_stream_resumes_after_its_instance_dies(
     await resumed.close()
     assert [e.data["offset"] for e in seen] == [1, 2, 3, 4, 5]
     assert [e.data["data"]["userId"] for e in seen] == ["a0", "a1", "a2", "b0", "b1"]
+
+
+async def test_through_haproxy_upgrades_are_routed_on_their_subprotocol(
+    cluster_behind_haproxy: tuple[HAProxy, list[ServerProcess]],
+) -> None:
+    """deploy/haproxy.cfg's layer-7 rule: ratewire.v1 (alone, with a token entry, or with
+    other names) and no subprotocol at all go to ratewire, which selects ratewire.v1; an
+    upgrade naming only another channel's subprotocol goes to that channel's backend (none
+    configured: HAProxy's 503)."""
+    balancer, servers = cluster_behind_haproxy
+    token = servers[0].token("router")
+    for url in (f"ws://127.0.0.1:{balancer.ws_port}/", f"ws://127.0.0.1:{balancer.http_port}/ws"):
+        offers: list[list[str]] = [
+            ["ratewire.v1"],
+            ["chat.v1", "ratewire.v1", f"token.{token}"],
+            [],
+        ]
+        for offer in offers:
+            query = "" if any(o.startswith("token.") for o in offer) else f"?token={token}"
+            async with connect(
+                url + query, subprotocols=[Subprotocol(o) for o in offer] or None
+            ) as ws:
+                assert ws.subprotocol == ("ratewire.v1" if offer else None)
+                assert '"connection_success"' in str(await asyncio.wait_for(ws.recv(), 10))
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(f"{url}?token={token}", subprotocols=[Subprotocol("chat.v1")]):
+                pass
+        assert refused.value.response.status_code == 503

@@ -44,3 +44,12 @@ def test_credentials_in_a_broker_url_are_redacted() -> None:
     assert redact("redis://:pw@127.0.0.1:6379/0 and mail me at a@b.example") == (
         "redis://REDACTED@127.0.0.1:6379/0 and mail me at a@b.example"
     )
+
+
+def test_a_token_in_a_websocket_subprotocol_list_is_redacted() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJl-_x"
+    header = f"Sec-WebSocket-Protocol: ratewire.v1, token.{jwt}"
+    assert redact(header) == "Sec-WebSocket-Protocol: ratewire.v1, token.REDACTED"
+    scope = repr({"headers": [(b"sec-websocket-protocol", f"token.{jwt}".encode())]})
+    assert jwt not in redact(scope) and "c2lnbmF0dXJl" not in redact(scope)
+    assert redact("ratewire/security/tokens.py token.py") == "ratewire/security/tokens.py token.py"

@@ -122,6 +122,12 @@ function loadWs(): Promise<WsConstructor> {
   return wsPackage;
 }
 
+/**
+ * The WebSocket subprotocol offered (`Sec-WebSocket-Protocol`): ratewire selects it, and
+ * proxies may route on it. The token still travels in the first frame (or a header).
+ */
+export const SUBPROTOCOL = "ratewire.v1";
+
 /** Options of {@link openSocket}. */
 export interface OpenOptions {
   token: string;
@@ -185,7 +191,7 @@ function openNative(
   options: OpenOptions,
 ): Promise<FrameSocket> {
   return settleOnce(options, (resolve, reject) => {
-    const ws = new Native(url);
+    const ws = new Native(url, [SUBPROTOCOL]);
     const socket = new FrameSocket(
       (text) => ws.send(text),
       (code, reason) => ws.close(code, reason),
@@ -208,7 +214,7 @@ function openNative(
 
 function openWs(Ws: WsConstructor, url: string, options: OpenOptions): Promise<FrameSocket> {
   return settleOnce(options, (resolve, reject) => {
-    const ws = new Ws(url, {
+    const ws = new Ws(url, [SUBPROTOCOL], {
       headers: { Authorization: `Bearer ${options.token}` },
       perMessageDeflate: false,
       followRedirects: false,

@@ -32,6 +32,7 @@ from websockets.exceptions import (
     InvalidURI,
     WebSocketException,
 )
+from websockets.typing import Subprotocol
 
 from ratewire.client.models import (
     AuthenticationError,
@@ -51,6 +52,8 @@ Item = Update | Gap | Snapshot
 #: Close codes that mean the token: renewable through a token provider, else final.
 AUTH_CLOSE_CODES = {4001: "token refused", 4002: "token expired"}
 WILDCARD = "rating.game.*"
+#: The WebSocket subprotocol the client offers (``Sec-WebSocket-Protocol``).
+SUBPROTOCOL = Subprotocol("ratewire.v1")
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -200,6 +203,9 @@ class StreamConnection:
                 async with connect(
                     self.url,
                     additional_headers={"Authorization": f"Bearer {token}"},
+                    # Named for proxies that route on it; a server that does not answer it
+                    # (an older ratewire) is accepted all the same.
+                    subprotocols=[SUBPROTOCOL],
                     compression=None,
                     open_timeout=10,
                     max_size=None,

@@ -19,6 +19,7 @@ from ratewire.realtime.handshake import (
     USER_CAP_BODY,
     USER_CAP_REACHED,
     admit,
+    chosen_subprotocol,
     upgrade_credentials,
 )
 from ratewire.realtime.outbox import Outbox
@@ -87,13 +88,18 @@ class WebSocketEndpoint:
             await self._refuse(scope, send, 429, retry_after, RATE_REFUSED_BODY)
             return
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        offered = scope.get("subprotocols") or ()
         credentials = upgrade_credentials(
-            self._ctx, "?" + scope["query_string"].decode("latin-1"), authorization
+            self._ctx, "?" + scope["query_string"].decode("latin-1"), authorization, offered
         )
         if credentials is USER_CAP_REACHED:
             await self._refuse(scope, send, 429, RETRY_AFTER_SECONDS, USER_CAP_BODY)
             return
-        await send({"type": "websocket.accept"})
+        subprotocol = chosen_subprotocol(offered)
+        if subprotocol is None:
+            await send({"type": "websocket.accept"})  # as before subprotocols were known
+        else:
+            await send({"type": "websocket.accept", "subprotocol": subprotocol})
         peer = AsgiPeer(send, self._ctx.limits.send_buffer_bytes)
         session = Session(peer, self._ctx, ip, "/ws")
         peer.session = session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -20,6 +21,11 @@ ORIGIN_REFUSED_BODY = b"this origin may not open connections here\n"
 USER_CAP_BODY = b"this user holds too many open connections; close some first\n"
 #: What :func:`upgrade_credentials` returns when the token's user is at its connection cap.
 USER_CAP_REACHED = InvalidToken("user connection cap reached")
+#: The WebSocket subprotocol (``Sec-WebSocket-Protocol``) both endpoints select when offered.
+SUBPROTOCOL = "ratewire.v1"
+#: A subprotocol list entry ``token.<JWT>`` carries the token (browsers cannot set headers);
+#: it is read like ``?token=``, never selected, never echoed, never logged.
+TOKEN_SUBPROTOCOL_PREFIX = "token."
 
 
 def origin_allowed(origin: str | None, allowed: frozenset[str] | None) -> bool:
@@ -28,8 +34,26 @@ def origin_allowed(origin: str | None, allowed: frozenset[str] | None) -> bool:
     return allowed is None or origin is None or origin.rstrip("/") in allowed
 
 
-def token_from_request(path: str, authorization: str | None) -> str | None:
-    """The JWT of an upgrade request: ``?token=`` (the guide's way) or a Bearer header."""
+def offered_subprotocols(headers: Iterable[str]) -> list[str]:
+    """The subprotocols a client offers, from its ``Sec-WebSocket-Protocol`` header(s)
+    (comma-separated, RFC 6455 4.1)."""
+    return [name.strip() for header in headers for name in header.split(",") if name.strip()]
+
+
+def chosen_subprotocol(offered: Sequence[str]) -> str | None:
+    """What the server answers in ``Sec-WebSocket-Protocol``: :data:`SUBPROTOCOL` when offered
+    (among others); None otherwise, including when only unknown ones are offered: the upgrade
+    is accepted without one (RFC 6455 4.2.2 allows it), as before subprotocols were known,
+    so a non-browser client that names one by habit keeps working (a browser fails such a
+    connection itself)."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def token_from_request(
+    path: str, authorization: str | None, subprotocols: Sequence[str] = ()
+) -> str | None:
+    """The JWT of an upgrade request: ``?token=`` (the guide's way), a Bearer header, or a
+    ``token.<JWT>`` entry of the subprotocol list (browsers), in that order."""
     _, _, query = path.partition("?")
     if query:
         values = parse_qs(query).get("token")
@@ -39,17 +63,20 @@ def token_from_request(path: str, authorization: str | None) -> str | None:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
+    for name in subprotocols:
+        if name.startswith(TOKEN_SUBPROTOCOL_PREFIX) and len(name) > len(TOKEN_SUBPROTOCOL_PREFIX):
+            return name[len(TOKEN_SUBPROTOCOL_PREFIX) :]
     return None
 
 
 def upgrade_credentials(
-    ctx: RealtimeContext, path: str, authorization: str | None
+    ctx: RealtimeContext, path: str, authorization: str | None, subprotocols: Sequence[str] = ()
 ) -> Principal | InvalidToken | None:
     """The upgrade's token, verified now (so a user over ``limits.ws_connections_per_user``
     gets HTTP 429 before any WebSocket work): its principal, why it is invalid (the session
     closes with 4001 once open, as the protocol says), :data:`USER_CAP_REACHED`, or None when
     the request carries no token (it may come in an ``auth`` frame)."""
-    token = token_from_request(path, authorization)
+    token = token_from_request(path, authorization, subprotocols)
     if token is None:
         return None
     try:

@@ -39,6 +39,8 @@ from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
     USER_CAP_BODY,
     USER_CAP_REACHED,
+    chosen_subprotocol,
+    offered_subprotocols,
     origin_allowed,
     upgrade_credentials,
 )
@@ -377,12 +379,18 @@ async def start_module_server(
             if retry_after:
                 ctx.slots.release_ip(client_ip)
                 return refuse(429, RATE_REFUSED_BODY, retry_after)
-        credentials = upgrade_credentials(ctx, raw_path, headers.get("authorization"))
+        offered = offered_subprotocols(headers.getall("sec-websocket-protocol", ()))
+        credentials = upgrade_credentials(ctx, raw_path, headers.get("authorization"), offered)
         if credentials is USER_CAP_REACHED:
             if via_proxy:
                 ctx.slots.release_ip(client_ip)
             return refuse(429, USER_CAP_BODY, RETRY_AFTER_SECONDS)
-        return PicowsPeer(ctx, credentials, client_ip, releases_ip=via_proxy)
+        peer = PicowsPeer(ctx, credentials, client_ip, releases_ip=via_proxy)
+        subprotocol = chosen_subprotocol(offered)
+        if subprotocol is None:
+            return peer  # picows' own 101, as before subprotocols were known
+        selected = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": subprotocol})
+        return WSUpgradeResponseWithListener(selected, peer)
 
     def make_ws_protocol(ip: str, via_proxy: bool, transport: Any) -> Any:
         # The arguments ws_create_server passes (picows 2.x); built here so the accept gate
