@@ -27,6 +27,7 @@ def main() -> None:
 
 for command in (
     serve.serve,
+    serve.reload,
     tokens.token,
     tail.tail,
     tokens.revoke,

@@ -23,6 +23,7 @@ from ratewire.realtime.uvicorn_ws import websocket_protocol_with_budget
 from ratewire.runtime.assembly import Parts
 from ratewire.runtime.banner import start_banner
 from ratewire.runtime.housekeeping import announce_audit_mode, prune_forever
+from ratewire.runtime.reload import reload_secrets
 from ratewire.serving.http_server import HttpServer
 from ratewire.serving.listener import DescriptorBudget, PausableListener, port_named
 
@@ -42,10 +43,15 @@ class Runtime(Parts):
         reuse_port: bool = False,
         dev: bool = False,
         notes: Sequence[str] = (),
+        reread: Callable[[], Settings] | None = None,
     ) -> None:
-        """``notes``: warnings to log once both ports listen."""
+        """``notes``: warnings to log once both ports listen. ``reread``: the settings as
+        their files say now (what SIGHUP reloads the certificate and keys from)."""
         super().__init__(settings, reuse_port=reuse_port, dev=dev)
         self._notes = tuple(notes)
+        self._reread = reread
+        #: The TLS contexts of both ports (empty without TLS): SIGHUP reloads them in place.
+        self._tls_contexts: list[ssl.SSLContext] = []
         self._dev = dev
         #: Where the start banner goes once both ports listen (``serve`` in a terminal).
         self.banner: Callable[[str], None] | None = None
@@ -110,12 +116,15 @@ class Runtime(Parts):
         """Listen on ``modules.websocket.port`` (if enabled)."""
         module = self.settings.modules.websocket
         if module.enabled and self.serves_websockets:
+            context = self._ssl_context()
+            if context is not None:
+                self._tls_contexts.append(context)
             self._module_server = await start_module_server(
                 self.realtime,
                 self.connection_limiter,
                 self.settings.server.host,
                 module.port,
-                self._ssl_context(),
+                context,
                 reuse_port=self.reuse_port,
                 budget=self.descriptor_budget,
             )
@@ -167,6 +176,11 @@ class Runtime(Parts):
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stopping.set()
 
+    def reload(self) -> None:
+        """Re-read the TLS certificate and key and the JWT key set, dropping no connection
+        (what SIGHUP does; see :mod:`ratewire.runtime.reload`)."""
+        reload_secrets(self._reread, self._tls_contexts, self.tokens)
+
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.settings.tls
         if not tls.cert:
@@ -176,10 +190,11 @@ class Runtime(Parts):
         return context
 
     async def serve(self) -> None:
-        """Run until SIGTERM/SIGINT, then shut down gracefully."""
+        """Run until SIGTERM/SIGINT, then shut down gracefully; SIGHUP reloads secrets."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.accept_errors.install(loop)
         if self.serves_websockets:
             log.info(self.capacity.summary())
@@ -237,6 +252,8 @@ class Runtime(Parts):
         except BaseException:
             http_server.close()
             raise
+        if http_server.ssl_context is not None:
+            self._tls_contexts.append(http_server.ssl_context)
         return http_server
 
     def _say_where(self) -> None:

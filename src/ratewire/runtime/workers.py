@@ -3,11 +3,11 @@
 Each worker is a full ``ratewire serve`` bound with SO_REUSEPORT, so the kernel spreads new
 connections over them; they share the store and the broker exactly as instances on separate
 hosts do, so a write on one reaches subscribers on every other. This process only starts
-them, forwards SIGTERM/SIGINT, and restarts a worker that died (with backoff). It also gives
-them a shared directory for prometheus-client's multi-process mode, so a scrape of any worker
-answers for all of them (see ratewire.observability.metrics), and one for their commit
-notices, so a commit in one worker reaches the subscribers of the others at once (see
-ratewire.broker.siblings).
+them, forwards SIGTERM/SIGINT and SIGHUP (reload), and restarts a worker that died (with
+backoff). It also gives them a shared directory for prometheus-client's multi-process
+mode, so a scrape of any worker answers for all of them (see ratewire.observability.metrics),
+and one for their commit notices, so a commit in one worker reaches the subscribers of the
+others at once (see ratewire.broker.siblings).
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    processes: dict[int, asyncio.subprocess.Process] = {}
+
+    def reload_workers() -> None:
+        # SIGHUP (ratewire reload): every worker re-reads its certificate and keys.
+        for process in processes.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_workers)
     metrics_dir = tempfile.mkdtemp(prefix="ratewire-metrics-")
     notices_dir = notices_directory()
     env = {
@@ -54,7 +63,6 @@ async def supervise(count: int, serve_args: Sequence[str]) -> int:
         NOTIFY_DIR_ENV: notices_dir,
     }
     command = [sys.executable, "-m", "ratewire", "serve", *serve_args, "--reuse-port"]
-    processes: dict[int, asyncio.subprocess.Process] = {}
 
     async def keep_running(index: int) -> None:
         backoff = 0.5

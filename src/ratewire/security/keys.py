@@ -45,6 +45,8 @@ class KeySet:
             )
         self._by_kid = {key.kid: key for key in keys if key.kid is not None}
         self._unnamed = next((key for key in keys if key.kid is None), None)
+        #: How many keys the set holds.
+        self.size = len(keys)
         signers = [key for key in keys if key.signer is not None]
         #: The key new tokens are signed with: the newest (first listed) that can sign.
         self.signing: JwtKey | None = (
@@ -98,7 +100,9 @@ def _asymmetric_key(settings: JwtKeySettings) -> JwtKey:
             )
             public = load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"auth: jwt.keys {kid!r}: not a usable PEM key: {exc}") from None
+        source = settings.private_key_file or settings.public_key_file
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"auth: jwt.keys {kid!r}: not a usable PEM key{where}: {exc}") from None
     if not isinstance(public, expected):
         raise ConfigError(
             f"auth: jwt.keys {kid!r}: {algorithm} needs "

@@ -95,6 +95,7 @@ class TokenService:
         self, settings: JwtSettings, *, dev: bool = False, deny_list: DenyList | None = None
     ) -> None:
         self._settings = settings
+        self._dev = dev
         self._keys = load_key_set(settings, dev=dev)
         self._max_ttl = settings.max_ttl_seconds
         #: Read-only tokens may live longer (a dashboard on a wall screen), never shorter.
@@ -112,6 +113,16 @@ class TokenService:
                 self._max_ttl,
             )
             self._default_ttl = self._max_ttl
+
+    def replace_keys(self, settings: JwtSettings) -> int:
+        """Verify (and sign) with the key set ``settings`` describe from now on (SIGHUP); how
+        many keys it holds. Raises :class:`~ratewire.config.ConfigError`, keeping the current
+        keys, when it does not load. Every token verified before is verified again at its
+        next use: one signed with a removed key is refused from then on."""
+        keys = load_key_set(settings, dev=self._dev)
+        self._keys = keys
+        self._verified = {}
+        return keys.size
 
     @property
     def max_lifetime(self) -> float:

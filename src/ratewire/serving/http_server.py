@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -101,6 +102,13 @@ class HttpServer:
         )
         self._listener = PausableListener(self._sockets, factory, config.ssl, self._budget)
         await self._listener.start()
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The main port's TLS context once started (None without TLS): loading a new
+        certificate chain into it serves the new one to new handshakes."""
+        context: ssl.SSLContext | None = self._server.config.ssl if self._listener else None
+        return context
 
     async def shutdown(self) -> None:
         """Stop accepting, then let uvicorn finish the requests in flight."""
