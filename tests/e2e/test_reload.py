@@ -264,6 +264,7 @@ async def test_workers_reload_through_their_supervisor(
         args=("--auth", str(auth), "--workers", "2", "--pid-file", str(pid_file))
     )
     assert pid_file.read_text().strip() == str(server.pid)
+    wait_for_log(server.workdir / "server.log", "listening: REST", count=2)  # both workers up
     write_auth(auth, "new")
     result = run_ratewire("reload", "--pid-file", str(pid_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
