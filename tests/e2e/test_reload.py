@@ -185,9 +185,7 @@ def write_auth(path: Path, *kids: str) -> None:
 def signed(kid: str, sub: str) -> str:
     secret = {"new": NEW_SECRET, "old": OLD_SECRET}[kid]
     return TokenService(
-        JwtSettings.model_validate(
-            {"keys": [{"kid": kid, "algorithm": "HS256", "secret": secret}]}
-        )
+        JwtSettings.model_validate({"keys": [{"kid": kid, "algorithm": "HS256", "secret": secret}]})
     ).issue(sub)
 
 
