@@ -86,3 +86,34 @@ def test_both_ports_serve_tls_with_one_certificate(tls_server: tuple[int, int, P
             assert (update["type"], update["data"]["score"]) == ("rating_update", 5)
     with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets no answer
         httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=3)
+
+
+@pytest.mark.parametrize("problem", ["missing", "not a certificate"])
+def test_unusable_tls_files_stop_the_start_naming_them_not_a_port(
+    tmp_path: Path, problem: str
+) -> None:
+    cert, key = tmp_path / "missing.pem", tmp_path / "missing.key"
+    if problem == "not a certificate":
+        cert.write_text("garbage")
+        key.write_text("garbage")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RATEWIRE_")},
+        "RATEWIRE_SERVER__PORT": str(free_port()),
+        "RATEWIRE_MODULES__WEBSOCKET__PORT": str(free_port()),
+        "RATEWIRE_STORAGE__URL": f"sqlite:///{tmp_path / 'tls.db'}",
+        "RATEWIRE_JWT__SECRET": SECRET,
+        "RATEWIRE_TLS__CERT": str(cert),
+        "RATEWIRE_TLS__KEY": str(key),
+    }
+    started = subprocess.run(
+        [sys.executable, "-m", "ratewire", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 1
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith("ratewire: cannot start: tls.cert"), last
+    assert str(cert) in last and "port" not in last

@@ -32,6 +32,10 @@ log = logging.getLogger("ratewire")
 SHUTDOWN_STEP_SECONDS = 5.0
 
 
+class TlsFilesUnusable(OSError):
+    """``tls.cert`` / ``tls.key`` cannot be read or do not hold a certificate and its key."""
+
+
 class Runtime(Parts):
     """One ratewire instance: storage, service, relay, hub, REST and WebSocket servers, as
     its role (``server.role``) asks."""
@@ -186,7 +190,12 @@ class Runtime(Parts):
         if not tls.cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls.cert, tls.key)
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except OSError as exc:  # ssl.SSLError is one too
+            raise TlsFilesUnusable(
+                f"tls.cert {tls.cert!r} / tls.key {tls.key!r}: {exc.strerror or exc}"
+            ) from exc
         return context
 
     async def serve(self) -> None:
@@ -235,6 +244,8 @@ class Runtime(Parts):
     async def _listen(self) -> HttpServer:
         """Bind both ports (a port in use fails here, naming its setting) and start serving."""
         host, module = self.settings.server.host, self.settings.modules.websocket
+        # The TLS files first: loading them inside port_named would blame the port.
+        self._ssl_context()
         with port_named("server.port", "--port", host, self.settings.server.port):
             http_server = HttpServer(
                 self.asgi,
