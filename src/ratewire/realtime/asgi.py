@@ -18,14 +18,14 @@ from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
     USER_CAP_BODY,
     USER_CAP_REACHED,
-    admit,
+    MainPortEndpoint,
+    Refusal,
     chosen_subprotocol,
     upgrade_credentials,
 )
 from ratewire.realtime.outbox import Outbox
-from ratewire.realtime.session import CLOSE_MESSAGE_TOO_BIG, RealtimeContext, Session
+from ratewire.realtime.session import CLOSE_MESSAGE_TOO_BIG, Session
 from ratewire.realtime.slots import RETRY_AFTER_SECONDS
-from ratewire.security.ratelimit import ConnectionRateLimiter
 
 
 class AsgiPeer(Outbox):
@@ -58,27 +58,16 @@ class AsgiPeer(Outbox):
                     return
 
 
-class WebSocketEndpoint:
+class WebSocketEndpoint(MainPortEndpoint):
     """The raw ASGI app behind ``/ws``."""
-
-    def __init__(self, ctx: RealtimeContext, limiter: ConnectionRateLimiter) -> None:
-        self._ctx = ctx
-        self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        headers = dict(scope["headers"])
-        client = scope.get("client")
-        ip = client[0] if client else "unknown"
-        refusal = admit(self._ctx, headers.get(b"origin"), ip)
-        if refusal is not None:
-            await self._refuse(scope, send, refusal.status, refusal.retry_after, refusal.body)
-            return
-        try:
-            await self._serve(ip, headers, scope, receive, send)
-        finally:
-            self._ctx.slots.release(ip)
+        await self._admit_and_serve(scope, receive, send)
+
+    async def _refuse_admission(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        await self._refuse(scope, send, refusal.status, refusal.retry_after, refusal.body)
 
     async def _serve(
         self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -11,7 +12,10 @@ from ratewire.realtime.slots import RETRY_AFTER_SECONDS
 from ratewire.security.tokens import InvalidToken, Principal
 
 if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
     from ratewire.realtime.session import RealtimeContext
+    from ratewire.security.ratelimit import ConnectionRateLimiter
 
 #: Plain-text bodies of the HTTP answers that refuse an upgrade, the same on both endpoints.
 RATE_REFUSED_BODY = b"too many new connections from this address; retry later\n"
@@ -108,3 +112,36 @@ def admit(ctx: RealtimeContext, origin: bytes | None, ip: str) -> Refusal | None
     if admitted == slots.OVER_IP_CAP:
         return Refusal(429, RETRY_AFTER_SECONDS, IP_CAP_BODY)
     return None
+
+
+class MainPortEndpoint(ABC):
+    """A realtime endpoint on the main port (``/ws``, ``/stream``): the browser origin and a
+    connection slot decide first (:func:`admit`), then the endpoint serves; the slot is given
+    back when the connection ends, however it ends."""
+
+    def __init__(self, ctx: RealtimeContext, limiter: ConnectionRateLimiter) -> None:
+        self._ctx = ctx
+        self._limiter = limiter
+
+    async def _admit_and_serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        refusal = admit(self._ctx, headers.get(b"origin"), ip)
+        if refusal is not None:
+            await self._refuse_admission(scope, send, refusal)
+            return
+        try:
+            await self._serve(ip, headers, scope, receive, send)
+        finally:
+            self._ctx.slots.release(ip)
+
+    @abstractmethod
+    async def _refuse_admission(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        """Answer ``refusal`` the way this endpoint answers before a connection starts."""
+
+    @abstractmethod
+    async def _serve(
+        self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Serve one admitted connection from ``ip``."""

@@ -39,7 +39,8 @@ from ratewire.domain import TopicKind, parse_topic
 from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
     USER_CAP_BODY,
-    admit,
+    MainPortEndpoint,
+    Refusal,
     token_from_request,
 )
 from ratewire.realtime.history import StreamHistory
@@ -52,7 +53,6 @@ from ratewire.realtime.session import (
     check_topic,
 )
 from ratewire.realtime.slots import RETRY_AFTER_SECONDS
-from ratewire.security.ratelimit import ConnectionRateLimiter
 from ratewire.security.tokens import InvalidToken, Principal
 
 #: How long an ``EventSource`` waits before reconnecting (the ``retry:`` field), in ms.
@@ -266,28 +266,17 @@ class SsePeer(Outbox):
                 return
 
 
-class SseEndpoint:
+class SseEndpoint(MainPortEndpoint):
     """The raw ASGI app behind ``GET /stream``."""
-
-    def __init__(self, ctx: RealtimeContext, limiter: ConnectionRateLimiter) -> None:
-        self._ctx = ctx
-        self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             await _problem(send, 405, "use GET")
             return
-        headers = dict(scope["headers"])
-        client = scope.get("client")
-        ip = client[0] if client else "unknown"
-        refusal = admit(self._ctx, headers.get(b"origin"), ip)
-        if refusal is not None:
-            await _problem(send, refusal.status, refusal.body, retry_after=refusal.retry_after)
-            return
-        try:
-            await self._serve(ip, headers, scope, receive, send)
-        finally:
-            self._ctx.slots.release(ip)
+        await self._admit_and_serve(scope, receive, send)
+
+    async def _refuse_admission(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        await _problem(send, refusal.status, refusal.body, retry_after=refusal.retry_after)
 
     async def _serve(
         self, ip: str, headers: dict[bytes, bytes], scope: Scope, receive: Receive, send: Send
