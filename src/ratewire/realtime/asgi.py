@@ -118,11 +118,7 @@ class WebSocketEndpoint(MainPortEndpoint):
                 session.received(payload)
         finally:
             session.closed_by_peer(peer_code)
-            peer.close(1000, "")
-            if not writer.done():
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+            await peer.end(writer)
 
     @staticmethod
     async def _refuse(

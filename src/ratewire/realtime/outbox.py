@@ -6,6 +6,7 @@ queue here without blocking the hub, a writer task drains them, and a buffer pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from ratewire.realtime.session import CLOSE_TOO_SLOW, Session
@@ -39,6 +40,15 @@ class Outbox:
         if self._close is None:
             self._close = (code, reason)
             self._wake.set()
+
+    async def end(self, writer: asyncio.Task[None]) -> None:
+        """Close (if the session did not) and end ``writer``, the task draining this outbox:
+        cancelled if it is still waiting to write."""
+        self.close(1000, "")
+        if not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
     async def drain(self) -> None:
         """Wait until the queue is down to a quarter of the limit (replays pace on it)."""

@@ -395,11 +395,7 @@ class SseEndpoint(MainPortEndpoint):
             receiving.cancel()
             closing.cancel()
             session.closed_by_peer(None)
-            peer.close(1000, "")
-            if not writer.done():
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+            await peer.end(writer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,14 +26,11 @@ from ratewire.runtime.housekeeping import announce_audit_mode, prune_forever
 from ratewire.runtime.reload import reload_secrets
 from ratewire.serving.http_server import HttpServer
 from ratewire.serving.listener import DescriptorBudget, PausableListener, port_named
+from ratewire.serving.tls import server_context
 
 log = logging.getLogger("ratewire")
 #: How long one shutdown step may take before the next one goes ahead.
 SHUTDOWN_STEP_SECONDS = 5.0
-
-
-class TlsFilesUnusable(OSError):
-    """``tls.cert`` / ``tls.key`` cannot be read or do not hold a certificate and its key."""
 
 
 class Runtime(Parts):
@@ -116,11 +113,10 @@ class Runtime(Parts):
         if self.relay is not None:
             await self.relay.start(relay_cursor or 0)
 
-    async def start_module_server(self) -> None:
-        """Listen on ``modules.websocket.port`` (if enabled)."""
+    async def _start_module_server(self, context: ssl.SSLContext | None) -> None:
+        """Listen on ``modules.websocket.port`` (if enabled), with TLS if ``context``."""
         module = self.settings.modules.websocket
         if module.enabled and self.serves_websockets:
-            context = self._ssl_context()
             if context is not None:
                 self._tls_contexts.append(context)
             self._module_server = await start_module_server(
@@ -185,19 +181,6 @@ class Runtime(Parts):
         (what SIGHUP does; see :mod:`ratewire.runtime.reload`)."""
         reload_secrets(self._reread, self._tls_contexts, self.tokens)
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.settings.tls
-        if not tls.cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(tls.cert, tls.key)
-        except OSError as exc:  # ssl.SSLError is one too
-            raise TlsFilesUnusable(
-                f"tls.cert {tls.cert!r} / tls.key {tls.key!r}: {exc.strerror or exc}"
-            ) from exc
-        return context
-
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT, then shut down gracefully; SIGHUP reloads secrets."""
         loop = asyncio.get_running_loop()
@@ -245,7 +228,8 @@ class Runtime(Parts):
         """Bind both ports (a port in use fails here, naming its setting) and start serving."""
         host, module = self.settings.server.host, self.settings.modules.websocket
         # The TLS files first: loading them inside port_named would blame the port.
-        self._ssl_context()
+        tls = self.settings.tls
+        module_context = server_context(tls.cert, tls.key) if tls.cert else None
         with port_named("server.port", "--port", host, self.settings.server.port):
             http_server = HttpServer(
                 self.asgi,
@@ -258,7 +242,7 @@ class Runtime(Parts):
             )
         try:
             with port_named("modules.websocket.port", "--ws-port", host, module.port):
-                await self.start_module_server()
+                await self._start_module_server(module_context)
             await http_server.start()
         except BaseException:
             http_server.close()

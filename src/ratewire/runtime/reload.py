@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ratewire.config import ConfigError, Settings, TlsSettings
 from ratewire.security.tokens import TokenService
+from ratewire.serving.tls import TlsFilesUnusable, server_context
 
 log = logging.getLogger("ratewire.reload")
 KEPT_CERTIFICATE = "the previous certificate stays in use"
@@ -88,9 +89,8 @@ def _unusable(cert: str, key: str) -> str | None:
                 load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
             return f"the TLS {what} {path}: not a usable PEM {what} ({exc})"
-    scratch = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        scratch.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
+        server_context(cert, key)  # a scratch one: the contexts in use change only if it loads
+    except TlsFilesUnusable as exc:
         return f"the TLS private key {key}: it does not go with the certificate {cert} ({exc})"
     return None

@@ -147,8 +147,9 @@ class TokenService:
         if key is None or key.signer is None:
             raise ValueError("no configured key can sign (every jwt.keys entry is verify-only)")
         ttl = ttl_seconds or self._default_ttl
-        read_only = scopes_read_only((scope or "").split())
-        limit = self.max_ttl_for((scope or "").split())
+        scopes = (scope or "").split()
+        read_only = scopes_read_only(scopes)
+        limit = self.max_ttl_for(scopes)
         if ttl > limit:
             setting = "jwt.max_read_only_ttl_seconds" if read_only else "jwt.max_ttl_seconds"
             hint = (
