@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect
@@ -72,8 +72,20 @@ class PgWriteConnection:
         self.connection = connection
 
 
-#: What a write body's ``conn`` is: SQLAlchemy's, or asyncpg's on PostgreSQL's driver path.
-WriteConnection = Connection | PgWriteConnection
+class SqliteWriteConnection:
+    """The SQLite writer's own stdlib connection, as the write bodies queued with
+    ``driver=True`` see it: their transaction is ``BEGIN IMMEDIATE`` ... ``COMMIT`` on it, with
+    no SQLAlchemy engine, pool or event in between (see ``batches.GroupCommit``)."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+
+#: What a write body's ``conn`` is: SQLAlchemy's, or the driver's own on the driver path
+#: (asyncpg's on PostgreSQL, the stdlib's on SQLite).
+WriteConnection = Connection | PgWriteConnection | SqliteWriteConnection
 #: asyncpg's failures: the server's errors, a lost or unusable connection, a timeout.
 #: (InternalClientError: a connection left mid-operation by a lost server process.)
 ASYNCPG_ERRORS: tuple[type[BaseException], ...]
@@ -106,6 +118,22 @@ def _pg_await(conn: PgWriteConnection, method: str, sql: str, values: Sequence[A
         return await_only(getattr(conn.connection, method)(sql, *values))
     except ASYNCPG_ERRORS as exc:
         raise asyncpg_error(sql, values, exc) from exc
+
+
+def _engine_execute(conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None) -> Any:
+    """``stmt`` through SQLAlchemy (the engine's path: MySQL/MariaDB, and what is not a rating
+    write)."""
+    return cast(Connection, conn).execute(stmt, dict(params) if params is not None else None)
+
+
+def _sqlite_driver(conn: WriteConnection) -> sqlite3.Connection:
+    """The stdlib connection under a SQLite write transaction's ``conn``."""
+    if type(conn) is SqliteWriteConnection:
+        return conn.db
+    assert isinstance(conn, Connection)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return driver  # type: ignore[no-any-return]
 
 
 def rows_of(status: str) -> int:
@@ -145,12 +173,11 @@ class StatementRunner:
 
     def _driver_execute(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any]) -> Any:
         sql, values = self.sqlite.compiled(stmt, params)
-        driver = conn.connection.driver_connection
-        assert driver is not None
+        driver = _sqlite_driver(conn)
         try:
             return driver.execute(sql, values)
         except sqlite3.Error as exc:
-            raise _wrapped(sql, values, exc) from exc
+            raise wrapped_sqlite_error(sql, values, exc) from exc
 
     def execute(
         self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None
@@ -160,7 +187,7 @@ class StatementRunner:
         elif self._raw:
             self._driver_execute(conn, stmt, params or {})
         else:
-            conn.execute(stmt, dict(params) if params is not None else None)
+            _engine_execute(conn, stmt, params)
 
     def rowcount(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any]) -> int:
         """How many rows a DML statement changed."""
@@ -168,7 +195,7 @@ class StatementRunner:
             return rows_of(self._pg_call(conn, "execute", stmt, params))
         if self._raw:
             return int(self._driver_execute(conn, stmt, params).rowcount)
-        return int(conn.execute(stmt, dict(params)).rowcount)
+        return int(_engine_execute(conn, stmt, params).rowcount)
 
     def scalar(
         self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None
@@ -181,7 +208,7 @@ class StatementRunner:
         if self._raw:
             row = self._driver_execute(conn, stmt, params or {}).fetchone()
             return None if row is None else row[0]
-        return conn.execute(stmt, dict(params) if params is not None else None).scalar_one()
+        return _engine_execute(conn, stmt, params).scalar_one()
 
     def one(self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The only row, as a tuple."""
@@ -193,7 +220,7 @@ class StatementRunner:
             row = self._driver_execute(conn, stmt, params or {}).fetchone()
             assert row is not None
             return tuple(row)
-        return tuple(conn.execute(stmt, dict(params) if params is not None else None).one())
+        return tuple(_engine_execute(conn, stmt, params).one())
 
     def first(
         self, conn: WriteConnection, stmt: Any, params: Mapping[str, Any] | None = None
@@ -204,7 +231,7 @@ class StatementRunner:
         elif self._raw:
             row = self._driver_execute(conn, stmt, params or {}).fetchone()
         else:
-            row = conn.execute(stmt, dict(params) if params is not None else None).first()
+            row = _engine_execute(conn, stmt, params).first()
         return None if row is None else tuple(row)
 
     @contextlib.contextmanager
@@ -221,11 +248,11 @@ class StatementRunner:
             _pg_await(conn, "execute", "RELEASE SAVEPOINT ratewire_write", ())
             return
         if not self._raw:
+            assert isinstance(conn, Connection)
             with conn.begin_nested():
                 yield
             return
-        driver = conn.connection.driver_connection
-        assert driver is not None
+        driver = _sqlite_driver(conn)
         # SQLAlchemy's savepoint objects cost as much as the write's own statements here.
         driver.execute("SAVEPOINT ratewire_write")
         try:
@@ -248,15 +275,14 @@ class StatementRunner:
             _pg_await(conn, "executemany", sql, (many,))
         elif self._raw:
             sql, names, literals = self.sqlite.sql(stmt, tuple(rows[0]))
-            driver = conn.connection.driver_connection
-            assert driver is not None
+            driver = _sqlite_driver(conn)
             many = [self.sqlite.values(names, row, literals) for row in rows]
             try:
                 driver.executemany(sql, many)
             except sqlite3.Error as exc:
-                raise _wrapped(sql, many, exc) from exc
+                raise wrapped_sqlite_error(sql, many, exc) from exc
         else:
-            conn.execute(stmt, [dict(row) for row in rows])
+            cast(Connection, conn).execute(stmt, [dict(row) for row in rows])
 
 
 class SqliteRowReader:
@@ -298,7 +324,7 @@ class SqliteRowReader:
             try:
                 row = self._connection().execute(sql, values).fetchone()
             except sqlite3.Error as exc:
-                raise _wrapped(sql, values, exc) from exc
+                raise wrapped_sqlite_error(sql, values, exc) from exc
             return None if row is None else tuple(row)
 
         return await asyncio.get_running_loop().run_in_executor(self._threads, read)
@@ -352,7 +378,7 @@ class PostgresRowReader:
             await self._pool.close()
 
 
-def _wrapped(sql: str, params: Any, error: sqlite3.Error) -> StatementError:
+def wrapped_sqlite_error(sql: str, params: Any, error: sqlite3.Error) -> StatementError:
     """The driver's error as SQLAlchemy would raise it (IntegrityError, OperationalError...),
     so the store's handling is the same on every path."""
     return DBAPIError.instance(sql, params, error, sqlite3.Error)

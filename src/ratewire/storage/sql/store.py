@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import and_, delete, insert, select, update
@@ -170,6 +170,7 @@ class SqlStore(SqlReads, PairUpsert):
             self._run,
             sqlite_writer=self._sqlite_writer,
             sqlite_thread=self._write_thread if self._sqlite_writer is not None else None,
+            sqlite_connect=sqlite_connect,
             engine=self._async,
         )
         if sqlite_connect is not None:
@@ -242,6 +243,7 @@ class SqlStore(SqlReads, PairUpsert):
 
     async def close(self) -> None:
         await self._commits.drain()  # writes already queued are committed and answered first
+        self._commits.close()
         if self._async is not None:
             await self._async.dispose()
         if self._pg_row_reader is not None:
@@ -260,25 +262,27 @@ class SqlStore(SqlReads, PairUpsert):
     # -- write steps (run inside one transaction) --------------------------------------------
 
     def _bump_counter(
-        self, conn: Connection, stmt: Any, key: tuple[str, str], values: dict[str, int]
+        self, conn: WriteConnection, stmt: Any, key: tuple[str, str], values: dict[str, int]
     ) -> int:
         """Add ``values`` to the counters of row ``key`` (creating it); its new last_offset."""
         name, value = key
         if self._sql.returning:
             return int(self._run.scalar(conn, stmt, {name: value, **values}))
-        conn.execute(stmt, {name: value, **values})
+        engine_conn = cast(Connection, conn)  # MySQL: no RETURNING, no driver path
+        engine_conn.execute(stmt, {name: value, **values})
         query = self._sql.game_offset if name == "game_id" else self._sql.user_offset
-        return int(conn.scalar(query, {"key": value}) or 0)
+        return int(engine_conn.scalar(query, {"key": value}) or 0)
 
-    def _next_seq(self, conn: Connection) -> int:
+    def _next_seq(self, conn: WriteConnection) -> int:
         if self._sql.returning:
             return int(self._run.scalar(conn, self._sql.bump_global))
-        conn.execute(self._sql.bump_global)
-        return int(conn.scalar(self._sql.global_offset) or 0)
+        engine_conn = cast(Connection, conn)  # MySQL: no RETURNING, no driver path
+        engine_conn.execute(self._sql.bump_global)
+        return int(engine_conn.scalar(self._sql.global_offset) or 0)
 
     def _record(
         self,
-        conn: Connection,
+        conn: WriteConnection,
         kind: EventKind,
         old: Rating | None,
         new: Rating | None,
