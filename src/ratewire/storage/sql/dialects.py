@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ratewire.domain import TopicKind
+from ratewire.storage.sql.checkpoints import SAFETY_NET_PAGES
 from ratewire.storage.sql.schema import (
     HISTOGRAM,
     events,
@@ -153,6 +154,8 @@ def configure_sqlite(connection: sqlite3.Connection, synchronous: SqliteSynchron
     # the commit is in the WAL file, so it survives the process dying, not the machine.
     cursor.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # The store checkpoints in the background (checkpoints.py); a commit only as a safety net.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
     cursor.close()
 
 
