@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from bench.fanout.floor import commit_beside_floor
 from bench.fanout.measure import Result, run_one
 from bench.fanout.report import (
     RatioSummary,
@@ -63,8 +64,9 @@ def run_fanout(
     ]
     print_table(results)
     print_budget(results)
+    floors = commit_beside_floor(results, rate)
     if json_out is not None:
-        write_json(json_out, {"results": [asdict(r) for r in results]})
+        write_json(json_out, {"results": [asdict(r) for r in results], "commit_floor": floors})
     return results
 
 
@@ -121,6 +123,7 @@ def run_alternating(
         )
     print_ratios(rounds, names, results, summaries)
     print_budget([r for round_results in results for r in round_results][: len(names)])
+    floors = commit_beside_floor([r for round_results in results for r in round_results], rate)
     if json_out is not None:
         write_json(
             json_out,
@@ -130,6 +133,7 @@ def run_alternating(
                 "seconds": seconds,
                 "rounds": [[asdict(r) for r in round_results] for round_results in results],
                 "ratios": [summary.as_dict() for summary in summaries],
+                "commit_floor": floors,
             },
         )
     return summaries
