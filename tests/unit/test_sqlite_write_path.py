@@ -45,7 +45,7 @@ async def test_the_log_stays_small_while_writes_go_on(tmp_path: Path) -> None:
     finally:
         await store.close()
     # SQLite's own rule would have let it reach 1,000 pages before the first checkpoint.
-    assert largest < 500, f"the write-ahead log grew to {largest} pages"
+    assert largest < 600, f"the write-ahead log grew to {largest} pages"
 
 
 async def test_acknowledged_writes_survive_the_process_vanishing(tmp_path: Path) -> None:

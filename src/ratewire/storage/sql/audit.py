@@ -20,7 +20,6 @@ from sqlalchemy import (
     Column,
     Index,
     MetaData,
-    SmallInteger,
     String,
     Table,
     Text,
@@ -42,6 +41,7 @@ from ratewire.storage.sql.execution import (
     rows_of,
 )
 from ratewire.storage.sql.pg_writes import AUDIT_FLUSH
+from ratewire.storage.sql.types import SQLITE_ROWID, SQLITE_ROWID_SMALL
 
 
 class AuditCursor:
@@ -97,7 +97,7 @@ class AuditTables:
         self.log = Table(
             "audit_log",
             metadata,
-            Column("seq", BigInteger, primary_key=True, autoincrement=False),
+            Column("seq", SQLITE_ROWID, primary_key=True, autoincrement=False),
             Column("at_ms", BigInteger, nullable=False),
             Column("action", String(32), nullable=False),
             Column("actor", String(255), nullable=True),
@@ -117,7 +117,7 @@ class AuditTables:
         self.head = Table(
             "audit_head",
             metadata,
-            Column("id", SmallInteger, primary_key=True, autoincrement=False),
+            Column("id", SQLITE_ROWID_SMALL, primary_key=True, autoincrement=False),
             Column("seq", BigInteger, nullable=False),
             Column("mac", String(64), nullable=False),
             Column("pruned_seq", BigInteger, nullable=False),

@@ -32,12 +32,14 @@ from sqlalchemy.exc import IntegrityError
 
 from ratewire.domain import GameSummary, Rating, RatingEvent, from_epoch_ms
 from ratewire.storage.sql.audit import AuditTables
+from ratewire.storage.sql.types import SQLITE_ROWID, SQLITE_ROWID_SMALL
 
 #: Kept in ``ratewire_meta`` (set by each migration that changes the schema, see
 #: ``migrations/``): a ratewire from before migrations (0.1.0) refuses to open a newer schema.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
+
 
 store_meta = Table(
     "ratewire_meta",
@@ -70,6 +72,7 @@ game_summaries = Table(
     Column("total", BigInteger, nullable=False),
     *(Column(f"h{score}", Integer, nullable=False) for score in range(1, 6)),
     Column("last_offset", BigInteger, nullable=False),
+    sqlite_with_rowid=False,  # see storage.sql.types
 )
 
 user_heads = Table(
@@ -77,19 +80,20 @@ user_heads = Table(
     metadata,
     Column("user_id", String(64), primary_key=True),
     Column("last_offset", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 global_head = Table(
     "global_head",
     metadata,
-    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("id", SQLITE_ROWID_SMALL, primary_key=True, autoincrement=False),
     Column("last_offset", BigInteger, nullable=False),
 )
 
 events = Table(
     "rating_events",
     metadata,
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", SQLITE_ROWID, primary_key=True, autoincrement=False),
     Column("kind", String(8), nullable=False),
     Column("game_id", String(64), nullable=False),
     Column("user_id", String(64), nullable=False),
