@@ -14,8 +14,9 @@ Actions (stable names, documented in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -83,6 +84,10 @@ class AuditEntry:
     detail_text: str
     mac: str
 
+    def values(self) -> tuple[Any, ...]:
+        """The fields in :data:`AUDIT_FIELDS` order."""
+        return _entry_values(self)
+
     def to_wire(self) -> dict[str, Any]:
         """As ``GET /audit`` and ``ratewire audit export`` give it (field names are stable)."""
         at = from_epoch_ms(self.at_ms)
@@ -98,6 +103,13 @@ class AuditEntry:
             "detail": orjson.loads(self.detail_text),
             "mac": self.mac,
         }
+
+
+#: An entry's fields in their one order: the dataclass's, ``audit_log``'s columns' (the SQL
+#: stores write :meth:`AuditEntry.values` as a row) and, but for the detail and the MAC, what
+#: the chain's MAC covers (ratewire.audit.chain).
+AUDIT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AuditEntry))
+_entry_values = attrgetter(*AUDIT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
