@@ -13,18 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import replace
-from operator import attrgetter
 
 import orjson
 
-from ratewire.audit.entry import AUDIT_FIELDS, AuditEntry, AuditRecord
+from ratewire.audit.entry import AuditEntry, AuditRecord
 
 #: The "previous MAC" of the first entry.
 GENESIS = "0" * 64
-
-#: The fields the canonical array holds, in their order: all but the detail (appended as
-#: stored) and the MAC itself.
-_covered = attrgetter(*(name for name in AUDIT_FIELDS if name not in ("detail_text", "mac")))
 
 
 class AuditChain:
@@ -49,10 +44,10 @@ class AuditChain:
 
     @staticmethod
     def _canonical(entry: AuditEntry, detail: bytes) -> bytes:
-        # The fields as one JSON array, a newline, then the detail's JSON as stored: no raw
-        # newline can occur inside the array (JSON escapes it), so the split is unambiguous,
-        # and the detail is not escaped a second time.
-        return orjson.dumps(_covered(entry)) + b"\n" + detail
+        # The fields but the detail and the MAC as one JSON array, a newline, then the
+        # detail's JSON as stored: no raw newline can occur inside the array (JSON escapes
+        # it), so the split is unambiguous, and the detail is not escaped a second time.
+        return orjson.dumps(entry.values()[:-2]) + b"\n" + detail
 
     def seal(self, previous: str, seq: int, record: AuditRecord) -> AuditEntry:
         """``record`` as the entry at ``seq`` after the entry whose MAC is ``previous``."""
