@@ -100,3 +100,13 @@ async def test_attempts_come_newest_first_and_are_capped(store: RatingStore) -> 
     ]
     await hooks.remove("wh_1")
     assert await hooks.attempts("wh_1", 10) == []
+
+
+async def test_a_removed_webhook_has_no_lease_to_take_give_or_save_under(
+    store: RatingStore,
+) -> None:
+    hooks = store.webhooks
+    assert await hooks.acquire("wh_gone", "a", NOW, 5000) is False
+    await hooks.release("wh_gone", "a")
+    assert await hooks.save("wh_gone", "a", 1, Progress(cursor=3), NOW) is False
+    assert await hooks.get("wh_gone") is None

@@ -16,6 +16,7 @@ answer are unchanged (tests compare them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +30,13 @@ from ratewire.domain import RatingDraft, validate_identifier
 from ratewire.domain.rating import is_identifier
 from ratewire.security.tokens import Principal
 from ratewire.services.ratings import Forbidden, RatingService
-from ratewire.storage.base import AlreadyExists, NotFound, StorageUnavailable, VersionMismatch
+from ratewire.storage.base import (
+    AlreadyExists,
+    NotFound,
+    StorageUnavailable,
+    VersionMismatch,
+    WriteResult,
+)
 
 log = logging.getLogger("ratewire.api")
 
@@ -95,23 +102,8 @@ class FastPaths:
             await self.app(scope, receive, send)  # the route explains what is wrong (422)
             return
         service: RatingService = scope["app"].state.service
-        try:
-            result = await service.create(principal, draft, current_audit_context())
-        except _REFUSALS:
-            await self.app(scope, receive, send)  # the route explains (403, 409)
-            return
-        except Exception as exc:
-            await _failed(scope, receive, send, exc)
-            return
-        rating = result.rating
-        scope[ROUTE_TEMPLATE_KEY] = "/ratings"
-        await _answer(
-            send,
-            201,
-            f'"{rating.version}"',
-            orjson.dumps(rating.to_wire()),
-            [(b"location", f"/ratings/{rating.id}".encode())],
-        )
+        write = service.create(principal, draft, current_audit_context())
+        await self._write(scope, receive, send, "/ratings", write)
 
     async def _upsert(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         game_id, middle, user_id = path[len(_PREFIX) :].partition("/ratings/")
@@ -134,16 +126,25 @@ class FastPaths:
             await self.app(scope, receive, send)  # the route explains what is wrong
             return
         service: RatingService = scope["app"].state.service
+        write = service.upsert(principal, draft, version, current_audit_context())
+        await self._write(scope, receive, send, "/games/{gameId}/ratings/{userId}", write)
+
+    async def _write(
+        self, scope: Scope, receive: Receive, send: Send, route: str, write: Awaitable[WriteResult]
+    ) -> None:
+        """Answer ``write`` as ``route`` does: 201 with a Location for a new rating, else 200.
+        A refusal goes to the route, which refuses it the same way (403, 409, 412: nothing
+        was written); a failure is answered here (:func:`_failed`)."""
         try:
-            result = await service.upsert(principal, draft, version, current_audit_context())
+            result = await write
         except _REFUSALS:
-            await self.app(scope, receive, send)  # a refused write changed nothing (403, 412)
+            await self.app(scope, receive, send)
             return
         except Exception as exc:
             await _failed(scope, receive, send, exc)
             return
         rating = result.rating
-        scope[ROUTE_TEMPLATE_KEY] = "/games/{gameId}/ratings/{userId}"
+        scope[ROUTE_TEMPLATE_KEY] = route
         await _answer(
             send,
             201 if result.created else 200,

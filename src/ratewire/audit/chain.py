@@ -44,22 +44,10 @@ class AuditChain:
 
     @staticmethod
     def _canonical(entry: AuditEntry, detail: bytes) -> bytes:
-        # The fields as one JSON array, a newline, then the detail's JSON as stored: no raw
-        # newline can occur inside the array (JSON escapes it), so the split is unambiguous,
-        # and the detail is not escaped a second time.
-        fields = orjson.dumps(
-            [
-                entry.seq,
-                entry.at_ms,
-                entry.action,
-                entry.actor,
-                entry.scopes,
-                entry.ip,
-                entry.request_id,
-                entry.rating_id,
-            ]
-        )
-        return fields + b"\n" + detail
+        # The fields but the detail and the MAC as one JSON array, a newline, then the
+        # detail's JSON as stored: no raw newline can occur inside the array (JSON escapes
+        # it), so the split is unambiguous, and the detail is not escaped a second time.
+        return orjson.dumps(entry.values()[:-2]) + b"\n" + detail
 
     def seal(self, previous: str, seq: int, record: AuditRecord) -> AuditEntry:
         """``record`` as the entry at ``seq`` after the entry whose MAC is ``previous``."""

@@ -14,7 +14,7 @@ Actions (stable names, documented in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,6 +83,23 @@ class AuditEntry:
     detail_text: str
     mac: str
 
+    def values(self) -> tuple[Any, ...]:
+        """The fields in their order (:data:`AUDIT_FIELDS`), which is ``audit_log``'s column
+        order; the chain's MAC covers all but the last two. Spelled out: cheaper on the write
+        path than an ``attrgetter``."""
+        return (
+            self.seq,
+            self.at_ms,
+            self.action,
+            self.actor,
+            self.scopes,
+            self.ip,
+            self.request_id,
+            self.rating_id,
+            self.detail_text,
+            self.mac,
+        )
+
     def to_wire(self) -> dict[str, Any]:
         """As ``GET /audit`` and ``ratewire audit export`` give it (field names are stable)."""
         at = from_epoch_ms(self.at_ms)
@@ -98,6 +115,11 @@ class AuditEntry:
             "detail": orjson.loads(self.detail_text),
             "mac": self.mac,
         }
+
+
+#: An entry's fields in their one order (:meth:`AuditEntry.values`): the SQL stores write it
+#: as a row, and the chain's MAC covers it but for the detail and the MAC itself.
+AUDIT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AuditEntry))
 
 
 @dataclass(frozen=True, slots=True)

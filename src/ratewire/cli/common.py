@@ -4,35 +4,43 @@ clear error line, and the token service that signs their tokens."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from ratewire.config import ConfigError, Settings, load_settings
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="config.yml (default: ./config.yml if present)",
-)
-auth_option = click.option(
-    "--auth",
-    "auth_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="auth.yml (default: ./auth.yml if present)",
-)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _file_option(name: str, default: str) -> Callable[[_F], _F]:
+    """``--NAME``: an optional YAML file, given to the command as ``NAME_path``."""
+    return click.option(
+        f"--{name}",
+        f"{name}_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=f"{default} (default: ./{default} if present)",
+    )
+
+
+config_option = _file_option("config", "config.yml")
+auth_option = _file_option("auth", "auth.yml")
+
+
+def exit_config_error(exc: ConfigError) -> NoReturn:
+    """One line on stderr, and exit status 2 (what every command does on a bad setting)."""
+    click.echo(f"ratewire: config error: {exc}", err=True)
+    sys.exit(2)
 
 
 def settings_from(config_path: Path | None, auth_path: Path | None) -> Settings:
     try:
         return load_settings(config_path, auth_path)
     except ConfigError as exc:
-        click.echo(f"ratewire: config error: {exc}", err=True)
-        sys.exit(2)
+        exit_config_error(exc)
 
 
 def with_dev_secret(settings: Settings, *, create: bool) -> tuple[Settings, str | None]:
@@ -68,8 +76,7 @@ def token_service(settings: Settings) -> Any:
         # dev: these commands only sign for a server that already accepted the key.
         return TokenService(settings.jwt, dev=True)
     except ConfigError as exc:
-        click.echo(f"ratewire: config error: {exc}", err=True)
-        sys.exit(2)
+        exit_config_error(exc)
 
 
 def run_on_store(settings: Settings, work: Any, command: str, *, start: bool = True) -> Any:

@@ -14,6 +14,7 @@ import click
 from ratewire.cli.common import (
     auth_option,
     config_option,
+    exit_config_error,
     settings_from,
     with_dev_secret,
 )
@@ -145,8 +146,7 @@ def serve(
     try:
         load_key_set(settings.jwt, dev=dev)  # a weak or missing key stops here, in one line
     except ConfigError as exc:
-        click.echo(f"ratewire: config error: {exc}", err=True)
-        sys.exit(2)
+        exit_config_error(exc)
     if dev_note is not None and not reuse_port:
         logging.getLogger("ratewire").warning(dev_note)
     _hold_pid_file(pid_file)

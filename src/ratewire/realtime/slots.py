@@ -51,17 +51,13 @@ class ConnectionSlots:
 
     def admit_ip(self, ip: str) -> bool:
         """Count one more connection of ``ip`` unless it holds its maximum already."""
-        held = self._by_ip.get(ip, 0)
-        if held >= self.per_ip:
-            self.refused_per_ip += 1
-            return False
-        self._by_ip[ip] = held + 1
-        return True
+        if _take(self._by_ip, ip, self.per_ip):
+            return True
+        self.refused_per_ip += 1
+        return False
 
     def release_ip(self, ip: str) -> None:
-        held = self._by_ip.pop(ip, 1) - 1
-        if held > 0:
-            self._by_ip[ip] = held
+        _give(self._by_ip, ip)
 
     def release(self, ip: str | None) -> None:
         """A connection admitted for ``ip`` (as given to :meth:`admit`) closed."""
@@ -80,17 +76,13 @@ class ConnectionSlots:
     def admit_user(self, sub: str) -> bool:
         """Count one more authenticated connection of ``sub``; False when it holds its
         maximum (pair a True with :meth:`release_user`)."""
-        held = self._by_user.get(sub, 0)
-        if held >= self.per_user:
-            self.refused_per_user += 1
-            return False
-        self._by_user[sub] = held + 1
-        return True
+        if _take(self._by_user, sub, self.per_user):
+            return True
+        self.refused_per_user += 1
+        return False
 
     def release_user(self, sub: str) -> None:
-        held = self._by_user.pop(sub, 1) - 1
-        if held > 0:
-            self._by_user[sub] = held
+        _give(self._by_user, sub)
 
     def _report(self) -> None:
         now = time.monotonic()
@@ -101,3 +93,19 @@ class ConnectionSlots:
                 self.refused_at_capacity,
             )
             self._reported_at = now
+
+
+def _take(held_by: dict[str, int], key: str, most: int) -> bool:
+    """Count one more connection of ``key`` unless it holds ``most`` already."""
+    held = held_by.get(key, 0)
+    if held >= most:
+        return False
+    held_by[key] = held + 1
+    return True
+
+
+def _give(held_by: dict[str, int], key: str) -> None:
+    """One connection of ``key`` closed (a key that holds none is forgotten)."""
+    held = held_by.pop(key, 1) - 1
+    if held > 0:
+        held_by[key] = held

@@ -94,6 +94,10 @@ class RatingService:
                 "(needs scope ratings:admin or ratings:write:any)"
             )
 
+    async def _check_owner_of(self, principal: Principal, rating_id: str) -> None:
+        """:meth:`_check_owner` for the owner of a stored rating (:class:`NotFound` if none)."""
+        self._check_owner(principal, (await self.store.get(rating_id)).user_id)
+
     async def create(
         self, principal: Principal, draft: RatingDraft, audit: AuditContext | None = None
     ) -> WriteResult:
@@ -121,8 +125,7 @@ class RatingService:
         expected_version: int | None,
         audit: AuditContext | None = None,
     ) -> WriteResult:
-        current = await self.store.get(rating_id)
-        self._check_owner(principal, current.user_id)
+        await self._check_owner_of(principal, rating_id)
         return self._committed(
             await self.store.update(rating_id, changes, expected_version, utc_now(), audit)
         )
@@ -134,8 +137,7 @@ class RatingService:
         expected_version: int | None,
         audit: AuditContext | None = None,
     ) -> WriteResult:
-        current = await self.store.get(rating_id)
-        self._check_owner(principal, current.user_id)
+        await self._check_owner_of(principal, rating_id)
         return self._committed(
             await self.store.delete(rating_id, expected_version, utc_now(), audit)
         )

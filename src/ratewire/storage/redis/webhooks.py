@@ -13,11 +13,17 @@ import orjson
 from ratewire.domain.webhooks import DeliveryAttempt, Progress, Webhook
 from ratewire.storage.webhook_store import ATTEMPTS_KEPT, CHANGEABLE
 
-# KEYS[1] webhook; ARGV: now_ms, changes (JSON). Returns the new JSON, or nil.
-_UPDATE = """
+# How every script below starts: KEYS[1]'s webhook, decoded; none there answers nil (None:
+# no webhook, lease not held, progress not saved).
+_WEBHOOK = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return nil end
 local webhook = cjson.decode(raw)
+"""
+# KEYS[1] webhook; ARGV: now_ms, changes (JSON). Returns the new JSON, or nil.
+_UPDATE = (
+    _WEBHOOK
+    + """
 for k, v in pairs(cjson.decode(ARGV[2])) do webhook[k] = v end
 webhook['generation'] = webhook['generation'] + 1
 webhook['updated_at'] = tonumber(ARGV[1])
@@ -25,11 +31,11 @@ local encoded = cjson.encode(webhook)
 redis.call('SET', KEYS[1], encoded)
 return encoded
 """
+)
 # KEYS[1] webhook; ARGV: owner, now_ms, lease_ms. Returns 1 if owner holds the lease now.
-_ACQUIRE = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local webhook = cjson.decode(raw)
+_ACQUIRE = (
+    _WEBHOOK
+    + """
 local holder = webhook['lease_owner']
 local now = tonumber(ARGV[2])
 if holder ~= cjson.null and holder ~= ARGV[1] and webhook['lease_until'] >= now then
@@ -40,23 +46,23 @@ webhook['lease_until'] = now + tonumber(ARGV[3])
 redis.call('SET', KEYS[1], cjson.encode(webhook))
 return 1
 """
+)
 # KEYS[1] webhook; ARGV: owner.
-_RELEASE = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local webhook = cjson.decode(raw)
+_RELEASE = (
+    _WEBHOOK
+    + """
 if webhook['lease_owner'] ~= ARGV[1] then return 0 end
 webhook['lease_owner'] = cjson.null
 webhook['lease_until'] = 0
 redis.call('SET', KEYS[1], cjson.encode(webhook))
 return 1
 """
+)
 # KEYS[1] webhook, KEYS[2] its attempts; ARGV: owner, generation, now_ms, progress (JSON),
 # kept, attempts (JSON each, oldest first).
-_SAVE = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local webhook = cjson.decode(raw)
+_SAVE = (
+    _WEBHOOK
+    + """
 if webhook['lease_owner'] ~= ARGV[1] or webhook['lease_until'] < tonumber(ARGV[3])
    or webhook['generation'] ~= tonumber(ARGV[2]) then
   return 0
@@ -70,6 +76,7 @@ for i = 6, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
+)
 
 
 def _webhook(raw: bytes) -> Webhook:

@@ -114,6 +114,8 @@ class AuditTables:
             Index("ix_audit_log_actor", "actor", "seq"),
             Index("ix_audit_log_at", "at_ms"),
         )
+        #: audit_log's columns, in the order of AuditEntry.values() (AUDIT_FIELDS).
+        self._columns = tuple(self.log.columns.keys())
         self.head = Table(
             "audit_head",
             metadata,
@@ -201,7 +203,7 @@ class AuditTables:
         assert cursor.base is not None and cursor.head is not None
         for _ in range(2):
             columns = [
-                list(column) for column in zip(*map(self._values, cursor.pending), strict=True)
+                list(column) for column in zip(*map(AuditEntry.values, cursor.pending), strict=True)
             ]
             status = cursor.run.pg_execute(
                 conn, AUDIT_FLUSH, (*cursor.head, *cursor.base, *columns)
@@ -215,36 +217,8 @@ class AuditTables:
             cursor.pending, cursor.head = _sealed(cursor.chain, cursor.base, cursor.records)
         raise AssertionError("the audit head moved while locked")
 
-    @staticmethod
-    def _values(entry: AuditEntry) -> tuple[Any, ...]:
-        """An entry's columns in ``audit_log``'s order."""
-        return (
-            entry.seq,
-            entry.at_ms,
-            entry.action,
-            entry.actor,
-            entry.scopes,
-            entry.ip,
-            entry.request_id,
-            entry.rating_id,
-            entry.detail_text,
-            entry.mac,
-        )
-
-    @staticmethod
-    def _row(entry: AuditEntry) -> dict[str, Any]:
-        return {
-            "seq": entry.seq,
-            "at_ms": entry.at_ms,
-            "action": entry.action,
-            "actor": entry.actor,
-            "scopes": entry.scopes,
-            "ip": entry.ip,
-            "request_id": entry.request_id,
-            "rating_id": entry.rating_id,
-            "detail": entry.detail_text,
-            "mac": entry.mac,
-        }
+    def _row(self, entry: AuditEntry) -> dict[str, Any]:
+        return dict(zip(self._columns, entry.values(), strict=True))
 
     def read_head(self, conn: Connection) -> AuditHead:
         row = conn.execute(select(self.head).where(self.head.c.id == 1)).one()
