@@ -86,6 +86,17 @@ _T = TypeVar("_T")
 __all__ = ["SCHEMA_VERSION", "SqlStore", "async_url", "metadata"]
 
 
+def _change(old: Rating | None, new: Rating | None) -> tuple[Rating, SummaryDelta]:
+    """The rating a write is about (the new one; the old one for a delete), and what it does
+    to its game's summary."""
+    current = new or old
+    assert current is not None
+    delta = SummaryDelta.between(
+        None if old is None else old.score, None if new is None else new.score
+    )
+    return current, delta
+
+
 class SqlStore(SqlReads, PairUpsert):
     """A :class:`~ratewire.storage.base.RatingStore` over SQLite, PostgreSQL or MySQL.
 
@@ -291,11 +302,7 @@ class SqlStore(SqlReads, PairUpsert):
     ) -> RatingEvent:
         """Move the counters and append the event (and its audit entry); the rating row is
         already written."""
-        current = new or old
-        assert current is not None
-        delta = SummaryDelta.between(
-            None if old is None else old.score, None if new is None else new.score
-        )
+        current, delta = _change(old, new)
         histogram = dict(zip(HISTOGRAM_NAMES, delta.histogram, strict=True))
         game_offset = self._bump_counter(
             conn,
@@ -336,20 +343,18 @@ class SqlStore(SqlReads, PairUpsert):
         now: datetime,
         audit: AuditContext | None,
         rating_values: Sequence[Any],
-    ) -> RatingEvent | None:
+        refused: Exception,
+    ) -> RatingEvent:
         """PostgreSQL: the rating row, the counters and the event in one statement
-        (``pg_writes``); None when the rating row was not written (nothing was)."""
-        current = new or old
-        assert current is not None
-        delta = SummaryDelta.between(
-            None if old is None else old.score, None if new is None else new.score
-        )
+        (``pg_writes``); raises ``refused`` when the rating row was not written (then nothing
+        was)."""
+        current, delta = _change(old, new)
         data = current.to_wire()
         offsets = write_rating(
             conn, statement, delta, kind, orjson.dumps(data).decode(), epoch_ms(now), rating_values
         )
         if offsets is None:
-            return None
+            raise refused
         return self._recorded(conn, kind, old, new, now, audit, data, offsets)
 
     def _recorded(
@@ -418,9 +423,8 @@ class SqlStore(SqlReads, PairUpsert):
                         epoch_ms(rating.updated_at),
                         rating.version,
                     ),
+                    PairTaken(),
                 )
-                if created is None:
-                    raise PairTaken()
                 return WriteResult(rating, created, True)
             self._run.execute(
                 conn,
@@ -460,9 +464,10 @@ class SqlStore(SqlReads, PairUpsert):
                 raise NoChange(old)
             if isinstance(conn, PgWriteConnection):
                 values = (rating_id, new.score, new.comment, epoch_ms(new.updated_at), new.version)
-                event = self._record_pg(conn, UPDATE, "updated", old, new, now, audit, values)
-                if event is None:  # locked above, so not expected: nothing was written
-                    raise NotFound(rating_id)
+                # Locked above, so the row is there: NotFound is not expected.
+                event = self._record_pg(
+                    conn, UPDATE, "updated", old, new, now, audit, values, NotFound(rating_id)
+                )
                 return WriteResult(new, event)
             self._run.execute(
                 conn,
@@ -493,10 +498,16 @@ class SqlStore(SqlReads, PairUpsert):
             old = self._locked(conn, rating_id, expected_version)
             if isinstance(conn, PgWriteConnection):
                 event = self._record_pg(
-                    conn, DELETE, "deleted", old, None, now, audit, (rating_id,)
+                    conn,
+                    DELETE,
+                    "deleted",
+                    old,
+                    None,
+                    now,
+                    audit,
+                    (rating_id,),
+                    NotFound(rating_id),
                 )
-                if event is None:  # locked above, so not expected: nothing was written
-                    raise NotFound(rating_id)
                 return WriteResult(old, event)
             self._run.execute(conn, self._sql.delete_rating, {"rid": rating_id})
             return WriteResult(old, self._record(conn, "deleted", old, None, now, audit))
