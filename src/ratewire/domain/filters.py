@@ -31,6 +31,8 @@ from typing import Any, Final
 
 import cel
 
+from ratewire.domain.topics import GAME_WILDCARD
+
 #: The longest expression accepted (characters).
 MAX_FILTER_CHARS: Final = 1024
 #: Comprehension macros an expression may hold (more could nest: quadratic or worse).
@@ -166,6 +168,21 @@ def _compile(expression: str) -> EventFilter:
     for probe in _PROBES:
         _check_on(compiled, program, probe)
     return compiled
+
+
+def subscription_filter(expression: str | None, topic: str) -> EventFilter | None:
+    """The filter of a subscription to ``topic`` (None without ``expression``), for every
+    transport; :class:`BadFilter` if refused. Not on ``rating.game.*``: its frames are
+    served apart (each game's own topic and offsets) and a filter there has no single topic
+    to stand on; ``rating.global`` with a filter on ``data.gameId`` says the same."""
+    if expression is None:
+        return None
+    if topic == GAME_WILDCARD:
+        raise BadFilter(
+            "filters are not supported on rating.game.*; subscribe to rating.global with a "
+            'filter on data.gameId (e.g. data.gameId in ["1", "2"])'
+        )
+    return compile_filter(expression)
 
 
 def _check_on(compiled: EventFilter, program: cel.Program, frame: FilterInput) -> None:

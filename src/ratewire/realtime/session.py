@@ -29,7 +29,7 @@ from ratewire.domain import (
     event_offset,
     parse_topic,
 )
-from ratewire.domain.filters import BadFilter, EventFilter, FilterInput, compile_filter
+from ratewire.domain.filters import BadFilter, EventFilter, FilterInput, subscription_filter
 from ratewire.realtime import frames
 from ratewire.realtime.history import (
     HistoryBehind,
@@ -451,23 +451,10 @@ class Session:
         return checked
 
     def _checked_filter(self, topic: Topic, message: ClientMessage) -> EventFilter | bool:
-        """The subscription's compiled filter; True without one; False (an error was sent)
-        if it is refused. Asked after the topic check: a filter only narrows what the token
-        may see."""
-        if message.filter is None:
-            return True
-        if topic.kind is TopicKind.ALL_GAMES:
-            self.send(
-                frames.error(
-                    "bad_filter",
-                    "filters are not supported on rating.game.*; subscribe to rating.global "
-                    'with a filter on data.gameId (e.g. data.gameId in ["1", "2"])',
-                    message.id,
-                )
-            )
-            return False
+        """The subscription's filter, True without one, False if refused (error sent). Asked
+        after the topic check: a filter only narrows what the token may see."""
         try:
-            return compile_filter(message.filter)
+            return subscription_filter(message.filter, topic.name) or True
         except BadFilter as exc:
             self.send(frames.error("bad_filter", exc.message, message.id))
             return False
