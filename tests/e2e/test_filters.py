@@ -5,14 +5,18 @@ every transport refuses naming what is wrong (the connection stays open)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.e2e.wsclient import WsClient
+from tests.support.cli import run_ratewire
 from tests.support.server import ServerProcess
 from tests.support.sse import SseStream
 from tests.support.webhook_receiver import Receiver
+
+from ratewire.client import Client, SubscriptionRefused, SyncClient, Update
 
 pytestmark = pytest.mark.e2e
 ServerFactory = Callable[..., ServerProcess]
@@ -146,3 +150,37 @@ async def test_a_webhook_delivers_only_what_its_filter_passes(server: ServerProc
             assert delivered[-1]["offset"] == 5
     finally:
         await receiver.close()
+
+
+async def test_the_python_client_follows_a_filtered_topic_and_a_bad_filter_is_typed(
+    server: ServerProcess,
+) -> None:
+    game = "f4sdk"
+    for user, score in (("u1", 2), ("u2", 4)):
+        await rate(server, game, user, score)
+    async with Client(server.ws_url, server.token("agent")) as client:
+        updates = client.subscribe(f"rating.game.{game}", since=0, filter=LOW)
+        first = await anext(updates)
+        assert isinstance(first, Update) and (first.offset, first.rating.score) == (1, 2)
+        with pytest.raises(ValueError, match="one filter at a time"):
+            await anext(client.subscribe(f"rating.game.{game}", filter="true"))
+        await rate(server, game, "u3", 5)
+        await rate(server, game, "u4", 1)
+        second = await anext(updates)
+        assert isinstance(second, Update) and (second.offset, second.rating.score) == (4, 1)
+        await updates.aclose()  # type: ignore[attr-defined]
+        with pytest.raises(SubscriptionRefused, match=r"unknown field data\.stars"):
+            await anext(client.subscribe("rating.global", filter="data.stars > 1"))
+
+
+def test_the_synchronous_client_and_tail_take_a_filter(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    with SyncClient(server.ws_url, token_provider=lambda: server.token("script")) as client:
+        client.create("f5sync", 5)
+        updates = client.subscribe("rating.user.script", since=0, filter="data.score == 5")
+        first = next(updates)
+        assert isinstance(first, Update) and first.rating.game_id == "f5sync"
+        updates.close()
+    refused = run_ratewire("tail", "rating.global", "--filter", "data.score >", cwd=tmp_path)
+    assert refused.returncode == 2 and "syntax error" in refused.stderr, refused.stderr

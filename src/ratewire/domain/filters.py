@@ -27,11 +27,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any, Final
-
-import cel
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
 
 from ratewire.domain.topics import GAME_WILDCARD
+
+if TYPE_CHECKING:
+    import cel
 
 #: The longest expression accepted (characters).
 MAX_FILTER_CHARS: Final = 1024
@@ -58,6 +60,15 @@ _STRING_LITERAL = re.compile(
 )
 
 
+@functools.cache
+def _cel() -> ModuleType:
+    """The CEL library, imported on first use: its package imports its own command line
+    (typer, rich, prompt_toolkit), which a server that never sees a filter need not load."""
+    import cel
+
+    return cel
+
+
 class BadFilter(ValueError):
     """A filter expression was refused; ``message`` says what is wrong (sent to the client as
     a ``bad_filter`` error)."""
@@ -77,7 +88,7 @@ class FilterInput:
     __slots__ = ("_context",)
 
     def __init__(self) -> None:
-        self._context = cel.Context()
+        self._context = _cel().Context()
 
     def load(self, event: str, data: Mapping[str, Any]) -> None:
         """Set the event kind and the rating (``data`` as in the frame; other keys ignored)."""
@@ -156,7 +167,7 @@ def _compile(expression: str) -> EventFilter:
         if name not in DATA_FIELDS:
             raise BadFilter(f"unknown field data.{name}; fields are {_field_list()}")
     try:
-        program = cel.compile(expression)
+        program = _cel().compile(expression)
     except Exception as exc:  # the library raises ValueError, or worse
         raise BadFilter(f"filter syntax error: {_parse_error(exc)}") from None
     if not macros:
@@ -165,7 +176,7 @@ def _compile(expression: str) -> EventFilter:
             if name not in ROOTS:
                 raise BadFilter(f"unknown field {name}; fields are {_field_list()}")
     compiled = EventFilter(expression, program)
-    for probe in _PROBES:
+    for probe in _probes():
         _check_on(compiled, program, probe)
     return compiled
 
@@ -214,13 +225,16 @@ def _probe(event: str, topic: str, offset: int, score: int, comment: str) -> Fil
     return frame
 
 
-# One frame per event kind, with every field set and of its declared type, each branch's
-# values different, so that a type error is reached in as many branches as cheaply possible.
-_PROBES: Final = (
-    _probe("created", "rating.global", 1, 1, "probe"),
-    _probe("updated", "rating.game.42", 7, 5, ""),
-    _probe("deleted", "rating.user.7", 3, 3, "a comment"),
-)
+@functools.cache
+def _probes() -> tuple[FilterInput, ...]:
+    """One frame per event kind, with every field set and of its declared type, each
+    branch's values different, so that a type error is reached in as many branches as
+    cheaply possible."""
+    return (
+        _probe("created", "rating.global", 1, 1, "probe"),
+        _probe("updated", "rating.game.42", 7, 5, ""),
+        _probe("deleted", "rating.user.7", 3, 3, "a comment"),
+    )
 
 
 def _field_list() -> str:

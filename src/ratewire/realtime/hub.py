@@ -88,7 +88,7 @@ class Hub:
         self._filtered: dict[str, dict[str, _FilterGroup]] = {}
         #: Filter evaluations made (one per event, topic and distinct expression).
         self.filter_evaluations = 0
-        self._filter_input = FilterInput()
+        self._filter_input: FilterInput | None = None  # made on first use (imports CEL)
         self._loaded: RatingEvent | None = None  # the event loaded in _filter_input
         #: The ``seq`` of the last event published; history reads compare against it.
         self.published_seq = 0
@@ -323,13 +323,16 @@ class Hub:
         FilterInput the hub loads once per event."""
         passed = verdicts.get(event_filter.source)
         if passed is None:
+            frame = self._filter_input
+            if frame is None:
+                frame = self._filter_input = FilterInput()
             if not verdicts:  # the first expression tested for this event and topic
                 if self._loaded is not event:
-                    self._filter_input.load(event.kind, event.data)
+                    frame.load(event.kind, event.data)
                     self._loaded = event
-                self._filter_input.place(topic, offset)
+                frame.place(topic, offset)
             self.filter_evaluations += 1
-            passed = verdicts[event_filter.source] = event_filter.test(self._filter_input)
+            passed = verdicts[event_filter.source] = event_filter.test(frame)
         return passed
 
     def _deliver(
