@@ -279,17 +279,23 @@ class Hub:
                         listed.append(frame)
                 if wild and wild_live:
                     wild_frames.append((topic, frame))
-                verdicts: dict[str, bool] = {}  # expression -> passed, for this event and topic
+                # Expression -> passed, for this event and topic; made only when a filter is
+                # held here (the unfiltered path allocates nothing for filters).
+                verdicts: dict[str, bool] | None = None
                 if groups:
+                    verdicts = {}
                     for source, group in groups.items():
                         if self._verdict(group.filter, event, topic, offset, verdicts):
                             filtered_frames.setdefault((topic, source), []).append(frame)
                 for buffered in (pending, wild_pending if wild else None):
                     if buffered:
                         for entry in buffered.values():
-                            passed = entry.filter is None or self._verdict(
-                                entry.filter, event, topic, offset, verdicts
-                            )
+                            if entry.filter is None:
+                                entry.buffer.append((event.seq, offset, frame))
+                                continue
+                            if verdicts is None:
+                                verdicts = {}
+                            passed = self._verdict(entry.filter, event, topic, offset, verdicts)
                             entry.buffer.append((event.seq, offset, frame if passed else None))
         self._loaded = None
         self.encoded_at = time.time() if live_frames or wild_frames or filtered_frames else 0.0
