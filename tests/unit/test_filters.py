@@ -28,7 +28,7 @@ def test_fields_of_the_frame_are_readable() -> None:
     assert passes('event == "created" && topic == "rating.global" && offset == 10')
     assert passes('data.gameId in ["1", "42"] && data.userId == "7" && data.version > 2')
     assert passes('data.comment.contains("refund")')
-    assert passes('data.gameId.startsWith("4") && data.comment.matches("re.und")')
+    assert passes('data.gameId.startsWith("4") && data.comment.endsWith("refund")')
 
 
 def test_a_null_comment_is_null_and_an_error_is_no_match() -> None:
@@ -58,6 +58,9 @@ def test_source_is_kept_and_one_expression_compiles_once() -> None:
         ("shout(data.comment)", "unknown field or function"),
         ("x" * (MAX_FILTER_CHARS + 1), "too long"),
         ("[1, 2, 3].all(x, [1, 2, 3].exists(y, x == y))", "too costly"),
+        # The library compiles a regex per evaluation: this one took 0.8 s an event.
+        ('data.comment.matches("\\\\w{200}")', "matches() is not available"),
+        (f"[{', '.join(map(str, range(40)))}].exists(x, x == data.version)", "too costly"),
         ("", "non-empty"),
     ],
 )
