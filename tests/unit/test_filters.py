@@ -61,6 +61,12 @@ def test_source_is_kept_and_one_expression_compiles_once() -> None:
         # The library compiles a regex per evaluation: this one took 0.8 s an event.
         ('data.comment.matches("\\\\w{200}")', "matches() is not available"),
         (f"[{', '.join(map(str, range(40)))}].exists(x, x == data.version)", "too costly"),
+        # A comment between a name and its parenthesis hides nothing.
+        ('data.comment.matches // regex\n ("a")', "matches() is not available"),
+        ("[1]. // c\n all(x, [2]. // d\n exists(y, x == y))", "too costly"),
+        # Quotes inside comments and raw strings are lexed as CEL lexes them.
+        ("true // it's\n && data.comment.matches('a') // '", "matches() is not available"),
+        ('r"\\" + "" == "" && data.comment.matches("a") && "" == ""', "matches() is not"),
         ("", "non-empty"),
     ],
 )

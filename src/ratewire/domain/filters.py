@@ -61,11 +61,6 @@ DATA_FIELDS: Final = {
 _COMPREHENSION = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(")
 _MATCHES = re.compile(r"\bmatches\s*\(")
 _DATA_FIELD = re.compile(r"\bdata\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
-# String and bytes literals (with escapes), blanked before the scans above: a field name or a
-# macro inside quotes is text, not code. Raw and triple-quoted forms reduce to these.
-_STRING_LITERAL = re.compile(
-    r"'''.*?'''|\"\"\".*?\"\"\"|'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"", re.S
-)
 
 
 @functools.cache
@@ -164,7 +159,7 @@ def _compile(expression: str) -> EventFilter:
         raise BadFilter(
             f"filter too long: {len(expression)} characters, at most {MAX_FILTER_CHARS}"
         )
-    code = _STRING_LITERAL.sub('""', expression)
+    code = _code_only(expression)
     macros = _COMPREHENSION.findall(code)
     if len(macros) > MAX_COMPREHENSIONS:
         raise BadFilter(
@@ -176,7 +171,7 @@ def _compile(expression: str) -> EventFilter:
             f"filter too costly: with a comprehension, its lists may hold at most "
             f"{MAX_COMPREHENSION_ITEMS} items in all (counted by commas: {code.count(',')})"
         )
-    if _MATCHES.search(code):
+    if _MATCHES.search(code):  # and again on the compiled program, below
         raise BadFilter(
             "filter too costly: matches() is not available (its regular expression would be "
             "compiled for every event); use contains(), startsWith() or endsWith()"
@@ -188,6 +183,11 @@ def _compile(expression: str) -> EventFilter:
         program = _cel().compile(expression)
     except Exception as exc:  # the library raises ValueError, or worse
         raise BadFilter(f"filter syntax error: {_parse_error(exc)}") from None
+    if "matches" in program.functions():
+        raise BadFilter(
+            "filter too costly: matches() is not available (its regular expression would be "
+            "compiled for every event); use contains(), startsWith() or endsWith()"
+        )
     if not macros:
         # Comprehension variables are free names too; without one, every name is a root.
         for name in program.variables():
@@ -253,6 +253,38 @@ def _probes() -> tuple[FilterInput, ...]:
         _probe("updated", "rating.game.42", 7, 5, ""),
         _probe("deleted", "rating.user.7", 3, 3, "a comment"),
     )
+
+
+def _code_only(expression: str) -> str:
+    """``expression`` with its string literals emptied and its comments blanked, scanned left
+    to right as CEL's lexer does (a quote inside a comment, or ``//`` inside a string, is
+    not what it seems): the text the checks above look for names and calls in."""
+    out: list[str] = []
+    at, end = 0, len(expression)
+    while at < end:
+        char = expression[at]
+        if expression.startswith("//", at):
+            newline = expression.find("\n", at)
+            at = end if newline < 0 else newline
+            out.append(" ")
+            continue
+        if char not in "'\"":
+            out.append(char)
+            at += 1
+            continue
+        prefix = re.search(r"[A-Za-z_]*$", expression[:at])
+        raw = prefix is not None and prefix.group().lower() in ("r", "rb", "br")
+        quote = char * 3 if expression.startswith(char * 3, at) else char
+        at += len(quote)
+        while at < end and not expression.startswith(quote, at):
+            if expression[at] == "\\" and not raw:
+                at += 1
+            elif len(quote) == 1 and expression[at] == "\n":
+                break  # unterminated: the parser refuses it
+            at += 1
+        at += len(quote)
+        out.append('""')
+    return "".join(out)
 
 
 def _field_list() -> str:
