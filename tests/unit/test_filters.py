@@ -96,3 +96,21 @@ def test_one_input_serves_many_filters_and_topics() -> None:
     assert low.test(frame) and not game.test(frame)
     frame.place("rating.game.42", 2)
     assert low.test(frame) and game.test(frame)
+
+
+def test_a_webhook_filter_is_evaluated_per_topic_of_the_event() -> None:
+    from datetime import UTC, datetime
+
+    from ratewire.domain import RatingEvent
+    from ratewire.domain.webhooks import matching
+
+    event = RatingEvent(9, "created", "42", "7", 3, 2, dict(RATING), datetime.now(UTC))
+    patterns = ("rating.global", "rating.game.*", "rating.user.7")
+    assert matching(patterns, event) == [
+        ("rating.global", 9),
+        ("rating.game.42", 3),
+        ("rating.user.7", 2),
+    ]
+    on_games = compile_filter('topic.startsWith("rating.game.") && offset == 3')
+    assert matching(patterns, event, on_games) == [("rating.game.42", 3)]
+    assert matching(patterns, event, compile_filter("data.score > 1")) == []
