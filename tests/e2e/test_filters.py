@@ -184,3 +184,27 @@ def test_the_synchronous_client_and_tail_take_a_filter(
         updates.close()
     refused = run_ratewire("tail", "rating.global", "--filter", "data.score >", cwd=tmp_path)
     assert refused.returncode == 2 and "syntax error" in refused.stderr, refused.stderr
+
+
+async def test_a_filtered_sse_stream_resumes_with_only_the_matching_updates_it_missed(
+    server: ServerProcess,
+) -> None:
+    game, token = "f6resume", server.token("reader")
+    topics = [f"rating.game.{game}"]
+    stream = await SseStream.open(server.base_url, topics, token, filter=LOW)
+    try:
+        await stream.events("subscribed", 1)
+        await rate(server, game, "u1", 1)
+        [first] = await stream.events("rating_update", 1)
+        cursor = stream.last_event_id
+    finally:
+        await stream.close()
+    for user, score in (("u2", 5), ("u3", 2), ("u4", 4), ("u5", 1)):
+        await rate(server, game, user, score)
+    resumed = await SseStream.open(server.base_url, topics, token, filter=LOW, last_event_id=cursor)
+    try:
+        missed = await resumed.events("rating_update", 2)
+        assert first.data["offset"] == 1
+        assert [(e.data["offset"], e.data["data"]["score"]) for e in missed] == [(3, 2), (5, 1)]
+    finally:
+        await resumed.close()
