@@ -35,6 +35,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
+        "--filter",
+        dest="event_filter",
+        default=None,
+        metavar="EXPR",
+        help='every ratewire subscriber subscribes with this CEL filter (e.g. "data.score == 1": '
+        "the writes' scores cycle 1-5, so it passes a fifth); the guide's server has none",
+    )
+    parser.add_argument(
         "--publisher",
         choices=("auto", "inline", "separate"),
         default="auto",
@@ -66,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             json_out=args.json_out,
             publisher=args.publisher,
             profile_dir=args.py_spy,
+            event_filter=args.event_filter,
         )
         return
     run_fanout(
@@ -77,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         json_out=args.json_out,
         publisher=args.publisher,
         profile_dir=args.py_spy,
+        event_filter=args.event_filter,
     )
 
 

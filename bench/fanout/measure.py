@@ -34,6 +34,8 @@ class Result:
     subs: int
     rate: float
     seconds: float
+    #: The CEL filter every subscriber held (ratewire targets; None: unfiltered).
+    filter: str | None = None
     writes_ok: int = 0
     writes_failed: int = 0
     expected: int = 0
@@ -54,6 +56,8 @@ class Result:
     #: first measured write until the frames in flight were drained.
     server_cpu_s: float = 0.0
     cpu_ms_per_1000_deliveries: float = 0.0
+    #: Server CPU per write (each write is one event): compares filtered and unfiltered runs.
+    server_cpu_ms_per_write: float = 0.0
     #: The same for the subscriber processes (the load generator shares the cores): when it
     #: nears a core's worth, the readers, not the server, set the latency.
     client_cpu_s: float = 0.0
@@ -123,6 +127,7 @@ def run_one(
     *,
     publisher: str = "auto",
     profile_dir: Path | None = None,
+    event_filter: str | None = None,
 ) -> Result:
     """One measured run. With ``procs`` 1 the publisher runs in the subscriber process, as an
     agent that holds every subscription and writes too would; otherwise in this process.
@@ -131,7 +136,11 @@ def run_one(
     subscriber process when there is one, else from this process). ``profile_dir``
     (``--py-spy DIR``): the server is sampled while it is measured."""
     inline = procs == 1 if publisher == "auto" else publisher == "inline"
-    result = Result(target.name, subs, rate, seconds, inline_publisher=inline and procs == 1)
+    if target.name == "node-guide":
+        event_filter = None  # the guide's server has no filters: it is the unfiltered baseline
+    result = Result(
+        target.name, subs, rate, seconds, event_filter, inline_publisher=inline and procs == 1
+    )
     game = f"bench{int(time.time() * 1000) % 10**9}"
     topic = f"rating.game.{game}"
     ctx = mp.get_context("spawn")
@@ -152,6 +161,7 @@ def run_one(
                 max(1, 200 // procs),
                 # Past one address's ports: each worker connects from its own address.
                 f"127.0.0.{2 + len(workers)}" if subs > SUBS_PER_SOURCE_ADDRESS else None,
+                event_filter,
             ),
             daemon=True,
         )
@@ -183,10 +193,12 @@ def run_one(
     client_cpu_before = cpu_seconds(client_pids)
     started = time.monotonic()
     if result.inline_publisher:
-        pipes[0].send(("publish", target.post_url, game, rate, seconds))
+        pipes[0].send(("publish", target.post_url, game, rate, seconds, event_filter))
         published: Published = pipes[0].recv()[1]
     else:
-        published = asyncio.run(publish(target.post_url, game, rate, seconds))
+        published = asyncio.run(
+            publish(target.post_url, game, rate, seconds, event_filter=event_filter)
+        )
     publish_seconds = time.monotonic() - started
     time.sleep(drain_seconds)  # drain frames still in flight
     if profiler is not None:
@@ -212,7 +224,9 @@ def run_one(
         result.max_ms = max(result.max_ms, round(totals["max_ns"] / 1e6, 2))
     for process in workers:
         process.join(10)
-    result.expected = result.writes_ok * subs
+    result.expected = published.passing * subs
+    if result.writes_ok:
+        result.server_cpu_ms_per_write = round(1e3 * result.server_cpu_s / result.writes_ok, 3)
     result.lost = result.expected - result.delivered
     result.deliveries_per_s = round(result.delivered / publish_seconds, 1)
     if result.delivered:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -19,13 +21,24 @@ class Published:
     ok: int = 0
     failed: int = 0
     post_ns: list[int] = field(default_factory=list)
+    #: Writes answered 201 whose event passes the run's filter (all of them without one).
+    passing: int = 0
 
 
 async def publish(
-    post_url: str, game: str, rate: float, seconds: float, *, timed: bool = True
+    post_url: str,
+    game: str,
+    rate: float,
+    seconds: float,
+    *,
+    timed: bool = True,
+    event_filter: str | None = None,
 ) -> Published:
     """POST ratings for ``seconds``; at ``rate``/s, or flat out with a few connections. Each
-    carries its send time in ``comment`` unless not ``timed`` (a warm-up)."""
+    carries its send time in ``comment`` unless not ``timed`` (a warm-up). With
+    ``event_filter``, ``passing`` counts the writes whose ``created`` event on the game's topic
+    passes it (evaluated here with ratewire's filters; one reading ``offset`` sees 0)."""
+    passes = _passes(event_filter, f"rating.game.{game}")
     headers = {"Authorization": f"Bearer {token('publisher', 'ratings:write:any')}"}
     stats = Published()
     sent = 0
@@ -50,6 +63,7 @@ async def publish(
             stats.post_ns.append(time.time_ns() - sent_at)
             if response.status_code == 201:
                 stats.ok += 1
+                stats.passing += passes(body)
             else:
                 stats.failed += 1
 
@@ -71,3 +85,13 @@ async def publish(
 
             await asyncio.gather(*(lane(i) for i in range(8)))
     return stats
+
+
+def _passes(event_filter: str | None, topic: str) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a written rating's event passes ``event_filter`` (always, without one)."""
+    if event_filter is None:
+        return lambda _: True
+    from ratewire.domain.filters import compile_filter
+
+    compiled = compile_filter(event_filter)
+    return lambda body: compiled.matches("created", topic, 0, {**body, "version": 1})

@@ -33,13 +33,14 @@ def print_table(results: list[Result]) -> None:
         "max ms",
         "POST p50/p99",
         "CPU ms/1k",
+        "CPU ms/write",
         "conn/s",
         "KiB/idle conn",
     ):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            r.target,
+            r.target if r.filter is None else f"{r.target} (filtered)",
             str(r.subs),
             "max" if r.rate == 0 else f"{r.rate:g}",
             str(r.writes_ok),
@@ -52,6 +53,7 @@ def print_table(results: list[Result]) -> None:
             f"{r.max_ms:.1f}",
             f"{r.post_p50_ms:.1f}/{r.post_p99_ms:.1f}",
             f"{r.cpu_ms_per_1000_deliveries:.1f}",
+            f"{r.server_cpu_ms_per_write:.2f}",
             f"{r.connects_per_s:,.0f}",
             f"{r.idle_kib_per_connection:.1f}",
         )

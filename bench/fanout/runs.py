@@ -29,6 +29,7 @@ def measure(
     *,
     publisher: str = "auto",
     profile_dir: Path | None = None,
+    event_filter: str | None = None,
 ) -> Result:
     """Start the target called ``name``, measure it once (:func:`run_one`), stop it."""
     from rich.console import Console
@@ -39,7 +40,14 @@ def measure(
         target = STARTERS[name]()
         try:
             return run_one(
-                target, subs, rate, seconds, procs, publisher=publisher, profile_dir=profile_dir
+                target,
+                subs,
+                rate,
+                seconds,
+                procs,
+                publisher=publisher,
+                profile_dir=profile_dir,
+                event_filter=event_filter,
             )
         finally:
             target.stop()
@@ -55,11 +63,21 @@ def run_fanout(
     json_out: Path | None = None,
     publisher: str = "auto",
     profile_dir: Path | None = None,
+    event_filter: str | None = None,
 ) -> list[Result]:
     """Run the benchmark against each target in turn (same machine, same run) and report."""
     raise_fd_limit()
     results = [
-        measure(name, subs, rate, seconds, procs, publisher=publisher, profile_dir=profile_dir)
+        measure(
+            name,
+            subs,
+            rate,
+            seconds,
+            procs,
+            publisher=publisher,
+            profile_dir=profile_dir,
+            event_filter=event_filter,
+        )
         for name in targets
     ]
     print_table(results)
@@ -85,6 +103,7 @@ def run_alternating(
     json_out: Path | None = None,
     publisher: str = "auto",
     profile_dir: Path | None = None,
+    event_filter: str | None = None,
 ) -> list[RatioSummary]:
     """``rounds`` rounds of every target, the order rotated each round; each non-guide
     target's p50, p99 and deliveries/s divided by the guide's of the same round. Single runs
@@ -96,7 +115,14 @@ def run_alternating(
         order = names[index % len(names) :] + names[: index % len(names)]
         by_name = {
             name: measure(
-                name, subs, rate, seconds, procs, publisher=publisher, profile_dir=profile_dir
+                name,
+                subs,
+                rate,
+                seconds,
+                procs,
+                publisher=publisher,
+                profile_dir=profile_dir,
+                event_filter=event_filter,
             )
             for name in order
         }
@@ -131,6 +157,7 @@ def run_alternating(
                 "subs": subs,
                 "rate": rate,
                 "seconds": seconds,
+                "filter": event_filter,
                 "rounds": [[asdict(r) for r in round_results] for round_results in results],
                 "ratios": [summary.as_dict() for summary in summaries],
                 "commit_floor": floors,

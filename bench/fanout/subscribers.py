@@ -9,6 +9,7 @@ import json
 import time
 from array import array
 from multiprocessing.connection import Connection
+from urllib.parse import quote
 
 from bench.fanout.publisher import publish
 from bench.servers import raise_fd_limit, token
@@ -20,9 +21,11 @@ BUCKETS = 200_000  # up to 2 s; slower goes in the last bucket
 class Tally:
     """One worker's counts: a latency histogram and the offset checks of its subscribers."""
 
-    def __init__(self) -> None:
+    def __init__(self, contiguous: bool = True) -> None:
         self.histogram = array("q", bytes(8 * BUCKETS))
         self.totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0}
+        #: False for filtered subscribers: their offsets skip what the filter left out.
+        self.contiguous = contiguous
 
     def update(self, payload: bytes, last_offset: int) -> int:
         """Count one ``rating_update`` (its send time is in the comment, ``t=<ns>``) that
@@ -41,7 +44,7 @@ class Tally:
         if last_offset >= 0:
             if offset <= last_offset:
                 totals["duplicates"] += 1
-            elif offset != last_offset + 1:
+            elif offset != last_offset + 1 and self.contiguous:
                 totals["gaps"] += offset - last_offset - 1
         return offset
 
@@ -54,17 +57,22 @@ def subscriber_worker(
     count: int,
     concurrency: int,
     source_address: str | None = None,
+    event_filter: str | None = None,
 ) -> None:
     """Open ``count`` subscribers, report when all are subscribed, record until told to stop.
 
     ``source_address`` (another address in 127.0.0.0/8) gives this worker its own ephemeral
-    port range: one address reaches about 28,000 connections to one server port."""
+    port range: one address reaches about 28,000 connections to one server port.
+    ``event_filter``: every subscriber subscribes with this filter (all share it)."""
     import uvloop
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     raise_fd_limit()
-    tally = Tally()
-    subscribe = json.dumps({"action": "subscribe", "topic": topic}).encode()
+    tally = Tally(contiguous=event_filter is None)
+    asked: dict[str, str] = {"action": "subscribe", "topic": topic}
+    if event_filter is not None:
+        asked["filter"] = event_filter
+    subscribe = json.dumps(asked).encode()
 
     class Subscriber(WSListener):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -117,8 +125,9 @@ async def follow_commands(conn: Connection, tally: Tally) -> None:
         if command == "stop":
             conn.send(("result", tally.totals, tally.histogram.tobytes()))
             return
-        _, post_url, game, rate, seconds = command
-        conn.send(("published", await publish(post_url, game, rate, seconds)))
+        _, post_url, game, rate, seconds, event_filter = command
+        published = await publish(post_url, game, rate, seconds, event_filter=event_filter)
+        conn.send(("published", published))
 
 
 def sse_subscriber_worker(
@@ -129,13 +138,15 @@ def sse_subscriber_worker(
     count: int,
     concurrency: int,
     source_address: str | None = None,
+    event_filter: str | None = None,
 ) -> None:
     """:func:`subscriber_worker` over Server-Sent Events (``GET /stream``): the same counts
     and histogram, read from plain HTTP responses with asyncio streams."""
     import uvloop
 
     raise_fd_limit()
-    tally = Tally()
+    tally = Tally(contiguous=event_filter is None)
+    query = f"topic={topic}" + ("" if event_filter is None else f"&filter={quote(event_filter)}")
     host, port = stream_url.split("//", 1)[1].split("/", 1)[0].split(":")
     readers: list[asyncio.Task[None]] = []
 
@@ -143,7 +154,7 @@ def sse_subscriber_worker(
         extra = {"local_addr": (source_address, 0)} if source_address else {}
         reader, writer = await asyncio.open_connection(host, int(port), **extra)
         writer.write(
-            f"GET /stream?topic={topic}&token={sub_token} HTTP/1.1\r\nHost: {host}\r\n"
+            f"GET /stream?{query}&token={sub_token} HTTP/1.1\r\nHost: {host}\r\n"
             "Accept: text/event-stream\r\n\r\n".encode()
         )
         last_offset = -1

@@ -3,6 +3,8 @@ deliverer's writes, admin changes that win over a deliverer's stale copy, capped
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ratewire.domain.webhooks import DeliveryAttempt, Progress, Webhook, new_secret
 from ratewire.storage import RatingStore
 from ratewire.storage.webhook_store import ATTEMPTS_KEPT
@@ -110,3 +112,16 @@ async def test_a_removed_webhook_has_no_lease_to_take_give_or_save_under(
     await hooks.release("wh_gone", "a")
     assert await hooks.save("wh_gone", "a", 1, Progress(cursor=3), NOW) is False
     assert await hooks.get("wh_gone") is None
+
+
+async def test_a_webhook_filter_is_kept_changed_and_removed(store: RatingStore) -> None:
+    hooks = store.webhooks
+    await hooks.add(replace(webhook("wh_f"), filter="data.score <= 2"))
+    stored = await hooks.get("wh_f")
+    assert stored is not None and stored.filter == "data.score <= 2"
+    assert (await hooks.all())[0].filter == "data.score <= 2"
+    changed = await hooks.update("wh_f", NOW + 1, filter='event == "deleted"')
+    assert changed is not None and changed.filter == 'event == "deleted"'
+    cleared = await hooks.update("wh_f", NOW + 2, filter=None)
+    assert cleared is not None and cleared.filter is None
+    assert (await hooks.get("wh_f")) == cleared

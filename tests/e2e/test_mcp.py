@@ -73,6 +73,7 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
             "recent_ratings",
             "submit_rating",
             "events_since",
+            "watch_events",
         }
         summary = structured(await mcp.call_tool("game_summary", {"game_id": "mcp-1"}))
         assert (summary["count"], summary["mean"]) == (2, 4.5)
@@ -84,6 +85,17 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
             await mcp.call_tool("events_since", {"topic": "rating.game.mcp-1", "since": 1})
         )
         assert [e["offset"] for e in history["events"]] == [2] and history["head"] == 2
+        watched = structured(
+            await mcp.call_tool(
+                "watch_events",
+                {"topic": "rating.game.mcp-1", "since": 0, "filter": "data.score >= 5"},
+            )
+        )
+        assert [e["rating"]["score"] for e in watched["events"]] == [5] and watched["next"] == 1
+        refused = await mcp.call_tool(
+            "watch_events", {"topic": "rating.global", "filter": "data.stars > 1"}
+        )
+        assert refused.is_error and "unknown field data.stars" in refused.content[0].text
         resource = await mcp.read_resource("rating://games/mcp-1/summary")
         assert json.loads(resource.contents[0].text)["count"] == 2
 

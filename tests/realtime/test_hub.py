@@ -163,3 +163,67 @@ async def test_a_subscriber_still_reading_history_gets_a_batch_after_it(
     assert late.frames == [], "pending: buffered, not sent"
     hub.ready("rating.game.42", late, 1, 1)  # history showed offset 1
     assert _offsets(late.frames) == [("rating.game.42", 2), ("rating.game.42", 3)]
+
+
+async def test_subscribers_sharing_a_filter_cost_one_evaluation_per_event(
+    harness: Harness,
+) -> None:
+    from ratewire.domain.filters import compile_filter
+
+    hub = Hub()
+    low, high = compile_filter("data.score <= 2"), compile_filter("data.score >= 4")
+    lows = [Recorder() for _ in range(100)]
+    highs = [Recorder() for _ in range(100)]
+    plain = Recorder()
+    for subscriber, event_filter in [(s, low) for s in lows] + [(s, high) for s in highs]:
+        hub.begin("rating.global", subscriber, event_filter)
+        hub.ready("rating.global", subscriber, 0, 0)
+    hub.begin("rating.global", plain)
+    hub.ready("rating.global", plain, 0, 0)
+    for user, score in (("1", 1), ("2", 5), ("3", 3), ("4", 2)):
+        hub.publish(await harness.commit("42", user, score))
+    assert hub.filter_evaluations == 2 * 4, "one per event and distinct expression"
+    assert hub.filter_groups("rating.global") == {low.source: 100, high.source: 100}
+    assert all([orjson.loads(f)["offset"] for f in s.frames] == [1, 4] for s in lows)
+    assert all([orjson.loads(f)["offset"] for f in s.frames] == [2] for s in highs)
+    assert len(plain.frames) == 4
+    assert lows[0].frames[0] is lows[99].frames[0], "encoded once, shared"
+    assert hub.subscriber_count("rating.global") == 201
+
+
+async def test_filtered_subscribers_are_not_in_the_plain_sets_and_are_dropped(
+    harness: Harness,
+) -> None:
+    from ratewire.domain.filters import compile_filter
+
+    hub = Hub()
+    subscriber = Recorder()
+    hub.begin("rating.game.42", subscriber, compile_filter("data.score == 1"))
+    hub.ready("rating.game.42", subscriber, 0, 0)
+    assert "rating.game.42" not in hub._live
+    hub.publish(await harness.commit("42", "1", 1))
+    hub.drop("rating.game.42", subscriber)
+    hub.publish(await harness.commit("42", "2", 1))
+    assert len(subscriber.frames) == 1 and hub.subscriber_count("rating.game.42") == 0
+    assert hub.filter_evaluations == 1, "no group left: nothing evaluated"
+    assert hub.known_head("rating.game.42") is None
+
+
+async def test_a_pending_filtered_subscriber_gets_matching_events_without_gap_or_duplicate(
+    harness: Harness,
+) -> None:
+    from ratewire.domain.filters import compile_filter
+
+    hub = Hub()
+    subscriber = Recorder()
+    events = [await harness.commit("42", str(user), 1 + user % 2) for user in range(1, 7)]
+    hub.begin("rating.game.42", subscriber, compile_filter("data.score == 2"))
+    for event in events[:4]:  # published while the subscription reads history
+        hub.publish(event)
+    # History reached offset 2 (events 1-2 were read from the store).
+    hub.ready("rating.game.42", subscriber, 2, events[1].seq)
+    for event in events[4:]:
+        hub.publish(event)
+    offsets = [orjson.loads(f)["offset"] for f in subscriber.frames]
+    assert offsets == [3, 5], "odd users score 2: 3 and 5 after the history point"
+    assert hub.known_head("rating.game.42") == 6, "the head stays known past non-matching frames"

@@ -325,3 +325,47 @@ async def test_a_connection_holds_a_bounded_number_of_subscriptions(harness: Har
     send(session, action="subscribe", topic="rating.game.one-too-many")
     await settle()
     assert [m["type"] for m in peer.messages()[1:]] == ["subscribed", "unsubscribed", "subscribed"]
+
+
+async def test_a_filtered_subscription_replays_and_delivers_only_matching_events(
+    harness: Harness,
+) -> None:
+    for user, score in (("1", 1), ("2", 5), ("3", 2)):
+        await harness.write("42", user, score)
+    session, peer = harness.connect()
+    send(session, action="subscribe", topic="rating.game.42", since=0, filter="data.score <= 2")
+    await settle()
+    await harness.write("42", "4", 4)
+    await harness.write("42", "5", 1)
+    frames = peer.messages()[1:]
+    assert [(m["type"], m.get("offset")) for m in frames] == [
+        ("rating_update", 1),
+        ("rating_update", 3),
+        ("subscribed", 3),
+        ("rating_update", 5),
+    ]
+    assert frames[2]["filter"] == "data.score <= 2" and frames[2]["recovered"] is True
+
+
+async def test_a_bad_filter_is_an_error_and_the_connection_stays_open(harness: Harness) -> None:
+    session, peer = harness.connect()
+    send(session, action="subscribe", topic="rating.global", filter="data.stars > 1", id="f1")
+    send(session, action="subscribe", topic="rating.game.*", filter="data.score > 1")
+    send(session, action="ping")
+    await settle()
+    error, wildcard, pong = peer.messages()[1:]
+    assert error["code"] == "bad_filter" and "data.stars" in error["message"]
+    assert error["id"] == "f1" and wildcard["code"] == "bad_filter"
+    assert pong["type"] == "pong" and peer.closed_with is None
+    assert not session.topics
+
+
+async def test_a_filter_cannot_widen_what_a_token_may_see(harness: Harness) -> None:
+    session, peer = harness.connect("7")
+    send(session, action="subscribe", topic="rating.user.8", filter="true")
+    send(session, action="subscribe", topic="rating.user.8", filter="data.stars")
+    await settle()
+    refusals = [m["code"] for m in peer.of_type("error")]
+    assert refusals == ["forbidden", "forbidden"], "the topic is checked before the filter"
+    await harness.write("42", "8", 1)
+    assert not peer.of_type("rating_update")

@@ -40,6 +40,7 @@ class SseStream:
         *,
         last_event_id: str | None = None,
         headers: dict[str, str] | None = None,
+        filter: str | None = None,
     ) -> SseStream:
         client = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=30))
         sent = {"Accept": "text/event-stream", **(headers or {})}
@@ -47,9 +48,10 @@ class SseStream:
             sent["Authorization"] = f"Bearer {token}"
         if last_event_id is not None:
             sent["Last-Event-ID"] = last_event_id
-        request = client.build_request(
-            "GET", "/stream", params=[("topic", topic) for topic in topics], headers=sent
-        )
+        params = [("topic", topic) for topic in topics]
+        if filter is not None:
+            params.append(("filter", filter))
+        request = client.build_request("GET", "/stream", params=params, headers=sent)
         response = await client.send(request, stream=True)
         return cls(response, client)
 

@@ -50,6 +50,13 @@ export interface SubscribeOptions {
   since?: number | null;
   /** Game topics: yield a {@link Snapshot} of the game's summary first. */
   snapshot?: boolean;
+  /**
+   * A CEL expression evaluated on the server, e.g. `"data.score <= 2"`: only the updates it
+   * passes are sent (offsets keep the topic's numbering, so they have gaps). A bad one ends
+   * the subscription with a {@link SubscriptionRefused} naming what is wrong. One client
+   * follows a topic with one filter at a time (a second, different one throws a TypeError).
+   */
+  filter?: string | null;
   /** `"yield"` (default) hands out a {@link Gap}; `"throw"` throws a {@link GapError}. */
   onGap?: "yield" | "throw";
   /** Ends the subscription: the pending `next()` rejects with the signal's reason. */
@@ -150,7 +157,12 @@ export class RatewireClient {
   ): AsyncGenerator<StreamItem, void, undefined> {
     const { signal } = options;
     if (signal?.aborted) throw abortReason(signal);
-    const sub: Subscription = this.#stream.add(topic, options.since ?? null, !!options.snapshot);
+    const sub: Subscription = this.#stream.add(
+      topic,
+      options.since ?? null,
+      !!options.snapshot,
+      options.filter ?? null,
+    );
     try {
       for (;;) {
         const item = await this.#next(sub, signal);

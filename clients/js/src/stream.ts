@@ -75,6 +75,8 @@ export class StreamConnection {
   /** Last offset handed to each topic's iterators, and the epoch it belongs to. */
   readonly #position = new Map<string, number>();
   readonly #epoch = new Map<string, string>();
+  /** The filter each filtered topic is followed with (the server holds one per topic). */
+  readonly #filters = new Map<string, string>();
   #socket: FrameSocket | null = null;
   #subscribedThisSession = false;
   #running: Promise<void> | null = null;
@@ -103,15 +105,29 @@ export class StreamConnection {
 
   // -- iterators ------------------------------------------------------------------------
 
-  /** Register an iterator of `topic` after offset `since` (null: from now). */
-  add(topic: string, since: number | null, snapshot: boolean): Subscription {
+  /** Register an iterator of `topic` after offset `since` (null: from now), with only the
+   * updates `filter` passes (null: every one). */
+  add(
+    topic: string,
+    since: number | null,
+    snapshot: boolean,
+    filter: string | null = null,
+  ): Subscription {
+    const first = !this.#subs.has(topic);
+    const heldFilter = this.#filters.get(topic) ?? null;
+    if (!first && heldFilter !== filter) {
+      throw new TypeError(
+        `${topic} is followed with filter ${JSON.stringify(heldFilter)} already: one client ` +
+          "follows a topic with one filter at a time (use another client)",
+      );
+    }
     const sub = new Subscription(topic, new BoundedQueue(this.options.maxQueue), snapshot);
     if (this.closed) {
       sub.queue.close();
       return sub;
     }
+    if (filter !== null) this.#filters.set(topic, filter);
     const held = this.#position.get(topic);
-    const first = !this.#subs.has(topic);
     const subs = this.#subs.get(topic) ?? [];
     subs.push(sub);
     this.#subs.set(topic, subs);
@@ -136,6 +152,7 @@ export class StreamConnection {
     }
     if (this.#subs.delete(sub.topic)) {
       this.#position.delete(sub.topic);
+      this.#filters.delete(sub.topic);
       this.#socket?.send({ action: "unsubscribe", topic: sub.topic });
     }
   }
@@ -258,6 +275,8 @@ export class StreamConnection {
     } else if (snapshot) {
       message.snapshot = true;
     }
+    const filter = this.#filters.get(topic);
+    if (filter !== undefined) message.filter = filter;
     socket.send(message);
   }
 
@@ -334,10 +353,12 @@ export class StreamConnection {
         return;
       }
       case "error": {
-        if (frame.code === "forbidden" || frame.code === "unknown_topic") {
+        const refused = ["forbidden", "unknown_topic", "bad_filter"];
+        if (refused.includes(String(frame.code))) {
           const topic = String(frame.id ?? "");
           const subs = this.#subs.get(topic) ?? [];
           this.#subs.delete(topic);
+          this.#filters.delete(topic);
           for (const sub of subs) {
             sub.queue.force(new SubscriptionRefused(`${topic}: ${String(frame.message)}`));
           }

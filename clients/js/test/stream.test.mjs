@@ -182,6 +182,23 @@ describe("one server, restarted and cut off", () => {
     await assert.rejects(take(client.subscribe("rating.user.someone-else"), 1), SubscriptionRefused);
     await client.close();
   });
+
+  test("a filter replays and follows only what it passes; a bad one is refused, typed", async () => {
+    for (const [user, score] of [["f1", 1], ["f2", 5], ["f3", 2]]) await server.rate("jsf", user, score);
+    const client = new RatewireClient({ url: server.wsUrl, token: token("agent") });
+    const filter = "data.score <= 2";
+    const iterator = client.subscribe("rating.game.jsf", { since: 0, filter });
+    assert.deepEqual(offsets(await take(iterator, 2)), [1, 3]);
+    await assert.rejects(client.subscribe("rating.game.jsf", { filter: "true" }).next(), TypeError);
+    await server.rate("jsf", "f4", 4);
+    await server.rate("jsf", "f5", 1);
+    assert.deepEqual(offsets(await take(iterator, 1)), [5]);
+    await assert.rejects(
+      take(client.subscribe("rating.global", { filter: "data.stars > 1" }), 1),
+      (error) => error instanceof SubscriptionRefused && /unknown field data\.stars/.test(error.message),
+    );
+    await client.close();
+  });
 });
 
 describe("a consumer too slow for the server", () => {

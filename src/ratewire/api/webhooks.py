@@ -41,6 +41,9 @@ class WebhookCreate(BaseModel):
         ..., description="rating.global, rating.game.{id}, rating.game.*, rating.user.{id}"
     )
     description: str = ""
+    filter: str | None = Field(
+        None, description="a CEL expression an event must pass to be delivered (docs/protocol.md)"
+    )
 
 
 class WebhookChange(BaseModel):
@@ -51,6 +54,8 @@ class WebhookChange(BaseModel):
     description: str | None = None
     #: true resumes a failing or disabled webhook from its cursor; false disables it.
     enabled: bool | None = None
+    #: A new CEL filter; "" removes the filter.
+    filter: str | None = None
 
 
 class WebhookReplay(BaseModel):
@@ -75,6 +80,7 @@ class WebhookOut(BaseModel):
     createdAt: int
     updatedAt: int
     deliveredBy: str | None
+    filter: str | None = None
     secret: str | None = None
 
 
@@ -91,6 +97,7 @@ def webhook_wire(webhook: Webhook, *, secret: bool = False) -> dict[str, object]
         "createdAt": webhook.created_at,
         "updatedAt": webhook.updated_at,
         "deliveredBy": webhook.lease_owner if webhook.lease_until >= now_ms() else None,
+        "filter": webhook.filter,
     }
     if secret:
         shown["secret"] = webhook.secret
@@ -124,7 +131,11 @@ async def create_webhook(
 ) -> Response:
     with _as_problems():
         webhook = await webhooks.create(
-            body.url, body.topics, body.description, request_audit_context(request.scope, caller)
+            body.url,
+            body.topics,
+            body.description,
+            request_audit_context(request.scope, caller),
+            filter=body.filter,
         )
     answer = _json(webhook_wire(webhook, secret=True), 201)
     answer.headers["location"] = f"/admin/webhooks/{webhook.id}"
@@ -168,6 +179,7 @@ async def change_webhook(
             topics=body.topics,
             description=body.description,
             enabled=body.enabled,
+            filter=body.filter,
         )
     return _json(webhook_wire(webhook))
 

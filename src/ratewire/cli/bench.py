@@ -42,12 +42,27 @@ def bench() -> None:
     "cluster-3, workers-2, cluster (PostgreSQL + Redis); see python -m bench.fanout --help",
 )
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--filter",
+    "expression",
+    default=None,
+    metavar="EXPR",
+    help='every ratewire subscriber shares this CEL filter, e.g. "data.score == 1"',
+)
 def bench_fanout(
-    subs: int, rate: float, seconds: float, procs: int, target: str, json_out: Path | None
+    subs: int,
+    rate: float,
+    seconds: float,
+    procs: int,
+    target: str,
+    json_out: Path | None,
+    expression: str | None,
 ) -> None:
     """N subscribers of one game topic, R writes/s over REST: deliveries/s, losses, latency."""
     argv = ["--subs", str(subs), "--rate", str(rate), "--seconds", str(seconds)]
     argv += ["--procs", str(procs), "--target", target]
+    if expression is not None:
+        argv += ["--filter", expression]
     _run_in_checkout("fanout", argv + (["--json-out", str(json_out)] if json_out else []))
 
 

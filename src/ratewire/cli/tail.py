@@ -20,6 +20,13 @@ from ratewire.cli.common import (
 @click.argument("topic")
 @click.option("--since", type=click.IntRange(min=0), default=None, help="replay after this offset")
 @click.option("--json", "as_json", is_flag=True, help="print each frame as one JSON line")
+@click.option(
+    "--filter",
+    "expression",
+    default=None,
+    metavar="EXPR",
+    help='only the updates this CEL expression passes, e.g. "data.score <= 2"',
+)
 @click.option("--url", default=None, help="WebSocket URL (default: the configured module port)")
 @click.option("--token", "token_value", default=None, help="JWT (default: one minted for 'tail')")
 @config_option
@@ -28,6 +35,7 @@ def tail(
     topic: str,
     since: int | None,
     as_json: bool,
+    expression: str | None,
     url: str | None,
     token_value: str | None,
     config_path: Path | None,
@@ -37,6 +45,14 @@ def tail(
     from ratewire.client import Client, RatewireError
     from ratewire.security.tokens import SCOPE_ADMIN
 
+    if expression is not None:
+        # Checked here too: a typo is a usage error at once, not a refusal after connecting.
+        from ratewire.domain.filters import BadFilter, compile_filter
+
+        try:
+            compile_filter(expression)
+        except BadFilter as exc:
+            raise click.BadParameter(exc.message, param_hint="--filter") from None
     settings = settings_from(config_path, auth_path)
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
@@ -54,7 +70,7 @@ def tail(
     async def follow() -> None:
         provider = None if token_value else mint
         async with Client(url, token_value, provider) as client:
-            async for item in client.subscribe(topic, since):
+            async for item in client.subscribe(topic, since, filter=expression):
                 click.echo(_tail_line(item, as_json=as_json, colour=colour))
 
     try:

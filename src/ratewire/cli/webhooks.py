@@ -63,6 +63,13 @@ def webhook() -> None:
 @click.argument("target_url", metavar="URL")
 @click.option("--topic", "topics", multiple=True, required=True, help="a topic (repeatable)")
 @click.option("--description", default="", help="kept with the webhook")
+@click.option(
+    "--filter",
+    "expression",
+    default=None,
+    metavar="EXPR",
+    help='only the events this CEL expression passes, e.g. "data.score <= 2"',
+)
 @_url_option
 @_token_option
 @config_option
@@ -71,6 +78,7 @@ def add(
     target_url: str,
     topics: tuple[str, ...],
     description: str,
+    expression: str | None,
     url: str | None,
     token_value: str | None,
     config_path: Path | None,
@@ -78,7 +86,13 @@ def add(
 ) -> None:
     """Register URL for the events of --topic; prints its id and signing secret (once)."""
     call = _call("add", config_path, auth_path, url, token_value)
-    body = {"url": target_url, "topics": list(topics), "description": description}
+    body: dict[str, object] = {
+        "url": target_url,
+        "topics": list(topics),
+        "description": description,
+    }
+    if expression is not None:
+        body["filter"] = expression
     created = call("POST", "/admin/webhooks", body)
     click.echo(f"{created['id']}  secret: {created['secret']}  (shown once: keep it)")
 

@@ -23,9 +23,10 @@ class Client(ClientCore):
         snapshot: bool = False,
         *,
         on_gap: Literal["yield", "raise"] = "yield",
+        filter: str | None = None,
     ) -> Iterator[Update | Gap | Snapshot]:
         """:meth:`subscribe` for code without an event loop (scripts, notebooks): a plain
         iterator, served by a client of its own on a background thread."""
         return SyncClient(self.url, **self._options).subscribe(
-            topic, since, snapshot, on_gap=on_gap, close_client=True
+            topic, since, snapshot, on_gap=on_gap, close_client=True, filter=filter
         )

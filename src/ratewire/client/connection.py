@@ -117,6 +117,9 @@ class StreamConnection:
         self._max_queue = max_queue
         self._refresh_margin = refresh_margin
         self._subs: dict[str, list[Subscription]] = {}
+        #: The filter (CEL expression) each filtered topic is followed with: one per topic,
+        #: since the server holds one subscription per topic and connection.
+        self._filters: dict[str, str] = {}
         #: Last offset handed to the topic's iterators, and the epoch it belongs to.
         self._position: dict[str, int] = {}
         self._epoch: dict[str, str] = {}
@@ -134,11 +137,21 @@ class StreamConnection:
 
     # -- iterators ---------------------------------------------------------------------
 
-    async def add(self, topic: str, since: int | None, snapshot: bool) -> Subscription:
-        """Register an iterator of ``topic`` (after offset ``since``, else from now)."""
+    async def add(
+        self, topic: str, since: int | None, snapshot: bool, filter: str | None = None
+    ) -> Subscription:
+        """Register an iterator of ``topic`` (after offset ``since``, else from now; with a
+        ``filter``, only the updates it passes)."""
+        first = topic not in self._subs
+        if not first and self._filters.get(topic) != filter:
+            raise ValueError(
+                f"{topic} is followed with filter {self._filters.get(topic)!r} already: one "
+                "client follows a topic with one filter at a time (use another Client)"
+            )
+        if filter is not None:
+            self._filters[topic] = filter
         sub = Subscription(topic, asyncio.Queue(self._max_queue), snapshot)
         held = self._position.get(topic)
-        first = topic not in self._subs
         self._subs.setdefault(topic, []).append(sub)
         if since is not None:
             sub.last[topic] = since
@@ -161,6 +174,7 @@ class StreamConnection:
         if not subs:
             self._subs.pop(sub.topic, None)
             self._position.pop(sub.topic, None)
+            self._filters.pop(sub.topic, None)
             if self._ws is not None:
                 with contextlib.suppress(ConnectionClosed):
                     await self._send(self._ws, {"action": "unsubscribe", "topic": sub.topic})
@@ -282,6 +296,8 @@ class StreamConnection:
                 message["epoch"] = self._epoch[topic]
         elif snapshot:
             message["snapshot"] = True
+        if topic in self._filters:
+            message["filter"] = self._filters[topic]
         await self._send(ws, message)
 
     async def _refresh_before_expiry(self, ws: ClientConnection, token: str) -> None:
@@ -327,8 +343,9 @@ class StreamConnection:
                     sub.snapshot = False
                     sub.last[topic] = offset
                     await sub.queue.put(snapshot)
-        elif kind == "error" and frame.get("code") in ("forbidden", "unknown_topic"):
+        elif kind == "error" and frame.get("code") in ("forbidden", "unknown_topic", "bad_filter"):
             topic = str(frame.get("id", ""))
+            self._filters.pop(topic, None)
             for sub in self._subs.pop(topic, []):
                 await sub.queue.put(SubscriptionRefused(f"{topic}: {frame.get('message')}"))
         elif kind == "error":

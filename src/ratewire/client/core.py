@@ -116,6 +116,7 @@ class ClientCore:
         snapshot: Literal[False] = False,
         *,
         on_gap: Literal["yield", "raise"] = "yield",
+        filter: str | None = None,
     ) -> AsyncIterator[Update | Gap]: ...
 
     @overload
@@ -126,6 +127,7 @@ class ClientCore:
         *,
         snapshot: Literal[True],
         on_gap: Literal["yield", "raise"] = "yield",
+        filter: str | None = None,
     ) -> AsyncIterator[Update | Gap | Snapshot]: ...
 
     async def subscribe(
@@ -135,6 +137,7 @@ class ClientCore:
         snapshot: bool = False,
         *,
         on_gap: Literal["yield", "raise"] = "yield",
+        filter: str | None = None,
     ) -> AsyncIterator[Update | Gap | Snapshot]:
         """Every update of ``topic`` (``rating.global``, ``rating.game.{id}``,
         ``rating.game.*``, ``rating.user.{id}``) after offset ``since`` (default: from now),
@@ -145,8 +148,13 @@ class ClientCore:
         what was missed (its history was trimmed past ``since``, or restored), a
         :class:`~ratewire.client.Gap` is yielded (or :class:`~ratewire.client.GapError`
         raised, with ``on_gap="raise"``): re-read the state you keep, then go on.
-        Several iterators share the client's one connection."""
-        sub = await self.stream.add(topic, since, snapshot)
+        Several iterators share the client's one connection.
+
+        ``filter`` (a CEL expression, e.g. ``"data.score <= 2"``) has the server send only
+        the updates it passes (offsets then have gaps: they are the topic's own); a bad one
+        ends the iterator with :class:`~ratewire.client.SubscriptionRefused` naming what is
+        wrong. One client follows a topic with one filter at a time (ValueError otherwise)."""
+        sub = await self.stream.add(topic, since, snapshot, filter)
         try:
             while True:
                 item: Item | BaseException = await self._next(sub)

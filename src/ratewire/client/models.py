@@ -180,7 +180,8 @@ class AuthenticationError(RatewireError):
 
 
 class SubscriptionRefused(RatewireError):
-    """The server refused the subscription for good (forbidden or unknown topic)."""
+    """The server refused the subscription for good (forbidden or unknown topic, or a bad
+    filter); the message says why."""
 
 
 class GapError(RatewireError):

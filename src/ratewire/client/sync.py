@@ -68,12 +68,13 @@ class SyncClient:
         *,
         on_gap: Literal["yield", "raise"] = "yield",
         close_client: bool = False,
+        filter: str | None = None,
     ) -> Iterator[Update | Gap | Snapshot]:
         """:meth:`Client.subscribe <ratewire.client.Client.subscribe>` as a plain iterator."""
         updates: AsyncIterator[Update | Gap | Snapshot] = (
-            self.client.subscribe(topic, since, snapshot=True, on_gap=on_gap)
+            self.client.subscribe(topic, since, snapshot=True, on_gap=on_gap, filter=filter)
             if snapshot
-            else self.client.subscribe(topic, since, on_gap=on_gap)
+            else self.client.subscribe(topic, since, on_gap=on_gap, filter=filter)
         )
         try:
             while True:

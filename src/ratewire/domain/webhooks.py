@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ratewire.domain.filters import EventFilter, FilterInput
 from ratewire.domain.rating import RatingEvent
 from ratewire.domain.topics import TopicKind, parse_topic
 
@@ -48,6 +49,8 @@ class Webhook:
     last_error: str | None = None
     lease_owner: str | None = None
     lease_until: int = 0
+    #: A CEL expression (domain.filters) an event must pass to be delivered; None: every one.
+    filter: str | None = None
 
     def changed(self, now_ms: int, **fields: object) -> Webhook:
         """A copy with ``fields`` changed by an admin (a new generation)."""
@@ -96,15 +99,29 @@ def event_topics(event: RatingEvent) -> list[tuple[str, int]]:
     ]
 
 
-def matching(patterns: tuple[str, ...], event: RatingEvent) -> list[tuple[str, int]]:
-    """The event's (topic, offset) pairs a webhook with ``patterns`` gets, in a fixed order."""
+def matching(
+    patterns: tuple[str, ...], event: RatingEvent, event_filter: EventFilter | None = None
+) -> list[tuple[str, int]]:
+    """The event's (topic, offset) pairs a webhook with ``patterns`` gets, in a fixed order
+    (with ``event_filter``, those whose frame passes it: the topic is the event's own, a game
+    topic for ``rating.game.*``)."""
     wanted = set(patterns)
     all_games = any(
         (topic := parse_topic(p)) is not None and topic.kind is TopicKind.ALL_GAMES
         for p in patterns
     )
-    return [
+    pairs = [
         (name, offset)
         for name, offset in event_topics(event)
         if name in wanted or (all_games and name.startswith("rating.game."))
     ]
+    if event_filter is None or not pairs:
+        return pairs
+    frame = FilterInput()
+    frame.load(event.kind, event.data)
+    passing = []
+    for name, offset in pairs:
+        frame.place(name, offset)
+        if event_filter.test(frame):
+            passing.append((name, offset))
+    return passing

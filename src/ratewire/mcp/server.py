@@ -49,13 +49,20 @@ from ratewire.mcp.auth import (
 log = logging.getLogger("ratewire.mcp")
 
 SUMMARY_URI = "rating://games/{game_id}/summary"
+#: watch_events' bounds: one call waits at most this long and returns at most this many.
+WATCH_MAX_SECONDS = 60.0
+WATCH_MAX_EVENTS = 500
+#: How long watch_events waits for more once the first event came (a burst in one answer).
+WATCH_LINGER_SECONDS = 0.25
 #: Callers' REST clients kept at once over HTTP (the least recently used are closed).
 MAX_CALLER_CLIENTS = 256
 SUMMARY_URI_PATTERN = re.compile(r"rating://games/[^/]+/summary")
 INSTRUCTIONS = """ratewire holds users' 1-5 ratings of games. Read a game's summary (count,
 mean, Bayesian mean, histogram), the top games, recent ratings of a game or a user, and a
 topic's change history; submit a rating. Subscribe to rating://games/{id}/summary to be told
-when that game's ratings change."""
+when that game's ratings change. watch_events waits for a topic's next changes that pass a
+filter (a CEL expression such as data.score <= 2) and returns them with the offset to go on
+from."""
 
 
 def summary_uri(game_id: str) -> str:
@@ -286,6 +293,23 @@ class RatewireMCP:
             topic's last offset."""
             return _history(await client().events(topic, since, limit))
 
+        @server.tool()
+        async def watch_events(
+            topic: str,
+            filter: str | None = None,
+            since: int | None = None,
+            max_events: int = 20,
+            wait_seconds: float = 10.0,
+        ) -> dict[str, Any]:
+            """Wait for a topic's changes that pass ``filter``, a CEL expression evaluated by
+            the server over ``event``, ``topic``, ``offset`` and ``data.score``,
+            ``data.gameId``, ``data.userId``, ``data.comment``, ``data.version`` (e.g.
+            ``data.score <= 2 && event != "deleted"``). Returns up to ``max_events`` of them
+            (after offset ``since``, else from now) soon after the first arrived, or none once
+            ``wait_seconds`` passed; call again with ``since`` = the returned ``next`` to miss
+            nothing."""
+            return await _watch(client(), topic, filter, since, max_events, wait_seconds)
+
         @server.resource(
             SUMMARY_URI,
             name="game-summary",
@@ -294,6 +318,57 @@ class RatewireMCP:
         )
         async def game_summary_resource(game_id: str) -> dict[str, Any]:
             return _summary(await client().summary(game_id))
+
+
+async def _watch(
+    client: Client,
+    topic: str,
+    expression: str | None,
+    since: int | None,
+    max_events: int,
+    wait_seconds: float,
+) -> dict[str, Any]:
+    """watch_events: a filtered subscription for one tool call (see the tool's docstring)."""
+    wait = min(max(wait_seconds, 0.0), WATCH_MAX_SECONDS)
+    most = min(max(max_events, 1), WATCH_MAX_EVENTS)
+    events: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []
+    following = since
+    updates = client.subscribe(topic, since, filter=expression)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(wait) as scope:
+            async for item in updates:
+                if isinstance(item, Gap):
+                    gaps.append({"after": item.after, "offset": item.offset})
+                    following = item.offset
+                    continue
+                events.append(
+                    {
+                        "topic": item.topic,
+                        "offset": item.offset,
+                        "event": item.event,
+                        "rating": _rating(item.rating),
+                    }
+                )
+                following = item.offset
+                if len(events) >= most:
+                    break
+                if len(events) == 1:  # answer soon, with the rest of a burst
+                    deadline = scope.when() or loop.time()
+                    scope.reschedule(min(deadline, loop.time() + WATCH_LINGER_SECONDS))
+    except TimeoutError:
+        pass
+    except (RatewireError, ValueError) as exc:  # refused, or a ValueError: the caller follows
+        # this topic with another filter in a concurrent call
+        raise ToolError(str(exc)) from None
+    finally:
+        await updates.aclose()  # type: ignore[attr-defined]
+    answer: dict[str, Any] = {"topic": topic, "filter": expression, "events": events}
+    answer["next"] = following
+    if gaps:
+        answer["gaps"] = gaps
+    return answer
 
 
 def run(

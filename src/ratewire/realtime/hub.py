@@ -10,6 +10,14 @@ At that moment every event up to the subscription's starting offset has been pub
 hub knows the topic's last published offset exactly; it keeps it while the topic has
 subscribers. The next subscribe to that topic starts there and goes live at once, without
 reading the store (10,000 subscribers of one game cost one read, not 10,000).
+
+A subscription with a filter (domain.filters) is held apart from the plain ones, in a group per
+topic and expression text: each event is tested once per group, whatever its size, and the
+plain path pays one dict lookup per topic for it (none when no filter is held at all). While
+pending, a filtered subscription buffers every frame of its topic with the non-matching ones
+blanked, so promotion drops what history covered exactly as for a plain one and the topic's
+head stays known; after promotion it receives only matching frames, without gap or duplicate
+among them.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from ratewire.domain import (
     parse_topic,
     user_topic,
 )
+from ratewire.domain.filters import EventFilter, FilterInput
 from ratewire.realtime import frames
 
 log = logging.getLogger("ratewire.hub")
@@ -50,10 +59,20 @@ class Subscriber(Protocol):
 
 @dataclass(slots=True)
 class _Pending:
-    buffer: list[tuple[int, int, bytes]] = field(default_factory=list)  # (seq, offset, frame)
+    # (seq, offset, frame); frame None: the event did not pass the subscription's filter.
+    buffer: list[tuple[int, int, bytes | None]] = field(default_factory=list)
     ready: bool = False
     after_offset: int = 0
     min_seq: int = 0
+    filter: EventFilter | None = None
+
+
+@dataclass(slots=True)
+class _FilterGroup:
+    """The live subscribers of one topic that share one filter expression."""
+
+    filter: EventFilter
+    live: set[Subscriber] = field(default_factory=set)
 
 
 class Hub:
@@ -65,6 +84,12 @@ class Hub:
         self._pending: dict[str, dict[Subscriber, _Pending]] = {}
         self._waiting: set[tuple[str, Subscriber]] = set()
         self._heads: dict[str, int] = {}  # last published offset, for topics with subscribers
+        #: topic -> filter expression -> its live subscribers (never in ``_live``).
+        self._filtered: dict[str, dict[str, _FilterGroup]] = {}
+        #: Filter evaluations made (one per event, topic and distinct expression).
+        self.filter_evaluations = 0
+        self._filter_input: FilterInput | None = None  # made on first use (imports CEL)
+        self._loaded: RatingEvent | None = None  # the event loaded in _filter_input
         #: The ``seq`` of the last event published; history reads compare against it.
         self.published_seq = 0
         #: rating_update frames written (a write of three frames counts three).
@@ -74,9 +99,12 @@ class Hub:
 
     # -- subscription lifecycle ------------------------------------------------------------
 
-    def begin(self, topic: str, subscriber: Subscriber) -> None:
-        """Start buffering ``topic`` for ``subscriber`` (before reading its history)."""
-        self._pending.setdefault(topic, {})[subscriber] = _Pending()
+    def begin(self, topic: str, subscriber: Subscriber, filter: EventFilter | None = None) -> None:
+        """Start buffering ``topic`` for ``subscriber`` (before reading its history); with a
+        ``filter``, only the events it passes are delivered (not on ``rating.game.*``)."""
+        if filter is not None and topic == GAME_WILDCARD:
+            raise ValueError("filters are not supported on rating.game.*")
+        self._pending.setdefault(topic, {})[subscriber] = _Pending(filter=filter)
 
     def ready(self, topic: str, subscriber: Subscriber, after_offset: int, min_seq: int) -> None:
         """History reached ``after_offset`` (read when the store's global head was ``min_seq``):
@@ -106,11 +134,24 @@ class Hub:
             self._waiting.discard((topic, subscriber))
             if not pending:
                 del self._pending[topic]
-        if topic not in self._live and topic not in self._pending:
+        groups = self._filtered.get(topic)
+        if groups is not None:
+            for source, group in tuple(groups.items()):
+                group.live.discard(subscriber)
+                if not group.live:
+                    del groups[source]
+            if not groups:
+                del self._filtered[topic]
+        if topic not in self._live and topic not in self._pending and topic not in self._filtered:
             self._heads.pop(topic, None)
 
     def subscriber_count(self, topic: str) -> int:
-        return len(self._live.get(topic, ())) + len(self._pending.get(topic, ()))
+        filtered = sum(len(group.live) for group in self._filtered.get(topic, {}).values())
+        return len(self._live.get(topic, ())) + len(self._pending.get(topic, ())) + filtered
+
+    def filter_groups(self, topic: str) -> dict[str, int]:
+        """Filter expression -> live subscribers holding it, on ``topic``."""
+        return {source: len(g.live) for source, g in self._filtered.get(topic, {}).items()}
 
     def subscriptions_by_kind(self) -> dict[str, int]:
         """Subscriptions held, by topic kind (O(topics): for /metrics, not the hot path)."""
@@ -120,6 +161,10 @@ class Hub:
                 parsed = parse_topic(topic)
                 if parsed is not None:
                     counts[parsed.kind.value] += len(subscribers)
+        for topic, groups in self._filtered.items():
+            parsed = parse_topic(topic)
+            if parsed is not None:
+                counts[parsed.kind.value] += sum(len(group.live) for group in groups.values())
         return counts
 
     def _promote(self, topic: str, subscriber: Subscriber) -> None:
@@ -131,9 +176,17 @@ class Hub:
         last = pending.after_offset
         for seq, offset, frame in pending.buffer:
             if (seq > pending.min_seq) if wildcard else (offset > pending.after_offset):
-                subscriber.send(frame)
+                if frame is not None:
+                    subscriber.send(frame)
                 last = offset
-        self._live.setdefault(topic, set()).add(subscriber)
+        if pending.filter is None:
+            self._live.setdefault(topic, set()).add(subscriber)
+        else:
+            groups = self._filtered.setdefault(topic, {})
+            group = groups.get(pending.filter.source)
+            if group is None:
+                group = groups[pending.filter.source] = _FilterGroup(pending.filter)
+            group.live.add(subscriber)
         if not wildcard:
             self._heads.setdefault(topic, last)
 
@@ -196,6 +249,9 @@ class Hub:
         wild_frames: list[tuple[str, bytes]] = []  # (game topic, frame) for rating.game.*
         wild_live = self._live.get(GAME_WILDCARD)
         wild_pending = self._pending.get(GAME_WILDCARD)
+        filtered = self._filtered
+        # (topic, expression) -> the frames that passed it, in order.
+        filtered_frames: dict[tuple[str, str], list[bytes]] = {}
         for event in events:
             data: bytes | None = None
             game = game_topic(event.game_id)
@@ -209,7 +265,8 @@ class Hub:
                 live = self._live.get(topic)
                 pending = self._pending.get(topic)
                 wild = topic is game and (wild_live or wild_pending)
-                if not (live or pending or wild):
+                groups = filtered.get(topic) if filtered else None
+                if not (live or pending or wild or groups):
                     continue
                 if data is None:
                     data = orjson.dumps(event.data)
@@ -222,11 +279,26 @@ class Hub:
                         listed.append(frame)
                 if wild and wild_live:
                     wild_frames.append((topic, frame))
+                # Expression -> passed, for this event and topic; made only when a filter is
+                # held here (the unfiltered path allocates nothing for filters).
+                verdicts: dict[str, bool] | None = None
+                if groups:
+                    verdicts = {}
+                    for source, group in groups.items():
+                        if self._verdict(group.filter, event, topic, offset, verdicts):
+                            filtered_frames.setdefault((topic, source), []).append(frame)
                 for buffered in (pending, wild_pending if wild else None):
                     if buffered:
                         for entry in buffered.values():
-                            entry.buffer.append((event.seq, offset, frame))
-        self.encoded_at = time.time() if live_frames or wild_frames else 0.0
+                            if entry.filter is None:
+                                entry.buffer.append((event.seq, offset, frame))
+                                continue
+                            if verdicts is None:
+                                verdicts = {}
+                            passed = self._verdict(entry.filter, event, topic, offset, verdicts)
+                            entry.buffer.append((event.seq, offset, frame if passed else None))
+        self._loaded = None
+        self.encoded_at = time.time() if live_frames or wild_frames or filtered_frames else 0.0
         first_write_at = 0.0
         for topic, topic_frames in live_frames.items():
             # Over a copy: a send may lead to the subscriber being dropped (4009).
@@ -234,10 +306,40 @@ class Hub:
             first_write_at = self._deliver(topic, targets, topic_frames, first_write_at)
         if wild_frames and (wild_live := self._live.get(GAME_WILDCARD)):
             first_write_at = self._deliver_wildcard(wild_live, wild_frames, first_write_at)
+        for (topic, source), group_frames in filtered_frames.items():
+            sharing = self._filtered.get(topic, {}).get(source)
+            if sharing is not None:
+                targets = tuple(sharing.live)
+                first_write_at = self._deliver(topic, targets, group_frames, first_write_at)
         self.first_write_at = first_write_at
         self.last_write_at = time.time() if first_write_at else 0.0
         self.published_seq = events[-1].seq
         self._promote_waiting()
+
+    def _verdict(
+        self,
+        event_filter: EventFilter,
+        event: RatingEvent,
+        topic: str,
+        offset: int,
+        verdicts: dict[str, bool],
+    ) -> bool:
+        """Whether ``event`` on ``topic`` passes ``event_filter``: evaluated once per event,
+        topic and expression (``verdicts`` keeps them for this event and topic), on the one
+        FilterInput the hub loads once per event."""
+        passed = verdicts.get(event_filter.source)
+        if passed is None:
+            frame = self._filter_input
+            if frame is None:
+                frame = self._filter_input = FilterInput()
+            if not verdicts:  # the first expression tested for this event and topic
+                if self._loaded is not event:
+                    frame.load(event.kind, event.data)
+                    self._loaded = event
+                frame.place(topic, offset)
+            self.filter_evaluations += 1
+            passed = verdicts[event_filter.source] = event_filter.test(frame)
+        return passed
 
     def _deliver(
         self,

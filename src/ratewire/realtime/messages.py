@@ -20,6 +20,8 @@ class ClientMessage(msgspec.Struct, frozen=True):
     since: Offset | None = None
     epoch: str | None = None
     snapshot: bool = False
+    #: A CEL expression (domain.filters): only events it passes are sent.
+    filter: str | None = None
     token: str | None = None
     id: Any = None
 

@@ -29,6 +29,7 @@ from ratewire.domain import (
     event_offset,
     parse_topic,
 )
+from ratewire.domain.filters import BadFilter, EventFilter, FilterInput, subscription_filter
 from ratewire.realtime import frames
 from ratewire.realtime.history import (
     HistoryBehind,
@@ -449,6 +450,15 @@ class Session:
             return None
         return checked
 
+    def _checked_filter(self, topic: Topic, message: ClientMessage) -> EventFilter | bool:
+        """The subscription's filter, True without one, False if refused (error sent). Asked
+        after the topic check: a filter only narrows what the token may see."""
+        try:
+            return subscription_filter(message.filter, topic.name) or True
+        except BadFilter as exc:
+            self.send(frames.error("bad_filter", exc.message, message.id))
+            return False
+
     def _unsubscribe(self, message: ClientMessage) -> None:
         if not message.topic:
             self.send(frames.error("bad_request", "unsubscribe needs a topic", message.id))
@@ -461,6 +471,10 @@ class Session:
         topic = self._checked_topic(message)
         if topic is None:
             return
+        checked_filter = self._checked_filter(topic, message)
+        if checked_filter is False:
+            return
+        event_filter = checked_filter if isinstance(checked_filter, EventFilter) else None
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:
             hub.drop(topic.name, self)  # subscribing again restarts it (e.g. to resume)
@@ -475,13 +489,15 @@ class Session:
             )
             return
         self.topics[topic.name] = topic
-        hub.begin(topic.name, self)
+        hub.begin(topic.name, self, event_filter)
         try:
-            recovered: dict[str, bool] = {}
+            recovered: dict[str, object] = {}
+            if event_filter is not None:
+                recovered["filter"] = event_filter.source
             # min_seq: every event history could have shown has seq <= min_seq.
             if message.since is not None:
                 after, min_seq, recovered["recovered"] = await self._replay(
-                    topic, message.since, message.epoch
+                    topic, message.since, message.epoch, event_filter
                 )
             elif message.snapshot and topic.kind is TopicKind.GAME:
                 summary = await store.summary(topic.key)
@@ -529,8 +545,11 @@ class Session:
         )
         hub.ready(topic.name, self, after, min_seq)
 
-    async def _replay(self, topic: Topic, since: int, epoch: str | None) -> tuple[int, int, bool]:
-        """Send every event after ``since`` if history still reaches it.
+    async def _replay(
+        self, topic: Topic, since: int, epoch: str | None, event_filter: EventFilter | None
+    ) -> tuple[int, int, bool]:
+        """Send every event after ``since`` if history still reaches it (with a filter, those
+        it passes).
 
         Returns (the last offset sent or the head, its min_seq, whether the replay was
         complete)."""
@@ -551,14 +570,20 @@ class Session:
         # Paced by bytes: a replay must never overflow the send buffer it is filling.
         budget = self._ctx.limits.send_buffer_bytes // 2
         unsent = 0
+        matching = FilterInput() if event_filter is not None else None
         while page:
             for event in page:
                 last = event_offset(event, topic)
+                # Offsets and seqs grow together: the last event replayed has the highest seq.
+                min_seq = max(min_seq, event.seq)
+                if event_filter is not None and matching is not None:
+                    matching.load(event.kind, event.data)
+                    matching.place(topic.name, last)
+                    if not event_filter.test(matching):
+                        continue
                 data = orjson.dumps(event.data)
                 frame = frames.rating_update(topic.name, last, event.kind, data)
                 self.send(frame)
-                # Offsets and seqs grow together: the last event replayed has the highest seq.
-                min_seq = max(min_seq, event.seq)
                 unsent += len(frame)
                 if unsent >= budget:
                     await self.peer.drain()

@@ -36,6 +36,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from ratewire.domain import TopicKind, parse_topic
+from ratewire.domain.filters import BadFilter, subscription_filter
 from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
     USER_CAP_BODY,
@@ -336,6 +337,14 @@ class SseEndpoint(MainPortEndpoint):
                 return _Refusal(403 if checked.code == "forbidden" else 400, checked.message)
             if checked.kind is not TopicKind.ALL_GAMES:
                 followed.add(name)
+        # ?filter=EXPR applies to every topic of the stream; checked after the topics (it
+        # only narrows what the token may see) and compiled here so a bad one is a 400.
+        expression = query.get("filter", [None])[-1]
+        try:
+            for name in names:
+                subscription_filter(expression, name)
+        except BadFilter as exc:
+            return _Refusal(400, f"bad filter: {exc.message}")
         cursor = (
             headers.get(b"last-event-id", b"").decode("latin-1")
             or (query.get("lastEventId", [""])[0])
@@ -351,7 +360,7 @@ class SseEndpoint(MainPortEndpoint):
             ahead = await _beyond_head(ctx, resumed)
             if ahead is not None:
                 return _Refusal(400, f"Last-Event-ID {cursor[:80]!r} {ahead}")
-        return _Request(principal, names, followed, epoch, resumed)
+        return _Request(principal, names, followed, epoch, resumed, expression)
 
     async def _stream(self, ip: str, request: _Request, receive: Receive, send: Send) -> None:
         """Serve the accepted stream until the client goes or the session ends it."""
@@ -371,7 +380,11 @@ class SseEndpoint(MainPortEndpoint):
         for name in request.names:
             since = request.resumed.get(name)
             epoch = request.epoch if since is not None else None
-            session.request(ClientMessage("subscribe", topic=name, since=since, epoch=epoch))
+            session.request(
+                ClientMessage(
+                    "subscribe", topic=name, since=since, epoch=epoch, filter=request.filter
+                )
+            )
         closing = asyncio.ensure_future(peer.closing.wait())
         receiving = asyncio.ensure_future(receive())
         try:
@@ -409,6 +422,8 @@ class _Request:
     epoch: str | None
     #: Where each resumed topic starts (from ``Last-Event-ID``).
     resumed: dict[str, int]
+    #: The ``filter`` query parameter: a CEL expression every event must pass.
+    filter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

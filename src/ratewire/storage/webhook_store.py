@@ -17,7 +17,7 @@ from ratewire.domain.webhooks import DeliveryAttempt, Progress, Webhook
 #: Delivery attempts kept per webhook (newest first); older ones are dropped as new ones come.
 ATTEMPTS_KEPT = 200
 #: Fields an admin may change through :meth:`WebhookStore.update`.
-CHANGEABLE = frozenset({"url", "topics", "description", "status", "cursor", "last_error"})
+CHANGEABLE = frozenset({"url", "topics", "description", "status", "cursor", "last_error", "filter"})
 
 
 class WebhookStore(Protocol):

@@ -13,6 +13,7 @@ from ratewire.audit import AuditContext
 from ratewire.audit.log import AuditLog
 from ratewire.config import WebhooksSettings
 from ratewire.domain import validate_text
+from ratewire.domain.filters import BadFilter, compile_filter
 from ratewire.domain.webhooks import (
     DeliveryAttempt,
     Webhook,
@@ -72,6 +73,13 @@ class WebhookAdmin:
         return tuple(dict.fromkeys(topics))
 
     @staticmethod
+    def _checked_filter(expression: str) -> str:
+        try:
+            return compile_filter(expression).source
+        except BadFilter as exc:
+            raise InvalidWebhook(f"filter: {exc.message}") from None
+
+    @staticmethod
     def _checked_description(description: str) -> str:
         if len(description) > MAX_DESCRIPTION:
             raise InvalidWebhook(f"description: at most {MAX_DESCRIPTION} characters")
@@ -91,8 +99,10 @@ class WebhookAdmin:
         topics: list[str],
         description: str = "",
         context: AuditContext | None = None,
+        filter: str | None = None,
     ) -> Webhook:
-        """Register a webhook: it gets every event of its topics committed from now on."""
+        """Register a webhook: it gets every event of its topics committed from now on (with
+        a ``filter``, those that pass it)."""
         now = int(time.time() * 1000)
         webhook = Webhook(
             id=new_webhook_id(),
@@ -103,9 +113,13 @@ class WebhookAdmin:
             created_at=now,
             updated_at=now,
             cursor=await self.global_head(),
+            filter=None if filter is None else self._checked_filter(filter),
         )
         await self.store.add(webhook)
-        self._record("webhook.create", context, webhook=webhook.id, url=url, topics=topics)
+        shown_filter = {} if filter is None else {"filter": filter}
+        self._record(
+            "webhook.create", context, webhook=webhook.id, url=url, topics=topics, **shown_filter
+        )
         return webhook
 
     async def all(self) -> list[Webhook]:
@@ -126,9 +140,10 @@ class WebhookAdmin:
         topics: list[str] | None = None,
         description: str | None = None,
         enabled: bool | None = None,
+        filter: str | None = None,
     ) -> Webhook:
         """Change a webhook; ``enabled=True`` resumes a failing or disabled one from its
-        cursor, ``False`` disables it."""
+        cursor, ``False`` disables it; ``filter=""`` removes its filter."""
         fields: dict[str, Any] = {}
         if url is not None:
             fields["url"] = await self._checked_url(url)
@@ -136,6 +151,8 @@ class WebhookAdmin:
             fields["topics"] = self._checked_topics(topics)
         if description is not None:
             fields["description"] = self._checked_description(description)
+        if filter is not None:
+            fields["filter"] = self._checked_filter(filter) if filter else None
         if enabled is not None:
             fields["status"] = "active" if enabled else "disabled"
             fields["last_error"] = None

@@ -31,6 +31,7 @@ from ratewire import __version__
 from ratewire.client.webhooks import sign
 from ratewire.config import WebhooksSettings
 from ratewire.domain import RatingEvent, parse_topic
+from ratewire.domain.filters import BadFilter, EventFilter, compile_filter
 from ratewire.domain.webhooks import (
     GLOBAL,
     DeliveryAttempt,
@@ -226,9 +227,10 @@ class WebhookDeliverer:
         cursor = webhook.cursor
         attempts: list[DeliveryAttempt] = []
         saved_at = time.monotonic()
+        event_filter = _compiled_filter(webhook)
         for event in events:
             self.stats.oldest_pending[webhook.id] = event.occurred_at.timestamp()
-            for topic, offset in matching(webhook.topics, event):
+            for topic, offset in matching(webhook.topics, event, event_filter):
                 body = orjson.dumps(
                     {
                         "type": "rating_update",
@@ -352,3 +354,16 @@ class WebhookDeliverer:
 
 
 __all__ = ["LeaseLost", "WebhookDeliverer", "WebhookStats", "guarded_client"]
+
+
+def _compiled_filter(webhook: Webhook) -> EventFilter | None:
+    """The webhook's filter, compiled (once per expression: compile_filter keeps them). It
+    was checked when set; one this version refuses (say, after an upgrade) delivers nothing
+    rather than everything: a filter exists to keep events away from an endpoint."""
+    if webhook.filter is None:
+        return None
+    try:
+        return compile_filter(webhook.filter)
+    except BadFilter as exc:
+        log.error("webhook %s: its filter is refused (%s); delivering nothing", webhook.id, exc)
+        return compile_filter("false")

@@ -48,6 +48,8 @@ webhooks = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", BigInteger, nullable=False),
+    # The webhook's filter (a CEL expression); not named "filter", a keyword in SQL.
+    Column("event_filter", Text, nullable=True),
 )
 
 webhook_attempts = Table(
@@ -85,6 +87,7 @@ def _webhook(row: Any) -> Webhook:
         last_error=row.last_error,
         lease_owner=row.lease_owner,
         lease_until=int(row.lease_until),
+        filter=row.event_filter,
     )
 
 
@@ -103,6 +106,7 @@ def _row(webhook: Webhook) -> dict[str, Any]:
         "updated_at": webhook.updated_at,
         "lease_owner": webhook.lease_owner,
         "lease_until": webhook.lease_until,
+        "event_filter": webhook.filter,
     }
 
 
@@ -138,6 +142,8 @@ class SqlWebhookStore:
         values = dict(fields)
         if "topics" in values:
             values["topics"] = orjson.dumps(list(values["topics"])).decode()
+        if "filter" in values:
+            values["event_filter"] = values.pop("filter")
 
         def body(conn: Connection) -> Webhook | None:
             changed = conn.execute(
