@@ -40,6 +40,7 @@ class SseStream:
         *,
         last_event_id: str | None = None,
         headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> SseStream:
         client = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=30))
         sent = {"Accept": "text/event-stream", **(headers or {})}
@@ -48,7 +49,10 @@ class SseStream:
         if last_event_id is not None:
             sent["Last-Event-ID"] = last_event_id
         request = client.build_request(
-            "GET", "/stream", params=[("topic", topic) for topic in topics], headers=sent
+            "GET",
+            "/stream",
+            params=[("topic", topic) for topic in topics] + list((params or {}).items()),
+            headers=sent,
         )
         response = await client.send(request, stream=True)
         return cls(response, client)

@@ -22,6 +22,10 @@ class ClientMessage(msgspec.Struct, frozen=True):
     snapshot: bool = False
     token: str | None = None
     id: Any = None
+    #: Summary topics' options (ratewire.services.summary_streams checks their ranges).
+    interval_ms: int | None = msgspec.field(default=None, name="intervalMs")
+    limit: int | None = None
+    min_count: int | None = msgspec.field(default=None, name="minCount")
 
 
 _decoder = msgspec.json.Decoder(ClientMessage)

@@ -27,6 +27,7 @@ from ratewire.domain import (
     Topic,
     TopicKind,
     event_offset,
+    is_summary_name,
     parse_topic,
 )
 from ratewire.realtime import frames
@@ -39,9 +40,11 @@ from ratewire.realtime.history import (
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
 from ratewire.realtime.slots import ConnectionSlots
+from ratewire.realtime.summary_subscriptions import SessionSummaries
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
+from ratewire.services.summary_streams import SummaryStreams
 
 PROTOCOL_VERSION = 1
 REPLAY_PAGE = 256
@@ -91,7 +94,7 @@ def check_topic(principal: Principal, name: str) -> Topic | TopicRefusal:
         return TopicRefusal(
             "unknown_topic",
             f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
-            "rating.game.* and rating.user.{userId}",
+            "rating.game.*, rating.user.{userId}, summary.game.{gameId} and summary.games.top",
         )
     if not may_subscribe(principal, topic):
         return TopicRefusal("forbidden", f"this token may not subscribe to {topic.name}")
@@ -128,6 +131,8 @@ class RealtimeContext:
     #: Proxies whose forwarded client addresses are believed (server.trusted_proxies).
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     stats: ConnectionStats = field(default_factory=ConnectionStats)
+    #: Summary streams (None: this instance has no database to read summaries from).
+    summaries: SummaryStreams | None = None
 
     def now(self) -> float:
         return time.time()
@@ -148,6 +153,7 @@ class Session:
         "_expiry_timer",
         "_holds_user_slot",
         "_inbox",
+        "_summaries",
         "_worker",
         "client_id",
         "closed",
@@ -173,6 +179,8 @@ class Session:
         self.principal: Principal | None = None
         self.client_id = ""
         self.topics: dict[str, Topic] = {}
+        #: Summary subscriptions, made on the first (most connections hold none).
+        self._summaries: SessionSummaries | None = None
         self.closed = False
         # Created on first use: a deque costs ~600 bytes, and most connections never queue.
         self._inbox: deque[ClientMessage | bytes] | None = None
@@ -223,6 +231,8 @@ class Session:
         for name in self.topics:
             self._ctx.hub.drop(name, self)
         self.topics.clear()
+        if self._summaries is not None:
+            self._summaries.close()
         if self._holds_user_slot and self.principal is not None:
             self._holds_user_slot = False
             self._ctx.slots.release_user(self.principal.sub)
@@ -241,6 +251,8 @@ class Session:
         self._close_code = code
         for name in self.topics:
             self._ctx.hub.drop(name, self)
+        if self._summaries is not None:
+            self._summaries.close()
         self.peer.close(code, reason)
 
     # -- incoming frames -------------------------------------------------------------------
@@ -455,16 +467,27 @@ class Session:
             return
         if self.topics.pop(message.topic, None) is not None:
             self._ctx.hub.drop(message.topic, self)
+        elif self._summaries is not None:
+            self._summaries.unsubscribe(message.topic)
         self.send(frames.control("unsubscribed", message.id, topic=message.topic))
 
     async def _subscribe(self, message: ClientMessage) -> None:
+        summaries = self._summaries
+        held = len(self.topics) + (len(summaries) if summaries is not None else 0)
+        if message.topic and is_summary_name(message.topic):
+            assert self.principal is not None
+            if summaries is None:
+                summaries = self._summaries = SessionSummaries(self._ctx.summaries, self)
+            most = self._ctx.limits.max_subscriptions_per_connection
+            await summaries.subscribe(self.principal, message, held, most)
+            return
         topic = self._checked_topic(message)
         if topic is None:
             return
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:
             hub.drop(topic.name, self)  # subscribing again restarts it (e.g. to resume)
-        elif len(self.topics) >= (most := self._ctx.limits.max_subscriptions_per_connection):
+        elif held >= (most := self._ctx.limits.max_subscriptions_per_connection):
             # Each subscription costs the hub a set entry: one connection may not hold unbounded.
             self.send(
                 frames.error(
