@@ -5,15 +5,21 @@ restart. Counts are bounded by the time that passed, never latencies asserted.""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from tests.e2e.wsclient import WsClient
 from tests.support.server import ServerProcess
 from tests.support.sse import SseStream
+
+from ratewire.client import Client, SubscriptionRefused, SummaryUpdate, SyncClient
 
 pytestmark = pytest.mark.e2e
 
@@ -256,3 +262,71 @@ async def test_a_restarted_server_starts_from_the_stored_summary(
             await rate(http, server, "rs", "u9", 5)
             last = (await summary_until(ws, await rest(http, server, "/games/rs/summary")))[-1]
             assert last["offset"] == 4 and last["data"]["count"] == 4
+
+
+async def test_the_python_clients_follow_summaries(server: ServerProcess) -> None:
+    game = unique("py")
+    async with Client(
+        server.module_ws_url, token=server.token("agent"), rest_url=server.base_url
+    ) as client:
+        states = client.summaries(f"summary.game.{game}", interval_ms=50)
+        first = await anext(states)
+        assert first.offset == 0 and first.summary is not None and first.summary.count == 0
+        await client.rate(game, 4, user_id="agent")
+        second = await anext(states)
+        assert second.offset == 1 and second.summary is not None
+        assert second.data == await client_rest(server, f"/games/{game}/summary")
+        await states.aclose()
+        top = client.summaries("summary.games.top", interval_ms=50, limit=1)
+        assert [g.game_id for g in (await anext(top)).games] == [
+            g["gameId"] for g in (await client_rest(server, "/games/top?limit=1"))["items"]
+        ]
+        await top.aclose()
+        refused = client.summaries(f"summary.game.{game}", interval_ms=60, limit=3)
+        with pytest.raises(SubscriptionRefused, match="limit"):
+            await anext(refused)
+
+    def sync_first() -> SummaryUpdate:
+        with SyncClient(server.module_ws_url, token=server.token("agent")) as sync:
+            for state in sync.summaries(f"summary.game.{game}", interval_ms=100):
+                return state
+        raise AssertionError("no state")
+
+    state = await asyncio.to_thread(sync_first)
+    assert state.summary is not None and state.summary.count == 1
+
+
+async def client_rest(server: ServerProcess, path: str) -> Any:
+    async with httpx.AsyncClient() as http:
+        return await rest(http, server, path)
+
+
+async def test_tail_prints_a_summary_topic(server: ServerProcess) -> None:
+    game = unique("tail")
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ratewire",
+        "tail",
+        f"summary.game.{game}",
+        "--interval-ms",
+        "50",
+        "--json",
+        "--url",
+        server.module_ws_url,
+        "--token",
+        server.token("tailer"),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "RATEWIRE_JWT__SECRET": server.secret},
+    )
+    assert tail.stdout is not None
+    try:
+        first = orjson.loads(await asyncio.wait_for(tail.stdout.readline(), 15))
+        async with httpx.AsyncClient() as http:
+            await rate(http, server, game, "u1", 5)
+        second = orjson.loads(await asyncio.wait_for(tail.stdout.readline(), 15))
+    finally:
+        tail.terminate()
+        await tail.wait()
+    assert (first["type"], first["offset"], first["data"]["count"]) == ("summary", 0, 0)
+    assert (second["offset"], second["data"]["count"]) == (1, 1)
