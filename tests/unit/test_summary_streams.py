@@ -1,5 +1,6 @@
 """SummaryStreams without a server: one read and one frame per group per interval however
-many members, the trailing edge of a burst, and stale reads retried."""
+many members, the trailing edge of a burst, and stale reads retried; options and the
+permissions of a token's ``topics`` claim."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import orjson
 import pytest
 
 from ratewire.domain import GameSummary, RatingEvent, SummaryDelta, SummaryTopic
+from ratewire.security.permissions import may_follow_summary
+from ratewire.security.tokens import Principal
 from ratewire.services.summary_streams import BadOption, SummaryStreams, stream_key
 
 
@@ -119,3 +122,17 @@ def test_options_out_of_range_name_the_field() -> None:
     with pytest.raises(BadOption, match="minCount"):
         stream_key(SummaryTopic(), min_count=0)
     assert stream_key(SummaryTopic()).options() == {"intervalMs": 1000, "limit": 10, "minCount": 1}
+
+
+def test_a_topics_claim_reaches_summaries_through_their_names_or_their_events() -> None:
+    def principal(*topics: str) -> Principal:
+        return Principal("u", None, frozenset(), 0.0, topics or None)
+
+    game, top = SummaryTopic("42"), SummaryTopic()
+    assert may_follow_summary(principal(), game) and may_follow_summary(principal(), top)
+    assert may_follow_summary(principal("rating.game.42"), game)
+    assert may_follow_summary(principal("summary.game.*"), game)
+    assert not may_follow_summary(principal("rating.game.42"), SummaryTopic("43"))
+    assert not may_follow_summary(principal("rating.game.42"), top)
+    assert may_follow_summary(principal("rating.game.*"), top)
+    assert not may_follow_summary(principal("rating.user.u"), game)
