@@ -10,11 +10,17 @@ on the original guide (bench/peers/guide_server.js).
     python -m bench.fanout --alternate 5 --procs 1               # the agent fleet (below)
     python -m bench.fanout --target ratewire,floor --rate 0      # beside the bare picows floor
     python -m bench.fanout --target ratewire-3w --subs 50000 --rate 1 --seconds 5 --procs 6
+    python -m bench.fanout --summary --rate 200                  # summary.game.{id} vs plain
 
 With ``--procs 1`` one process holds every subscription and makes the writes too, as one
 agent process following 1,000 topics does (``--publisher separate`` writes from this process
 instead). Every run reports POST latency, the server's and the subscribers' CPU, and the
 server's stage budget; ``--py-spy DIR`` profiles the server while it is measured.
+
+``--summary`` runs each target twice (ratewire targets only): the subscribers follow the game's
+every update, then its ``summary.game.{id}`` at ``--interval-ms`` (default 1,000); it prints the
+server's CPU per write of both loads and their ratio, and how many summary subscribers ended
+without the last write's state (must be 0: the trailing edge is never dropped).
 
 Cluster targets (PostgreSQL at RATEWIRE_BENCH_POSTGRES, Redis at RATEWIRE_BENCH_REDIS, NATS with
 JetStream at RATEWIRE_BENCH_NATS): pg-local (one instance, local broker), pg-redis (one instance,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bench.fanout
-from bench.fanout.runs import run_alternating, run_fanout
+from bench.fanout.runs import run_alternating, run_fanout, run_summary
 from bench.fanout.targets import PRESETS, STARTERS
 
 
@@ -33,6 +33,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run the targets and the guide's server ROUNDS times, alternating, and report the "
         "median and spread of each ratio to the guide (5 is what the README's figures use)",
     )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="each target twice: plain subscribers of the game, then of summary.game.{id} at "
+        "--interval-ms; compares the server's CPU per write (ratewire targets only)",
+    )
+    parser.add_argument("--interval-ms", type=int, default=1000, help="with --summary")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
         "--filter",
@@ -63,6 +70,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [name for name in targets if name not in STARTERS]
     if unknown:
         parser.error(f"--target: unknown target {', '.join(unknown)}")
+    if args.summary:
+        if args.target == "both":
+            targets = ("ratewire",)
+        if "node-guide" in targets:
+            parser.error("--summary: the guide's server has no summary streams")
+        if args.interval_ms < 50:
+            parser.error("--interval-ms must be at least 50")
+        run_summary(
+            args.subs,
+            args.rate,
+            args.seconds,
+            args.interval_ms,
+            targets=targets,
+            procs=args.procs,
+            json_out=args.json_out,
+            publisher=args.publisher,
+        )
+        return
     if args.alternate:
         run_alternating(
             args.subs,

@@ -63,6 +63,15 @@ class Result:
     client_cpu_s: float = 0.0
     #: True when the publisher ran inside the (only) subscriber process (``--procs 1``).
     inline_publisher: bool = False
+    #: ``plain`` (every rating_update) or ``summary`` (``--summary``: summary.game.{id}
+    #: conflated to ``interval_ms``; ``delivered`` counts summary frames, none are "lost").
+    load: str = "plain"
+    interval_ms: int = 0
+    #: The server's CPU per measured write (what ``--summary`` compares between the loads).
+    server_cpu_ms_per_write: float = 0.0
+    #: ``--summary``: subscribers whose last state did not include the last write (the
+    #: trailing edge of the run left out: must be 0).
+    summaries_behind: int = 0
     #: ratewire targets: the server's latency budget over the measured writes (stage ->
     #: count, mean_ms, p50_ms, p99_ms), from /metrics (ratewire.observability.latency).
     budget: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -128,9 +137,12 @@ def run_one(
     publisher: str = "auto",
     profile_dir: Path | None = None,
     event_filter: str | None = None,
+    interval_ms: int = 0,
 ) -> Result:
     """One measured run. With ``procs`` 1 the publisher runs in the subscriber process, as an
     agent that holds every subscription and writes too would; otherwise in this process.
+    ``interval_ms`` (``--summary``): the subscribers follow ``summary.game.{id}`` at that pace
+    instead of the game's every update.
 
     ``publisher`` (``--publisher``): where the writes come from ("auto": inside the
     subscriber process when there is one, else from this process). ``profile_dir``
@@ -143,6 +155,8 @@ def run_one(
     )
     game = f"bench{int(time.time() * 1000) % 10**9}"
     topic = f"rating.game.{game}"
+    if interval_ms:
+        topic, result.load, result.interval_ms = f"summary.game.{game}", "summary", interval_ms
     ctx = mp.get_context("spawn")
     workers, pipes = [], []
     per = [subs // procs + (1 if i < subs % procs else 0) for i in range(procs)]
@@ -150,6 +164,8 @@ def run_one(
     for count in per:
         parent, child = ctx.Pipe()
         url = target.subscriber_urls[len(workers) % len(target.subscriber_urls)]
+        if interval_ms and url.startswith("http"):
+            raise ValueError(f"{target.name}: --summary needs WebSocket subscribers, not SSE")
         process = ctx.Process(
             target=sse_subscriber_worker if url.startswith("http") else subscriber_worker,
             args=(
@@ -162,6 +178,7 @@ def run_one(
                 # Past one address's ports: each worker connects from its own address.
                 f"127.0.0.{2 + len(workers)}" if subs > SUBS_PER_SOURCE_ADDRESS else None,
                 event_filter,
+                *((interval_ms,) if interval_ms else ()),
             ),
             daemon=True,
         )
@@ -187,6 +204,8 @@ def run_one(
     histograms_before = scrape_histograms(metrics_url)
     server_pids = target.pids()
     drain_seconds = min(5.0, 1.0 + subs / 2000)
+    if interval_ms:  # the trailing edge comes up to an interval after the last write
+        drain_seconds = max(drain_seconds, 2 * interval_ms / 1000 + 0.5)
     profiler = _start_profiler(target, seconds + drain_seconds, profile_dir)
     cpu_before = cpu_seconds(server_pids)
     client_pids = [process.pid for process in workers if process.pid is not None]
@@ -210,6 +229,7 @@ def run_one(
     result.post_p99_ms = _quantile_ns(published.post_ns, 0.99)
     result.budget = budget_between(histograms_before, scrape_histograms(metrics_url))
     merged = array("q", bytes(8 * BUCKETS))
+    last_summaries: list[int] = []
     for pipe in pipes:
         pipe.send("stop")
         _, totals, raw = pipe.recv()
@@ -222,11 +242,19 @@ def run_one(
         result.gaps += totals["gaps"]
         result.duplicates += totals["duplicates"]
         result.max_ms = max(result.max_ms, round(totals["max_ns"] / 1e6, 2))
+        result.delivered += totals["summaries"]
+        last_summaries.extend(totals.get("last_summaries", ()))
     for process in workers:
         process.join(10)
-    result.expected = published.passing * subs
     if result.writes_ok:
         result.server_cpu_ms_per_write = round(1e3 * result.server_cpu_s / result.writes_ok, 3)
+    if interval_ms:
+        head = _game_offset(target.post_url, game)
+        behind = sum(1 for offset in last_summaries if offset < head)
+        result.summaries_behind = behind + subs - len(last_summaries)  # none at all: behind
+        result.deliveries_per_s = round(result.delivered / publish_seconds, 1)
+        return result
+    result.expected = published.passing * subs
     result.lost = result.expected - result.delivered
     result.deliveries_per_s = round(result.delivered / publish_seconds, 1)
     if result.delivered:
@@ -235,3 +263,13 @@ def run_one(
         result.p50_ms = percentile(merged, result.delivered, 0.50)
         result.p99_ms = percentile(merged, result.delivered, 0.99)
     return result
+
+
+def _game_offset(post_url: str, game: str) -> int:
+    """The game topic's last offset, from the summary's ETag (``"<epoch>-<offset>"``)."""
+    import urllib.request
+
+    base = post_url.rsplit("/", 1)[0]
+    with urllib.request.urlopen(f"{base}/games/{game}/summary", timeout=10) as answer:
+        etag = answer.headers.get("ETag", '"-0"')
+    return int(etag.strip('"').rsplit("-", 1)[1])

@@ -40,7 +40,11 @@ def print_table(results: list[Result]) -> None:
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            r.target if r.filter is None else f"{r.target} (filtered)",
+            f"{r.target} (summary)"
+            if r.load == "summary"
+            else r.target
+            if r.filter is None
+            else f"{r.target} (filtered)",
             str(r.subs),
             "max" if r.rate == 0 else f"{r.rate:g}",
             str(r.writes_ok),
@@ -56,6 +60,39 @@ def print_table(results: list[Result]) -> None:
             f"{r.server_cpu_ms_per_write:.2f}",
             f"{r.connects_per_s:,.0f}",
             f"{r.idle_kib_per_connection:.1f}",
+        )
+    Console(width=160).print(table)
+
+
+def print_summary_ratios(results: list[Result]) -> None:
+    """``--summary``: per target, the server's CPU per write with plain and with summary
+    subscribers, and how many times less the summary load costs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="summary streams beside plain subscribers (server CPU per write)")
+    for column in (
+        "target",
+        "plain ms/write",
+        "summary ms/write",
+        "plain/summary",
+        "frames",
+        "behind",
+    ):
+        table.add_column(column, justify="right")
+    plain = {r.target: r for r in results if r.load == "plain"}
+    for r in results:
+        if r.load != "summary" or r.target not in plain:
+            continue
+        base = plain[r.target].server_cpu_ms_per_write
+        ratio = base / r.server_cpu_ms_per_write if r.server_cpu_ms_per_write else float("nan")
+        table.add_row(
+            r.target,
+            f"{base:.3f}",
+            f"{r.server_cpu_ms_per_write:.3f}",
+            f"{ratio:.1f}x",
+            str(r.delivered),
+            str(r.summaries_behind),
         )
     Console(width=160).print(table)
 

@@ -1,5 +1,6 @@
 """Every target in turn, once (:func:`run_fanout`) or in alternating rounds against the
-guide's server (:func:`run_alternating`)."""
+guide's server (:func:`run_alternating`); or each target's plain and summary loads side by
+side (:func:`run_summary`, ``--summary``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bench.fanout.report import (
     RatioSummary,
     print_budget,
     print_ratios,
+    print_summary_ratios,
     print_table,
     write_json,
 )
@@ -30,12 +32,14 @@ def measure(
     publisher: str = "auto",
     profile_dir: Path | None = None,
     event_filter: str | None = None,
+    interval_ms: int = 0,
 ) -> Result:
     """Start the target called ``name``, measure it once (:func:`run_one`), stop it."""
     from rich.console import Console
 
+    load = f", summaries every {interval_ms} ms" if interval_ms else ""
     with Console(stderr=True).status(
-        f"{name}: {subs} subscribers, {'max' if rate == 0 else rate} writes/s, {seconds:g} s"
+        f"{name}: {subs} subscribers{load}, {'max' if rate == 0 else rate} writes/s, {seconds:g} s"
     ):
         target = STARTERS[name]()
         try:
@@ -48,6 +52,7 @@ def measure(
                 publisher=publisher,
                 profile_dir=profile_dir,
                 event_filter=event_filter,
+                interval_ms=interval_ms,
             )
         finally:
             target.stop()
@@ -85,6 +90,35 @@ def run_fanout(
     floors = commit_beside_floor(results, rate)
     if json_out is not None:
         write_json(json_out, {"results": [asdict(r) for r in results], "commit_floor": floors})
+    return results
+
+
+def run_summary(
+    subs: int,
+    rate: float,
+    seconds: float,
+    interval_ms: int,
+    *,
+    targets: Sequence[str] = ("ratewire",),
+    procs: int = 2,
+    json_out: Path | None = None,
+    publisher: str = "auto",
+) -> list[Result]:
+    """Each target twice: ``subs`` subscribers of the game's every update, then of its
+    ``summary.game.{id}`` at ``interval_ms``; the server's CPU per write of each, and the
+    ratio (issue 40: 1,000 summary subscribers at 200 writes/s and 1,000 ms should cost the
+    server at least 10x less than 1,000 plain ones)."""
+    raise_fd_limit()
+    results = []
+    for name in targets:
+        for interval in (0, interval_ms):
+            results.append(
+                measure(name, subs, rate, seconds, procs, publisher=publisher, interval_ms=interval)
+            )
+    print_table(results)
+    print_summary_ratios(results)
+    if json_out is not None:
+        write_json(json_out, {"results": [asdict(r) for r in results]})
     return results
 
 

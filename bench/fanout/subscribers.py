@@ -23,9 +23,26 @@ class Tally:
 
     def __init__(self, contiguous: bool = True) -> None:
         self.histogram = array("q", bytes(8 * BUCKETS))
-        self.totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0}
+        self.totals = {"received": 0, "gaps": 0, "duplicates": 0, "max_ns": 0, "summaries": 0}
         #: False for filtered subscribers: their offsets skip what the filter left out.
         self.contiguous = contiguous
+        #: ``--summary``: each subscriber's last summary offset (by subscriber id).
+        self.summary_offsets: dict[int, int] = {}
+
+    def summary(self, subscriber: int, payload: bytes) -> None:
+        """Count one ``summary`` frame (``--summary``): its offset never goes back."""
+        at = payload.find(b'"offset":') + 9
+        offset = int(payload[at : payload.find(b",", at)])
+        last = self.summary_offsets.get(subscriber, -1)
+        if offset < last:
+            self.totals["duplicates"] += 1
+        self.summary_offsets[subscriber] = offset
+        self.totals["summaries"] += 1
+
+    def close(self) -> None:
+        """Before the totals are sent: each subscriber's last summary offset."""
+        if self.summary_offsets:
+            self.totals["last_summaries"] = list(self.summary_offsets.values())  # type: ignore[assignment]
 
     def update(self, payload: bytes, last_offset: int) -> int:
         """Count one ``rating_update`` (its send time is in the comment, ``t=<ns>``) that
@@ -58,20 +75,24 @@ def subscriber_worker(
     concurrency: int,
     source_address: str | None = None,
     event_filter: str | None = None,
+    interval_ms: int = 0,
 ) -> None:
     """Open ``count`` subscribers, report when all are subscribed, record until told to stop.
 
     ``source_address`` (another address in 127.0.0.0/8) gives this worker its own ephemeral
     port range: one address reaches about 28,000 connections to one server port.
-    ``event_filter``: every subscriber subscribes with this filter (all share it)."""
+    ``event_filter``: every subscriber subscribes with this filter (all share it).
+    ``interval_ms`` (``--summary``): ``topic`` is a summary topic, followed at that pace."""
     import uvloop
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     raise_fd_limit()
     tally = Tally(contiguous=event_filter is None)
-    asked: dict[str, str] = {"action": "subscribe", "topic": topic}
+    asked: dict[str, object] = {"action": "subscribe", "topic": topic}
     if event_filter is not None:
         asked["filter"] = event_filter
+    if interval_ms:
+        asked["intervalMs"] = interval_ms
     subscribe = json.dumps(asked).encode()
 
     class Subscriber(WSListener):  # type: ignore[misc]
@@ -83,6 +104,8 @@ def subscriber_worker(
             payload = frame.get_payload_as_bytes()
             if payload.startswith(b'{"type":"rating_update"'):
                 self.last_offset = tally.update(payload, self.last_offset)
+            elif payload.startswith(b'{"type":"summary"'):
+                tally.summary(id(self), payload)
             elif not self.ready.done():
                 if b"connection_success" in payload:
                     transport.send(WSMsgType.TEXT, subscribe)
@@ -123,6 +146,7 @@ async def follow_commands(conn: Connection, tally: Tally) -> None:
     while True:
         command = await loop.run_in_executor(None, conn.recv)
         if command == "stop":
+            tally.close()
             conn.send(("result", tally.totals, tally.histogram.tobytes()))
             return
         _, post_url, game, rate, seconds, event_filter = command

@@ -124,6 +124,40 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
         assert after["count"] == 4
 
 
+async def test_a_paced_summary_resource_notifies_at_most_once_per_interval(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """``rating://games/{id}/summary/every/{ms}``: a burst of writes is one notification per
+    interval at most, and the last write is in the summary read after the last one."""
+    server = server_factory()
+    uri, interval, writes = "rating://games/paced/summary/every/300", 0.3, 12
+    async with McpClient(
+        mcp_over_stdio(server, server.token("agent")), read_timeout_seconds=20
+    ) as mcp:
+        assert json.loads((await mcp.read_resource(uri)).contents[0].text)["count"] == 0
+        async with (
+            mcp.listen(resource_subscriptions=[uri]) as sub,
+            httpx.AsyncClient(base_url=server.base_url) as http,
+        ):
+            started = time.monotonic()
+            for n in range(writes):
+                answer = await http.put(
+                    f"/games/paced/ratings/u{n}",
+                    json={"score": 4},
+                    headers={"Authorization": f"Bearer {server.token(f'u{n}')}"},
+                )
+                assert answer.status_code == 201
+            notified = 0
+            while True:
+                event = await asyncio.wait_for(sub.__anext__(), 10)
+                assert event.uri == uri
+                notified += 1
+                summary = json.loads((await mcp.read_resource(uri)).contents[0].text)
+                if summary["count"] == writes:
+                    break
+            assert notified <= (time.monotonic() - started) / interval + 2
+
+
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 async def test_a_handshake_era_client_subscribes_with_resources_subscribe(
     server_factory: Callable[..., ServerProcess],

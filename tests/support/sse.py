@@ -41,6 +41,7 @@ class SseStream:
         last_event_id: str | None = None,
         headers: dict[str, str] | None = None,
         filter: str | None = None,
+        params: dict[str, str] | None = None,
     ) -> SseStream:
         client = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=30))
         sent = {"Accept": "text/event-stream", **(headers or {})}
@@ -48,10 +49,10 @@ class SseStream:
             sent["Authorization"] = f"Bearer {token}"
         if last_event_id is not None:
             sent["Last-Event-ID"] = last_event_id
-        params = [("topic", topic) for topic in topics]
+        query = [("topic", topic) for topic in topics] + list((params or {}).items())
         if filter is not None:
-            params.append(("filter", filter))
-        request = client.build_request("GET", "/stream", params=params, headers=sent)
+            query.append(("filter", filter))
+        request = client.build_request("GET", "/stream", params=query, headers=sent)
         response = await client.send(request, stream=True)
         return cls(response, client)
 

@@ -8,6 +8,7 @@ import {
   type Snapshot,
   type StreamItem,
   type Summary,
+  SummaryState,
   type Update,
   type WireRating,
   type WireUpdate,
@@ -16,7 +17,13 @@ import {
   updateFromWire,
 } from "./models.js";
 import { CLOSED, abortReason } from "./queue.js";
-import { type Refusal, StreamConnection, type Subscription, type TokenProvider } from "./stream.js";
+import {
+  type QueuedItem,
+  type Refusal,
+  StreamConnection,
+  type Subscription,
+  type TokenProvider,
+} from "./stream.js";
 import { tokenClaims } from "./token.js";
 
 /** Options of {@link RatewireClient}. */
@@ -60,6 +67,18 @@ export interface SubscribeOptions {
   /** `"yield"` (default) hands out a {@link Gap}; `"throw"` throws a {@link GapError}. */
   onGap?: "yield" | "throw";
   /** Ends the subscription: the pending `next()` rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link RatewireClient.summaries}. */
+export interface SummaryOptions {
+  /** At most one state per this many ms (default 1,000; at least 50). */
+  intervalMs?: number;
+  /** `summary.games.top`: how many games (as `topGames`). */
+  limit?: number;
+  /** `summary.games.top`: the least ratings a game needs (as `topGames`). */
+  minCount?: number;
+  /** Ends the iteration: the pending `next()` rejects with the signal's reason. */
   signal?: AbortSignal;
 }
 
@@ -169,14 +188,45 @@ export class RatewireClient {
         if (item === CLOSED) return;
         if (item instanceof Error) throw item;
         if (item instanceof Gap && options.onGap === "throw") throw new GapError(item);
-        yield item;
+        if (!(item instanceof SummaryState)) yield item; // never on a rating topic
       }
     } finally {
       this.#stream.remove(sub);
     }
   }
 
-  #next(sub: Subscription, signal?: AbortSignal): Promise<StreamItem | Error | typeof CLOSED> {
+  /**
+   * The state of `summary.game.{id}` (a game's summary) or `summary.games.top` (the top list;
+   * `limit` and `minCount` as {@link topGames} takes them): the current one at once, then at
+   * most one per `intervalMs` (50 or more) and only when it changed; the latest state always
+   * arrives. Across reconnects it starts again with the state then (no history to replay).
+   */
+  async *summaries(
+    topic: string,
+    options: SummaryOptions = {},
+  ): AsyncGenerator<SummaryState, void, undefined> {
+    const { signal, intervalMs = 1000, limit, minCount } = options;
+    if (!Number.isInteger(intervalMs) || intervalMs < 50) {
+      throw new RangeError(`intervalMs must be an integer of at least 50; got ${intervalMs}`);
+    }
+    if (signal?.aborted) throw abortReason(signal);
+    const wire: Record<string, number> = { intervalMs };
+    if (limit !== undefined) wire.limit = limit;
+    if (minCount !== undefined) wire.minCount = minCount;
+    const sub: Subscription = this.#stream.addSummary(topic, wire);
+    try {
+      for (;;) {
+        const item = await this.#next(sub, signal);
+        if (item === CLOSED) return;
+        if (item instanceof Error) throw item;
+        if (item instanceof SummaryState) yield item;
+      }
+    } finally {
+      this.#stream.removeSummary(sub);
+    }
+  }
+
+  #next(sub: Subscription, signal?: AbortSignal): Promise<QueuedItem | Error | typeof CLOSED> {
     if (sub.queue.size === 0 && this.#stream.failure !== null) {
       return Promise.resolve(this.#stream.failure); // ended for good, after what was queued
     }

@@ -29,6 +29,7 @@ export {
   Snapshot,
   type StreamItem,
   type Summary,
+  SummaryState,
   Update,
   type WireRating,
 } from "./models.js";
@@ -38,6 +39,7 @@ export {
   type RateOptions,
   RatewireClient,
   type SubscribeOptions,
+  type SummaryOptions,
   restUrlFor,
 } from "./client.js";
 export type { Refusal, TokenProvider } from "./stream.js";

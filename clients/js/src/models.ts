@@ -91,6 +91,38 @@ export class Gap {
 /** What a subscription yields. */
 export type StreamItem = Update | Snapshot | Gap;
 
+/**
+ * The state of a summary stream ({@link RatewireClient.summaries}) as of `offset`: a game's
+ * `summary` on `summary.game.{id}` (`offset`: the `rating.game.{id}` offset it includes), or
+ * the `games` of `summary.games.top`, best first (`offset`: the `rating.global` offset it
+ * includes at least). Each one replaces the one before.
+ */
+export class SummaryState {
+  readonly kind = "summary" as const;
+  constructor(
+    readonly topic: string,
+    readonly offset: number,
+    /** The game's summary (`summary.game.{id}`; null on the top list). */
+    readonly summary: Summary | null,
+    /** The top list (`summary.games.top`; empty on a game's stream). */
+    readonly games: Summary[],
+    /** `data` as the server sent it. */
+    readonly data: Record<string, unknown>,
+  ) {}
+
+  /** A `summary` frame as the server sends it. */
+  static fromWire(frame: Record<string, unknown>): SummaryState {
+    const data = frame.data as Record<string, unknown>;
+    const topic = String(frame.topic);
+    const offset = Number(frame.offset);
+    if (Array.isArray(data.items)) {
+      const games = (data.items as WireSummary[]).map(summaryFromWire);
+      return new SummaryState(topic, offset, null, games, data);
+    }
+    return new SummaryState(topic, offset, summaryFromWire(data as unknown as WireSummary), [], data);
+  }
+}
+
 /** `GET /topics/{topic}/events`: retained events after an offset. */
 export interface HistoryPage {
   readonly topic: string;

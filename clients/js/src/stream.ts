@@ -7,6 +7,11 @@
  * last offset and drops anything at or below it, so a replay that overlaps (a second iterator
  * joining a topic from further back) never repeats an update to an iterator that had it.
  *
+ * Summary streams (`summary.game.{id}`, `summary.games.top`) carry state, not events: they have
+ * no offsets to resume, so a reconnect subscribes them again and the server sends the current
+ * state at once; a second iterator of a followed summary topic starts with the last state the
+ * connection received.
+ *
  * Iterators' queues are bounded (`maxQueue`): an iterator that falls behind stops the
  * connection's reader; in Node the socket is paused, the server's send buffer fills, and the
  * server cuts the connection (4009); the client reconnects and resumes. Nothing is lost, and
@@ -18,6 +23,7 @@ import {
   Gap,
   Snapshot,
   type StreamItem,
+  SummaryState,
   type WireUpdate,
   summaryFromWire,
   updateFromWire,
@@ -32,6 +38,10 @@ export type TokenProvider = () => string | Promise<string>;
 /** Close codes that are about the token: renewable through a provider, else final. */
 const AUTH_CLOSE_CODES: Record<number, string> = { 4001: "token refused", 4002: "token expired" };
 const WILDCARD = "rating.game.*";
+const SUMMARY_PREFIX = "summary.";
+
+/** What an iterator's queue holds. */
+export type QueuedItem = StreamItem | SummaryState;
 
 /** One iterator's view of a topic. */
 export class Subscription {
@@ -39,7 +49,7 @@ export class Subscription {
   readonly last = new Map<string, number>();
   constructor(
     readonly topic: string,
-    readonly queue: BoundedQueue<StreamItem | Error>,
+    readonly queue: BoundedQueue<QueuedItem | Error>,
     public snapshot: boolean,
   ) {}
 
@@ -77,6 +87,10 @@ export class StreamConnection {
   readonly #epoch = new Map<string, string>();
   /** The filter each filtered topic is followed with (the server holds one per topic). */
   readonly #filters = new Map<string, string>();
+  /** Summary topics: their iterators, subscribe options and last state received. */
+  readonly #summarySubs = new Map<string, Subscription[]>();
+  readonly #summaryOptions = new Map<string, Record<string, number>>();
+  readonly #summaryLast = new Map<string, SummaryState>();
   #socket: FrameSocket | null = null;
   #subscribedThisSession = false;
   #running: Promise<void> | null = null;
@@ -142,6 +156,52 @@ export class StreamConnection {
     return sub;
   }
 
+  /**
+   * Register an iterator of the summary topic `topic`; `options` (`intervalMs`, `limit`,
+   * `minCount`) are the topic's for this connection: an iterator asking for others subscribes
+   * the topic again with them.
+   */
+  addSummary(topic: string, options: Record<string, number>): Subscription {
+    const sub = new Subscription(topic, new BoundedQueue(this.options.maxQueue), false);
+    if (this.closed) {
+      sub.queue.close();
+      return sub;
+    }
+    const subs = this.#summarySubs.get(topic) ?? [];
+    subs.push(sub);
+    this.#summarySubs.set(topic, subs);
+    const changed = JSON.stringify(this.#summaryOptions.get(topic)) !== JSON.stringify(options);
+    this.#summaryOptions.set(topic, options);
+    const last = this.#summaryLast.get(topic);
+    if (changed || last === undefined) {
+      if (this.#socket !== null) this.#subscribeSummary(this.#socket, topic);
+    } else {
+      sub.queue.force(last); // the state the others have: the server sends no other
+    }
+    this.#running ??= this.#run();
+    return sub;
+  }
+
+  /** A summary iterator ended: forget it, and unsubscribe when it was the last one. */
+  removeSummary(sub: Subscription): void {
+    sub.queue.close();
+    const subs = (this.#summarySubs.get(sub.topic) ?? []).filter((other) => other !== sub);
+    if (subs.length > 0) {
+      this.#summarySubs.set(sub.topic, subs);
+      return;
+    }
+    if (this.#summarySubs.delete(sub.topic)) {
+      this.#summaryOptions.delete(sub.topic);
+      this.#summaryLast.delete(sub.topic);
+      this.#socket?.send({ action: "unsubscribe", topic: sub.topic });
+    }
+  }
+
+  #subscribeSummary(socket: FrameSocket, topic: string): void {
+    const options = this.#summaryOptions.get(topic) ?? {};
+    socket.send({ action: "subscribe", topic, id: topic, ...options });
+  }
+
   /** An iterator ended: forget it, and the topic when it was the last one following it. */
   remove(sub: Subscription): void {
     sub.queue.close();
@@ -162,8 +222,11 @@ export class StreamConnection {
     if (this.closed) return;
     this.#stop.abort(new SubscriptionRefused("the client was closed"));
     this.#socket?.close(1000, "client closed");
-    for (const subs of this.#subs.values()) for (const sub of subs) sub.queue.close();
+    for (const subs of [...this.#subs.values(), ...this.#summarySubs.values()]) {
+      for (const sub of subs) sub.queue.close();
+    }
     this.#subs.clear();
+    this.#summarySubs.clear();
     await this.#running;
   }
 
@@ -253,6 +316,7 @@ export class StreamConnection {
     for (const [topic, subs] of this.#subs) {
       this.#subscribe(socket, topic, subs.some((sub) => sub.snapshot));
     }
+    for (const topic of this.#summarySubs.keys()) this.#subscribeSummary(socket, topic);
     const refresher = this.#refreshBeforeExpiry(socket, token);
     try {
       for (;;) {
@@ -337,8 +401,17 @@ export class StreamConnection {
         return;
       }
       case "subscribed":
-        await this.#subscribed(frame);
+        if (!String(frame.topic).startsWith(SUMMARY_PREFIX)) await this.#subscribed(frame);
         return;
+      case "summary": {
+        const topic = String(frame.topic);
+        const subs = this.#summarySubs.get(topic);
+        if (subs === undefined) return; // unsubscribed meanwhile
+        const state = SummaryState.fromWire(frame);
+        this.#summaryLast.set(topic, state);
+        for (const sub of subs) await sub.queue.put(state);
+        return;
+      }
       case "snapshot": {
         const topic = String(frame.topic);
         const offset = Number(frame.offset);
@@ -353,8 +426,18 @@ export class StreamConnection {
         return;
       }
       case "error": {
-        const refused = ["forbidden", "unknown_topic", "bad_filter"];
-        if (refused.includes(String(frame.code))) {
+        const refused = String(frame.id ?? "");
+        const summarySubs = this.#summarySubs.get(refused);
+        if (summarySubs !== undefined) {
+          // A refused summary subscribe (its options, say): its iterators end with the reason.
+          this.#summarySubs.delete(refused);
+          this.#summaryOptions.delete(refused);
+          for (const sub of summarySubs) {
+            sub.queue.force(new SubscriptionRefused(`${refused}: ${String(frame.message)}`));
+          }
+          return;
+        }
+        if (["forbidden", "unknown_topic", "bad_filter"].includes(String(frame.code))) {
           const topic = String(frame.id ?? "");
           const subs = this.#subs.get(topic) ?? [];
           this.#subs.delete(topic);
@@ -394,6 +477,8 @@ export class StreamConnection {
 
   #fail(error: Error): void {
     this.failure = error;
-    for (const subs of this.#subs.values()) for (const sub of subs) sub.queue.force(error);
+    for (const subs of [...this.#subs.values(), ...this.#summarySubs.values()]) {
+      for (const sub of subs) sub.queue.force(error);
+    }
   }
 }

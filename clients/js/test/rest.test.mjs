@@ -10,6 +10,8 @@ import {
   PreconditionFailed,
   RateLimited,
   RatewireClient,
+  SubscriptionRefused,
+  SummaryState,
   Unauthorized,
   restUrlFor,
 } from "../dist/index.js";
@@ -146,4 +148,27 @@ test("429 is RateLimited with its Retry-After", async () => {
     await client.close();
     await limited.stop();
   }
+});
+
+test("summaries: a game's state at once, then its changes; the top list; bad options", async () => {
+  const client = clientAs("sum");
+  const states = client.summaries("summary.game.js-sum", { intervalMs: 50 });
+  const first = (await states.next()).value;
+  assert.ok(first instanceof SummaryState);
+  assert.deepEqual([first.offset, first.summary.count, first.games], [0, 0, []]);
+  await client.rate("js-sum", 5);
+  const second = (await states.next()).value;
+  assert.deepEqual([second.offset, second.summary.count], [1, 1]);
+  assert.deepEqual(second.data, await (await fetch(`${server.baseUrl}/games/js-sum/summary`)).json());
+  await states.return();
+  const top = client.summaries("summary.games.top", { intervalMs: 50, limit: 1 });
+  const ranked = (await top.next()).value;
+  const rest = await (await fetch(`${server.baseUrl}/games/top?limit=1`)).json();
+  assert.deepEqual(ranked.data, rest);
+  assert.equal(ranked.summary, null);
+  await top.return();
+  await assert.rejects(client.summaries("summary.game.x", { intervalMs: 10 }).next(), RangeError);
+  const refused = client.summaries("summary.game.x", { limit: 3 });
+  await assert.rejects(refused.next(), SubscriptionRefused);
+  await client.close();
 });

@@ -1,4 +1,4 @@
-"""``ratewire tail``: print a topic's updates as they come."""
+"""``ratewire tail``: print a topic's updates (or a summary topic's states) as they come."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ from ratewire.cli.common import (
 @click.command()
 @click.argument("topic")
 @click.option("--since", type=click.IntRange(min=0), default=None, help="replay after this offset")
+@click.option(
+    "--interval-ms",
+    type=click.IntRange(min=50),
+    default=1000,
+    show_default=True,
+    help="summary topics: at most one state per this many ms",
+)
+@click.option("--limit", type=click.IntRange(1, 500), default=None, help="summary.games.top: games")
+@click.option(
+    "--min-count", type=click.IntRange(min=1), default=None, help="summary.games.top: least ratings"
+)
 @click.option("--json", "as_json", is_flag=True, help="print each frame as one JSON line")
 @click.option(
     "--filter",
@@ -34,6 +45,9 @@ from ratewire.cli.common import (
 def tail(
     topic: str,
     since: int | None,
+    interval_ms: int,
+    limit: int | None,
+    min_count: int | None,
     as_json: bool,
     expression: str | None,
     url: str | None,
@@ -41,7 +55,10 @@ def tail(
     config_path: Path | None,
     auth_path: Path | None,
 ) -> None:
-    """Print TOPIC's rating updates as they come (reconnects and resumes by itself)."""
+    """Print TOPIC's rating updates as they come (reconnects and resumes by itself).
+
+    A summary topic (summary.game.ID, summary.games.top) prints its state at once, then at
+    most one per --interval-ms, when it changes."""
     from ratewire.client import Client, RatewireError
     from ratewire.security.tokens import SCOPE_ADMIN
 
@@ -70,6 +87,13 @@ def tail(
     async def follow() -> None:
         provider = None if token_value else mint
         async with Client(url, token_value, provider) as client:
+            if topic.startswith("summary."):
+                states = client.summaries(
+                    topic, interval_ms=interval_ms, limit=limit, min_count=min_count
+                )
+                async for state in states:
+                    click.echo(_summary_line(state, as_json=as_json, colour=colour))
+                return
             async for item in client.subscribe(topic, since, filter=expression):
                 click.echo(_tail_line(item, as_json=as_json, colour=colour))
 
@@ -139,3 +163,28 @@ def _tail_line(item: object, *, as_json: bool, colour: bool) -> str:
         kind = click.style(kind, fg=_EVENT_COLOURS[item.event], bold=True)
         body = body.replace(f"score={rating.score}", f"score={'★' * rating.score}")
     return f"{head} {kind} {body}"
+
+
+def _summary_line(state: object, *, as_json: bool, colour: bool) -> str:
+    """One summary state as ``ratewire tail`` prints it."""
+    import orjson
+
+    from ratewire.client import Summary, SummaryUpdate
+
+    assert isinstance(state, SummaryUpdate)
+    if as_json:
+        frame = {"type": "summary", "topic": state.topic, "offset": state.offset}
+        return orjson.dumps({**frame, "data": state.data}).decode()
+
+    def brief(summary: Summary) -> str:
+        mean = "-" if summary.mean is None else f"{summary.mean:.2f}"
+        bayesian = "-" if summary.bayesian_mean is None else f"{summary.bayesian_mean:.2f}"
+        return f"game={summary.game_id} count={summary.count} mean={mean} bayesian={bayesian}"
+
+    head = f"{state.topic} #{state.offset}"
+    if colour:
+        head = click.style(head, dim=True)
+    if state.summary is not None:
+        return f"{head} {brief(state.summary)}"
+    ranked = "; ".join(f"{n}. {brief(game)}" for n, game in enumerate(state.games, start=1))
+    return f"{head} {ranked or '(no games)'}"

@@ -28,6 +28,7 @@ from ratewire.client.models import (
     Snapshot,
     SubscriptionRefused,
     Summary,
+    SummaryUpdate,
     Unauthorized,
     Update,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "StreamClosed",
     "SubscriptionRefused",
     "Summary",
+    "SummaryUpdate",
     "SyncClient",
     "TokenProvider",
     "Unauthorized",

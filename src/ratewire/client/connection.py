@@ -6,6 +6,11 @@ came after it (``since``, with the topic's epoch). Each iterator also keeps its 
 offset and drops anything at or below it, so a replay that overlaps (a second iterator
 joining a topic from further back) never repeats an update to an iterator that had it.
 
+Summary streams (``summary.game.{id}``, ``summary.games.top``) carry state, not events: they
+have no offsets to resume, so a reconnect subscribes them again and the server sends the
+current state at once; a second iterator of a followed summary topic starts with the last
+state the connection received.
+
 Iterators' queues are bounded (``max_queue``): an iterator that falls behind stops the
 connection's reader, the server's send buffer fills, and the server cuts the connection
 (4009); the client reconnects and resumes, with memory bounded on both sides.
@@ -40,6 +45,7 @@ from ratewire.client.models import (
     Snapshot,
     SubscriptionRefused,
     Summary,
+    SummaryUpdate,
     Update,
 )
 
@@ -48,10 +54,11 @@ RECONNECTING = "connection lost (close code %s); reconnecting and resuming"
 
 #: A token, or a callable (sync or async) that returns a fresh one.
 TokenProvider = Callable[[], str | Awaitable[str]]
-Item = Update | Gap | Snapshot
+Item = Update | Gap | Snapshot | SummaryUpdate
 #: Close codes that mean the token: renewable through a token provider, else final.
 AUTH_CLOSE_CODES = {4001: "token refused", 4002: "token expired"}
 WILDCARD = "rating.game.*"
+SUMMARY_PREFIX = "summary."
 #: The WebSocket subprotocol the client offers (``Sec-WebSocket-Protocol``).
 SUBPROTOCOL = Subprotocol("ratewire.v1")
 
@@ -123,6 +130,10 @@ class StreamConnection:
         #: Last offset handed to the topic's iterators, and the epoch it belongs to.
         self._position: dict[str, int] = {}
         self._epoch: dict[str, str] = {}
+        #: Summary topics: their iterators, subscribe options and last state received.
+        self._summary_subs: dict[str, list[Subscription]] = {}
+        self._summary_options: dict[str, dict[str, int]] = {}
+        self._summary_last: dict[str, SummaryUpdate] = {}
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -166,6 +177,41 @@ class StreamConnection:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ratewire-stream")
         return sub
+
+    async def add_summary(self, topic: str, options: dict[str, int]) -> Subscription:
+        """Register an iterator of the summary topic ``topic``; ``options`` (``intervalMs``,
+        ``limit``, ``minCount``) are the topic's for this connection: an iterator asking for
+        others subscribes the topic again with them."""
+        sub = Subscription(topic, asyncio.Queue(self._max_queue))
+        subs = self._summary_subs.setdefault(topic, [])
+        changed = self._summary_options.get(topic) != options
+        self._summary_options[topic] = options
+        subs.append(sub)
+        last = self._summary_last.get(topic)
+        if changed or last is None:
+            if self._ws is not None:
+                await self._subscribe_summary(self._ws, topic)
+        else:
+            await sub.queue.put(last)  # the state the others have: the server sends no other
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ratewire-stream")
+        return sub
+
+    async def remove_summary(self, sub: Subscription) -> None:
+        subs = self._summary_subs.get(sub.topic, [])
+        if sub in subs:
+            subs.remove(sub)
+        if not subs:
+            self._summary_subs.pop(sub.topic, None)
+            self._summary_options.pop(sub.topic, None)
+            self._summary_last.pop(sub.topic, None)
+            if self._ws is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send(self._ws, {"action": "unsubscribe", "topic": sub.topic})
+
+    async def _subscribe_summary(self, ws: ClientConnection, topic: str) -> None:
+        options = self._summary_options.get(topic, {})
+        await self._send(ws, {"action": "subscribe", "topic": topic, "id": topic, **options})
 
     async def remove(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic, [])
@@ -273,6 +319,8 @@ class StreamConnection:
         log.info("connected to %s", self.url)
         for topic in list(self._subs):
             await self._subscribe(ws, topic, snapshot=any(s.snapshot for s in self._subs[topic]))
+        for topic in list(self._summary_subs):
+            await self._subscribe_summary(ws, topic)
         refresher = asyncio.create_task(self._refresh_before_expiry(ws, token))
         subscribed = False
         try:
@@ -332,8 +380,11 @@ class StreamConnection:
             for sub in self._targets(topic):
                 if (put := sub.offer(topic, offset, update)) is not None:
                     await put
+        elif kind == "summary":
+            await self._summary(frame)
         elif kind == "subscribed":
-            await self._subscribed(frame)
+            if not str(frame.get("topic", "")).startswith(SUMMARY_PREFIX):
+                await self._subscribed(frame)
         elif kind == "snapshot":
             topic, offset = frame["topic"], frame["offset"]
             snapshot = Snapshot(topic, offset, Summary.from_wire(frame["data"]))
@@ -343,6 +394,11 @@ class StreamConnection:
                     sub.snapshot = False
                     sub.last[topic] = offset
                     await sub.queue.put(snapshot)
+        elif kind == "error" and str(frame.get("id", "")) in self._summary_subs:
+            topic = str(frame.get("id"))  # a refused summary subscribe (its options, say)
+            self._summary_options.pop(topic, None)
+            for sub in self._summary_subs.pop(topic, []):
+                await sub.queue.put(SubscriptionRefused(f"{topic}: {frame.get('message')}"))
         elif kind == "error" and frame.get("code") in ("forbidden", "unknown_topic", "bad_filter"):
             topic = str(frame.get("id", ""))
             self._filters.pop(topic, None)
@@ -350,6 +406,14 @@ class StreamConnection:
                 await sub.queue.put(SubscriptionRefused(f"{topic}: {frame.get('message')}"))
         elif kind == "error":
             log.warning("server: %s", frame.get("message"))
+
+    async def _summary(self, frame: dict[str, Any]) -> None:
+        topic = frame["topic"]
+        if topic not in self._summary_subs:
+            return  # unsubscribed meanwhile
+        state = self._summary_last[topic] = SummaryUpdate.from_wire(frame)
+        for sub in self._summary_subs[topic]:
+            await sub.queue.put(state)
 
     async def _subscribed(self, frame: dict[str, Any]) -> None:
         topic, offset = frame["topic"], frame.get("offset", 0)
@@ -375,7 +439,7 @@ class StreamConnection:
 
     def _fail(self, error: BaseException) -> None:
         self.failure = error
-        for subs in self._subs.values():
+        for subs in [*self._subs.values(), *self._summary_subs.values()]:
             for sub in subs:
                 with contextlib.suppress(asyncio.QueueFull):
                     sub.queue.put_nowait(error)

@@ -27,6 +27,7 @@ from ratewire.client.models import (
     Rating,
     Snapshot,
     Summary,
+    SummaryUpdate,
     Update,
     api_error,
 )
@@ -162,9 +163,41 @@ class ClientCore:
                     raise item
                 if isinstance(item, Gap) and on_gap == "raise":
                     raise GapError(item)
-                yield item
+                if not isinstance(item, SummaryUpdate):  # never on a rating topic
+                    yield item
         finally:
             await self.stream.remove(sub)
+
+    async def summaries(
+        self,
+        topic: str,
+        *,
+        interval_ms: int = 1000,
+        limit: int | None = None,
+        min_count: int | None = None,
+    ) -> AsyncIterator[SummaryUpdate]:
+        """The state of ``summary.game.{id}`` (a game's summary) or ``summary.games.top`` (the
+        top list; ``limit`` and ``min_count`` as :meth:`top_games` takes them): the current
+        one at once, then at most one per ``interval_ms`` (50 or more) and only when it
+        changed; the latest state always arrives. Across reconnects it starts again with the
+        state then (summaries have no history to replay)."""
+        if interval_ms < 50:
+            raise ValueError(f"interval_ms must be at least 50; got {interval_ms}")
+        options = {"intervalMs": interval_ms}
+        if limit is not None:
+            options["limit"] = limit
+        if min_count is not None:
+            options["minCount"] = min_count
+        sub = await self.stream.add_summary(topic, options)
+        try:
+            while True:
+                item = await self._next(sub)
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, SummaryUpdate):
+                    yield item
+        finally:
+            await self.stream.remove_summary(sub)
 
     async def _next(self, sub: Subscription) -> Item | BaseException:
         if sub.queue.empty() and self.stream.failure is not None:

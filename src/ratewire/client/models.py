@@ -95,6 +95,31 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class SummaryUpdate:
+    """The state of a summary stream (``Client.summaries``), as of ``offset``: a game's
+    ``summary`` on ``summary.game.{id}`` (``offset`` is the ``rating.game.{id}`` offset it
+    includes), or the ``games`` of ``summary.games.top`` (``offset``: the ``rating.global``
+    offset it includes at least). Each one replaces the one before."""
+
+    topic: str
+    offset: int
+    #: The game's summary (``summary.game.{id}``; None on the top list).
+    summary: Summary | None
+    #: The top list, best first (``summary.games.top``; empty on a game's stream).
+    games: list[Summary]
+    #: ``data`` as the server sent it (camelCase JSON fields).
+    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_wire(cls, frame: dict[str, Any]) -> SummaryUpdate:
+        data = frame["data"]
+        if "items" in data:
+            games = [Summary.from_wire(item) for item in data["items"]]
+            return cls(frame["topic"], frame["offset"], None, games, data)
+        return cls(frame["topic"], frame["offset"], Summary.from_wire(data), [], data)
+
+
+@dataclass(frozen=True, slots=True)
 class Gap:
     """The server could not replay what this subscription missed: its history no longer
     reaches ``after`` (or the epoch changed, after a restore). Updates go on from

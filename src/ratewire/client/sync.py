@@ -13,7 +13,15 @@ from typing import Any, Literal, TypeVar
 
 from ratewire.client.connection import TokenProvider
 from ratewire.client.core import KEEP, ClientCore
-from ratewire.client.models import Gap, HistoryPage, Rating, Snapshot, Summary, Update
+from ratewire.client.models import (
+    Gap,
+    HistoryPage,
+    Rating,
+    Snapshot,
+    Summary,
+    SummaryUpdate,
+    Update,
+)
 
 T = TypeVar("T")
 
@@ -89,6 +97,28 @@ class SyncClient:
                 self.close()
 
     subscribe_sync = subscribe
+
+    def summaries(
+        self,
+        topic: str,
+        *,
+        interval_ms: int = 1000,
+        limit: int | None = None,
+        min_count: int | None = None,
+    ) -> Iterator[SummaryUpdate]:
+        """:meth:`Client.summaries <ratewire.client.Client.summaries>` as a plain iterator."""
+        states = self.client.summaries(
+            topic, interval_ms=interval_ms, limit=limit, min_count=min_count
+        )
+        try:
+            while True:
+                try:
+                    yield self._call(states.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._loop.is_closed():
+                self._call(states.aclose())  # type: ignore[attr-defined]
 
     def summary(self, game_id: str) -> Summary:
         return self._call(self.client.summary(game_id))

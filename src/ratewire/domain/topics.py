@@ -11,6 +11,8 @@ GLOBAL_TOPIC = "rating.global"
 GAME_PREFIX = "rating.game."
 USER_PREFIX = "rating.user."
 GAME_WILDCARD = "rating.game.*"
+SUMMARY_GAME_PREFIX = "summary.game."
+SUMMARY_TOP_TOPIC = "summary.games.top"
 
 
 class TopicKind(Enum):
@@ -60,6 +62,40 @@ def parse_topic(name: str) -> Topic | None:
         if name.startswith(prefix):
             key = name[len(prefix) :]
             return Topic(kind, key) if is_identifier(key) else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryTopic:
+    """A summary stream: one game's summary (``game_id`` set) or the top list (empty).
+
+    Kept apart from :class:`Topic`: summary topics carry state, not events, so they have no
+    offsets, history, webhooks or REST events of their own, and nothing that takes a
+    ``Topic`` can be handed one by mistake."""
+
+    game_id: str = ""
+
+    @property
+    def name(self) -> str:
+        return SUMMARY_GAME_PREFIX + self.game_id if self.game_id else SUMMARY_TOP_TOPIC
+
+    @property
+    def is_top(self) -> bool:
+        return not self.game_id
+
+
+def is_summary_name(name: str) -> bool:
+    """Whether ``name`` is in the summary namespace (valid or not): ``summary.``..."""
+    return name.startswith("summary.")
+
+
+def parse_summary_topic(name: str) -> SummaryTopic | None:
+    """The summary topic named ``name``, or ``None`` if there is no such summary topic."""
+    if name == SUMMARY_TOP_TOPIC:
+        return SummaryTopic()
+    if name.startswith(SUMMARY_GAME_PREFIX):
+        key = name[len(SUMMARY_GAME_PREFIX) :]
+        return SummaryTopic(key) if is_identifier(key) else None
     return None
 
 

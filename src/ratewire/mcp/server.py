@@ -7,7 +7,8 @@ resource-updated event for a game's summary on each of its changes, which reache
 client listening for that URI (``subscriptions/listen``, MCP 2026-07-28) as
 ``notifications/resources/updated``. Clients still on a handshake-era protocol version (up to
 2025-11-25) subscribe with ``resources/subscribe`` instead and are sent the same notification
-on their session.
+on their session. ``rating://games/{game_id}/summary/every/{interval_ms}`` is the same
+resource with notifications at most once per interval (:mod:`ratewire.mcp.paced`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ratewire.mcp.auth import (
     resource_url,
     transport_security,
 )
+from ratewire.mcp.paced import PACED_PATTERN, PACED_URI, PacedSummaries, interval_problem
 
 log = logging.getLogger("ratewire.mcp")
 
@@ -62,7 +64,8 @@ mean, Bayesian mean, histogram), the top games, recent ratings of a game or a us
 topic's change history; submit a rating. Subscribe to rating://games/{id}/summary to be told
 when that game's ratings change. watch_events waits for a topic's next changes that pass a
 filter (a CEL expression such as data.score <= 2) and returns them with the offset to go on
-from."""
+from. Or to rating://games/{id}/summary/every/{ms} to be told at most once every {ms}
+milliseconds (50 or more)."""
 
 
 def summary_uri(game_id: str) -> str:
@@ -144,8 +147,10 @@ class RatewireMCP:
         # (a notification to it is dropped, not refused).
         self._legacy_subscribers: dict[str, weakref.WeakSet[Connection]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.paced = PacedSummaries(self.client, self._notify)
         self._register()
         self._serve_legacy_subscriptions()
+        self._serve_paced_listens()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: MCPServer[None]) -> AsyncIterator[None]:
@@ -166,6 +171,31 @@ class RatewireMCP:
         except RatewireError as exc:
             log.error("ratewire stream ended: %s; summary notifications stop", exc)
 
+    async def _notify(self, uri: str) -> None:
+        await self.bus.publish(ResourceUpdated(uri=uri))
+        await self._notify_legacy_subscribers(uri)
+
+    def _serve_paced_listens(self) -> None:
+        """Start a paced URI's summary stream with its first ``subscriptions/listen`` and end
+        it with its last: around the SDK's own handler, which serves the stream."""
+        lowlevel = self.server._lowlevel_server
+        entry = lowlevel.get_request_handler("subscriptions/listen")
+        if entry is None:
+            return
+        serve = entry.handler
+
+        async def listen(ctx: ServerRequestContext[Any, Any], params: Any) -> Any:
+            uris = [str(uri) for uri in (params.notifications.resource_subscriptions or ())]
+            for uri in uris:
+                self.paced.acquire(uri)
+            try:
+                return await serve(ctx, params)
+            finally:
+                for uri in uris:
+                    self.paced.release(uri)
+
+        lowlevel.add_request_handler("subscriptions/listen", entry.params_type, listen)
+
     async def _notify_legacy_subscribers(self, uri: str) -> None:
         for connection in list(self._legacy_subscribers.get(uri, ())):
             await connection.send_resource_updated(uri)  # never raises: dropped if it has gone
@@ -182,26 +212,40 @@ class RatewireMCP:
             return connection
 
         def checked_uri(uri: object) -> str:
-            if SUMMARY_URI_PATTERN.fullmatch(str(uri)) is None:
+            text = str(uri)
+            if (
+                SUMMARY_URI_PATTERN.fullmatch(text) is None
+                and PACED_PATTERN.fullmatch(text) is None
+            ):
                 raise MCPError(
                     types.INVALID_PARAMS,
-                    f"cannot subscribe to {uri}: only rating://games/{{game_id}}/summary",
+                    f"cannot subscribe to {uri}: only rating://games/{{game_id}}/summary and "
+                    "rating://games/{game_id}/summary/every/{interval_ms}",
                 )
-            return str(uri)
+            problem = interval_problem(text)
+            if problem is not None:
+                raise MCPError(types.INVALID_PARAMS, problem)
+            return text
 
         async def subscribe(
             ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
         ) -> types.EmptyResult:
             uri = checked_uri(params.uri)
-            self._legacy_subscribers.setdefault(uri, weakref.WeakSet()).add(connection_of(ctx))
+            subscribers = self._legacy_subscribers.setdefault(uri, weakref.WeakSet())
+            connection = connection_of(ctx)
+            if connection not in subscribers:
+                subscribers.add(connection)
+                self.paced.acquire(uri)
             return types.EmptyResult()
 
         async def unsubscribe(
             ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
         ) -> types.EmptyResult:
             subscribers = self._legacy_subscribers.get(str(params.uri))
-            if subscribers is not None:
-                subscribers.discard(connection_of(ctx))
+            connection = connection_of(ctx)
+            if subscribers is not None and connection in subscribers:
+                subscribers.discard(connection)
+                self.paced.release(str(params.uri))
             return types.EmptyResult()
 
         # MCPServer has no public hook for these two (the modern protocol dropped them); the
@@ -213,6 +257,7 @@ class RatewireMCP:
         )
 
     async def close(self) -> None:
+        await self.paced.close()
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -317,6 +362,16 @@ class RatewireMCP:
             mime_type="application/json",
         )
         async def game_summary_resource(game_id: str) -> dict[str, Any]:
+            return _summary(await client().summary(game_id))
+
+        @server.resource(
+            PACED_URI,
+            name="game-summary-paced",
+            description="A game's live rating summary; subscribe to be told of its changes at "
+            "most once every interval_ms milliseconds (50 or more)",
+            mime_type="application/json",
+        )
+        async def paced_summary_resource(game_id: str, interval_ms: str) -> dict[str, Any]:
             return _summary(await client().summary(game_id))
 
 

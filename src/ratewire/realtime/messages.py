@@ -24,6 +24,10 @@ class ClientMessage(msgspec.Struct, frozen=True):
     filter: str | None = None
     token: str | None = None
     id: Any = None
+    #: Summary topics' options (ratewire.services.summary_streams checks their ranges).
+    interval_ms: int | None = msgspec.field(default=None, name="intervalMs")
+    limit: int | None = None
+    min_count: int | None = msgspec.field(default=None, name="minCount")
 
 
 _decoder = msgspec.json.Decoder(ClientMessage)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-import orjson
-
 from ratewire.audit import AuditContext
 from ratewire.audit.log import AuditLog
 from ratewire.config import LimitsSettings
@@ -26,26 +24,26 @@ from ratewire.domain import (
     GameSummary,
     Topic,
     TopicKind,
-    event_offset,
+    is_summary_name,
     parse_topic,
 )
-from ratewire.domain.filters import BadFilter, EventFilter, FilterInput, subscription_filter
+from ratewire.domain.filters import BadFilter, EventFilter, subscription_filter
 from ratewire.realtime import frames
 from ratewire.realtime.history import (
-    HistoryBehind,
     HistorySource,
     SnapshotUnavailable,
-    StreamHistory,
 )
 from ratewire.realtime.hub import Hub
 from ratewire.realtime.messages import BadMessage, ClientMessage, decode
+from ratewire.realtime.replay import replay
 from ratewire.realtime.slots import ConnectionSlots
+from ratewire.realtime.summary_subscriptions import SessionSummaries
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
+from ratewire.services.summary_streams import SummaryStreams
 
 PROTOCOL_VERSION = 1
-REPLAY_PAGE = 256
 
 log = logging.getLogger("ratewire.realtime")
 CLOSE_GOING_AWAY = 1001
@@ -92,7 +90,7 @@ def check_topic(principal: Principal, name: str) -> Topic | TopicRefusal:
         return TopicRefusal(
             "unknown_topic",
             f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
-            "rating.game.* and rating.user.{userId}",
+            "rating.game.*, rating.user.{userId}, summary.game.{gameId} and summary.games.top",
         )
     if not may_subscribe(principal, topic):
         return TopicRefusal("forbidden", f"this token may not subscribe to {topic.name}")
@@ -129,6 +127,8 @@ class RealtimeContext:
     #: Proxies whose forwarded client addresses are believed (server.trusted_proxies).
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     stats: ConnectionStats = field(default_factory=ConnectionStats)
+    #: Summary streams (None: this instance has no database to read summaries from).
+    summaries: SummaryStreams | None = None
 
     def now(self) -> float:
         return time.time()
@@ -149,6 +149,7 @@ class Session:
         "_expiry_timer",
         "_holds_user_slot",
         "_inbox",
+        "_summaries",
         "_worker",
         "client_id",
         "closed",
@@ -174,6 +175,8 @@ class Session:
         self.principal: Principal | None = None
         self.client_id = ""
         self.topics: dict[str, Topic] = {}
+        #: Summary subscriptions, made on the first (most connections hold none).
+        self._summaries: SessionSummaries | None = None
         self.closed = False
         # Created on first use: a deque costs ~600 bytes, and most connections never queue.
         self._inbox: deque[ClientMessage | bytes] | None = None
@@ -224,6 +227,8 @@ class Session:
         for name in self.topics:
             self._ctx.hub.drop(name, self)
         self.topics.clear()
+        if self._summaries is not None:
+            self._summaries.close()
         if self._holds_user_slot and self.principal is not None:
             self._holds_user_slot = False
             self._ctx.slots.release_user(self.principal.sub)
@@ -242,6 +247,8 @@ class Session:
         self._close_code = code
         for name in self.topics:
             self._ctx.hub.drop(name, self)
+        if self._summaries is not None:
+            self._summaries.close()
         self.peer.close(code, reason)
 
     # -- incoming frames -------------------------------------------------------------------
@@ -465,9 +472,20 @@ class Session:
             return
         if self.topics.pop(message.topic, None) is not None:
             self._ctx.hub.drop(message.topic, self)
+        elif self._summaries is not None:
+            self._summaries.unsubscribe(message.topic)
         self.send(frames.control("unsubscribed", message.id, topic=message.topic))
 
     async def _subscribe(self, message: ClientMessage) -> None:
+        summaries = self._summaries
+        held = len(self.topics) + (len(summaries) if summaries is not None else 0)
+        if message.topic and is_summary_name(message.topic):
+            assert self.principal is not None
+            if summaries is None:
+                summaries = self._summaries = SessionSummaries(self._ctx.summaries, self)
+            most = self._ctx.limits.max_subscriptions_per_connection
+            await summaries.subscribe(self.principal, message, held, most)
+            return
         topic = self._checked_topic(message)
         if topic is None:
             return
@@ -478,7 +496,7 @@ class Session:
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:
             hub.drop(topic.name, self)  # subscribing again restarts it (e.g. to resume)
-        elif len(self.topics) >= (most := self._ctx.limits.max_subscriptions_per_connection):
+        elif held >= (most := self._ctx.limits.max_subscriptions_per_connection):
             # Each subscription costs the hub a set entry: one connection may not hold unbounded.
             self.send(
                 frames.error(
@@ -496,8 +514,17 @@ class Session:
                 recovered["filter"] = event_filter.source
             # min_seq: every event history could have shown has seq <= min_seq.
             if message.since is not None:
-                after, min_seq, recovered["recovered"] = await self._replay(
-                    topic, message.since, message.epoch, event_filter
+                after, min_seq, recovered["recovered"] = await replay(
+                    store,
+                    topic,
+                    message.since,
+                    message.epoch,
+                    event_filter,
+                    send=self.send,
+                    drain=self.peer.drain,
+                    closed=lambda: self.closed,
+                    # Paced by bytes: a replay must never overflow the buffer it fills.
+                    budget=self._ctx.limits.send_buffer_bytes // 2,
                 )
             elif message.snapshot and topic.kind is TopicKind.GAME:
                 summary = await store.summary(topic.key)
@@ -544,53 +571,3 @@ class Session:
             )
         )
         hub.ready(topic.name, self, after, min_seq)
-
-    async def _replay(
-        self, topic: Topic, since: int, epoch: str | None, event_filter: EventFilter | None
-    ) -> tuple[int, int, bool]:
-        """Send every event after ``since`` if history still reaches it (with a filter, those
-        it passes).
-
-        Returns (the last offset sent or the head, its min_seq, whether the replay was
-        complete)."""
-        store = self._ctx.store
-        head, min_seq = await store.topic_position(topic)
-        if since > head and isinstance(store, StreamHistory) and epoch == store.epoch:
-            # Redis is behind what the client saw (its streams are being rebuilt after a
-            # loss): answering "not recovered" from here would send the client backwards.
-            raise HistoryBehind(f"{topic.name} is at {head} here, the client at {since}")
-        if not topic.has_history or (epoch is not None and epoch != store.epoch) or since > head:
-            return head, min_seq, False
-        if since == head:
-            return head, min_seq, True
-        page = await store.topic_events(topic, since, REPLAY_PAGE)
-        if not page or event_offset(page[0], topic) != since + 1:
-            return head, min_seq, False  # history no longer reaches since: no partial replay
-        last = since
-        # Paced by bytes: a replay must never overflow the send buffer it is filling.
-        budget = self._ctx.limits.send_buffer_bytes // 2
-        unsent = 0
-        matching = FilterInput() if event_filter is not None else None
-        while page:
-            for event in page:
-                last = event_offset(event, topic)
-                # Offsets and seqs grow together: the last event replayed has the highest seq.
-                min_seq = max(min_seq, event.seq)
-                if event_filter is not None and matching is not None:
-                    matching.load(event.kind, event.data)
-                    matching.place(topic.name, last)
-                    if not event_filter.test(matching):
-                        continue
-                data = orjson.dumps(event.data)
-                frame = frames.rating_update(topic.name, last, event.kind, data)
-                self.send(frame)
-                unsent += len(frame)
-                if unsent >= budget:
-                    await self.peer.drain()
-                    unsent = 0
-                    if self.closed:
-                        return last, min_seq, False
-            if self.closed or len(page) < REPLAY_PAGE:
-                break
-            page = await store.topic_events(topic, last, REPLAY_PAGE)
-        return last, min_seq, True

@@ -11,6 +11,9 @@ through the session, and :class:`SsePeer` turns the session's frames into events
   after what it delivered;
 - ``subscribed`` (with an ``id`` too, so a stream that ends before any update still resumes
   from where it began), and ``gap`` when history no longer reaches the cursor;
+- ``summary`` for summary topics (``?topic=summary.game.42&intervalMs=2000``; ``limit`` and
+  ``minCount`` for ``summary.games.top``): ``data`` is the WebSocket ``summary`` frame. They
+  have no offsets to resume: a reconnect starts with the current state;
 - ``error`` when the session ends the stream (revoked or expired token, too slow, shutdown).
 
 Like ``/ws`` it is a raw ASGI app dispatched in front of FastAPI (:func:`mount_realtime`), so
@@ -35,7 +38,7 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from ratewire.domain import TopicKind, parse_topic
+from ratewire.domain import TopicKind, is_summary_name, parse_topic
 from ratewire.domain.filters import BadFilter, subscription_filter
 from ratewire.realtime.handshake import (
     RATE_REFUSED_BODY,
@@ -54,6 +57,7 @@ from ratewire.realtime.session import (
     check_topic,
 )
 from ratewire.realtime.slots import RETRY_AFTER_SECONDS
+from ratewire.realtime.summary_subscriptions import SummaryRefusal, check_summary
 from ratewire.security.tokens import InvalidToken, Principal
 
 #: How long an ``EventSource`` waits before reconnecting (the ``retry:`` field), in ms.
@@ -72,6 +76,9 @@ class _CutShortIsExpected(logging.Filter):
 
 logging.getLogger("uvicorn.error").addFilter(_CutShortIsExpected())
 _UPDATE_PREFIX = b'{"type":"rating_update","topic":"'
+_SUMMARY_PREFIX = b'{"type":"summary",'
+#: Query parameters that are summary topics' subscribe options (JSON name -> message field).
+_SUMMARY_OPTIONS = {"intervalMs": "interval_ms", "limit": "limit", "minCount": "min_count"}
 _CURSOR_VERSION = "1"
 _EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _OFFSET = re.compile(r"[0-9]{1,18}")
@@ -186,6 +193,8 @@ class SsePeer(Outbox):
                 cache.clear()
             cache[key] = (frame, event)
             return event
+        if frame.startswith(_SUMMARY_PREFIX):
+            return self._format(b"summary", frame)  # the frame as it is: one per group
         message = orjson.loads(frame)
         kind = message.get("type")
         if kind == "subscribed":
@@ -330,8 +339,17 @@ class SseEndpoint(MainPortEndpoint):
         if len(asked) > (most := ctx.limits.max_subscriptions_per_connection):
             return _Refusal(400, f"a stream holds at most {most} topics")
         names = list(dict.fromkeys(asked))
+        options = _summary_options(query)
+        if isinstance(options, _Refusal):
+            return options
         followed: set[str] = set()
         for name in names:
+            if is_summary_name(name):
+                summary = check_summary(principal, name, **options)
+                if isinstance(summary, SummaryRefusal):
+                    status = {"forbidden": 403, "unknown_topic": 400}.get(summary.code, 400)
+                    return _Refusal(status, summary.message)
+                continue
             checked = check_topic(principal, name)
             if isinstance(checked, TopicRefusal):
                 return _Refusal(403 if checked.code == "forbidden" else 400, checked.message)
@@ -342,7 +360,8 @@ class SseEndpoint(MainPortEndpoint):
         expression = query.get("filter", [None])[-1]
         try:
             for name in names:
-                subscription_filter(expression, name)
+                if not is_summary_name(name):  # a summary is state, not events to filter
+                    subscription_filter(expression, name)
         except BadFilter as exc:
             return _Refusal(400, f"bad filter: {exc.message}")
         cursor = (
@@ -360,7 +379,7 @@ class SseEndpoint(MainPortEndpoint):
             ahead = await _beyond_head(ctx, resumed)
             if ahead is not None:
                 return _Refusal(400, f"Last-Event-ID {cursor[:80]!r} {ahead}")
-        return _Request(principal, names, followed, epoch, resumed, expression)
+        return _Request(principal, names, followed, epoch, resumed, options, expression)
 
     async def _stream(self, ip: str, request: _Request, receive: Receive, send: Send) -> None:
         """Serve the accepted stream until the client goes or the session ends it."""
@@ -378,6 +397,18 @@ class SseEndpoint(MainPortEndpoint):
         writer = asyncio.create_task(peer.write_loop())
         session.opened(request.principal)
         for name in request.names:
+            if is_summary_name(name):
+                options = request.options
+                session.request(
+                    ClientMessage(
+                        "subscribe",
+                        topic=name,
+                        interval_ms=options.get("interval_ms"),
+                        limit=options.get("limit"),
+                        min_count=options.get("min_count"),
+                    )
+                )
+                continue
             since = request.resumed.get(name)
             epoch = request.epoch if since is not None else None
             session.request(
@@ -422,6 +453,8 @@ class _Request:
     epoch: str | None
     #: Where each resumed topic starts (from ``Last-Event-ID``).
     resumed: dict[str, int]
+    #: The summary topics' options (``intervalMs``, ``limit``, ``minCount``), by field.
+    options: dict[str, int]
     #: The ``filter`` query parameter: a CEL expression every event must pass.
     filter: str | None = None
 
@@ -431,6 +464,21 @@ class _Refusal:
     status: int
     detail: str | bytes
     retry_after: int | None = None
+
+
+def _summary_options(query: dict[str, list[str]]) -> dict[str, int] | _Refusal:
+    """The summary options of the query string, as subscribe message fields; a 400 naming a
+    parameter that is not an integer (ranges are checked with the topics)."""
+    options: dict[str, int] = {}
+    for parameter, name in _SUMMARY_OPTIONS.items():
+        values = query.get(parameter)
+        if not values:
+            continue
+        text = values[0]
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+            return _Refusal(400, f"{parameter} must be a whole number; got {text[:40]!r}")
+        options[name] = int(text)
+    return options
 
 
 async def _beyond_head(ctx: RealtimeContext, resumed: dict[str, int]) -> str | None:

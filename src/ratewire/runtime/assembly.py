@@ -25,7 +25,7 @@ from ratewire.broker.base import ClusterBroker
 from ratewire.broker.factory import open_cluster_broker, open_quota_chunks
 from ratewire.broker.siblings import SiblingNotices
 from ratewire.config import Settings
-from ratewire.domain import GLOBAL_TOPIC, parse_topic
+from ratewire.domain import GLOBAL_TOPIC, GameSummary, parse_topic
 from ratewire.observability.latency import DeliveryTimer, GcPauses
 from ratewire.observability.metrics import Metrics, MetricSources, multiprocess_dir_from_env
 from ratewire.realtime.asgi import WebSocketEndpoint, mount_realtime
@@ -42,6 +42,7 @@ from ratewire.services.ratings import RatingService
 from ratewire.services.relay import Relay
 from ratewire.services.revocations import RevocationService
 from ratewire.services.summaries import SummaryCache
+from ratewire.services.summary_streams import SummaryStreams
 from ratewire.serving.capacity import plan as plan_capacity
 from ratewire.serving.listener import DescriptorBudget
 from ratewire.serving.watchdogs import AcceptErrorReporter, DescriptorWatchdog
@@ -105,6 +106,7 @@ class Parts:
         writes = self.serves_rest and self.store is not None
         size = settings.ratings.summary_cache_size
         self.summary_cache = SummaryCache(size) if writes and size else None
+        self.summary_streams = self._summary_streams()
         self.webhooks: WebhookDeliverer | None = None
         self.webhook_admin: WebhookAdmin | None = None
         if writes and settings.webhooks.enabled:
@@ -117,6 +119,7 @@ class Parts:
             self.metrics,
             self.summary_cache,
             self.webhooks,
+            self.summary_streams,
         )
         self.revocations = RevocationService(
             self.tokens,
@@ -147,6 +150,35 @@ class Parts:
             settings.ratings,
             self.summary_cache,
             after_commit=after_commit_steps(self.delivery_timer, self.siblings, self.relay),
+        )
+
+    def _summary_streams(self) -> SummaryStreams | None:
+        """Summary streams where this instance serves WebSockets and has a database: they
+        read what ``GET /games/{id}/summary`` and ``GET /games/top`` answer, through the
+        summary cache when there is one (the rating service is built later: looked up then)."""
+        store = self.store
+        if store is None or not self.serves_websockets:
+            return None
+        ratings = self.settings.ratings
+        prior = ratings.bayesian_prior_mean, ratings.bayesian_prior_weight
+        cache = self.summary_cache
+
+        async def read_summary(game_id: str) -> GameSummary:
+            if cache is None:
+                return await store.summary(game_id)
+            return await cache.summary(game_id, store.summary)
+
+        async def read_top(limit: int, min_count: int) -> list[GameSummary]:
+            if self.service is not None:
+                return await self.service.top_games(limit, min_count)
+            return await store.top_games(limit, min_count, *prior)
+
+        hub = self.hub
+        return SummaryStreams(
+            read_summary,
+            read_top,
+            lambda summary: summary.to_wire(*prior),
+            lambda: hub.published_seq,
         )
 
     def _build_webhooks(self) -> None:
@@ -190,6 +222,7 @@ class Parts:
             allowed_origins=None if origins is None else frozenset(o.rstrip("/") for o in origins),
             proxies=TrustedProxies(settings.server.trusted_proxies),
             audit=self.audit_log,
+            summaries=self.summary_streams,
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second

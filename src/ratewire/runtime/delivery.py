@@ -14,7 +14,8 @@ From the broker (a cluster), every event any instance committed arrives at
 :meth:`Delivery.on_broker_event`: it is delivered here and moves the relay's cursor.
 
 Delivering a batch: the hub writes it to every subscriber, the webhook deliverer is woken,
-and each event's stage times are recorded (and the summary cache learns the game moved).
+and each event's stage times are recorded (and the summary cache learns the game moved); then
+the summary streams mark the games the batch moved (their timers do the rest, off this path).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ratewire.security.revocation import REVOKED_REASON, Revocation
 from ratewire.security.tokens import TokenService
 from ratewire.services.relay import Relay
 from ratewire.services.summaries import SummaryCache
+from ratewire.services.summary_streams import SummaryStreams
 from ratewire.webhooks.deliverer import WebhookDeliverer
 
 
@@ -60,6 +62,7 @@ class Delivery:
         metrics: Metrics,
         cache: SummaryCache | None,
         webhooks: WebhookDeliverer | None,
+        summaries: SummaryStreams | None = None,
     ) -> None:
         self._hub = hub
         self._sessions = sessions
@@ -68,6 +71,7 @@ class Delivery:
         self._metrics = metrics
         self._cache = cache
         self._webhooks = webhooks
+        self._summaries = summaries
         #: The relay whose cursor the broker's deliveries move (None: this instance has no
         #: store to relay from). Set once the relay exists: the relay hands its batches here.
         self.relay: Relay | None = None
@@ -87,6 +91,9 @@ class Delivery:
             metrics.observe_delivery(event.occurred_at.timestamp())
             if cache is not None:
                 cache.saw(event.game_id, event.game_offset)
+        if self._summaries is not None:
+            # After the cache saw them: a summary stream's read then never finds them stale.
+            self._summaries.moved(events)
 
     def on_broker_event(self, event: RatingEvent) -> None:
         """An event from the cluster's stream (any instance committed it)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from ratewire.domain import Topic, TopicKind
+from ratewire.domain import GAME_WILDCARD, SummaryTopic, Topic, TopicKind, game_topic
 from ratewire.security.tokens import Principal
 
 
@@ -21,3 +21,19 @@ def may_subscribe(principal: Principal, topic: Topic) -> bool:
     if topic.kind is TopicKind.USER:
         return topic.key == principal.sub or principal.is_admin
     return True
+
+
+def may_follow_summary(principal: Principal, topic: SummaryTopic) -> bool:
+    """Summary topics: any valid token (the same numbers are public over REST).
+
+    A token with a ``topics`` claim needs a pattern matching the summary topic's name or the
+    events it is made of: ``rating.game.{id}`` for a game's summary, ``rating.game.*`` for
+    the top list. A claim that lets a token follow a game's ratings lets it follow their
+    summary; a claim never widens to summaries of games it does not name."""
+    if principal.topics is None:
+        return True
+    source = GAME_WILDCARD if topic.is_top else game_topic(topic.game_id)
+    return any(
+        fnmatchcase(topic.name, pattern) or fnmatchcase(source, pattern)
+        for pattern in principal.topics
+    )
