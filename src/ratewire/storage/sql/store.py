@@ -75,6 +75,7 @@ from ratewire.storage.sql.schema import (
     store_meta,
     user_heads,
 )
+from ratewire.storage.sql.consumers import SqlConsumerStore
 from ratewire.storage.sql.webhooks import SqlWebhookStore
 from ratewire.storage.upsert import PairUpsert
 
@@ -176,6 +177,8 @@ class SqlStore(SqlReads, PairUpsert):
             self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, sqlite_connect)
         #: Webhooks and their cursors, in this database (ratewire.webhooks delivers them).
         self.webhooks = SqlWebhookStore(self._read, self._write)
+        #: Durable consumers' positions, in this database (ratewire.services.consumers).
+        self.consumers = SqlConsumerStore(self._read, self._write)
 
     # -- running operations ----------------------------------------------------------------
 
