@@ -91,7 +91,7 @@ async def test_acks_move_the_floor_and_refuse_offsets_never_delivered(store: Rat
     # An acked offset is never handed out again, even after its deadline.
     assert await consumers.claim(KEY, "b", 10, 6, NOW + 10_000) == ([Claim(6, 1)], 6)
     gone = await consumers.ack(ConsumerKey("7", "none", "rating.global"), [1], NOW)
-    assert gone.refused == (1,) and not gone.acked
+    assert gone.refused == (1,) and not gone.acked and not gone.found
 
 
 async def test_concurrent_claims_never_hand_one_offset_to_two_members(store: RatingStore) -> None:

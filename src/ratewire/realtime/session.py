@@ -29,7 +29,7 @@ from ratewire.domain import (
     event_offset,
     parse_topic,
 )
-from ratewire.realtime import frames
+from ratewire.realtime import consumer_members, frames
 from ratewire.realtime.history import (
     HistoryBehind,
     HistorySource,
@@ -42,6 +42,7 @@ from ratewire.realtime.slots import ConnectionSlots
 from ratewire.security.permissions import may_subscribe
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
+from ratewire.services.consumers import ConsumerService
 
 PROTOCOL_VERSION = 1
 REPLAY_PAGE = 256
@@ -59,6 +60,8 @@ TOO_MANY_FOR_USER = "Too many connections for this user"
 CLOSE_TOO_SLOW = 4009
 #: RFC 6455's "Try Again Later": a subscribe could not be served for now.
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Actions handled in order in the connection's task (they await the store).
+_QUEUED = frozenset({"subscribe", "ack"})
 #: Disconnects the audit log names apart, so they can be filtered for.
 _DISCONNECT_ACTIONS = {CLOSE_RATE_LIMITED: "ws.rate_limited", CLOSE_TOO_SLOW: "ws.too_slow"}
 
@@ -128,6 +131,8 @@ class RealtimeContext:
     #: Proxies whose forwarded client addresses are believed (server.trusted_proxies).
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     stats: ConnectionStats = field(default_factory=ConnectionStats)
+    #: Durable consumers (None: this instance has no database to keep them in).
+    consumers: ConsumerService | None = None
 
     def now(self) -> float:
         return time.time()
@@ -151,6 +156,7 @@ class Session:
         "_worker",
         "client_id",
         "closed",
+        "consumers",
         "peer",
         "principal",
         "send",
@@ -173,6 +179,8 @@ class Session:
         self.principal: Principal | None = None
         self.client_id = ""
         self.topics: dict[str, Topic] = {}
+        #: (topic, consumer name) -> this connection's membership of that consumer.
+        self.consumers: dict[tuple[str, str], consumer_members.SocketMember] = {}
         self.closed = False
         # Created on first use: a deque costs ~600 bytes, and most connections never queue.
         self._inbox: deque[ClientMessage | bytes] | None = None
@@ -223,6 +231,8 @@ class Session:
         for name in self.topics:
             self._ctx.hub.drop(name, self)
         self.topics.clear()
+        if self.consumers:
+            consumer_members.leave_all(self, self._ctx.consumers)
         if self._holds_user_slot and self.principal is not None:
             self._holds_user_slot = False
             self._ctx.slots.release_user(self.principal.sub)
@@ -241,6 +251,8 @@ class Session:
         self._close_code = code
         for name in self.topics:
             self._ctx.hub.drop(name, self)
+        if self.consumers:
+            consumer_members.leave_all(self, self._ctx.consumers)
         self.peer.close(code, reason)
 
     # -- incoming frames -------------------------------------------------------------------
@@ -265,7 +277,7 @@ class Session:
                 return
             self._authenticate(message.token, message.id)
             return
-        if message.action != "subscribe":
+        if message.action not in _QUEUED:
             self._handle_now(message)  # the common case needs no task
             return
         self._enqueue(message)
@@ -276,7 +288,7 @@ class Session:
         the client's message rate."""
         if self.closed or self.principal is None:
             return
-        if message.action == "subscribe" or self._inbox or self._worker is not None:
+        if message.action in _QUEUED or self._inbox or self._worker is not None:
             self._enqueue(message)
         else:
             self._handle_now(message)
@@ -324,6 +336,8 @@ class Session:
                         log.warning("subscribe to %s failed: %s; closing 1013", message.topic, exc)
                         self.close(CLOSE_TRY_AGAIN_LATER, "History unavailable; resume shortly")
                         return
+                elif message.action == "ack":
+                    await consumer_members.ack(self, self._ctx.consumers, message)
                 else:
                     self._handle_now(message)
         finally:
@@ -343,7 +357,8 @@ class Session:
             self.send(
                 frames.error(
                     "bad_request",
-                    f"unknown action {action!r}; expected subscribe, unsubscribe, refresh or ping",
+                    f"unknown action {action!r}; expected subscribe, unsubscribe, ack, refresh or "
+                    "ping",
                     message.id,
                 )
             )
@@ -453,6 +468,9 @@ class Session:
         if not message.topic:
             self.send(frames.error("bad_request", "unsubscribe needs a topic", message.id))
             return
+        if message.consumer is not None:
+            consumer_members.unsubscribe(self, self._ctx.consumers, message)
+            return
         if self.topics.pop(message.topic, None) is not None:
             self._ctx.hub.drop(message.topic, self)
         self.send(frames.control("unsubscribed", message.id, topic=message.topic))
@@ -460,6 +478,10 @@ class Session:
     async def _subscribe(self, message: ClientMessage) -> None:
         topic = self._checked_topic(message)
         if topic is None:
+            return
+        if message.consumer is not None:
+            ctx = self._ctx
+            await consumer_members.subscribe(self, ctx.consumers, ctx.store.epoch, message, topic)
             return
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:

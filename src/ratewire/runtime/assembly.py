@@ -38,6 +38,7 @@ from ratewire.runtime.delivery import Delivery, after_commit_steps
 from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
 from ratewire.security.ratelimit import ConnectionRateLimiter, RequestRateLimiter
 from ratewire.security.tokens import TokenService
+from ratewire.services.consumers import ConsumerService
 from ratewire.services.ratings import RatingService
 from ratewire.services.relay import Relay
 from ratewire.services.revocations import RevocationService
@@ -175,6 +176,13 @@ class Parts:
         prior = settings.ratings.bayesian_prior_mean, settings.ratings.bayesian_prior_weight
         origins = settings.modules.websocket.allowed_origins
         self.capacity = plan_capacity(settings.limits.max_connections)
+        # Durable consumers live in the database; an instance without one cannot keep them.
+        self.consumers = (
+            ConsumerService(self.store, retention_days=settings.consumers.retention_days)
+            if self.store is not None
+            else None
+        )
+        self.delivery.consumers = self.consumers
         self.realtime = RealtimeContext(
             hub=self.hub,
             store=history,
@@ -190,6 +198,7 @@ class Parts:
             allowed_origins=None if origins is None else frozenset(o.rstrip("/") for o in origins),
             proxies=TrustedProxies(settings.server.trusted_proxies),
             audit=self.audit_log,
+            consumers=self.consumers,
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second
@@ -218,6 +227,7 @@ class Parts:
                 audit=self.audit_log,
                 metrics=self.metrics,
                 webhooks=self.webhook_admin,
+                consumers=self.consumers,
             )
         else:
             if self.store is not None:

@@ -69,6 +69,8 @@ class AckOutcome:
     acked: tuple[int, ...]
     refused: tuple[int, ...]
     ack_floor: int
+    #: False: there is no such consumer (nothing was acked).
+    found: bool = True
 
 
 class ConsumerStore(Protocol):
@@ -188,7 +190,7 @@ class MemoryConsumerStore:
     async def ack(self, key: ConsumerKey, offsets: Sequence[int], now_ms: int) -> AckOutcome:
         state = self._consumers.get(key)
         if state is None:
-            return AckOutcome((), tuple(offsets), 0)
+            return AckOutcome((), tuple(sorted(set(offsets))), 0, found=False)
         acked, refused = split_acks(state.consumer.cursor, offsets)
         for offset in acked:
             state.claims.pop(offset, None)

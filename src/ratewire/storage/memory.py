@@ -31,8 +31,8 @@ from ratewire.domain.rating import EventKind
 from ratewire.domain.topics import GLOBAL_TOPIC
 from ratewire.security.revocation import Revocation
 from ratewire.storage.base import AlreadyExists, NotFound, VersionMismatch, WriteResult
-from ratewire.storage.upsert import PairUpsert
 from ratewire.storage.consumer_store import MemoryConsumerStore
+from ratewire.storage.upsert import PairUpsert
 from ratewire.storage.webhook_store import MemoryWebhookStore
 
 

@@ -141,7 +141,7 @@ class RedisConsumerStore:
             key=ConsumerKey(text["sub"], text["name"], text["topic"]),
             filter=text.get("filter") or None,
             pending=int(pending),
-            **{name: int(text[name]) for name in _INT_FIELDS},  # type: ignore[arg-type]
+            **{name: int(text[name]) for name in _INT_FIELDS},
         )
 
     async def create(self, consumer: Consumer) -> tuple[Consumer, bool]:
@@ -213,7 +213,7 @@ class RedisConsumerStore:
                 keys=[*self._keys(cid), self._activity], args=[now_ms, cid, *unique]
             )
         if not out:
-            return AckOutcome((), tuple(unique), 0)
+            return AckOutcome((), tuple(unique), 0, found=False)
         floor, cursor = int(out[0]), int(out[1])
         acked, refused = split_acks(cursor, unique)
         return AckOutcome(acked, refused, floor)

@@ -63,8 +63,8 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.redis.audit import RedisAuditChain, encode_record
-from ratewire.storage.redis.scripts import LIST, PRUNE, RANK, TOP, WRITE
 from ratewire.storage.redis.consumers import RedisConsumerStore
+from ratewire.storage.redis.scripts import LIST, PRUNE, RANK, TOP, WRITE
 from ratewire.storage.redis.webhooks import RedisWebhookStore
 from ratewire.storage.redis.wire import PipelinedConnection
 from ratewire.storage.upsert import PairUpsert

@@ -155,7 +155,7 @@ def _claim(
 def _ack(conn: Connection, cid: str, offsets: Sequence[int], now_ms: int) -> AckOutcome:
     row = _locked(conn, cid, now_ms)
     if row is None:
-        return AckOutcome((), tuple(sorted(set(offsets))), 0)
+        return AckOutcome((), tuple(sorted(set(offsets))), 0, found=False)
     floor = int(row.ack_floor)
     acked, refused = split_acks(int(row.claimed_through), offsets)
     if acked:

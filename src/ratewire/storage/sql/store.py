@@ -39,6 +39,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.sql.batches import GroupCommit, NoChange, PairTaken
+from ratewire.storage.sql.consumers import SqlConsumerStore
 from ratewire.storage.sql.dialects import (
     SqliteSynchronous,
     Statements,
@@ -75,7 +76,6 @@ from ratewire.storage.sql.schema import (
     store_meta,
     user_heads,
 )
-from ratewire.storage.sql.consumers import SqlConsumerStore
 from ratewire.storage.sql.webhooks import SqlWebhookStore
 from ratewire.storage.upsert import PairUpsert
 

@@ -1,0 +1,216 @@
+"""Durable consumers end to end (docs/protocol.md, "Durable consumers"): real server processes,
+members on both WebSocket endpoints sharing one consumer, redelivery after ``ackWaitMs`` and
+after a member leaves, a position that survives SIGKILL, and the REST routes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from tests.e2e.wsclient import WsClient
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+ServerFactory = Callable[..., ServerProcess]
+#: Long enough for a loaded machine; a wait is for an event, never an assertion on time.
+WAIT = 15.0
+_users = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory: ServerFactory) -> ServerProcess:
+    return module_server_factory()
+
+
+async def write(server: ServerProcess, game: str, count: int) -> None:
+    """``count`` new ratings of ``game`` (so ``count`` events on ``rating.game.{game}``)."""
+    admin = {"Authorization": f"Bearer {server.token('admin', scope='ratings:admin')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=admin, timeout=10) as http:
+        for _ in range(count):
+            body = {"gameId": game, "userId": f"u{next(_users)}", "score": 3}
+            assert (await http.post("/ratings", json=body)).status_code == 201
+
+
+async def member(url: str, token: str, topic: str, name: str, **options: Any) -> WsClient:
+    client = await WsClient.open(url, token)
+    await client.recv_type("connection_success")
+    subscribed = await client.subscribe(topic, consumer=name, **options)
+    assert subscribed["consumer"] == name and subscribed["topic"] == topic, subscribed
+    return client
+
+
+async def collect(clients: list[WsClient], total: int) -> list[list[dict[str, Any]]]:
+    """Read every client's ``rating_update`` frames until ``total`` arrived in all."""
+    got: list[list[dict[str, Any]]] = [[] for _ in clients]
+    done = asyncio.Event()
+
+    async def read(index: int) -> None:
+        while not done.is_set():
+            frame = await clients[index].recv_type("rating_update", WAIT)
+            got[index].append(frame)
+            if sum(map(len, got)) >= total:
+                done.set()
+
+    tasks = [asyncio.create_task(read(i)) for i in range(len(clients))]
+    await asyncio.wait_for(done.wait(), WAIT)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return got
+
+
+async def test_members_share_the_work_each_within_max_in_flight(server: ServerProcess) -> None:
+    token, topic = server.token("crew"), "rating.game.shared"
+    urls = [server.module_ws_url, server.ws_url, server.module_ws_url]  # both endpoints
+    clients = [await member(url, token, topic, "crew", maxInFlight=5) for url in urls]
+    try:
+        await write(server, "shared", 15)
+        got = await collect(clients, 15)
+        offsets = [f["offset"] for frames in got for f in frames]
+        # Each offset to one member, each member at most 5 unacked: so exactly 5 each.
+        assert sorted(offsets) == list(range(1, 16))
+        assert [len(frames) for frames in got] == [5, 5, 5]
+        assert all(f["consumer"] == "crew" and f["delivery"] == 1 for fs in got for f in fs)
+        assert all(f["event"] == "created" and f["data"]["gameId"] == "shared" for f in got[0])
+        # One ack frame per member for its whole batch; the next 15 are shared the same way.
+        for client, frames in zip(clients, got, strict=True):
+            mine = [f["offset"] for f in frames]
+            await client.send(action="ack", topic=topic, consumer="crew", offsets=mine, id=7)
+            acked = await client.recv_type("acked", WAIT)
+            assert (acked["offsets"], acked["consumer"], acked["id"]) == (sorted(mine), "crew", 7)
+        await write(server, "shared", 15)
+        again = await collect(clients, 15)
+        assert sorted(f["offset"] for fs in again for f in fs) == list(range(16, 31))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_an_event_not_acked_within_ack_wait_is_delivered_again(
+    server: ServerProcess,
+) -> None:
+    token, topic = server.token("slow"), "rating.game.slow"
+    async with await member(server.ws_url, token, topic, "slow", ackWaitMs=300) as client:
+        await write(server, "slow", 1)
+        first = await client.recv_type("rating_update", WAIT)
+        assert (first["offset"], first["delivery"]) == (1, 1)
+        again = await client.recv_type("rating_update", WAIT)  # no ack: it comes back
+        assert (again["offset"], again["delivery"]) == (1, 2)
+        await client.send(action="ack", topic=topic, consumer="slow", offsets=[1])
+        acked = await client.recv_type("acked", WAIT)
+        assert (acked["offsets"], acked["ackFloor"]) == ([1], 1)
+
+
+async def test_a_member_that_leaves_hands_its_events_to_another_and_acked_never_return(
+    server: ServerProcess,
+) -> None:
+    token, topic = server.token("relay"), "rating.game.handoff"
+    first = await member(server.module_ws_url, token, topic, "handoff")
+    await write(server, "handoff", 2)
+    held = [f["offset"] for f in await first.updates(2, WAIT)]
+    await first.send(action="ack", topic=topic, consumer="handoff", offsets=[1])
+    assert (await first.recv_type("acked", WAIT))["offsets"] == [1]
+    async with await member(server.ws_url, token, topic, "handoff", maxInFlight=1) as second:
+        await first.close()  # 2 was never acked: the other member gets it at once
+        handed = await second.recv_type("rating_update", WAIT)
+        assert held == [1, 2] and (handed["offset"], handed["delivery"]) == (2, 2)
+        await second.send(action="ack", topic=topic, consumer="handoff", offsets=[2])
+        assert (await second.recv_type("acked", WAIT))["ackFloor"] == 2
+        await write(server, "handoff", 1)
+        nxt = await second.recv_type("rating_update", WAIT)
+        assert (nxt["offset"], nxt["delivery"]) == (3, 1)  # nothing acked came back first
+
+
+async def test_consumer_messages_are_checked(server: ServerProcess) -> None:
+    async with await WsClient.open(server.ws_url, server.token("checks")) as client:
+        await client.recv_type("connection_success")
+        await client.send(action="subscribe", topic="rating.user.someone", consumer="c")
+        assert (await client.recv_type("error"))["code"] == "forbidden"
+        await client.send(action="subscribe", topic="rating.game.*", consumer="c")
+        assert "offsets" in (await client.recv_type("error"))["message"]
+        await client.send(action="subscribe", topic="rating.global", consumer="bad name!")
+        assert "consumer name" in (await client.recv_type("error"))["message"]
+        await client.send(action="subscribe", topic="rating.global", consumer="c", ackWaitMs=1)
+        assert "ackWaitMs" in (await client.recv_type("error"))["message"]
+        await client.send(action="ack", topic="rating.global", consumer="c", offsets=[1])
+        assert "subscribe first" in (await client.recv_type("error"))["message"]
+        subscribed = await client.subscribe("rating.user.checks", consumer="mine")
+        assert subscribed["created"] is True and subscribed["ackWaitMs"] == 30_000
+        await client.send(action="ack", topic="rating.user.checks", consumer="mine", offsets=[9])
+        refused = await client.recv_type("acked")
+        assert (refused["offsets"], refused["refused"]) == ([], [9])
+        await client.send(action="unsubscribe", topic="rating.user.checks", consumer="mine")
+        assert (await client.recv_type("unsubscribed"))["consumer"] == "mine"
+
+
+def test_rest_fetch_ack_get_list_and_delete(server: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {server.token('agent')}"}
+    topic, game = "rating.game.rest", "rest"
+    with httpx.Client(base_url=server.base_url, headers=auth, timeout=WAIT + 5) as http:
+        assert http.get("/consumers/queue", params={"topic": topic}).status_code == 404
+        empty = http.post("/consumers/queue/fetch", json={"topic": topic, "waitMs": 0})
+        assert empty.status_code == 200 and empty.json() == {"events": []}
+        asyncio.run(write(server, game, 3))
+        fetched = http.post("/consumers/queue/fetch", json={"topic": topic, "max": 2}).json()
+        assert [(e["offset"], e["delivery"], e["consumer"]) for e in fetched["events"]] == [
+            (1, 1, "queue"),
+            (2, 1, "queue"),
+        ]
+        assert (
+            http.post("/consumers/queue/ack", json={"topic": topic, "offsets": [1, 2]}).status_code
+            == 204
+        )
+        # A long poll answers as soon as there is an event.
+        rest = http.post("/consumers/queue/fetch", json={"topic": topic, "waitMs": 10_000}).json()
+        assert [e["offset"] for e in rest["events"]] == [3]
+        status = http.get("/consumers/queue", params={"topic": topic}).json()
+        assert {k: status[k] for k in ("name", "topic", "ackFloor", "pending", "lag")} == {
+            "name": "queue",
+            "topic": topic,
+            "ackFloor": 2,
+            "pending": 1,
+            "lag": 1,
+        }
+        conflict = http.post("/consumers/queue/ack", json={"topic": topic, "offsets": [3, 40]})
+        assert conflict.status_code == 409, conflict.text
+        assert conflict.headers["content-type"].startswith("application/problem+json")
+        assert conflict.json()["refused"] == [40]
+        listed = http.get("/consumers").json()["items"]
+        assert [(c["name"], c["ackFloor"], c["pending"]) for c in listed] == [("queue", 3, 0)]
+        foreign = http.post("/consumers/q/fetch", json={"topic": "rating.user.other"})
+        assert foreign.status_code == 403
+        bad = http.post("/consumers/q/fetch", json={"topic": topic, "ackWaitMs": 5})
+        assert bad.status_code == 422
+        unknown = http.post("/consumers/nobody/ack", json={"topic": topic, "offsets": [1]})
+        assert unknown.status_code == 404
+        assert http.delete("/consumers/queue", params={"topic": topic}).status_code == 204
+        assert http.delete("/consumers/queue", params={"topic": topic}).status_code == 404
+        assert http.get("/consumers").json()["items"] == []
+        # Another token sees none of them.
+        other = {"Authorization": f"Bearer {server.token('someone')}"}
+        assert http.get("/consumers", headers=other).json()["items"] == []
+        paths = http.get("/openapi.json").json()["paths"]
+        assert {"/consumers", "/consumers/{name}", "/consumers/{name}/fetch"} <= set(paths)
+
+
+async def test_the_position_survives_sigkill(server_factory: ServerFactory) -> None:
+    server = server_factory()
+    token, topic = server.token("durable"), "rating.game.kill"
+    async with await member(server.ws_url, token, topic, "keep", ackWaitMs=500) as client:
+        await write(server, "kill", 5)
+        assert [f["offset"] for f in await client.updates(5, WAIT)] == [1, 2, 3, 4, 5]
+        await client.send(action="ack", topic=topic, consumer="keep", offsets=[1, 2, 3])
+        assert (await client.recv_type("acked", WAIT))["ackFloor"] == 3
+        server.kill()
+    server.start()
+    async with await member(server.ws_url, token, topic, "keep") as client:
+        # 4 and 5 were delivered, not acked: they come again; 1..3 never do.
+        again = await client.updates(2, WAIT)
+        assert [(f["offset"], f["delivery"]) for f in again] == [(4, 2), (5, 2)]
+        await write(server, "kill", 1)
+        assert (await client.recv_type("rating_update", WAIT))["offset"] == 6
