@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from tests.e2e.test_audit import wait_for_entry
 from tests.e2e.wsclient import WsClient
 from tests.support.consumers import WAIT, collect, member
 from tests.support.server import ServerProcess
@@ -184,3 +185,20 @@ async def test_the_position_survives_sigkill(server_factory: ServerFactory) -> N
         assert [(f["offset"], f["delivery"]) for f in again] == [(4, 2), (5, 2)]
         await write(server, "kill", 1)
         assert (await client.recv_type("rating_update", WAIT))["offset"] == 6
+
+
+async def test_creation_and_deletion_are_audited(server: ServerProcess) -> None:
+    token, topic = server.token("audited"), "rating.game.audited"
+    async with await member(server.ws_url, token, topic, "logged", maxInFlight=3):
+        pass
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        gone = await http.delete(
+            "/consumers/logged",
+            params={"topic": topic},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert gone.status_code == 204
+    created = await wait_for_entry(server, action="consumer.create", actor="audited")
+    assert created["detail"]["name"] == "logged" and created["detail"]["maxInFlight"] == 3
+    deleted = await wait_for_entry(server, action="consumer.delete", actor="audited")
+    assert deleted["detail"] == {"name": "logged", "topic": topic}

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from ratewire.api.admission import request_audit_context
 from ratewire.api.problems import ApiProblem
 from ratewire.api.routes import JSON, Caller
 from ratewire.api.schemas import problem_responses
@@ -134,7 +135,9 @@ def _as_problems() -> Iterator[None]:
     responses=problem_responses(401, 403, 404, 415, 422, 429, 503),
     summary="Take up to `max` events of a consumer (created if new), waiting up to `waitMs`",
 )
-async def fetch(name: Name, body: FetchIn, caller: Caller, consumers: Consumers) -> Response:
+async def fetch(
+    request: Request, name: Name, body: FetchIn, caller: Caller, consumers: Consumers
+) -> Response:
     key = _key(caller, name, body.topic)
     with _as_problems():
         opened = await consumers.open(
@@ -143,6 +146,7 @@ async def fetch(name: Name, body: FetchIn, caller: Caller, consumers: Consumers)
             ack_wait_ms=body.ackWaitMs,
             max_in_flight=body.maxInFlight,
             event_filter=body.filter,
+            context=request_audit_context(request.scope, caller),
         )
         items = await consumers.fetch(
             opened, min(body.max, opened.consumer.max_in_flight), body.waitMs
@@ -191,9 +195,11 @@ async def get(name: Name, topic: TopicQuery, caller: Caller, consumers: Consumer
     responses=problem_responses(401, 403, 404, 429, 503),
     summary="Delete a consumer and its position",
 )
-async def delete(name: Name, topic: TopicQuery, caller: Caller, consumers: Consumers) -> Response:
+async def delete(
+    request: Request, name: Name, topic: TopicQuery, caller: Caller, consumers: Consumers
+) -> Response:
     key = _key(caller, name, topic)
-    if not await consumers.remove(key):
+    if not await consumers.remove(key, request_audit_context(request.scope, caller)):
         raise ApiProblem(404, f"no consumer {name!r} on {key.topic}", slug="unknown-consumer")
     return Response(status_code=204)
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from ratewire.audit import AuditContext
 from ratewire.domain import Topic
 from ratewire.realtime import frames
 from ratewire.realtime.messages import ClientMessage
@@ -92,6 +93,7 @@ async def subscribe(
     epoch: str,
     message: ClientMessage,
     topic: Topic,
+    context: AuditContext,
 ) -> None:
     """``subscribe`` with ``consumer``: join it (creating it if new) and answer ``subscribed``
     (``epoch``: the topic history's)."""
@@ -108,6 +110,7 @@ async def subscribe(
             ack_wait_ms=message.ack_wait_ms,
             max_in_flight=message.max_in_flight,
             event_filter=message.filter,
+            context=context,
         )
     except ConsumerError as exc:
         session.send(frames.error("bad_request", str(exc), message.id))

@@ -480,8 +480,10 @@ class Session:
         if topic is None:
             return
         if message.consumer is not None:
-            ctx = self._ctx
-            await consumer_members.subscribe(self, ctx.consumers, ctx.store.epoch, message, topic)
+            ctx, audit = self._ctx, self._audit_context()
+            await consumer_members.subscribe(
+                self, ctx.consumers, ctx.store.epoch, message, topic, audit
+            )
             return
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:

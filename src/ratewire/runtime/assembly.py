@@ -178,7 +178,11 @@ class Parts:
         self.capacity = plan_capacity(settings.limits.max_connections)
         # Durable consumers live in the database; an instance without one cannot keep them.
         self.consumers = (
-            ConsumerService(self.store, retention_days=settings.consumers.retention_days)
+            ConsumerService(
+                self.store,
+                retention_days=settings.consumers.retention_days,
+                audit=self.audit_log,
+            )
             if self.store is not None
             else None
         )

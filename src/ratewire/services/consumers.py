@@ -36,6 +36,8 @@ from typing import Protocol
 
 import orjson
 
+from ratewire.audit import AuditContext
+from ratewire.audit.log import AuditLog
 from ratewire.domain import RatingEvent, Topic, event_offset, parse_topic
 from ratewire.storage.base import RatingStore
 from ratewire.storage.consumer_store import AckOutcome, Claim, Consumer, ConsumerKey
@@ -149,8 +151,11 @@ class ConsumerService:
     """The consumers of this instance: opens them, runs the pump that feeds local members,
     and serves acks, REST fetches and reads."""
 
-    def __init__(self, store: RatingStore, *, retention_days: float = 7.0) -> None:
+    def __init__(
+        self, store: RatingStore, *, retention_days: float = 7.0, audit: AuditLog | None = None
+    ) -> None:
         self._history = store
+        self._audit = audit
         self._store = store.consumers
         self._retention_ms = int(retention_days * 86_400_000)
         self._groups: dict[ConsumerKey, _Group] = {}
@@ -259,8 +264,10 @@ class ConsumerService:
         ack_wait_ms: int | None = None,
         max_in_flight: int | None = None,
         event_filter: str | None = None,
+        context: AuditContext | None = None,
     ) -> Opened:
-        """The consumer ``key``, created if new: after ``since`` or, without it, at the topic's
+        """The consumer ``key``, created if new (recorded in the audit log as
+        ``consumer.create``, with ``context``): after ``since`` or, without it, at the topic's
         head. An existing one keeps its own position and settings (``since`` is ignored)."""
         topic = check_key(key)
         check_settings(ack_wait_ms, max_in_flight)
@@ -279,6 +286,17 @@ class ConsumerService:
                 filter=event_filter,
             )
         )
+        if created and self._audit is not None:
+            self._audit.record(
+                "consumer.create",
+                context,
+                name=key.name,
+                topic=key.topic,
+                ackFloor=consumer.ack_floor,
+                ackWaitMs=consumer.ack_wait_ms,
+                maxInFlight=consumer.max_in_flight,
+                filter=consumer.filter,
+            )
         recovered, first = True, consumer.ack_floor + 1
         if head > consumer.ack_floor:
             oldest = await self._history.topic_events(topic, consumer.ack_floor, 1)
@@ -389,14 +407,27 @@ class ConsumerService:
     async def owned_by(self, sub: str) -> list[Consumer]:
         return await self._store.owned_by(sub)
 
-    async def remove(self, key: ConsumerKey) -> bool:
-        return await self._store.remove(key)
+    async def remove(self, key: ConsumerKey, context: AuditContext | None = None) -> bool:
+        """Delete ``key`` with its position (audit action ``consumer.delete``)."""
+        removed = await self._store.remove(key)
+        if removed and self._audit is not None:
+            self._audit.record("consumer.delete", context, name=key.name, topic=key.topic)
+        return removed
 
     async def remove_idle(self) -> list[ConsumerKey]:
         """Delete the consumers idle for longer than the retention (and not joined here)."""
         gone = await self._store.remove_idle(now_ms() - self._retention_ms)
         if gone:
             log.info("removed %d idle consumer(s)", len(gone))
+        if self._audit is not None:
+            for key in gone:
+                self._audit.record(
+                    "consumer.delete",
+                    AuditContext(actor=key.sub),
+                    name=key.name,
+                    topic=key.topic,
+                    reason="idle",
+                )
         return gone
 
     def local_members(self) -> dict[ConsumerKey, int]:
