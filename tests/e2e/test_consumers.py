@@ -187,10 +187,15 @@ async def test_the_position_survives_sigkill(server_factory: ServerFactory) -> N
         assert (await client.recv_type("rating_update", WAIT))["offset"] == 6
 
 
-async def test_creation_and_deletion_are_audited(server: ServerProcess) -> None:
+async def test_creation_and_deletion_are_audited_and_members_in_metrics(server: ServerProcess) -> None:
     token, topic = server.token("audited"), "rating.game.audited"
     async with await member(server.ws_url, token, topic, "logged", maxInFlight=3):
-        pass
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            metrics = (await http.get("/metrics")).text
+        labels = f'{{consumer="logged",owner="audited",topic="{topic}"}}'
+        assert f"ratewire_consumer_members{labels} 1.0" in metrics
+        assert f"ratewire_consumer_lag{labels}" in metrics
+        assert f"ratewire_consumer_pending{labels}" in metrics
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         gone = await http.delete(
             "/consumers/logged",

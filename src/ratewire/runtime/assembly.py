@@ -301,4 +301,5 @@ class Parts:
             webhook_backlog_seconds=lambda: hook_stats().backlog_seconds(),
             audit_entries_dropped=lambda: self.audit_log.dropped if self.audit_log else 0,
             audit_entries_made_safe=lambda: self.audit_log.made_safe if self.audit_log else 0,
+            consumers=lambda: self.consumers.gauges() if self.consumers is not None else {},
         )

@@ -53,6 +53,8 @@ MAX_ACK_OFFSETS = 1000
 #: How often claims that came due (an ``ackWaitMs`` passed, here or on another instance) are
 #: looked for when nothing else wakes the pump.
 POLL_SECONDS = 1.0
+#: How often the lag and pending counts /metrics shows are read again.
+STATS_SECONDS = 5.0
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -145,6 +147,8 @@ class _Group:
     next_poll: int = 0
     #: Rotates the member order, so members with equal load take turns.
     turn: int = 0
+    #: (lag, pending) as last read for /metrics.
+    stats: tuple[int, int] = (0, 0)
 
 
 class ConsumerService:
@@ -185,7 +189,7 @@ class ConsumerService:
                 await task
 
     async def _run(self) -> None:
-        last_retention = 0.0
+        last_retention = last_stats = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
@@ -195,6 +199,10 @@ class ConsumerService:
                     await self._pump(group)
                 except Exception as exc:  # the store is unreachable: try again on the next pass
                     log.warning("consumer %s on %s: %s", key.name, key.topic, exc)
+            if time.monotonic() - last_stats > STATS_SECONDS:
+                last_stats = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self._read_stats()
             if self._retention_ms and time.monotonic() - last_retention > 3600:
                 last_retention = time.monotonic()
                 with contextlib.suppress(Exception):
@@ -430,9 +438,20 @@ class ConsumerService:
                 )
         return gone
 
-    def local_members(self) -> dict[ConsumerKey, int]:
-        """Members on this instance per consumer (for /metrics)."""
-        return {key: len(group.members) for key, group in self._groups.items()}
+    async def _read_stats(self) -> None:
+        for key, group in list(self._groups.items()):
+            consumer = await self._store.get(key)
+            if consumer is not None:
+                head = await self._history.topic_head(group.topic)
+                group.stats = (max(0, head - consumer.ack_floor), consumer.pending)
+
+    def gauges(self) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+        """(owner, name, topic) -> (lag, pending, members here) of the consumers with members
+        on this instance, as last read (for /metrics)."""
+        return {
+            (key.sub, key.name, key.topic): (*group.stats, len(group.members))
+            for key, group in self._groups.items()
+        }
 
 
 @dataclass(eq=False, slots=True)
