@@ -15,6 +15,8 @@ from tests.e2e.wsclient import WsClient
 from tests.support.consumers import WAIT, collect, member
 from tests.support.server import ServerProcess
 
+from ratewire.client import Client
+
 pytestmark = pytest.mark.e2e
 
 ServerFactory = Callable[..., ServerProcess]
@@ -187,7 +189,9 @@ async def test_the_position_survives_sigkill(server_factory: ServerFactory) -> N
         assert (await client.recv_type("rating_update", WAIT))["offset"] == 6
 
 
-async def test_creation_and_deletion_are_audited_and_members_in_metrics(server: ServerProcess) -> None:
+async def test_creation_and_deletion_are_audited_and_members_in_metrics(
+    server: ServerProcess,
+) -> None:
     token, topic = server.token("audited"), "rating.game.audited"
     async with await member(server.ws_url, token, topic, "logged", maxInFlight=3):
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
@@ -207,3 +211,30 @@ async def test_creation_and_deletion_are_audited_and_members_in_metrics(server: 
     assert created["detail"]["name"] == "logged" and created["detail"]["maxInFlight"] == 3
     deleted = await wait_for_entry(server, action="consumer.delete", actor="audited")
     assert deleted["detail"] == {"name": "logged", "topic": topic}
+
+
+async def test_the_python_client_iterates_a_consumer_and_batches_its_acks(
+    server: ServerProcess,
+) -> None:
+    token, topic = server.token("sdk"), "rating.game.sdk"
+    async with Client(server.ws_url, token=token, rest_url=server.base_url) as client:
+        async with client.consume(topic, "sdk", since=0, batch=4, wait_ms=5000) as queue:
+            await write(server, "sdk", 6)
+            seen = []
+            async for item in queue:
+                assert (item.consumer, item.delivery, item.update.topic) == ("sdk", 1, topic)
+                seen.append(item.offset)
+                item.ack()
+                if len(seen) == 6:
+                    break
+        assert seen == [1, 2, 3, 4, 5, 6]
+        status = await queue.status()  # the last acks went on leaving the block
+        assert (status["ackFloor"], status["pending"]) == (6, 0)
+        await write(server, "sdk", 2)
+        async with client.consume(topic, "sdk", auto_ack=True, wait_ms=5000) as queue:
+            offsets = []
+            async for item in queue:
+                offsets.append(item.offset)
+                if len(offsets) == 2:
+                    break
+        assert offsets == [7, 8] and (await queue.status())["ackFloor"] == 8

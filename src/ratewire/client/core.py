@@ -19,6 +19,7 @@ from ratewire.client.connection import (
     TokenProvider,
     token_claims,
 )
+from ratewire.client.consumers import Consumer
 from ratewire.client.models import (
     Gap,
     GapError,
@@ -157,6 +158,43 @@ class ClientCore:
                 yield item
         finally:
             await self.stream.remove(sub)
+
+    def consume(
+        self,
+        topic: str,
+        name: str,
+        *,
+        batch: int = 10,
+        wait_ms: int = 10_000,
+        auto_ack: bool = False,
+        since: int | None = None,
+        ack_wait_ms: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> Consumer:
+        """The durable consumer ``name`` on ``topic`` (created if new: after ``since``, else
+        from now), as an async iterator of :class:`~ratewire.client.ConsumedUpdate`: the
+        server keeps the position, and every member of the same name and token shares the
+        work. Use it in ``async with`` so the last acks are sent::
+
+            async with client.consume("rating.global", "moderation") as queue:
+                async for item in queue:
+                    handle(item.update)
+                    item.ack()
+
+        Items come in batches of up to ``batch`` (a fetch waits up to ``wait_ms`` for the
+        first); acks travel together, before the next fetch. ``auto_ack``: taking the next
+        item acks the one before."""
+        return Consumer(
+            self._request,
+            topic,
+            name,
+            batch=batch,
+            wait_ms=wait_ms,
+            auto_ack=auto_ack,
+            since=since,
+            ack_wait_ms=ack_wait_ms,
+            max_in_flight=max_in_flight,
+        )
 
     async def _next(self, sub: Subscription) -> Item | BaseException:
         if sub.queue.empty() and self.stream.failure is not None:
