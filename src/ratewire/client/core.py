@@ -196,6 +196,31 @@ class ClientCore:
             max_in_flight=max_in_flight,
         )
 
+    async def fetch_consumer(
+        self, topic: str, name: str, max: int = 10, wait_ms: int = 0
+    ) -> list[dict[str, Any]]:
+        """One fetch of the durable consumer ``name`` (created from now if new): up to ``max``
+        ``rating_update`` objects with ``consumer`` and ``delivery``, waiting up to ``wait_ms``
+        for the first. Ack them with :meth:`ack_consumer`."""
+        answer = await self._request(
+            "POST",
+            f"/consumers/{quote(name, safe='')}/fetch",
+            auth=True,
+            json={"topic": topic, "max": max, "waitMs": wait_ms},
+        )
+        events: list[dict[str, Any]] = answer.json()["events"]
+        return events
+
+    async def ack_consumer(self, topic: str, name: str, offsets: list[int]) -> None:
+        """Ack ``offsets`` of the durable consumer ``name`` in one request
+        (:class:`~ratewire.client.Conflict` names offsets it never delivered)."""
+        await self._request(
+            "POST",
+            f"/consumers/{quote(name, safe='')}/ack",
+            auth=True,
+            json={"topic": topic, "offsets": offsets},
+        )
+
     async def _next(self, sub: Subscription) -> Item | BaseException:
         if sub.queue.empty() and self.stream.failure is not None:
             return self.stream.failure  # the stream ended for good, after what was queued

@@ -286,6 +286,26 @@ class RatewireMCP:
             topic's last offset."""
             return _history(await client().events(topic, since, limit))
 
+        @server.tool()
+        async def fetch_ratings(
+            consumer: str, topic: str = "rating.global", max: int = 10, wait_ms: int = 0
+        ) -> dict[str, Any]:
+            """Take the next rating changes from a durable consumer: a work queue the server
+            keeps for this token, shared with every other agent using the same ``consumer``
+            name (each change goes to one of them). Created from now on first use. Handle
+            each, then call ack_ratings with their offsets; changes not acked within 30 s
+            come back (``delivery`` counts the times)."""
+            return {"events": await client().fetch_consumer(topic, consumer, max, wait_ms)}
+
+        @server.tool()
+        async def ack_ratings(
+            consumer: str, offsets: list[int], topic: str = "rating.global"
+        ) -> dict[str, Any]:
+            """Mark rating changes taken with fetch_ratings as handled (by their offsets):
+            they are never handed out again."""
+            await client().ack_consumer(topic, consumer, offsets)
+            return {"acked": sorted(set(offsets))}
+
         @server.resource(
             SUMMARY_URI,
             name="game-summary",
