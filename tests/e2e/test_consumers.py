@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
+from asyncio.subprocess import Process
 from collections.abc import Callable
 
 import httpx
+import orjson
 import pytest
 from tests.e2e.test_audit import wait_for_entry
 from tests.e2e.wsclient import WsClient
 from tests.support.consumers import WAIT, collect, member
-from tests.support.server import ServerProcess
+from tests.support.server import SECRET, ServerProcess
 
 from ratewire.client import Client
 
@@ -238,3 +242,54 @@ async def test_the_python_client_iterates_a_consumer_and_batches_its_acks(
                 if len(offsets) == 2:
                     break
         assert offsets == [7, 8] and (await queue.status())["ackFloor"] == 8
+
+
+async def tail_consumer(server: ServerProcess, topic: str, name: str) -> Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ratewire",
+        "tail",
+        topic,
+        "--consumer",
+        name,
+        "--since",
+        "0",
+        "--json",
+        "--url",
+        server.ws_url,
+        "--token",
+        server.token("tailer"),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "RATEWIRE_JWT__SECRET": SECRET},
+    )
+
+
+async def test_tail_through_a_consumer_goes_on_where_it_stopped(server: ServerProcess) -> None:
+    topic = "rating.game.tailed"
+    await write(server, "tailed", 2)
+    tail = await tail_consumer(server, topic, "tq")
+    assert tail.stdout is not None
+    auth = {"Authorization": f"Bearer {server.token('tailer')}"}
+    try:
+        lines = [orjson.loads(await asyncio.wait_for(tail.stdout.readline(), WAIT)) for _ in "ab"]
+        assert [(f["offset"], f["data"]["gameId"]) for f in lines] == [(1, "tailed"), (2, "tailed")]
+        async with httpx.AsyncClient(base_url=server.base_url, headers=auth) as http:
+            for _ in range(100):  # printed, then acked as the next fetch begins
+                status = (await http.get("/consumers/tq", params={"topic": topic})).json()
+                if status["ackFloor"] == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert status["ackFloor"] == 2
+    finally:
+        tail.terminate()
+        await tail.wait()
+    again = await tail_consumer(server, topic, "tq")
+    assert again.stdout is not None
+    try:
+        await write(server, "tailed", 1)
+        line = orjson.loads(await asyncio.wait_for(again.stdout.readline(), WAIT))
+        assert line["offset"] == 3
+    finally:
+        again.terminate()
+        await again.wait()

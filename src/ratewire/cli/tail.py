@@ -20,6 +20,11 @@ from ratewire.cli.common import (
 @click.argument("topic")
 @click.option("--since", type=click.IntRange(min=0), default=None, help="replay after this offset")
 @click.option("--json", "as_json", is_flag=True, help="print each frame as one JSON line")
+@click.option(
+    "--consumer",
+    default=None,
+    help="read through this durable consumer: the server keeps the position, acked as printed",
+)
 @click.option("--url", default=None, help="WebSocket URL (default: the configured module port)")
 @click.option("--token", "token_value", default=None, help="JWT (default: one minted for 'tail')")
 @config_option
@@ -28,19 +33,24 @@ def tail(
     topic: str,
     since: int | None,
     as_json: bool,
+    consumer: str | None,
     url: str | None,
     token_value: str | None,
     config_path: Path | None,
     auth_path: Path | None,
 ) -> None:
-    """Print TOPIC's rating updates as they come (reconnects and resumes by itself)."""
+    """Print TOPIC's rating updates as they come (reconnects and resumes by itself). With
+    --consumer, through a durable consumer: a second tail of the same name shares the work,
+    and a tail started again goes on where the last one stopped."""
     from ratewire.client import Client, RatewireError
     from ratewire.security.tokens import SCOPE_ADMIN
 
     settings = settings_from(config_path, auth_path)
+    rest_url = None
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
         url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
+        rest_url = f"{scheme.replace('ws', 'http')}://127.0.0.1:{settings.server.port}"
     if sys.stderr.isatty():
         _narrate(url, topic, since)
     # Without --token, a fresh one whenever needed: tail outlives any one token.
@@ -53,9 +63,16 @@ def tail(
 
     async def follow() -> None:
         provider = None if token_value else mint
-        async with Client(url, token_value, provider) as client:
-            async for item in client.subscribe(topic, since):
-                click.echo(_tail_line(item, as_json=as_json, colour=colour))
+        async with Client(url, token_value, provider, rest_url=rest_url) as client:
+            if consumer is None:
+                async for item in client.subscribe(topic, since):
+                    click.echo(_tail_line(item, as_json=as_json, colour=colour))
+                return
+            async with client.consume(topic, consumer, since=since, auto_ack=True) as queue:
+                async for taken in queue:
+                    line = _tail_line(taken.update, as_json=as_json, colour=colour)
+                    again = f" (delivery {taken.delivery})" if taken.delivery > 1 else ""
+                    click.echo(line + ("" if as_json else again))
 
     try:
         asyncio.run(follow())
