@@ -114,6 +114,10 @@ async def test_consumer_messages_are_checked(server: ServerProcess) -> None:
         assert "consumer name" in (await client.recv_type("error"))["message"]
         await client.send(action="subscribe", topic="rating.global", consumer="c", ackWaitMs=1)
         assert "ackWaitMs" in (await client.recv_type("error"))["message"]
+        await client.send(
+            action="subscribe", topic="rating.global", consumer="c", filter="x" * 1025
+        )
+        assert "filter" in (await client.recv_type("error"))["message"]
         await client.send(action="ack", topic="rating.global", consumer="c", offsets=[1])
         assert "subscribe first" in (await client.recv_type("error"))["message"]
         subscribed = await client.subscribe("rating.user.checks", consumer="mine")

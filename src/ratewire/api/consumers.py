@@ -148,9 +148,8 @@ async def fetch(
             event_filter=body.filter,
             context=request_audit_context(request.scope, caller),
         )
-        items = await consumers.fetch(
-            opened, min(body.max, opened.consumer.max_in_flight), body.waitMs
-        )
+        most = min(body.max, opened.consumer.max_in_flight)
+        items = await consumers.fetch(opened, most, body.waitMs, gone=request.is_disconnected)
     return _json({"events": [item.wire(key.topic, name) for item in items]})
 
 

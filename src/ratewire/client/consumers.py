@@ -72,7 +72,13 @@ class Consumer:
             self._last.ack()
         while not self._buffer:
             await self.flush()
-            answer = await self._request("POST", f"{self._path}/fetch", auth=True, json=self._fetch)
+            answer = await self._request(
+                "POST",
+                f"{self._path}/fetch",
+                auth=True,
+                json=self._fetch,
+                wait=self._fetch["waitMs"] / 1000,
+            )
             for frame in answer.json()["events"]:
                 self._buffer.append(
                     ConsumedUpdate(

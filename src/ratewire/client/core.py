@@ -207,6 +207,7 @@ class ClientCore:
             f"/consumers/{quote(name, safe='')}/fetch",
             auth=True,
             json={"topic": topic, "max": max, "waitMs": wait_ms},
+            wait=wait_ms / 1000,
         )
         events: list[dict[str, Any]] = answer.json()["events"]
         return events
@@ -240,15 +241,21 @@ class ClientCore:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        wait: float = 0.0,
     ) -> httpx.Response:
+        """``wait``: seconds the server may hold the answer back (a long-poll), added to the
+        client's timeout."""
         sent_headers = {**(headers or {}), **(await self._auth_headers() if auth else {})}
+        timeout: Any = httpx.USE_CLIENT_DEFAULT
+        if wait:
+            timeout = httpx.Timeout(self._options["timeout"] + wait)
         answer = await self._http.request(
-            method, path, json=json, params=params, headers=sent_headers
+            method, path, json=json, params=params, headers=sent_headers, timeout=timeout
         )
         if answer.status_code == 401 and auth and self.stream.has_provider:
             sent_headers.update(await self._auth_headers(fresh=True))  # expired: renew once
             answer = await self._http.request(
-                method, path, json=json, params=params, headers=sent_headers
+                method, path, json=json, params=params, headers=sent_headers, timeout=timeout
             )
         if answer.status_code >= 400:
             try:

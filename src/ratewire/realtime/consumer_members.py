@@ -11,6 +11,7 @@ not per event, and the rate limit keeps protecting the server from any other flo
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -51,7 +52,9 @@ class SocketMember:
         self.session = session
         self.key = key
         self.max_in_flight = max_in_flight
-        self.member_id = f"ws-{session.client_id}"
+        # One id per membership: a connection that subscribes again must not have the old
+        # membership's release (which runs later) take back the new one's claims.
+        self.member_id = f"ws-{session.client_id[:12]}-{uuid.uuid4().hex[:12]}"
         #: Offset -> when its claim runs out (epoch ms); past it, it no longer counts.
         self._held: dict[int, int] = {}
 
@@ -94,14 +97,25 @@ async def subscribe(
     message: ClientMessage,
     topic: Topic,
     context: AuditContext,
+    most: int,
 ) -> None:
     """``subscribe`` with ``consumer``: join it (creating it if new) and answer ``subscribed``
-    (``epoch``: the topic history's)."""
+    (``epoch``: the topic history's; ``most``: memberships a connection may hold)."""
     service = _service(session, service, message)
     if service is None:
         return
     assert session.principal is not None and message.consumer is not None
     key = ConsumerKey(session.principal.sub, message.consumer, topic.name)
+    if (topic.name, key.name) not in session.consumers and len(session.consumers) >= most:
+        # Each membership may create a consumer row: one connection may not hold unbounded.
+        session.send(
+            frames.error(
+                "too_many_subscriptions",
+                f"a connection is a member of at most {most} consumers; unsubscribe first",
+                message.id,
+            )
+        )
+        return
     try:
         check_settings(message.ack_wait_ms, message.max_in_flight)
         opened = await service.open(

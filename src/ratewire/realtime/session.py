@@ -481,8 +481,9 @@ class Session:
             return
         if message.consumer is not None:
             ctx, audit = self._ctx, self._audit_context()
+            most = ctx.limits.max_subscriptions_per_connection
             await consumer_members.subscribe(
-                self, ctx.consumers, ctx.store.epoch, message, topic, audit
+                self, ctx.consumers, ctx.store.epoch, message, topic, audit, most
             )
             return
         hub, store = self._ctx.hub, self._ctx.store

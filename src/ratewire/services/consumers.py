@@ -30,7 +30,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,6 +55,10 @@ MAX_ACK_OFFSETS = 1000
 POLL_SECONDS = 1.0
 #: How often the lag and pending counts /metrics shows are read again.
 STATS_SECONDS = 5.0
+#: How often a waiting REST fetch looks whether its caller hung up.
+GONE_CHECK_SECONDS = 0.5
+#: Characters of a consumer's filter expression (docs/protocol.md, "Filters").
+MAX_FILTER = 1024
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -225,9 +229,17 @@ class ConsumerService:
             spare = member.spare(now)
             backlog = max(head - group.cursor, 1)
             share = spare if len(ready) == 1 else min(spare, math.ceil(backlog / len(ready)))
+            if share <= 0:
+                continue  # it closed meanwhile
             claims, group.cursor = await self._store.claim(
                 group.consumer.key, member.member_id, share, head, now
             )
+            if not claims and group.cursor < head:
+                # A live consumer's cursor reaches the head when nothing is held back: this
+                # one was deleted (DELETE /consumers, retention). Its members get nothing more
+                # (an ack answers that there is no such consumer; subscribing creates it anew).
+                self._groups.pop(group.consumer.key, None)
+                return
             if not claims:
                 break
             items = await self._events(group, claims, now)
@@ -279,6 +291,8 @@ class ConsumerService:
         head. An existing one keeps its own position and settings (``since`` is ignored)."""
         topic = check_key(key)
         check_settings(ack_wait_ms, max_in_flight)
+        if event_filter is not None and len(event_filter) > MAX_FILTER:
+            raise InvalidConsumer(f"filter: at most {MAX_FILTER} characters")
         head = await self._history.topic_head(topic)
         start = head if since is None else min(since, head)
         now = now_ms()
@@ -357,10 +371,17 @@ class ConsumerService:
         return outcome
 
     async def fetch(
-        self, opened: Opened, most: int, wait_ms: int, *, member_id: str | None = None
+        self,
+        opened: Opened,
+        most: int,
+        wait_ms: int,
+        *,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[Delivered]:
-        """Up to ``most`` events for a REST caller, waiting up to ``wait_ms`` for the first."""
-        waiter = _Waiter(member_id or f"rest-{uuid.uuid4().hex[:12]}", most)
+        """Up to ``most`` events for a REST caller, waiting up to ``wait_ms`` for the first.
+        ``gone`` tells whether the caller has hung up: a long-poll it left stops taking events
+        (else they would wait ``ackWaitMs`` to go to someone who can take them)."""
+        waiter = _Waiter(f"rest-{uuid.uuid4().hex[:16]}", most)
         consumer, key = opened.consumer, opened.consumer.key
         # What is there now is taken at once; only an empty answer waits for the pump.
         topic = check_key(key)
@@ -374,14 +395,23 @@ class ConsumerService:
         if wait_ms <= 0:
             return []
         self.join(consumer, waiter)
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         try:
-            async with asyncio.timeout(wait_ms / 1000):
-                await waiter.filled.wait()
-        except TimeoutError:
-            pass
+            while not waiter.filled.is_set():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, GONE_CHECK_SECONDS)):
+                        await waiter.filled.wait()
+                if not waiter.filled.is_set() and gone is not None and await gone():
+                    break
         finally:
             self.leave(key, waiter, release=False)
             waiter.closed = True
+        if waiter.items and gone is not None and await gone():
+            self.leave(key, waiter)  # handed to a caller that left: to the others at once
+            return []
         return waiter.items
 
     # -- reads ---------------------------------------------------------------------------------
