@@ -19,7 +19,7 @@ from tests.e2e.wsclient import WsClient
 from tests.support.consumers import WAIT, collect, member
 from tests.support.server import SECRET, ServerProcess
 
-from ratewire.client import Client
+from ratewire.client import Client, SyncClient
 
 pytestmark = pytest.mark.e2e
 
@@ -246,6 +246,24 @@ async def test_the_python_client_iterates_a_consumer_and_batches_its_acks(
                 if len(offsets) == 2:
                     break
         assert offsets == [7, 8] and (await queue.status())["ackFloor"] == 8
+
+
+def test_the_sync_client_shares_a_consumer(server: ServerProcess) -> None:
+    topic = "rating.game.sync"
+    asyncio.run(write(server, "sync", 3))
+    with SyncClient(server.ws_url, token=server.token("sync"), rest_url=server.base_url) as one:
+        taken = []
+        for item in one.consume(topic, "sync", since=0, batch=2, wait_ms=2000):
+            taken.append((item.offset, item.delivery))
+            item.ack()
+            if len(taken) == 3:
+                break
+        assert taken == [(1, 1), (2, 1), (3, 1)]
+        assert one.fetch_consumer(topic, "sync") == []  # all acked: nothing comes back
+        asyncio.run(write(server, "sync", 1))
+        [event] = one.fetch_consumer(topic, "sync", wait_ms=5000)
+        one.ack_consumer(topic, "sync", [event["offset"]])
+        assert event["offset"] == 4
 
 
 async def tail_consumer(server: ServerProcess, topic: str, name: str) -> Process:
