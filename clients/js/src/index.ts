@@ -40,4 +40,5 @@ export {
   type SubscribeOptions,
   restUrlFor,
 } from "./client.js";
+export { ConsumedUpdate, type ConsumeOptions } from "./consumer.js";
 export type { Refusal, TokenProvider } from "./stream.js";
