@@ -179,8 +179,15 @@ def test_rest_fetch_ack_get_list_and_delete(server: ServerProcess) -> None:
         assert {"/consumers", "/consumers/{name}", "/consumers/{name}/fetch"} <= set(paths)
 
 
-async def test_the_position_survives_sigkill(server_factory: ServerFactory) -> None:
-    server = server_factory()
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_the_position_survives_sigkill(
+    server_factory: ServerFactory, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "redis":
+        url = str(request.getfixturevalue("redis_store_url"))
+        server = server_factory(backend="redis", storage_url=url)
+    else:
+        server = server_factory()
     token, topic = server.token("durable"), "rating.game.kill"
     async with await member(server.ws_url, token, topic, "keep", ackWaitMs=500) as client:
         await write(server, "kill", 5)
