@@ -35,7 +35,7 @@ from ratewire.storage.sql.audit import AuditTables
 
 #: Kept in ``ratewire_meta`` (set by each migration that changes the schema, see
 #: ``migrations/``): a ratewire from before migrations (0.1.0) refuses to open a newer schema.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 

@@ -1,8 +1,8 @@
 """Durable consumers: each consumer's position, the offsets its members hold, and the offsets
-acked above its floor (schema version 3).
+acked above its floor (schema version 4).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003 (main's 0003_sqlite_keys; on the branch that made it, 0002)
 Create Date: 2026-12-07
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
+revision: str = "0004"
+# Written beside main's 0003 (SQLite keys), on a branch without it: merged, this follows 0003.
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -49,14 +50,14 @@ def upgrade() -> None:
         sa.Column("consumer_id", sa.String(64), primary_key=True),
         sa.Column("topic_offset", sa.BigInteger, primary_key=True, autoincrement=False),
     )
-    _set_schema_version(3)
+    _set_schema_version(4)
 
 
 def downgrade() -> None:
     op.drop_table("consumer_acks")
     op.drop_table("consumer_claims")
     op.drop_table("consumers")
-    _set_schema_version(2)
+    _set_schema_version(3)
 
 
 def _set_schema_version(version: int) -> None:
