@@ -10,7 +10,9 @@ events from the history to its own members:
 - every delivery on this instance (:meth:`ConsumerService.notify`, from
   :meth:`~ratewire.runtime.delivery.Delivery.deliver_batch`) wakes one pump task, and so does
   an ack, a member joining or leaving, and a timer (claims that came due on another instance,
-  or ``ackWaitMs`` passing here, are seen within :data:`POLL_SECONDS`);
+  or ``ackWaitMs`` passing here, are looked for every quarter of ``ackWaitMs``, between
+  :data:`POLL_SECONDS` and :data:`MAX_POLL_SECONDS`: each look is a write, which an idle
+  consumer should not cost every second);
 - the pump asks the store to claim offsets for each local member with room (fewest unacked
   first, ties in turn), a fair share each, and sends them; the store's claim is atomic, so
   members on two instances never hold the same offset;
@@ -53,6 +55,7 @@ MAX_ACK_OFFSETS = 1000
 #: How often claims that came due (an ``ackWaitMs`` passed, here or on another instance) are
 #: looked for when nothing else wakes the pump.
 POLL_SECONDS = 1.0
+MAX_POLL_SECONDS = 5.0
 #: How often the lag and pending counts /metrics shows are read again.
 STATS_SECONDS = 5.0
 #: How often a waiting REST fetch looks whether its caller hung up.
@@ -220,7 +223,10 @@ class ConsumerService:
         head = await self._history.topic_head(group.topic)
         if head <= group.cursor and now < group.next_poll:
             return  # nothing new here, and not time to look for claims that came due
-        group.next_poll = now + int(POLL_SECONDS * 1000)
+        every = group.consumer.ack_wait_ms // 4
+        group.next_poll = now + min(
+            max(every, int(POLL_SECONDS * 1000)), int(MAX_POLL_SECONDS * 1000)
+        )
         group.turn += 1
         shift = group.turn % len(ready)
         ready = ready[shift:] + ready[:shift]
