@@ -231,10 +231,17 @@ class ConsumerService:
         shift = group.turn % len(ready)
         ready = ready[shift:] + ready[:shift]
         ready.sort(key=lambda m: m.unacked(now))  # fewest unacked first; stable: in turn
+        more = False
         for member in ready:
             spare = member.spare(now)
-            backlog = max(head - group.cursor, 1)
-            share = spare if len(ready) == 1 else min(spare, math.ceil(backlog / len(ready)))
+            backlog = head - group.cursor
+            # New events are split fairly; with none, claims that came due go to whoever has
+            # room (there is no telling how many there are).
+            share = (
+                spare
+                if len(ready) == 1 or backlog <= 0
+                else min(spare, math.ceil(backlog / len(ready)))
+            )
             if share <= 0:
                 continue  # it closed meanwhile
             claims, group.cursor = await self._store.claim(
@@ -248,12 +255,18 @@ class ConsumerService:
                 return
             if not claims:
                 break
+            # New events left, or as many due claims as asked: there may be more, so another
+            # pass follows at once (members' room changed since this one began).
+            more = more or group.cursor < head or (backlog <= 0 and len(claims) == share)
             items = await self._events(group, claims, now)
             if items and member in group.members:
                 member.deliver(group.consumer, items, now)
             elif items:  # it left while the claim was made: another member takes them now
                 await self._store.release(group.consumer.key, member.member_id)
-                self._wake.set()
+                more = True
+        if more:
+            group.next_poll = 0
+            self._wake.set()
 
     async def _events(self, group: _Group, claims: list[Claim], now: int) -> list[Delivered]:
         """The claimed offsets' events (contiguous runs read at once). Offsets history no
