@@ -327,6 +327,14 @@ class WebhooksSettings(_Section):
         return schedule
 
 
+class ConsumersSettings(_Section):
+    """Durable consumers (see ratewire.services.consumers)."""
+
+    #: A consumer no member touched (joined, fetched, acked) for this long is deleted with
+    #: its position; 0 keeps them forever.
+    retention_days: float = Field(7, ge=0)
+
+
 class LogSettings(_Section):
     """What the server's log lines look like."""
 
@@ -370,6 +378,7 @@ class Settings(_Section):
     jwt: JwtSettings = JwtSettings()
     audit: AuditSettings = AuditSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
+    consumers: ConsumersSettings = ConsumersSettings()
     mcp: McpSettings = McpSettings()
     log: LogSettings = LogSettings()
 

@@ -66,10 +66,17 @@ async def test_dashboard_shows_live_ratings_and_recovers_what_it_missed(
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     page_errors: list[str] = []
     page.on("pageerror", lambda error: page_errors.append(str(error)))
+    viewer = {"Authorization": f"Bearer {server.token('viewer')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=viewer, timeout=10) as http:
+        made = await http.post("/consumers/board/fetch", json={"topic": "rating.global"})
+        assert made.status_code == 200, made.text
     await page.goto(f"http://127.0.0.1:{proxy.port}/dashboard?token={server.token('viewer')}")
     status = page.locator("#status")
     await expect(status).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     assert "token" not in page.url  # taken out of the address bar and history
+    consumers = page.locator("#consumers tbody tr")
+    await expect(consumers).to_have_count(1, timeout=WAIT_MS)  # the token's own, with its lag
+    await expect(consumers.first).to_contain_text("board")
 
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         for game, user, score in (("dash-a", "u1", 5), ("dash-a", "u2", 5), ("dash-a", "u3", 2)):

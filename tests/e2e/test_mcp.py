@@ -74,7 +74,12 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
             "submit_rating",
             "events_since",
             "watch_events",
+            "fetch_ratings",
+            "ack_ratings",
         }
+        # A work queue over tool calls: created from now, so the next change is the first.
+        queue = {"consumer": "mcp-queue", "topic": "rating.game.mcp-1"}
+        assert structured(await mcp.call_tool("fetch_ratings", queue)) == {"events": []}
         summary = structured(await mcp.call_tool("game_summary", {"game_id": "mcp-1"}))
         assert (summary["count"], summary["mean"]) == (2, 4.5)
         top = structured(await mcp.call_tool("top_games", {"limit": 5}))
@@ -108,6 +113,10 @@ async def test_mcp_tools_resource_and_live_notifications_over_stdio(
                 )
             )
             assert rated["score"] == 1 and rated["user_id"] == "u3"
+            taken = structured(await mcp.call_tool("fetch_ratings", queue))["events"]
+            assert [(e["offset"], e["delivery"]) for e in taken] == [(3, 1)]
+            acked = structured(await mcp.call_tool("ack_ratings", {**queue, "offsets": [3]}))
+            assert acked == {"acked": [3]}
             event = await asyncio.wait_for(sub.__anext__(), 10)
             assert event.uri == "rating://games/mcp-1/summary"
             async with httpx.AsyncClient(base_url=server.base_url) as http:

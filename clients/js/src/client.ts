@@ -16,6 +16,7 @@ import {
   summaryFromWire,
   updateFromWire,
 } from "./models.js";
+import { ConsumedUpdate, type ConsumeOptions } from "./consumer.js";
 import { CLOSED, abortReason } from "./queue.js";
 import {
   type QueuedItem,
@@ -244,6 +245,8 @@ export class RatewireClient {
       params?: Record<string, string | number | undefined>;
       headers?: Record<string, string>;
       signal?: AbortSignal | undefined;
+      /** ms the server may hold the answer (a long-poll), added to the timeout. */
+      waitMs?: number;
     } = {},
   ): Promise<Response> {
     const url = new URL(this.restUrl + path);
@@ -256,7 +259,8 @@ export class RatewireClient {
         headers.Authorization = `Bearer ${await this.#stream.currentToken(fresh)}`;
       }
       if (options.json !== undefined) headers["Content-Type"] = "application/json";
-      const signals = [this.#closing.signal, AbortSignal.timeout(this.#timeoutMs)];
+      const timeout = AbortSignal.timeout(this.#timeoutMs + (options.waitMs ?? 0));
+      const signals = [this.#closing.signal, timeout];
       if (options.signal !== undefined) signals.push(options.signal);
       const init: RequestInit = { method, headers, signal: AbortSignal.any(signals) };
       if (options.json !== undefined) init.body = JSON.stringify(options.json);
@@ -429,5 +433,74 @@ export class RatewireClient {
       head: page.head,
       updates: page.events.map((frame) => updateFromWire(frame, page.epoch)),
     };
+  }
+
+  /**
+   * The durable consumer `name` on `topic` (created if new): the server keeps the position and
+   * every member of the same name and token shares the work. Items come in batches over REST
+   * (long-polling); the acks given travel together, before each fetch and when the loop ends.
+   *
+   *     for await (const item of client.consume("rating.global", "moderation")) {
+   *       await moderate(item.update.rating);
+   *       item.ack();
+   *     }
+   */
+  async *consume(
+    topic: string,
+    name: string,
+    options: ConsumeOptions = {},
+  ): AsyncGenerator<ConsumedUpdate, void, undefined> {
+    const acks: number[] = [];
+    const body: Record<string, unknown> = {
+      topic,
+      max: options.batch ?? 10,
+      waitMs: options.waitMs ?? 10_000,
+    };
+    if (options.since !== undefined) body.since = options.since;
+    if (options.ackWaitMs !== undefined) body.ackWaitMs = options.ackWaitMs;
+    if (options.maxInFlight !== undefined) body.maxInFlight = options.maxInFlight;
+    const callOptions: CallOptions = options.signal ? { signal: options.signal } : {};
+    let last: ConsumedUpdate | null = null;
+    try {
+      for (;;) {
+        if (acks.length > 0) {
+          await this.ackConsumer(topic, name, acks.splice(0), callOptions);
+        }
+        const answer = await this.#request("POST", `/consumers/${encodeURIComponent(name)}/fetch`, {
+          auth: true,
+          json: body,
+          signal: options.signal,
+          waitMs: body.waitMs as number,
+        });
+        const { events } = (await answer.json()) as {
+          events: (WireUpdate & { consumer: string; delivery: number })[];
+        };
+        for (const frame of events) {
+          if (options.autoAck && last !== null) last.ack();
+          last = new ConsumedUpdate(updateFromWire(frame, null), frame.consumer, frame.delivery, acks);
+          yield last;
+        }
+      }
+    } finally {
+      // The last item is not auto-acked here: a loop left by a throw looks like a break.
+      if (acks.length > 0 && !this.#closing.signal.aborted) {
+        await this.ackConsumer(topic, name, acks.splice(0));
+      }
+    }
+  }
+
+  /** Ack `offsets` of the durable consumer `name` in one request (409: never delivered). */
+  async ackConsumer(
+    topic: string,
+    name: string,
+    offsets: number[],
+    options: CallOptions = {},
+  ): Promise<void> {
+    const answer = await this.#request("POST", `/consumers/${encodeURIComponent(name)}/ack`, {
+      auth: true,
+      json: { topic, offsets: [...new Set(offsets)].sort((a, b) => a - b) },
+      signal: options.signal,
+    });
+    await answer.body?.cancel();
   }
 }

@@ -42,4 +42,5 @@ export {
   type SummaryOptions,
   restUrlFor,
 } from "./client.js";
+export { ConsumedUpdate, type ConsumeOptions } from "./consumer.js";
 export type { Refusal, TokenProvider } from "./stream.js";

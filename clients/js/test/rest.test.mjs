@@ -133,6 +133,30 @@ test("a call takes an AbortSignal", async () => {
   await client.close();
 });
 
+test("a durable consumer is an async iterator; acks go in batches and never come back", async () => {
+  const worker = clientAs("worker");
+  const writer = clientAs("admin", { token: token("admin", { scope: "ratings:admin" }) });
+  for (const user of ["c1", "c2", "c3"]) await writer.create("consumed", 4, { userId: user });
+  const seen = [];
+  for await (const item of worker.consume("rating.game.consumed", "q", { since: 0, batch: 2, waitMs: 5000 })) {
+    assert.equal(item.consumer, "q");
+    assert.equal(item.delivery, 1);
+    seen.push([item.offset, item.update.rating.userId]);
+    item.ack();
+    if (seen.length === 3) break; // the last ack goes as the loop ends
+  }
+  assert.deepEqual(seen, [[1, "c1"], [2, "c2"], [3, "c3"]]);
+  await writer.create("consumed", 5, { userId: "c4" });
+  for await (const item of worker.consume("rating.game.consumed", "q", { autoAck: true, waitMs: 5000 })) {
+    assert.equal(item.offset, 4); // 1..3 were acked: only the new one comes
+    item.ack();
+    break;
+  }
+  const refused = await worker.ackConsumer("rating.game.consumed", "q", [99]).catch((error) => error);
+  assert.ok(refused instanceof Conflict, String(refused));
+  await Promise.all([worker.close(), writer.close()]);
+});
+
 test("429 is RateLimited with its Retry-After", async () => {
   const limited = await Server.start({ RATEWIRE_LIMITS__REST_REQUESTS_PER_CLIENT_PER_MINUTE: "2" });
   const client = new RatewireClient({ url: limited.wsUrl, token: token("hasty") });

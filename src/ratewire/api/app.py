@@ -10,6 +10,7 @@ from ratewire import __version__
 from ratewire.api.admin import router as admin_router
 from ratewire.api.admission import AdmissionMiddleware
 from ratewire.api.audit import router as audit_router
+from ratewire.api.consumers import router as consumers_router
 from ratewire.api.dashboard import router as dashboard_router
 from ratewire.api.fast_paths import FastPaths
 from ratewire.api.identity import router as identity_router
@@ -26,6 +27,7 @@ from ratewire.config import Settings
 from ratewire.observability.metrics import Metrics
 from ratewire.security.ratelimit import RequestRateLimiter
 from ratewire.security.tokens import TokenService
+from ratewire.services.consumers import ConsumerService
 from ratewire.services.ratings import RatingService
 from ratewire.services.revocations import RevocationService
 from ratewire.webhooks.admin import WebhookAdmin
@@ -49,15 +51,18 @@ def create_app(
     audit: AuditLog | None = None,
     metrics: Metrics | None = None,
     webhooks: WebhookAdmin | None = None,
+    consumers: ConsumerService | None = None,
 ) -> FastAPI:
     """An ASGI app serving the REST API over ``service`` (which the caller starts and stops),
-    with the /admin routes when ``revocations`` is given, /admin/webhooks with ``webhooks``."""
+    with the /admin routes when ``revocations`` is given, /admin/webhooks with ``webhooks``,
+    /consumers with ``consumers``."""
     app = FastAPI(title="ratewire", version=__version__, description=DESCRIPTION)
     app.state.service = service
     app.state.revocations = revocations
     app.state.readiness_probes = {"storage": service.store.ping, **(readiness_probes or {})}
     app.state.metrics = metrics
     app.state.webhooks = webhooks
+    app.state.consumers = consumers
     app.state.storage_errors = 0  # answers 503 because the store failed (for /metrics)
     install_problem_handlers(app)
     routers = [router, ops_router, topic_history_router, dashboard_router, identity_router]
@@ -67,6 +72,8 @@ def create_app(
         routers.append(audit_router)
     if webhooks is not None:
         routers.append(webhooks_router)
+    if consumers is not None:
+        routers.append(consumers_router)
     routers.extend(extra_routers)
     for included in routers:
         app.include_router(included)

@@ -38,6 +38,11 @@ from ratewire.cli.common import (
     metavar="EXPR",
     help='only the updates this CEL expression passes, e.g. "data.score <= 2"',
 )
+@click.option(
+    "--consumer",
+    default=None,
+    help="read through this durable consumer: the server keeps the position, acked as printed",
+)
 @click.option("--url", default=None, help="WebSocket URL (default: the configured module port)")
 @click.option("--token", "token_value", default=None, help="JWT (default: one minted for 'tail')")
 @config_option
@@ -50,6 +55,7 @@ def tail(
     min_count: int | None,
     as_json: bool,
     expression: str | None,
+    consumer: str | None,
     url: str | None,
     token_value: str | None,
     config_path: Path | None,
@@ -58,7 +64,9 @@ def tail(
     """Print TOPIC's rating updates as they come (reconnects and resumes by itself).
 
     A summary topic (summary.game.ID, summary.games.top) prints its state at once, then at
-    most one per --interval-ms, when it changes."""
+    most one per --interval-ms, when it changes. With --consumer, through a durable consumer:
+    a second tail of the same name shares the work, and a tail started again goes on where
+    the last one stopped."""
     from ratewire.client import Client, RatewireError
     from ratewire.security.tokens import SCOPE_ADMIN
 
@@ -71,9 +79,11 @@ def tail(
         except BadFilter as exc:
             raise click.BadParameter(exc.message, param_hint="--filter") from None
     settings = settings_from(config_path, auth_path)
+    rest_url = None
     if url is None:
         scheme = "wss" if settings.tls.cert else "ws"
         url = f"{scheme}://127.0.0.1:{settings.modules.websocket.port}/"
+        rest_url = f"{scheme.replace('ws', 'http')}://127.0.0.1:{settings.server.port}"
     if sys.stderr.isatty():
         _narrate(url, topic, since)
     # Without --token, a fresh one whenever needed: tail outlives any one token.
@@ -86,7 +96,7 @@ def tail(
 
     async def follow() -> None:
         provider = None if token_value else mint
-        async with Client(url, token_value, provider) as client:
+        async with Client(url, token_value, provider, rest_url=rest_url) as client:
             if topic.startswith("summary."):
                 states = client.summaries(
                     topic, interval_ms=interval_ms, limit=limit, min_count=min_count
@@ -94,8 +104,15 @@ def tail(
                 async for state in states:
                     click.echo(_summary_line(state, as_json=as_json, colour=colour))
                 return
-            async for item in client.subscribe(topic, since, filter=expression):
-                click.echo(_tail_line(item, as_json=as_json, colour=colour))
+            if consumer is None:
+                async for item in client.subscribe(topic, since, filter=expression):
+                    click.echo(_tail_line(item, as_json=as_json, colour=colour))
+                return
+            async with client.consume(topic, consumer, since=since, auto_ack=True) as queue:
+                async for taken in queue:
+                    line = _tail_line(taken.update, as_json=as_json, colour=colour)
+                    again = f" (delivery {taken.delivery})" if taken.delivery > 1 else ""
+                    click.echo(line + ("" if as_json else again))
 
     try:
         asyncio.run(follow())

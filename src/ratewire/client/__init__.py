@@ -10,6 +10,7 @@ and use the REST API. Reference: docs/client.md.
 
 from ratewire.client.api import KEEP, Client, rest_url_for
 from ratewire.client.connection import TokenProvider
+from ratewire.client.consumers import ConsumedUpdate, Consumer
 from ratewire.client.models import (
     ApiError,
     AuthenticationError,
@@ -42,6 +43,8 @@ __all__ = [
     "BadRequest",
     "Client",
     "Conflict",
+    "ConsumedUpdate",
+    "Consumer",
     "Forbidden",
     "Gap",
     "GapError",

@@ -19,6 +19,7 @@ from ratewire.client.connection import (
     TokenProvider,
     token_claims,
 )
+from ratewire.client.consumers import Consumer
 from ratewire.client.models import (
     Gap,
     GapError,
@@ -199,6 +200,69 @@ class ClientCore:
         finally:
             await self.stream.remove_summary(sub)
 
+    def consume(
+        self,
+        topic: str,
+        name: str,
+        *,
+        batch: int = 10,
+        wait_ms: int = 10_000,
+        auto_ack: bool = False,
+        since: int | None = None,
+        ack_wait_ms: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> Consumer:
+        """The durable consumer ``name`` on ``topic`` (created if new: after ``since``, else
+        from now), as an async iterator of :class:`~ratewire.client.ConsumedUpdate`: the
+        server keeps the position, and every member of the same name and token shares the
+        work. Use it in ``async with`` so the last acks are sent::
+
+            async with client.consume("rating.global", "moderation") as queue:
+                async for item in queue:
+                    handle(item.update)
+                    item.ack()
+
+        Items come in batches of up to ``batch`` (a fetch waits up to ``wait_ms`` for the
+        first); acks travel together, before the next fetch. ``auto_ack``: taking the next
+        item acks the one before."""
+        return Consumer(
+            self._request,
+            topic,
+            name,
+            batch=batch,
+            wait_ms=wait_ms,
+            auto_ack=auto_ack,
+            since=since,
+            ack_wait_ms=ack_wait_ms,
+            max_in_flight=max_in_flight,
+        )
+
+    async def fetch_consumer(
+        self, topic: str, name: str, max: int = 10, wait_ms: int = 0
+    ) -> list[dict[str, Any]]:
+        """One fetch of the durable consumer ``name`` (created from now if new): up to ``max``
+        ``rating_update`` objects with ``consumer`` and ``delivery``, waiting up to ``wait_ms``
+        for the first. Ack them with :meth:`ack_consumer`."""
+        answer = await self._request(
+            "POST",
+            f"/consumers/{quote(name, safe='')}/fetch",
+            auth=True,
+            json={"topic": topic, "max": max, "waitMs": wait_ms},
+            wait=wait_ms / 1000,
+        )
+        events: list[dict[str, Any]] = answer.json()["events"]
+        return events
+
+    async def ack_consumer(self, topic: str, name: str, offsets: list[int]) -> None:
+        """Ack ``offsets`` of the durable consumer ``name`` in one request
+        (:class:`~ratewire.client.Conflict` names offsets it never delivered)."""
+        await self._request(
+            "POST",
+            f"/consumers/{quote(name, safe='')}/ack",
+            auth=True,
+            json={"topic": topic, "offsets": offsets},
+        )
+
     async def _next(self, sub: Subscription) -> Item | BaseException:
         if sub.queue.empty() and self.stream.failure is not None:
             return self.stream.failure  # the stream ended for good, after what was queued
@@ -218,15 +282,21 @@ class ClientCore:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        wait: float = 0.0,
     ) -> httpx.Response:
+        """``wait``: seconds the server may hold the answer back (a long-poll), added to the
+        client's timeout."""
         sent_headers = {**(headers or {}), **(await self._auth_headers() if auth else {})}
+        timeout: Any = httpx.USE_CLIENT_DEFAULT
+        if wait:
+            timeout = httpx.Timeout(self._options["timeout"] + wait)
         answer = await self._http.request(
-            method, path, json=json, params=params, headers=sent_headers
+            method, path, json=json, params=params, headers=sent_headers, timeout=timeout
         )
         if answer.status_code == 401 and auth and self.stream.has_provider:
             sent_headers.update(await self._auth_headers(fresh=True))  # expired: renew once
             answer = await self._http.request(
-                method, path, json=json, params=params, headers=sent_headers
+                method, path, json=json, params=params, headers=sent_headers, timeout=timeout
             )
         if answer.status_code >= 400:
             try:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, Literal, TypeVar
 
 from ratewire.client.connection import TokenProvider
+from ratewire.client.consumers import ConsumedUpdate
 from ratewire.client.core import KEEP, ClientCore
 from ratewire.client.models import (
     Gap,
@@ -154,3 +155,24 @@ class SyncClient:
 
     def events(self, topic: str, since: int = 0, limit: int = 100) -> HistoryPage:
         return self._call(self.client.events(topic, since, limit))
+
+    def consume(self, topic: str, name: str, **options: Any) -> Iterator[ConsumedUpdate]:
+        """:meth:`Client.consume <ratewire.client.Client.consume>` as a plain iterator. The
+        acks given are sent before each fetch and when the iteration ends; with ``auto_ack``
+        the last item taken is not acked at the end (a plain iterator cannot tell a ``break``
+        from a failure), so it comes again after ``ackWaitMs`` unless acked."""
+        queue = self.client.consume(topic, name, **options)
+        try:
+            while True:
+                yield self._call(queue.__anext__())
+        finally:
+            if not self._loop.is_closed():
+                self._call(queue.flush())
+
+    def fetch_consumer(
+        self, topic: str, name: str, max: int = 10, wait_ms: int = 0
+    ) -> list[dict[str, Any]]:
+        return self._call(self.client.fetch_consumer(topic, name, max, wait_ms))
+
+    def ack_consumer(self, topic: str, name: str, offsets: list[int]) -> None:
+        self._call(self.client.ack_consumer(topic, name, offsets))

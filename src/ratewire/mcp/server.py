@@ -288,6 +288,12 @@ class RatewireMCP:
         return client
 
     def _register(self) -> None:
+        self._register_reads_and_writes()
+        self._register_streams()
+        self._register_resources()
+
+    def _register_reads_and_writes(self) -> None:
+        """The tools over REST: summaries, top list, ratings, submitting one, history."""
         server, client = self.server, self.caller_client
 
         @server.tool()
@@ -338,6 +344,10 @@ class RatewireMCP:
             topic's last offset."""
             return _history(await client().events(topic, since, limit))
 
+    def _register_streams(self) -> None:
+        """The tools that wait for changes: a filtered watch, and a durable consumer's queue."""
+        server, client = self.server, self.caller_client
+
         @server.tool()
         async def watch_events(
             topic: str,
@@ -354,6 +364,30 @@ class RatewireMCP:
             ``wait_seconds`` passed; call again with ``since`` = the returned ``next`` to miss
             nothing."""
             return await _watch(client(), topic, filter, since, max_events, wait_seconds)
+
+        @server.tool()
+        async def fetch_ratings(
+            consumer: str, topic: str = "rating.global", max: int = 10, wait_ms: int = 0
+        ) -> dict[str, Any]:
+            """Take the next rating changes from a durable consumer: a work queue the server
+            keeps for this token, shared with every other agent using the same ``consumer``
+            name (each change goes to one of them). Created from now on first use. Handle
+            each, then call ack_ratings with their offsets; changes not acked within 30 s
+            come back (``delivery`` counts the times)."""
+            return {"events": await client().fetch_consumer(topic, consumer, max, wait_ms)}
+
+        @server.tool()
+        async def ack_ratings(
+            consumer: str, offsets: list[int], topic: str = "rating.global"
+        ) -> dict[str, Any]:
+            """Mark rating changes taken with fetch_ratings as handled (by their offsets):
+            they are never handed out again."""
+            await client().ack_consumer(topic, consumer, offsets)
+            return {"acked": sorted(set(offsets))}
+
+    def _register_resources(self) -> None:
+        """A game's summary as a resource, notified on change or at most once per interval."""
+        server, client = self.server, self.caller_client
 
         @server.resource(
             SUMMARY_URI,

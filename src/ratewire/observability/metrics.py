@@ -54,6 +54,10 @@ def _none() -> Mapping[str, int]:
     return {}
 
 
+def _no_consumers() -> Mapping[tuple[str, str, str], tuple[int, int, int]]:
+    return {}
+
+
 @dataclass
 class MetricSources:
     """Where each series is read at scrape time (callables, so the owners stay unaware)."""
@@ -90,6 +94,9 @@ class MetricSources:
     audit_entries_dropped: Callable[[], int] = _zero
     #: Audit entries whose text (from untrusted claims) was escaped to be storable.
     audit_entries_made_safe: Callable[[], int] = _zero
+    #: (owner, consumer, topic) -> (lag, pending, members here) of the durable consumers with
+    #: members on this instance.
+    consumers: Callable[[], Mapping[tuple[str, str, str], tuple[int, int, int]]] = _no_consumers
 
 
 @dataclass
@@ -117,6 +124,7 @@ class Metrics:
         self._define_delivery_series()
         self._define_capacity_series()
         self._define_webhook_and_audit_series()
+        self._define_consumer_series()
         self._define_histograms()
 
     def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> _Copied:
@@ -230,6 +238,36 @@ class Metrics:
             "Audit entries recorded with text no store can keep (lone surrogates) escaped",
         )
 
+    def _define_consumer_series(self) -> None:
+        labels = ("owner", "consumer", "topic")
+        self._consumer_lag = self._gauge(
+            "ratewire_consumer_lag",
+            "Durable consumer: the topic's head minus its ack floor (consumers with members here)",
+            labels,
+            mode="livemax",
+        )
+        self._consumer_pending = self._gauge(
+            "ratewire_consumer_pending",
+            "Durable consumer: events delivered and not acked yet",
+            labels,
+            mode="livemax",
+        )
+        self._consumer_members = self._gauge(
+            "ratewire_consumer_members", "Durable consumer: members on this instance", labels
+        )
+        self._consumer_labels: set[tuple[str, str, str]] = set()
+
+    def _sync_consumers(self) -> None:
+        found = self.sources.consumers()
+        series = (self._consumer_lag, self._consumer_pending, self._consumer_members)
+        for departed in self._consumer_labels - found.keys():
+            for gauge in series:
+                gauge.remove(*departed)  # no member here any more
+        self._consumer_labels = set(found)
+        for labels, values in found.items():
+            for gauge, value in zip(series, values, strict=True):
+                gauge.labels(*labels).set(value)
+
     def _define_histograms(self) -> None:
         self.commit_to_send = Histogram(
             "ratewire_commit_to_send_seconds",
@@ -339,6 +377,7 @@ class Metrics:
             self._webhook_backlog.labels(webhook).set(age)
         self._audit_dropped.copy(s.audit_entries_dropped())
         self._audit_made_safe.copy(s.audit_entries_made_safe())
+        self._sync_consumers()
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this process, or every worker in multi-process mode."""

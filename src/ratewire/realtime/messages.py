@@ -28,6 +28,12 @@ class ClientMessage(msgspec.Struct, frozen=True):
     interval_ms: int | None = msgspec.field(default=None, name="intervalMs")
     limit: int | None = None
     min_count: int | None = msgspec.field(default=None, name="minCount")
+    #: Durable consumers (docs/protocol.md): the consumer's name, its settings at creation,
+    #: and an ack's offsets (many per frame, so acks stay within the message rate).
+    consumer: str | None = None
+    ack_wait_ms: int | None = msgspec.field(default=None, name="ackWaitMs")
+    max_in_flight: int | None = msgspec.field(default=None, name="maxInFlight")
+    offsets: list[Offset] | None = None
 
 
 _decoder = msgspec.json.Decoder(ClientMessage)

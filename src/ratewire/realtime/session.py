@@ -25,10 +25,9 @@ from ratewire.domain import (
     Topic,
     TopicKind,
     is_summary_name,
-    parse_topic,
 )
 from ratewire.domain.filters import BadFilter, EventFilter, subscription_filter
-from ratewire.realtime import frames
+from ratewire.realtime import consumer_members, frames
 from ratewire.realtime.history import (
     HistorySource,
     SnapshotUnavailable,
@@ -38,9 +37,10 @@ from ratewire.realtime.messages import BadMessage, ClientMessage, decode
 from ratewire.realtime.replay import replay
 from ratewire.realtime.slots import ConnectionSlots
 from ratewire.realtime.summary_subscriptions import SessionSummaries
-from ratewire.security.permissions import may_subscribe
+from ratewire.security.permissions import TopicRefusal, check_topic
 from ratewire.security.proxies import TrustedProxies
 from ratewire.security.tokens import InvalidToken, Principal, TokenExpired, TokenService
+from ratewire.services.consumers import ConsumerService
 from ratewire.services.summary_streams import SummaryStreams
 
 PROTOCOL_VERSION = 1
@@ -58,6 +58,8 @@ TOO_MANY_FOR_USER = "Too many connections for this user"
 CLOSE_TOO_SLOW = 4009
 #: RFC 6455's "Try Again Later": a subscribe could not be served for now.
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Actions handled in order in the connection's task (they await the store).
+_QUEUED = frozenset({"subscribe", "ack"})
 #: Disconnects the audit log names apart, so they can be filtered for.
 _DISCONNECT_ACTIONS = {CLOSE_RATE_LIMITED: "ws.rate_limited", CLOSE_TOO_SLOW: "ws.too_slow"}
 
@@ -73,28 +75,6 @@ class Peer(Protocol):
 
     async def drain(self) -> None:
         """Wait until the send buffer is low again (used between replay pages)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TopicRefusal:
-    """Why a token may not follow a topic: ``unknown_topic`` or ``forbidden``, and the text."""
-
-    code: str
-    message: str
-
-
-def check_topic(principal: Principal, name: str) -> Topic | TopicRefusal:
-    """The topic ``name`` if ``principal`` may follow it (every transport asks this)."""
-    topic = parse_topic(name)
-    if topic is None:
-        return TopicRefusal(
-            "unknown_topic",
-            f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
-            "rating.game.*, rating.user.{userId}, summary.game.{gameId} and summary.games.top",
-        )
-    if not may_subscribe(principal, topic):
-        return TopicRefusal("forbidden", f"this token may not subscribe to {topic.name}")
-    return topic
 
 
 @dataclass(slots=True)
@@ -129,6 +109,8 @@ class RealtimeContext:
     stats: ConnectionStats = field(default_factory=ConnectionStats)
     #: Summary streams (None: this instance has no database to read summaries from).
     summaries: SummaryStreams | None = None
+    #: Durable consumers (None: this instance has no database to keep them in).
+    consumers: ConsumerService | None = None
 
     def now(self) -> float:
         return time.time()
@@ -153,6 +135,7 @@ class Session:
         "_worker",
         "client_id",
         "closed",
+        "consumers",
         "peer",
         "principal",
         "send",
@@ -177,6 +160,8 @@ class Session:
         self.topics: dict[str, Topic] = {}
         #: Summary subscriptions, made on the first (most connections hold none).
         self._summaries: SessionSummaries | None = None
+        #: (topic, consumer name) -> this connection's membership of that consumer.
+        self.consumers: dict[tuple[str, str], consumer_members.SocketMember] = {}
         self.closed = False
         # Created on first use: a deque costs ~600 bytes, and most connections never queue.
         self._inbox: deque[ClientMessage | bytes] | None = None
@@ -229,6 +214,8 @@ class Session:
         self.topics.clear()
         if self._summaries is not None:
             self._summaries.close()
+        if self.consumers:
+            consumer_members.leave_all(self, self._ctx.consumers)
         if self._holds_user_slot and self.principal is not None:
             self._holds_user_slot = False
             self._ctx.slots.release_user(self.principal.sub)
@@ -249,6 +236,8 @@ class Session:
             self._ctx.hub.drop(name, self)
         if self._summaries is not None:
             self._summaries.close()
+        if self.consumers:
+            consumer_members.leave_all(self, self._ctx.consumers)
         self.peer.close(code, reason)
 
     # -- incoming frames -------------------------------------------------------------------
@@ -273,7 +262,7 @@ class Session:
                 return
             self._authenticate(message.token, message.id)
             return
-        if message.action != "subscribe":
+        if message.action not in _QUEUED:
             self._handle_now(message)  # the common case needs no task
             return
         self._enqueue(message)
@@ -284,7 +273,7 @@ class Session:
         the client's message rate."""
         if self.closed or self.principal is None:
             return
-        if message.action == "subscribe" or self._inbox or self._worker is not None:
+        if message.action in _QUEUED or self._inbox or self._worker is not None:
             self._enqueue(message)
         else:
             self._handle_now(message)
@@ -332,6 +321,8 @@ class Session:
                         log.warning("subscribe to %s failed: %s; closing 1013", message.topic, exc)
                         self.close(CLOSE_TRY_AGAIN_LATER, "History unavailable; resume shortly")
                         return
+                elif message.action == "ack":
+                    await consumer_members.ack(self, self._ctx.consumers, message)
                 else:
                     self._handle_now(message)
         finally:
@@ -351,7 +342,8 @@ class Session:
             self.send(
                 frames.error(
                     "bad_request",
-                    f"unknown action {action!r}; expected subscribe, unsubscribe, refresh or ping",
+                    f"unknown action {action!r}; expected subscribe, unsubscribe, ack, refresh or "
+                    "ping",
                     message.id,
                 )
             )
@@ -470,6 +462,9 @@ class Session:
         if not message.topic:
             self.send(frames.error("bad_request", "unsubscribe needs a topic", message.id))
             return
+        if message.consumer is not None:
+            consumer_members.unsubscribe(self, self._ctx.consumers, message)
+            return
         if self.topics.pop(message.topic, None) is not None:
             self._ctx.hub.drop(message.topic, self)
         elif self._summaries is not None:
@@ -493,6 +488,13 @@ class Session:
         if checked_filter is False:
             return
         event_filter = checked_filter if isinstance(checked_filter, EventFilter) else None
+        if message.consumer is not None:
+            ctx, audit = self._ctx, self._audit_context()
+            most = ctx.limits.max_subscriptions_per_connection
+            await consumer_members.subscribe(
+                self, ctx.consumers, ctx.store.epoch, message, topic, audit, most
+            )
+            return
         hub, store = self._ctx.hub, self._ctx.store
         if topic.name in self.topics:
             hub.drop(topic.name, self)  # subscribing again restarts it (e.g. to resume)
@@ -509,45 +511,9 @@ class Session:
         self.topics[topic.name] = topic
         hub.begin(topic.name, self, event_filter)
         try:
-            recovered: dict[str, object] = {}
-            if event_filter is not None:
-                recovered["filter"] = event_filter.source
-            # min_seq: every event history could have shown has seq <= min_seq.
-            if message.since is not None:
-                after, min_seq, recovered["recovered"] = await replay(
-                    store,
-                    topic,
-                    message.since,
-                    message.epoch,
-                    event_filter,
-                    send=self.send,
-                    drain=self.peer.drain,
-                    closed=lambda: self.closed,
-                    # Paced by bytes: a replay must never overflow the buffer it fills.
-                    budget=self._ctx.limits.send_buffer_bytes // 2,
-                )
-            elif message.snapshot and topic.kind is TopicKind.GAME:
-                summary = await store.summary(topic.key)
-                after = summary.offset
-                _, min_seq = await store.topic_position(topic)
-                self.send(
-                    frames.control(
-                        "snapshot",
-                        message.id,
-                        topic=topic.name,
-                        offset=after,
-                        data=self._ctx.summary_wire(summary),
-                    )
-                )
-            elif (known := hub.known_head(topic.name)) is not None:
-                after, min_seq = known, hub.published_seq
-            elif topic.kind is TopicKind.ALL_GAMES:
-                after, min_seq = 0, hub.published_seq  # no offsets of its own: live from now
-            else:
-                after, min_seq = await store.topic_position(topic)
+            after, min_seq, said = await self._starting_point(topic, message, event_filter)
         except SnapshotUnavailable:
-            self.topics.pop(topic.name, None)
-            hub.drop(topic.name, self)
+            self._forget(topic.name)
             self.send(
                 frames.error(
                     "bad_request", "snapshots need a database; this instance has none", message.id
@@ -555,19 +521,57 @@ class Session:
             )
             return
         except BaseException:
-            self.topics.pop(topic.name, None)
-            hub.drop(topic.name, self)
+            self._forget(topic.name)
             raise
         if self.closed:
             return
         self.send(
             frames.control(
-                "subscribed",
-                message.id,
-                topic=topic.name,
-                offset=after,
-                epoch=store.epoch,
-                **recovered,
+                "subscribed", message.id, topic=topic.name, offset=after, epoch=store.epoch, **said
             )
         )
         hub.ready(topic.name, self, after, min_seq)
+
+    def _forget(self, name: str) -> None:
+        """Undo a subscription being made (its history could not be read)."""
+        self.topics.pop(name, None)
+        self._ctx.hub.drop(name, self)
+
+    async def _starting_point(
+        self, topic: Topic, message: ClientMessage, event_filter: EventFilter | None
+    ) -> tuple[int, int, dict[str, object]]:
+        """Where a new subscription starts: (the offset it is live after, the min_seq of that
+        history read, what ``subscribed`` says besides), after sending the replay or snapshot
+        it asked for. min_seq: every event history could have shown has seq <= min_seq."""
+        hub, store = self._ctx.hub, self._ctx.store
+        said: dict[str, object] = {}
+        if event_filter is not None:
+            said["filter"] = event_filter.source
+        if message.since is not None:
+            after, min_seq, said["recovered"] = await replay(
+                store,
+                topic,
+                message.since,
+                message.epoch,
+                event_filter,
+                send=self.send,
+                drain=self.peer.drain,
+                closed=lambda: self.closed,
+                # Paced by bytes: a replay must never overflow the buffer it fills.
+                budget=self._ctx.limits.send_buffer_bytes // 2,
+            )
+        elif message.snapshot and topic.kind is TopicKind.GAME:
+            summary = await store.summary(topic.key)
+            after = summary.offset
+            _, min_seq = await store.topic_position(topic)
+            data = self._ctx.summary_wire(summary)
+            self.send(
+                frames.control("snapshot", message.id, topic=topic.name, offset=after, data=data)
+            )
+        elif (known := hub.known_head(topic.name)) is not None:
+            after, min_seq = known, hub.published_seq
+        elif topic.kind is TopicKind.ALL_GAMES:
+            after, min_seq = 0, hub.published_seq  # no offsets of its own: live from now
+        else:
+            after, min_seq = await store.topic_position(topic)
+        return after, min_seq, said

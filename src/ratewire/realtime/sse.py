@@ -53,11 +53,10 @@ from ratewire.realtime.outbox import Outbox
 from ratewire.realtime.session import (
     RealtimeContext,
     Session,
-    TopicRefusal,
-    check_topic,
 )
 from ratewire.realtime.slots import RETRY_AFTER_SECONDS
 from ratewire.realtime.summary_subscriptions import SummaryRefusal, check_summary
+from ratewire.security.permissions import TopicRefusal, check_topic
 from ratewire.security.tokens import InvalidToken, Principal
 
 #: How long an ``EventSource`` waits before reconnecting (the ``retry:`` field), in ms.

@@ -38,6 +38,7 @@ from ratewire.runtime.delivery import Delivery, after_commit_steps
 from ratewire.security.proxies import ClientAddressMiddleware, TrustedProxies
 from ratewire.security.ratelimit import ConnectionRateLimiter, RequestRateLimiter
 from ratewire.security.tokens import TokenService
+from ratewire.services.consumers import ConsumerService
 from ratewire.services.ratings import RatingService
 from ratewire.services.relay import Relay
 from ratewire.services.revocations import RevocationService
@@ -207,6 +208,17 @@ class Parts:
         prior = settings.ratings.bayesian_prior_mean, settings.ratings.bayesian_prior_weight
         origins = settings.modules.websocket.allowed_origins
         self.capacity = plan_capacity(settings.limits.max_connections)
+        # Durable consumers live in the database; an instance without one cannot keep them.
+        self.consumers = (
+            ConsumerService(
+                self.store,
+                retention_days=settings.consumers.retention_days,
+                audit=self.audit_log,
+            )
+            if self.store is not None
+            else None
+        )
+        self.delivery.consumers = self.consumers
         self.realtime = RealtimeContext(
             hub=self.hub,
             store=history,
@@ -223,6 +235,7 @@ class Parts:
             proxies=TrustedProxies(settings.server.trusted_proxies),
             audit=self.audit_log,
             summaries=self.summary_streams,
+            consumers=self.consumers,
         )
         self.connection_limiter = ConnectionRateLimiter(
             settings.limits.ws_connections_per_ip_per_second
@@ -251,6 +264,7 @@ class Parts:
                 audit=self.audit_log,
                 metrics=self.metrics,
                 webhooks=self.webhook_admin,
+                consumers=self.consumers,
             )
         else:
             if self.store is not None:
@@ -320,4 +334,5 @@ class Parts:
             webhook_backlog_seconds=lambda: hook_stats().backlog_seconds(),
             audit_entries_dropped=lambda: self.audit_log.dropped if self.audit_log else 0,
             audit_entries_made_safe=lambda: self.audit_log.made_safe if self.audit_log else 0,
+            consumers=lambda: self.consumers.gauges() if self.consumers is not None else {},
         )

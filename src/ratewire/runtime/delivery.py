@@ -13,9 +13,10 @@ After the commit (the request's task, before its 2xx):
 From the broker (a cluster), every event any instance committed arrives at
 :meth:`Delivery.on_broker_event`: it is delivered here and moves the relay's cursor.
 
-Delivering a batch: the hub writes it to every subscriber, the webhook deliverer is woken,
-and each event's stage times are recorded (and the summary cache learns the game moved); then
-the summary streams mark the games the batch moved (their timers do the rest, off this path).
+Delivering a batch: the hub writes it to every subscriber, the webhook deliverer and the
+durable consumers are woken, and each event's stage times are recorded (and the summary cache
+learns the game moved); then the summary streams mark the games the batch moved (their timers
+do the rest, off this path).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ratewire.realtime.hub import Hub
 from ratewire.realtime.session import CLOSE_AUTH_FAILED, CLOSE_GOING_AWAY, Session
 from ratewire.security.revocation import REVOKED_REASON, Revocation
 from ratewire.security.tokens import TokenService
+from ratewire.services.consumers import ConsumerService
 from ratewire.services.relay import Relay
 from ratewire.services.summaries import SummaryCache
 from ratewire.services.summary_streams import SummaryStreams
@@ -75,6 +77,8 @@ class Delivery:
         #: The relay whose cursor the broker's deliveries move (None: this instance has no
         #: store to relay from). Set once the relay exists: the relay hands its batches here.
         self.relay: Relay | None = None
+        #: The durable consumers woken by each batch (None: no database here to keep them).
+        self.consumers: ConsumerService | None = None
 
     def deliver_batch(self, events: Sequence[RatingEvent]) -> None:
         """Fan ``events`` out to this instance's subscribers (the hot path)."""
@@ -83,6 +87,8 @@ class Delivery:
         hub.publish_batch(events)
         if self._webhooks is not None:
             self._webhooks.notify()
+        if self.consumers is not None:
+            self.consumers.notify()  # O(1): the consumers' own task reads the events
         timer, metrics, cache = self._timer, self._metrics, self._cache
         for event in events:
             timer.delivered(

@@ -85,6 +85,8 @@ class Runtime(Parts):
             )
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.consumers is not None:
+            self.consumers.start()
         await self.revocations.start()
         self._metrics_task = asyncio.create_task(self.metrics.sync_forever(), name="metrics")
         # Everything built so far (modules, the app, the schema, caches) lives as long as the
@@ -164,6 +166,8 @@ class Runtime(Parts):
                     await task
         if self.webhooks is not None:
             await _bounded("stopping webhook deliveries", self.webhooks.stop())
+        if self.consumers is not None:
+            await _bounded("stopping consumers", self.consumers.stop())
         await _bounded("stopping revocation updates", self.revocations.stop())
         if self.audit_log is not None:
             await _bounded("writing the last audit entries", self.audit_log.stop())

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from ratewire.domain import GAME_WILDCARD, SummaryTopic, Topic, TopicKind, game_topic
+from ratewire.domain import (
+    GAME_WILDCARD,
+    SummaryTopic,
+    Topic,
+    TopicKind,
+    game_topic,
+    parse_topic,
+)
 from ratewire.security.tokens import Principal
 
 
@@ -37,3 +45,25 @@ def may_follow_summary(principal: Principal, topic: SummaryTopic) -> bool:
         fnmatchcase(topic.name, pattern) or fnmatchcase(source, pattern)
         for pattern in principal.topics
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRefusal:
+    """Why a token may not follow a topic: ``unknown_topic`` or ``forbidden``, and the text."""
+
+    code: str
+    message: str
+
+
+def check_topic(principal: Principal, name: str) -> Topic | TopicRefusal:
+    """The topic ``name`` if ``principal`` may follow it (every transport asks this)."""
+    topic = parse_topic(name)
+    if topic is None:
+        return TopicRefusal(
+            "unknown_topic",
+            f"no topic {name!r}; topics are rating.global, rating.game.{{gameId}}, "
+            "rating.game.*, rating.user.{userId}, summary.game.{gameId} and summary.games.top",
+        )
+    if not may_subscribe(principal, topic):
+        return TopicRefusal("forbidden", f"this token may not subscribe to {topic.name}")
+    return topic

@@ -18,6 +18,7 @@ from ratewire.audit.entry import AuditHead
 from ratewire.audit.store import AuditStoreError
 from ratewire.domain import GameSummary, Rating, RatingChanges, RatingDraft, RatingEvent, Topic
 from ratewire.security.revocation import Revocation
+from ratewire.storage.consumer_store import ConsumerStore
 from ratewire.storage.webhook_store import WebhookStore
 
 
@@ -71,6 +72,11 @@ class RatingStore(Protocol):
     @property
     def webhooks(self) -> WebhookStore:
         """The webhooks and their cursors, kept in the same database (ratewire.webhooks)."""
+
+    @property
+    def consumers(self) -> ConsumerStore:
+        """The durable consumers' positions and claims, in the same database
+        (ratewire.services.consumers)."""
 
     #: Identifies this store's history; changes only if the history was lost (a new database).
     epoch: str

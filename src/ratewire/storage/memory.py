@@ -31,6 +31,7 @@ from ratewire.domain.rating import EventKind
 from ratewire.domain.topics import GLOBAL_TOPIC
 from ratewire.security.revocation import Revocation
 from ratewire.storage.base import AlreadyExists, NotFound, VersionMismatch, WriteResult
+from ratewire.storage.consumer_store import MemoryConsumerStore
 from ratewire.storage.upsert import PairUpsert
 from ratewire.storage.webhook_store import MemoryWebhookStore
 
@@ -46,6 +47,7 @@ class MemoryStore(PairUpsert):
     def __init__(self) -> None:
         self.epoch = secrets.token_hex(8)
         self.webhooks = MemoryWebhookStore()
+        self.consumers = MemoryConsumerStore()
         self._ratings: dict[str, Rating] = {}
         self._by_pair: dict[tuple[str, str], str] = {}
         self._summaries: dict[str, GameSummary] = {}

@@ -63,6 +63,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.redis.audit import RedisAuditChain, encode_record
+from ratewire.storage.redis.consumers import RedisConsumerStore
 from ratewire.storage.redis.scripts import LIST, PRUNE, RANK, TOP, WRITE
 from ratewire.storage.redis.webhooks import RedisWebhookStore
 from ratewire.storage.redis.wire import PipelinedConnection
@@ -166,6 +167,7 @@ class RedisStore(PairUpsert):
         self._prune = self._client.register_script(PRUNE)
         self.audit = RedisAuditChain(self._client, self.prefix, self._run_script)
         self.webhooks = RedisWebhookStore(self._client, self.prefix, self._reaching_redis)
+        self.consumers = RedisConsumerStore(self._client, self.prefix, self._reaching_redis)
         self._rankings: set[str] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()

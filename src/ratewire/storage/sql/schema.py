@@ -36,7 +36,7 @@ from ratewire.storage.sql.types import SQLITE_ROWID, SQLITE_ROWID_SMALL
 
 #: Kept in ``ratewire_meta`` (set by each migration that changes the schema, see
 #: ``migrations/``): a ratewire from before migrations (0.1.0) refuses to open a newer schema.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 

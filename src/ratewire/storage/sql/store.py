@@ -39,6 +39,7 @@ from ratewire.storage.base import (
     WriteResult,
 )
 from ratewire.storage.sql.batches import GroupCommit, NoChange, PairTaken
+from ratewire.storage.sql.consumers import SqlConsumerStore
 from ratewire.storage.sql.dialects import (
     SqliteSynchronous,
     Statements,
@@ -188,6 +189,8 @@ class SqlStore(SqlReads, PairUpsert):
             self._sqlite_row_reader = SqliteRowReader(self._run.sqlite, sqlite_connect)
         #: Webhooks and their cursors, in this database (ratewire.webhooks delivers them).
         self.webhooks = SqlWebhookStore(self._read, self._write)
+        #: Durable consumers' positions, in this database (ratewire.services.consumers).
+        self.consumers = SqlConsumerStore(self._read, self._write)
 
     # -- running operations ----------------------------------------------------------------
 
