@@ -224,13 +224,18 @@ class RedisSource(_Redis):
                 continue
             hook = orjson.loads(raw)
             hook["topics"] = orjson.dumps(hook["topics"]).decode()
-            batch.append(tuple(hook[name] for name in WEBHOOK_COLUMNS))
+            # A webhook stored before filters existed has no "filter": it has none.
+            batch.append(tuple(hook.get(field) for field in WEBHOOK_FIELDS))
         yield batch
 
 
-#: The SQL webhooks table's columns, each a field of the Redis store's JSON value.
+#: The SQL webhooks table's columns, each a field of the Redis store's JSON value (named
+#: alike but for the filter: the column is not named ``filter``, a keyword in SQL).
 WEBHOOK_COLUMNS = tuple(columns(BY_NAME["webhooks"]))
-assert set(WEBHOOK_COLUMNS) == set(_WEBHOOK_FIELDS)
+_FIELD_OF_COLUMN = {"event_filter": "filter"}
+#: The Webhook field each of :data:`WEBHOOK_COLUMNS` holds, in the same order.
+WEBHOOK_FIELDS = tuple(_FIELD_OF_COLUMN.get(column, column) for column in WEBHOOK_COLUMNS)
+assert set(WEBHOOK_FIELDS) == set(_WEBHOOK_FIELDS)
 
 
 class RedisTarget(_Redis):
@@ -356,7 +361,7 @@ class RedisTarget(_Redis):
 
     def _webhooks(self, pipe: Any, rows: Sequence[Row]) -> None:
         for row in rows:
-            hook = dict(zip(WEBHOOK_COLUMNS, row, strict=True))
+            hook = dict(zip(WEBHOOK_FIELDS, row, strict=True))
             hook["topics"] = tuple(orjson.loads(hook["topics"]))
             webhook = Webhook(**hook)
             pipe.set(f"{self.prefix}:webhook:{webhook.id}", orjson.dumps(asdict(webhook)))
