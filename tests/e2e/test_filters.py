@@ -78,6 +78,29 @@ async def test_a_filtered_subscription_replays_and_follows_only_matching_events(
         assert scored(await ws.updates(2)) == [(6, 1), (8, 2)], "gaps are the topic's own"
 
 
+async def test_a_filter_on_every_game_over_websocket_and_sse(server: ServerProcess) -> None:
+    low_f3 = 'data.score <= 2 && data.gameId.startsWith("f3")'  # other tests rate other games
+    token = server.token("reader")
+    # rating.global beside it: rating.game.* has no offsets, so no `subscribed` to wait for.
+    topics = ["rating.game.*", "rating.global"]
+    stream = await SseStream.open(server.base_url, topics, token, filter=low_f3)
+    try:
+        async with await WsClient.open(server.ws_url, token) as ws:
+            await ws.recv_type("connection_success")
+            assert (await ws.subscribe("rating.game.*", filter=low_f3))["filter"] == low_f3
+            await stream.events("subscribed", 1)
+            for game, user, score in (("f3a", "u1", 1), ("f3b", "u2", 4), ("f3b", "u3", 2)):
+                await rate(server, game, user, score)
+            want = [("rating.game.f3a", 1, 1), ("rating.game.f3b", 2, 2)]
+            got = [(f["topic"], f["offset"], f["data"]["score"]) for f in await ws.updates(2)]
+            assert got == want
+            updates = [e.data for e in await stream.events("rating_update", 4)]
+            on_games = [u for u in updates if u["topic"] != "rating.global"]
+            assert [(u["topic"], u["offset"], u["data"]["score"]) for u in on_games] == want
+    finally:
+        await stream.close()
+
+
 async def test_bad_filters_are_refused_naming_what_is_wrong_and_the_connection_stays_open(
     server: ServerProcess,
 ) -> None:

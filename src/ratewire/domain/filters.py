@@ -34,8 +34,6 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from ratewire.domain.topics import GAME_WILDCARD
-
 if TYPE_CHECKING:
     import cel
 
@@ -201,16 +199,10 @@ def _compile(expression: str) -> EventFilter:
 
 def subscription_filter(expression: str | None, topic: str) -> EventFilter | None:
     """The filter of a subscription to ``topic`` (None without ``expression``), for every
-    transport; :class:`BadFilter` if refused. Not on ``rating.game.*``: its frames are
-    served apart (each game's own topic and offsets) and a filter there has no single topic
-    to stand on; ``rating.global`` with a filter on ``data.gameId`` says the same."""
+    transport; :class:`BadFilter` if refused. On ``rating.game.*`` it is tested against each
+    game's own frame (``topic`` and ``offset`` are that game's)."""
     if expression is None:
         return None
-    if topic == GAME_WILDCARD:
-        raise BadFilter(
-            "filters are not supported on rating.game.*; subscribe to rating.global with a "
-            'filter on data.gameId (e.g. data.gameId in ["1", "2"])'
-        )
     return compile_filter(expression)
 
 

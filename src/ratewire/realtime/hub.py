@@ -101,9 +101,7 @@ class Hub:
 
     def begin(self, topic: str, subscriber: Subscriber, filter: EventFilter | None = None) -> None:
         """Start buffering ``topic`` for ``subscriber`` (before reading its history); with a
-        ``filter``, only the events it passes are delivered (not on ``rating.game.*``)."""
-        if filter is not None and topic == GAME_WILDCARD:
-            raise ValueError("filters are not supported on rating.game.*")
+        ``filter``, only the events it passes are delivered."""
         self._pending.setdefault(topic, {})[subscriber] = _Pending(filter=filter)
 
     def ready(self, topic: str, subscriber: Subscriber, after_offset: int, min_seq: int) -> None:
@@ -250,8 +248,11 @@ class Hub:
         wild_live = self._live.get(GAME_WILDCARD)
         wild_pending = self._pending.get(GAME_WILDCARD)
         filtered = self._filtered
+        wild_groups = filtered.get(GAME_WILDCARD) if filtered else None
         # (topic, expression) -> the frames that passed it, in order.
         filtered_frames: dict[tuple[str, str], list[bytes]] = {}
+        # rating.game.* expression -> the (game topic, frame) pairs that passed it.
+        wild_filtered: dict[str, list[tuple[str, bytes]]] = {}
         for event in events:
             data: bytes | None = None
             game = game_topic(event.game_id)
@@ -264,7 +265,7 @@ class Hub:
                     self._heads[topic] = offset
                 live = self._live.get(topic)
                 pending = self._pending.get(topic)
-                wild = topic is game and (wild_live or wild_pending)
+                wild = topic is game and (wild_live or wild_pending or wild_groups)
                 groups = filtered.get(topic) if filtered else None
                 if not (live or pending or wild or groups):
                     continue
@@ -287,6 +288,13 @@ class Hub:
                     for source, group in groups.items():
                         if self._verdict(group.filter, event, topic, offset, verdicts):
                             filtered_frames.setdefault((topic, source), []).append(frame)
+                if wild and wild_groups:
+                    if verdicts is None:
+                        verdicts = {}
+                    # A wildcard frame is the game topic's own, so its verdicts are shared.
+                    for source, group in wild_groups.items():
+                        if self._verdict(group.filter, event, topic, offset, verdicts):
+                            wild_filtered.setdefault(source, []).append((topic, frame))
                 for buffered in (pending, wild_pending if wild else None):
                     if buffered:
                         for entry in buffered.values():
@@ -298,7 +306,8 @@ class Hub:
                             passed = self._verdict(entry.filter, event, topic, offset, verdicts)
                             entry.buffer.append((event.seq, offset, frame if passed else None))
         self._loaded = None
-        self.encoded_at = time.time() if live_frames or wild_frames or filtered_frames else 0.0
+        wanted = live_frames or wild_frames or filtered_frames or wild_filtered
+        self.encoded_at = time.time() if wanted else 0.0
         first_write_at = 0.0
         for topic, topic_frames in live_frames.items():
             # Over a copy: a send may lead to the subscriber being dropped (4009).
@@ -311,6 +320,10 @@ class Hub:
             if sharing is not None:
                 targets = tuple(sharing.live)
                 first_write_at = self._deliver(topic, targets, group_frames, first_write_at)
+        for source, wild_passed in wild_filtered.items():
+            sharing = self._filtered.get(GAME_WILDCARD, {}).get(source)
+            if sharing is not None and sharing.live:
+                first_write_at = self._deliver_wildcard(sharing.live, wild_passed, first_write_at)
         self.first_write_at = first_write_at
         self.last_write_at = time.time() if first_write_at else 0.0
         self.published_seq = events[-1].seq
@@ -369,23 +382,33 @@ class Hub:
         wild_frames: list[tuple[str, bytes]],
         first_write_at: float,
     ) -> float:
-        # A rating.game.* subscriber that also follows one of these games gets that game's
-        # frames there, once: it is served frame by frame (rare); the others in one write.
-        games = {topic for topic, _ in wild_frames}
+        """Write ``wild_frames`` ((game topic, frame) pairs) to the ``rating.game.*``
+        subscribers ``wild_live`` (the plain ones, or one filter's group)."""
+        # A rating.game.* subscriber that also follows one of these games (with or without a
+        # filter) gets that game's frames there, once, as that subscription decides: it is
+        # served frame by frame (rare); the others in one write.
+        following = {topic: self._followers(topic) for topic, _ in wild_frames}
         overlap: set[Subscriber] = set()
-        for topic in games:
-            live = self._live.get(topic)
-            if live:
-                overlap |= wild_live & live
+        for followers in following.values():
+            if followers:
+                overlap |= wild_live & followers
         plain = tuple(wild_live - overlap) if overlap else tuple(wild_live)
         first_write_at = self._deliver(
             GAME_WILDCARD, plain, [frame for _, frame in wild_frames], first_write_at
         )
         for subscriber in tuple(overlap):
             for topic, frame in wild_frames:
-                if subscriber not in self._live.get(topic, ()):
+                if subscriber not in following[topic]:
                     self._write(GAME_WILDCARD, (subscriber,), (frame,))
         return first_write_at
+
+    def _followers(self, topic: str) -> set[Subscriber]:
+        """The live subscribers of ``topic``, plain or filtered."""
+        followers = self._live.get(topic, set())
+        groups = self._filtered.get(topic)
+        if groups:
+            followers = followers.union(*(group.live for group in groups.values()))
+        return followers
 
     def _promote_waiting(self) -> None:
         if self._waiting:
