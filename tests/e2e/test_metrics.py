@@ -137,3 +137,48 @@ async def test_metrics_follow_connections_subscriptions_writes_and_refusals(
     assert value(after, "ratewire_http_requests_total", **missing) == 1
     assert value(after, "ratewire_rate_limited_total", limit="rest") == statuses.count(429)
     assert value(after, "ratewire_storage_errors_total", where="rest") == 0
+
+
+async def test_metrics_count_summary_streams_and_filters_once_per_group(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    writes, topic = 12, "summary.game.sm"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        readers = [await WsClient.open(server.ws_url, server.token(f"r{n}")) for n in range(4)]
+        for n, ws in enumerate(readers):
+            await ws.recv()
+            # Three readers share one stream (one interval); the fourth has its own.
+            await ws.subscribe(topic, intervalMs=50 if n < 3 else 100)
+            assert (await ws.recv())["type"] == "summary"
+            # Two expressions on rating.global: evaluated once per event each, not per reader.
+            await ws.subscribe("rating.global", filter="data.score <= 2" if n else "true")
+        held = await scrape(http)
+        assert value(held, "ratewire_summary_streams") == 2
+        assert value(held, "ratewire_summary_subscribers") == 4
+        assert value(held, "ratewire_filter_groups") == 2
+
+        for n in range(writes):
+            body = {"gameId": "sm", "score": 1 + n % 5}
+            headers = {"Authorization": f"Bearer {server.token(f'w{n}')}"}
+            assert (await http.post("/ratings", json=body, headers=headers)).status_code == 201
+        updates = []  # per reader: summaries after the first, until the last count
+        for ws in readers:
+            updates.append(0)
+            while True:
+                frame = await ws.recv()
+                if frame["type"] == "summary":
+                    updates[-1] += 1
+                    if frame["data"]["count"] == writes:
+                        break
+        frames = 4 + sum(updates)
+        after = await scrape(http)
+        for ws in readers:
+            await ws.close()
+
+    assert value(after, "ratewire_summary_frames_total") == frames
+    # Computed per stream, not per reader: the three readers of one stream share its reads
+    # (at most one per update sent, plus one per joining reader).
+    assert updates[0] == updates[1] == updates[2]
+    assert 2 <= value(after, "ratewire_summary_computations_total") <= updates[0] + updates[3] + 4
+    assert value(after, "ratewire_filter_evaluations_total") == 2 * writes

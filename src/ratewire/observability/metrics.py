@@ -97,6 +97,11 @@ class MetricSources:
     #: (owner, consumer, topic) -> (lag, pending, members here) of the durable consumers with
     #: members on this instance.
     consumers: Callable[[], Mapping[tuple[str, str, str], tuple[int, int, int]]] = _no_consumers
+    #: (streams computed, their subscribers, computations, summary frames sent) on this
+    #: instance's summary streams.
+    summary_streams: Callable[[], tuple[int, int, int, int]] = lambda: (0, 0, 0, 0)
+    #: (distinct topic and filter pairs held, filter evaluations) in the hub.
+    filters: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
 
 @dataclass
@@ -205,6 +210,28 @@ class Metrics:
         )
         self._cache_entries = self._gauge(
             "ratewire_summary_cache_entries", "Game summaries held in memory", mode="livesum"
+        )
+        self._summary_streams = self._gauge(
+            "ratewire_summary_streams",
+            "Summary streams computed here: one per topic and options, however many read it",
+        )
+        self._summary_subscribers = self._gauge(
+            "ratewire_summary_subscribers", "Subscriptions to summary streams"
+        )
+        self._summary_computations = self._counter(
+            "ratewire_summary_computations",
+            "Summary stream states read (one per stream per interval with a change)",
+        )
+        self._summary_frames = self._counter(
+            "ratewire_summary_frames", "summary frames sent (first states and updates)"
+        )
+        self._filter_groups = self._gauge(
+            "ratewire_filter_groups",
+            "Distinct (topic, filter expression) pairs held by live subscriptions",
+        )
+        self._filter_evaluations = self._counter(
+            "ratewire_filter_evaluations",
+            "Filter evaluations: one per event, topic and distinct expression",
         )
         self._worker_notices = self._counter(
             "ratewire_worker_notices",
@@ -364,6 +391,14 @@ class Metrics:
         self._cache_hits.copy(hits)
         self._cache_misses.copy(misses)
         self._cache_entries.set(entries)
+        streams, readers, computations, summary_frames = s.summary_streams()
+        self._summary_streams.set(streams)
+        self._summary_subscribers.set(readers)
+        self._summary_computations.copy(computations)
+        self._summary_frames.copy(summary_frames)
+        filter_groups, evaluations = s.filters()
+        self._filter_groups.set(filter_groups)
+        self._filter_evaluations.copy(evaluations)
         for outcome, count in s.worker_notices().items():
             self._worker_notices.copy(count, outcome)
         for outcome, count in s.webhook_attempts().items():

@@ -151,6 +151,10 @@ class Hub:
         """Filter expression -> live subscribers holding it, on ``topic``."""
         return {source: len(g.live) for source, g in self._filtered.get(topic, {}).items()}
 
+    def filter_group_count(self) -> int:
+        """Distinct (topic, expression) pairs held by live filtered subscriptions."""
+        return sum(len(groups) for groups in self._filtered.values())
+
     def subscriptions_by_kind(self) -> dict[str, int]:
         """Subscriptions held, by topic kind (O(topics): for /metrics, not the hot path)."""
         counts = dict.fromkeys((kind.value for kind in TopicKind), 0)

@@ -312,6 +312,12 @@ class Parts:
             cache = self.summary_cache
             return (0, 0, 0) if cache is None else (cache.hits, cache.misses, len(cache))
 
+        def summary_streams() -> tuple[int, int, int, int]:
+            streams = self.summary_streams
+            if streams is None:
+                return (0, 0, 0, 0)
+            return (streams.groups, streams.members, streams.reads, streams.frames_sent)
+
         return MetricSources(
             connections=lambda: len(self.sessions),
             connections_opened=lambda: self.realtime.stats.opened,
@@ -335,4 +341,6 @@ class Parts:
             audit_entries_dropped=lambda: self.audit_log.dropped if self.audit_log else 0,
             audit_entries_made_safe=lambda: self.audit_log.made_safe if self.audit_log else 0,
             consumers=lambda: self.consumers.gauges() if self.consumers is not None else {},
+            summary_streams=summary_streams,
+            filters=lambda: (self.hub.filter_group_count(), self.hub.filter_evaluations),
         )

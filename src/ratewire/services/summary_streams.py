@@ -147,6 +147,7 @@ class _Group:
         "joining",
         "key",
         "members",
+        "sent",
         "state",
         "watch",
     )
@@ -165,6 +166,8 @@ class _Group:
         self.members: set[Member] = set()
         #: Subscribes reading their first state (the group stays while any does).
         self.joining = 0
+        #: ``summary`` frames sent to members after their first (for metrics).
+        self.sent = 0
         #: The last state sent to the members (None until the first read).
         self.state: SummaryState | None = None
         #: The watch's version the last state was read at (or after).
@@ -234,6 +237,7 @@ class _Group:
                 continue  # it joined with this very state
             try:
                 member.send(frame)
+                self.sent += 1
             except Exception:
                 # One failing member must not stop the others (the hub does the same).
                 log.exception("dropping a member of %s whose send failed", self.key.topic.name)
@@ -271,10 +275,23 @@ class SummaryStreams:
         self._groups: dict[StreamKey, _Group] = {}
         #: Computations made (for tests and metrics: one per group per tick, not per member).
         self.reads = 0
+        #: ``summary`` frames sent: first states, plus the updates of groups since dropped.
+        self._sent_elsewhere = 0
 
     @property
     def groups(self) -> int:
+        """Summary streams computed here (one per topic and options, however many read it)."""
         return len(self._groups)
+
+    @property
+    def members(self) -> int:
+        """Subscriptions to summary streams here."""
+        return sum(len(group.members) for group in self._groups.values())
+
+    @property
+    def frames_sent(self) -> int:
+        """``summary`` frames sent since the start (O(groups): for /metrics)."""
+        return self._sent_elsewhere + sum(group.sent for group in self._groups.values())
 
     # -- the event path --------------------------------------------------------------------
 
@@ -323,6 +340,7 @@ class SummaryStreams:
             assert read is not None  # stale_ok: always a state
             state = read
         group.join(member, state, version)
+        self._sent_elsewhere += 1  # the caller sends it
         return state
 
     def leave(self, key: StreamKey, member: Member) -> None:
@@ -337,6 +355,7 @@ class SummaryStreams:
             return
         group.stop()
         del self._groups[group.key]
+        self._sent_elsewhere += group.sent
         watch = group.watch
         watch.groups.discard(group)
         if watch.groups:
