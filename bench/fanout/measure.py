@@ -64,7 +64,8 @@ class Result:
     #: True when the publisher ran inside the (only) subscriber process (``--procs 1``).
     inline_publisher: bool = False
     #: ``plain`` (every rating_update) or ``summary`` (``--summary``: summary.game.{id}
-    #: conflated to ``interval_ms``; ``delivered`` counts summary frames, none are "lost").
+    #: conflated to ``interval_ms``; ``delivered`` counts summary frames, none are "lost"),
+    #: or ``idle`` (``--summary``'s baseline: subscribed to another game, nothing delivered).
     load: str = "plain"
     interval_ms: int = 0
     #: The server's CPU per measured write (what ``--summary`` compares between the loads).
@@ -97,6 +98,13 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         ticks += sum(int(value) for value in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def summary_drain_seconds(subs: int, interval_ms: int = 0) -> float:
+    """How long after the last write a run waits for the frames in flight (and counts the
+    server's CPU): with summaries, the trailing edge comes up to an interval later."""
+    drain = min(5.0, 1.0 + subs / 2000)
+    return max(drain, 2 * interval_ms / 1000 + 0.5) if interval_ms else drain
 
 
 def _quantile_ns(values: list[int], fraction: float) -> float:
@@ -138,11 +146,14 @@ def run_one(
     profile_dir: Path | None = None,
     event_filter: str | None = None,
     interval_ms: int = 0,
+    idle: bool = False,
+    drain_seconds: float | None = None,
 ) -> Result:
     """One measured run. With ``procs`` 1 the publisher runs in the subscriber process, as an
     agent that holds every subscription and writes too would; otherwise in this process.
     ``interval_ms`` (``--summary``): the subscribers follow ``summary.game.{id}`` at that pace
-    instead of the game's every update.
+    instead of the game's every update. ``idle``: they follow another game, so the server
+    pays for the writes and the open connections only (the baseline ``--summary`` subtracts).
 
     ``publisher`` (``--publisher``): where the writes come from ("auto": inside the
     subscriber process when there is one, else from this process). ``profile_dir``
@@ -157,6 +168,8 @@ def run_one(
     topic = f"rating.game.{game}"
     if interval_ms:
         topic, result.load, result.interval_ms = f"summary.game.{game}", "summary", interval_ms
+    elif idle:
+        topic, result.load = f"rating.game.{game}x", "idle"
     ctx = mp.get_context("spawn")
     workers, pipes = [], []
     per = [subs // procs + (1 if i < subs % procs else 0) for i in range(procs)]
@@ -203,9 +216,8 @@ def run_one(
     metrics_url = target.post_url.rsplit("/", 1)[0] + "/metrics"
     histograms_before = scrape_histograms(metrics_url)
     server_pids = target.pids()
-    drain_seconds = min(5.0, 1.0 + subs / 2000)
-    if interval_ms:  # the trailing edge comes up to an interval after the last write
-        drain_seconds = max(drain_seconds, 2 * interval_ms / 1000 + 0.5)
+    if drain_seconds is None:
+        drain_seconds = summary_drain_seconds(subs, interval_ms)
     profiler = _start_profiler(target, seconds + drain_seconds, profile_dir)
     cpu_before = cpu_seconds(server_pids)
     client_pids = [process.pid for process in workers if process.pid is not None]
@@ -254,6 +266,8 @@ def run_one(
         result.summaries_behind = behind + subs - len(last_summaries)  # none at all: behind
         result.deliveries_per_s = round(result.delivered / publish_seconds, 1)
         return result
+    if idle:
+        return result  # nothing is for these subscribers: the cost of the writes alone
     result.expected = published.passing * subs
     result.lost = result.expected - result.delivered
     result.deliveries_per_s = round(result.delivered / publish_seconds, 1)

@@ -39,12 +39,9 @@ def print_table(results: list[Result]) -> None:
     ):
         table.add_column(column, justify="right")
     for r in results:
+        label = f" ({r.load})" if r.load != "plain" else " (filtered)" if r.filter else ""
         table.add_row(
-            f"{r.target} (summary)"
-            if r.load == "summary"
-            else r.target
-            if r.filter is None
-            else f"{r.target} (filtered)",
+            r.target + label,
             str(r.subs),
             "max" if r.rate == 0 else f"{r.rate:g}",
             str(r.writes_ok),
@@ -64,37 +61,63 @@ def print_table(results: list[Result]) -> None:
     Console(width=160).print(table)
 
 
-def print_summary_ratios(results: list[Result]) -> None:
-    """``--summary``: per target, the server's CPU per write with plain and with summary
-    subscribers, and how many times less the summary load costs."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="summary streams beside plain subscribers (server CPU per write)")
-    for column in (
-        "target",
-        "plain ms/write",
-        "summary ms/write",
-        "plain/summary",
-        "frames",
-        "behind",
-    ):
-        table.add_column(column, justify="right")
+def summary_ratios(results: list[Result]) -> list[dict[str, float | str]]:
+    """``--summary``: per target, the server's CPU per write with plain and summary
+    subscribers, how many times less the summary load costs in all, and (beside the
+    ``idle`` run: the writes alone, the connections open) of what the subscribers cost."""
     plain = {r.target: r for r in results if r.load == "plain"}
+    idle = {r.target: r for r in results if r.load == "idle"}
+    rows: list[dict[str, float | str]] = []
     for r in results:
         if r.load != "summary" or r.target not in plain:
             continue
-        base = plain[r.target].server_cpu_ms_per_write
-        ratio = base / r.server_cpu_ms_per_write if r.server_cpu_ms_per_write else float("nan")
-        table.add_row(
-            r.target,
-            f"{base:.3f}",
-            f"{r.server_cpu_ms_per_write:.3f}",
-            f"{ratio:.1f}x",
-            str(r.delivered),
-            str(r.summaries_behind),
-        )
+        base, ours = plain[r.target].server_cpu_ms_per_write, r.server_cpu_ms_per_write
+        row: dict[str, float | str] = {
+            "target": r.target,
+            "plain_ms_per_write": base,
+            "summary_ms_per_write": ours,
+            "ratio": round(base / ours, 2) if ours else float("nan"),
+            "frames": r.delivered,
+            "behind": r.summaries_behind,
+        }
+        if r.target in idle:
+            writes = idle[r.target].server_cpu_ms_per_write
+            plain_own, summary_own = base - writes, max(ours - writes, 0.001)
+            row |= {
+                "writes_only_ms_per_write": writes,
+                "plain_subscribers_ms_per_write": round(plain_own, 3),
+                "summary_subscribers_ms_per_write": round(ours - writes, 3),
+                "subscribers_ratio": round(plain_own / summary_own, 1),
+            }
+        rows.append(row)
+    return rows
+
+
+def print_summary_ratios(results: list[Result]) -> list[dict[str, float | str]]:
+    """Print :func:`summary_ratios` as a table; returns them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = summary_ratios(results)
+    table = Table(title="summary streams beside plain subscribers (server CPU ms per write)")
+    columns = {
+        "target": "target",
+        "plain_ms_per_write": "plain",
+        "summary_ms_per_write": "summary",
+        "ratio": "plain/summary",
+        "writes_only_ms_per_write": "writes alone",
+        "plain_subscribers_ms_per_write": "plain subs' own",
+        "summary_subscribers_ms_per_write": "summary subs' own",
+        "subscribers_ratio": "own: plain/summary",
+        "frames": "frames",
+        "behind": "behind",
+    }
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    for row in rows:
+        table.add_row(*(str(row.get(key, "")) for key in columns))
     Console(width=160).print(table)
+    return rows
 
 
 def print_budget(results: list[Result]) -> None:

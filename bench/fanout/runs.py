@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.fanout.floor import commit_beside_floor
-from bench.fanout.measure import Result, run_one
+from bench.fanout.measure import Result, run_one, summary_drain_seconds
 from bench.fanout.report import (
     RatioSummary,
     print_budget,
@@ -33,11 +33,14 @@ def measure(
     profile_dir: Path | None = None,
     event_filter: str | None = None,
     interval_ms: int = 0,
+    idle: bool = False,
+    drain_seconds: float | None = None,
 ) -> Result:
     """Start the target called ``name``, measure it once (:func:`run_one`), stop it."""
     from rich.console import Console
 
     load = f", summaries every {interval_ms} ms" if interval_ms else ""
+    load = ", subscribed elsewhere" if idle else load
     with Console(stderr=True).status(
         f"{name}: {subs} subscribers{load}, {'max' if rate == 0 else rate} writes/s, {seconds:g} s"
     ):
@@ -53,6 +56,8 @@ def measure(
                 profile_dir=profile_dir,
                 event_filter=event_filter,
                 interval_ms=interval_ms,
+                idle=idle,
+                drain_seconds=drain_seconds,
             )
         finally:
             target.stop()
@@ -104,21 +109,30 @@ def run_summary(
     json_out: Path | None = None,
     publisher: str = "auto",
 ) -> list[Result]:
-    """Each target twice: ``subs`` subscribers of the game's every update, then of its
-    ``summary.game.{id}`` at ``interval_ms``; the server's CPU per write of each, and the
-    ratio (issue 40: 1,000 summary subscribers at 200 writes/s and 1,000 ms should cost the
-    server at least 10x less than 1,000 plain ones)."""
+    """Each target three times: ``subs`` subscribers of the game's every update, then of its
+    ``summary.game.{id}`` at ``interval_ms``, then of another game (the writes alone, with
+    the same connections open); the server's CPU per write of each, and the ratios, in all
+    and of what the subscribers themselves cost (issue 40: 1,000 summary subscribers at 200
+    writes/s and 1,000 ms should cost the server at least 10x less than 1,000 plain ones)."""
     raise_fd_limit()
     results = []
+    # One drain for the three: the server's CPU is counted over the same time in each.
+    drain = summary_drain_seconds(subs, interval_ms)
     for name in targets:
-        for interval in (0, interval_ms):
+        for interval, idle in ((0, False), (interval_ms, False), (0, True)):
             results.append(
-                measure(name, subs, rate, seconds, procs, publisher=publisher, interval_ms=interval)
+                measure(
+                    *(name, subs, rate, seconds, procs),
+                    publisher=publisher,
+                    interval_ms=interval,
+                    idle=idle,
+                    drain_seconds=drain,
+                )
             )
     print_table(results)
-    print_summary_ratios(results)
+    ratios = print_summary_ratios(results)
     if json_out is not None:
-        write_json(json_out, {"results": [asdict(r) for r in results]})
+        write_json(json_out, {"results": [asdict(r) for r in results], "ratios": ratios})
     return results
 
 
