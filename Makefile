@@ -34,13 +34,14 @@ run: $(RUNTIME_STAMP)
 # cores keep both busy. On 2026-12-03 (a slow day here) four took 9:04-10:13 and three
 # 9:16-10:15: the suite is now CPU-bound, and what would shorten it is less work per test.
 # --dist loadfile keeps each module's shared servers (and any Debian package a module
-# installs) in one worker.
+# installs) in one worker. --durations=25: every run names the tests that cost the most time,
+# so the suite's 15-minute budget is kept with figures, not guesses.
 test: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 	cd $(JS) && npx tsc -p tsconfig.json --noEmit
-	$(BIN)/python -m pytest -q -n 4 --dist loadfile
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile --durations=25
 
 lint: $(STAMP) $(JS_STAMP)
 	$(BIN)/ruff check src tests bench examples && $(BIN)/ruff format --check src tests bench examples && $(BIN)/mypy
