@@ -36,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--summary",
         action="store_true",
-        help="each target twice: plain subscribers of the game, then of summary.game.{id} at "
-        "--interval-ms; compares the server's CPU per write (ratewire targets only)",
+        help="each target three times: plain subscribers of the game, then of summary.game.{id} at "
+        "--interval-ms, then of another game (the writes alone); compares the server's CPU per "
+        "write (ratewire targets only)",
     )
     parser.add_argument("--interval-ms", type=int, default=1000, help="with --summary")
     parser.add_argument("--json-out", type=Path, default=None)
