@@ -41,24 +41,14 @@ class Consumer:
     members. With ``auto_ack``, taking the next item acks the one before."""
 
     def __init__(
-        self,
-        request: Request,
-        topic: str,
-        name: str,
-        *,
-        batch: int = 10,
-        wait_ms: int = 10_000,
-        auto_ack: bool = False,
-        since: int | None = None,
-        ack_wait_ms: int | None = None,
-        max_in_flight: int | None = None,
+        self, request: Request, name: str, fetch: dict[str, Any], *, auto_ack: bool = False
     ) -> None:
-        self.topic, self.name = topic, name
+        """Made by :meth:`~ratewire.client.Client.consume`. ``fetch``: the body of every fetch
+        request (``topic``, ``max``, ``waitMs``, and the options a new consumer is made with)."""
+        self.topic, self.name = str(fetch["topic"]), name
         self._request = request
         self._path = f"/consumers/{quote(name, safe='')}"
-        self._fetch: dict[str, Any] = {"topic": topic, "max": batch, "waitMs": wait_ms}
-        created = {"since": since, "ackWaitMs": ack_wait_ms, "maxInFlight": max_in_flight}
-        self._fetch.update({k: v for k, v in created.items() if v is not None})
+        self._fetch = fetch
         self._auto_ack = auto_ack
         self._buffer: deque[ConsumedUpdate] = deque()
         self._acks: list[int] = []

@@ -225,17 +225,10 @@ class ClientCore:
         Items come in batches of up to ``batch`` (a fetch waits up to ``wait_ms`` for the
         first); acks travel together, before the next fetch. ``auto_ack``: taking the next
         item acks the one before."""
-        return Consumer(
-            self._request,
-            topic,
-            name,
-            batch=batch,
-            wait_ms=wait_ms,
-            auto_ack=auto_ack,
-            since=since,
-            ack_wait_ms=ack_wait_ms,
-            max_in_flight=max_in_flight,
-        )
+        fetch: dict[str, Any] = {"topic": topic, "max": batch, "waitMs": wait_ms}
+        created = {"since": since, "ackWaitMs": ack_wait_ms, "maxInFlight": max_in_flight}
+        fetch.update({k: v for k, v in created.items() if v is not None})
+        return Consumer(self._request, name, fetch, auto_ack=auto_ack)
 
     async def fetch_consumer(
         self, topic: str, name: str, max: int = 10, wait_ms: int = 0
