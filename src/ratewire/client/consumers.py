@@ -15,6 +15,29 @@ from ratewire.client.models import Update
 Request = Callable[..., Awaitable[Any]]
 
 
+def consumer_path(name: str) -> str:
+    """The REST path of the durable consumer ``name``."""
+    return f"/consumers/{quote(name, safe='')}"
+
+
+async def fetch_events(request: Request, name: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """One fetch of the consumer ``name`` (``body``: ``topic``, ``max``, ``waitMs`` and the
+    options a new consumer is made with): its ``rating_update`` objects, each with
+    ``consumer`` and ``delivery``. The request may take ``waitMs`` longer than most."""
+    answer = await request(
+        "POST", f"{consumer_path(name)}/fetch", auth=True, json=body, wait=body["waitMs"] / 1000
+    )
+    events: list[dict[str, Any]] = answer.json()["events"]
+    return events
+
+
+async def send_acks(request: Request, topic: str, name: str, offsets: list[int]) -> None:
+    """Ack ``offsets`` of the consumer ``name`` on ``topic`` in one request."""
+    await request(
+        "POST", f"{consumer_path(name)}/ack", auth=True, json={"topic": topic, "offsets": offsets}
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumedUpdate:
     """An :class:`~ratewire.client.Update` handed to this member of ``consumer``, for the
@@ -41,24 +64,14 @@ class Consumer:
     members. With ``auto_ack``, taking the next item acks the one before."""
 
     def __init__(
-        self,
-        request: Request,
-        topic: str,
-        name: str,
-        *,
-        batch: int = 10,
-        wait_ms: int = 10_000,
-        auto_ack: bool = False,
-        since: int | None = None,
-        ack_wait_ms: int | None = None,
-        max_in_flight: int | None = None,
+        self, request: Request, name: str, fetch: dict[str, Any], *, auto_ack: bool = False
     ) -> None:
-        self.topic, self.name = topic, name
+        """Made by :meth:`~ratewire.client.Client.consume`. ``fetch``: the body of every fetch
+        request (``topic``, ``max``, ``waitMs``, and the options a new consumer is made with)."""
+        self.topic, self.name = str(fetch["topic"]), name
         self._request = request
-        self._path = f"/consumers/{quote(name, safe='')}"
-        self._fetch: dict[str, Any] = {"topic": topic, "max": batch, "waitMs": wait_ms}
-        created = {"since": since, "ackWaitMs": ack_wait_ms, "maxInFlight": max_in_flight}
-        self._fetch.update({k: v for k, v in created.items() if v is not None})
+        self._path = consumer_path(name)
+        self._fetch = fetch
         self._auto_ack = auto_ack
         self._buffer: deque[ConsumedUpdate] = deque()
         self._acks: list[int] = []
@@ -72,14 +85,7 @@ class Consumer:
             self._last.ack()
         while not self._buffer:
             await self.flush()
-            answer = await self._request(
-                "POST",
-                f"{self._path}/fetch",
-                auth=True,
-                json=self._fetch,
-                wait=self._fetch["waitMs"] / 1000,
-            )
-            for frame in answer.json()["events"]:
+            for frame in await fetch_events(self._request, self.name, self._fetch):
                 self._buffer.append(
                     ConsumedUpdate(
                         Update.from_wire(frame), frame["consumer"], frame["delivery"], self._acks
@@ -93,9 +99,7 @@ class Consumer:
         if not self._acks:
             return
         offsets, self._acks[:] = sorted(set(self._acks)), []
-        await self._request(
-            "POST", f"{self._path}/ack", auth=True, json={"topic": self.topic, "offsets": offsets}
-        )
+        await send_acks(self._request, self.topic, self.name, offsets)
 
     async def status(self) -> dict[str, Any]:
         """The consumer as the server sees it: ``ackFloor``, ``pending``, ``lag``, ``members``."""
@@ -114,4 +118,4 @@ class Consumer:
         await self.flush()
 
 
-__all__ = ["ConsumedUpdate", "Consumer"]
+__all__ = ["ConsumedUpdate", "Consumer", "consumer_path", "fetch_events", "send_acks"]

@@ -19,7 +19,7 @@ from ratewire.client.connection import (
     TokenProvider,
     token_claims,
 )
-from ratewire.client.consumers import Consumer
+from ratewire.client.consumers import Consumer, fetch_events, send_acks
 from ratewire.client.models import (
     Gap,
     GapError,
@@ -225,17 +225,10 @@ class ClientCore:
         Items come in batches of up to ``batch`` (a fetch waits up to ``wait_ms`` for the
         first); acks travel together, before the next fetch. ``auto_ack``: taking the next
         item acks the one before."""
-        return Consumer(
-            self._request,
-            topic,
-            name,
-            batch=batch,
-            wait_ms=wait_ms,
-            auto_ack=auto_ack,
-            since=since,
-            ack_wait_ms=ack_wait_ms,
-            max_in_flight=max_in_flight,
-        )
+        fetch: dict[str, Any] = {"topic": topic, "max": batch, "waitMs": wait_ms}
+        created = {"since": since, "ackWaitMs": ack_wait_ms, "maxInFlight": max_in_flight}
+        fetch.update({k: v for k, v in created.items() if v is not None})
+        return Consumer(self._request, name, fetch, auto_ack=auto_ack)
 
     async def fetch_consumer(
         self, topic: str, name: str, max: int = 10, wait_ms: int = 0
@@ -243,25 +236,13 @@ class ClientCore:
         """One fetch of the durable consumer ``name`` (created from now if new): up to ``max``
         ``rating_update`` objects with ``consumer`` and ``delivery``, waiting up to ``wait_ms``
         for the first. Ack them with :meth:`ack_consumer`."""
-        answer = await self._request(
-            "POST",
-            f"/consumers/{quote(name, safe='')}/fetch",
-            auth=True,
-            json={"topic": topic, "max": max, "waitMs": wait_ms},
-            wait=wait_ms / 1000,
-        )
-        events: list[dict[str, Any]] = answer.json()["events"]
-        return events
+        body = {"topic": topic, "max": max, "waitMs": wait_ms}
+        return await fetch_events(self._request, name, body)
 
     async def ack_consumer(self, topic: str, name: str, offsets: list[int]) -> None:
         """Ack ``offsets`` of the durable consumer ``name`` in one request
         (:class:`~ratewire.client.Conflict` names offsets it never delivered)."""
-        await self._request(
-            "POST",
-            f"/consumers/{quote(name, safe='')}/ack",
-            auth=True,
-            json={"topic": topic, "offsets": offsets},
-        )
+        await send_acks(self._request, topic, name, offsets)
 
     async def _next(self, sub: Subscription) -> Item | BaseException:
         if sub.queue.empty() and self.stream.failure is not None:

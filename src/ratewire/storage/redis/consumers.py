@@ -4,8 +4,7 @@ Claims and acks are Lua scripts, so each is one atomic step for every instance."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from typing import Any
 
 from ratewire.storage.consumer_store import (
@@ -16,6 +15,7 @@ from ratewire.storage.consumer_store import (
     consumer_id,
     split_acks,
 )
+from ratewire.storage.redis.side_store import RedisSideStore
 
 # KEYS: consumer, owner's set, activity zset; ARGV: id, then field/value pairs. 1 if created.
 _CREATE = """
@@ -104,24 +104,16 @@ return released
 _INT_FIELDS = ("ack_floor", "cursor", "ack_wait_ms", "max_in_flight", "created_at", "active_at")
 
 
-class RedisConsumerStore:
+class RedisConsumerStore(RedisSideStore):
     """A :class:`~ratewire.storage.consumer_store.ConsumerStore` in the store's Redis."""
 
-    def __init__(
-        self,
-        client: Any,
-        prefix: str,
-        reaching_redis: Callable[[], AbstractAsyncContextManager[None]],
-    ) -> None:
-        self._client = client
+    def _lay_out(self, prefix: str) -> None:
         self._prefix = f"{prefix}:consumer:"
         self._owners = f"{prefix}:consumers:owner:"
         self._activity = f"{prefix}:consumers:active"
-        self._reaching = reaching_redis
-        self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._ack = client.register_script(_ACK)
-        self._release = client.register_script(_RELEASE)
+        self._create, self._claim, self._ack, self._release = self._scripts(
+            _CREATE, _CLAIM, _ACK, _RELEASE
+        )
 
     def _keys(self, cid: str) -> tuple[str, str, str, str]:
         """The consumer's hash, claims, deadlines and acks."""

@@ -3,14 +3,13 @@ changed by small Lua scripts so a lease check and the write it guards are one st
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict
 from typing import Any
 
 import orjson
 
 from ratewire.domain.webhooks import DeliveryAttempt, Progress, Webhook
+from ratewire.storage.redis.side_store import RedisSideStore
 from ratewire.storage.webhook_store import ATTEMPTS_KEPT, CHANGEABLE
 
 # How every script below starts: KEYS[1]'s webhook, decoded; none there answers nil (None:
@@ -85,23 +84,15 @@ def _webhook(raw: bytes) -> Webhook:
     return Webhook(**fields)
 
 
-class RedisWebhookStore:
+class RedisWebhookStore(RedisSideStore):
     """A :class:`~ratewire.storage.webhook_store.WebhookStore` in the store's Redis."""
 
-    def __init__(
-        self,
-        client: Any,
-        prefix: str,
-        reaching_redis: Callable[[], AbstractAsyncContextManager[None]],
-    ) -> None:
-        self._client = client
+    def _lay_out(self, prefix: str) -> None:
         self._index = f"{prefix}:webhooks"
         self._prefix = f"{prefix}:webhook:"
-        self._reaching = reaching_redis
-        self._update = client.register_script(_UPDATE)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._save = client.register_script(_SAVE)
+        self._update, self._acquire, self._release, self._save = self._scripts(
+            _UPDATE, _ACQUIRE, _RELEASE, _SAVE
+        )
 
     def _key(self, webhook_id: str) -> str:
         return self._prefix + webhook_id

@@ -9,8 +9,8 @@ A consumer's rows are keyed by :func:`~ratewire.storage.consumer_store.consumer_
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -37,10 +37,9 @@ from ratewire.storage.consumer_store import (
     consumer_id,
     split_acks,
 )
+from ratewire.storage.sql.execution import TransactionRunner
 from ratewire.storage.sql.schema import metadata
 
-_T = TypeVar("_T")
-Run = Callable[[Callable[[Connection], _T]], Awaitable[_T]]
 #: Acked offsets read at a time while moving the floor.
 _FLOOR_PAGE = 1000
 
@@ -220,7 +219,7 @@ class SqlConsumerStore:
     """A :class:`~ratewire.storage.consumer_store.ConsumerStore` over the SQL store's read and
     write transactions."""
 
-    def __init__(self, read: Run[Any], write: Run[Any]) -> None:
+    def __init__(self, read: TransactionRunner, write: TransactionRunner) -> None:
         self._read = read
         self._write = write
 
@@ -248,8 +247,7 @@ class SqlConsumerStore:
             )
             return consumer, True
 
-        result: tuple[Consumer, bool] = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def get(self, key: ConsumerKey) -> Consumer | None:
         cid = consumer_id(key)
@@ -258,8 +256,7 @@ class SqlConsumerStore:
             row = conn.execute(select(consumers).where(consumers.c.id == cid)).first()
             return None if row is None else _consumer(row, _pending(conn, cid))
 
-        result: Consumer | None = await self._read(body)
-        return result
+        return await self._read(body)
 
     async def owned_by(self, sub: str) -> list[Consumer]:
         def body(conn: Connection) -> list[Consumer]:
@@ -278,22 +275,17 @@ class SqlConsumerStore:
             conn.execute(delete(consumer_acks).where(consumer_acks.c.consumer_id == cid))
             return bool(conn.execute(delete(consumers).where(consumers.c.id == cid)).rowcount)
 
-        result: bool = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def claim(
         self, key: ConsumerKey, member: str, most: int, head: int, now_ms: int
     ) -> tuple[list[Claim], int]:
         cid = consumer_id(key)
-        result: tuple[list[Claim], int] = await self._write(
-            lambda conn: _claim(conn, cid, member, most, head, now_ms)
-        )
-        return result
+        return await self._write(lambda conn: _claim(conn, cid, member, most, head, now_ms))
 
     async def ack(self, key: ConsumerKey, offsets: Sequence[int], now_ms: int) -> AckOutcome:
         cid = consumer_id(key)
-        result: AckOutcome = await self._write(lambda conn: _ack(conn, cid, offsets, now_ms))
-        return result
+        return await self._write(lambda conn: _ack(conn, cid, offsets, now_ms))
 
     async def release(self, key: ConsumerKey, member: str) -> int:
         cid = consumer_id(key)
@@ -308,8 +300,7 @@ class SqlConsumerStore:
             )
             return int(released.rowcount or 0)
 
-        result: int = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def remove_idle(self, before_ms: int) -> list[ConsumerKey]:
         def body(conn: Connection) -> list[ConsumerKey]:
@@ -325,8 +316,7 @@ class SqlConsumerStore:
                 conn.execute(delete(consumers).where(consumers.c.id.in_(ids)))
             return [ConsumerKey(row.sub, row.name, row.topic) for row in rows]
 
-        result: list[ConsumerKey] = await self._write(body)
-        return result
+        return await self._write(body)
 
 
 __all__ = ["SqlConsumerStore", "consumer_acks", "consumer_claims", "consumers"]

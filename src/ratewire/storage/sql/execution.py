@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect
@@ -27,6 +27,15 @@ from sqlalchemy.util import await_only
 _SQLITE = sqlite_dialect.dialect()
 #: SQL text, the bound parameters' names in order, and the statement's own literal values.
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
+_T = TypeVar("_T")
+
+
+class TransactionRunner(Protocol):
+    """The store's read or write transaction as the stores beside the ratings (webhooks,
+    consumers) use it: ``await run(body)`` runs ``body`` on a connection in one transaction
+    and answers what it returns (storage errors already translated)."""
+
+    def __call__(self, body: Callable[[Connection], _T], /) -> Awaitable[_T]: ...
 
 
 class StatementCompiler:

@@ -3,8 +3,7 @@ in the same database, so a webhook's cursor survives exactly what its events sur
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from sqlalchemy import (
@@ -26,11 +25,9 @@ from sqlalchemy import (
 )
 
 from ratewire.domain.webhooks import DeliveryAttempt, Progress, Webhook
+from ratewire.storage.sql.execution import TransactionRunner
 from ratewire.storage.sql.schema import metadata
 from ratewire.storage.webhook_store import ATTEMPTS_KEPT, CHANGEABLE
-
-_T = TypeVar("_T")
-Run = Callable[[Callable[[Connection], _T]], Awaitable[_T]]
 
 webhooks = Table(
     "webhooks",
@@ -114,7 +111,7 @@ class SqlWebhookStore:
     """A :class:`~ratewire.storage.webhook_store.WebhookStore` over the SQL store's read and
     write transactions."""
 
-    def __init__(self, read: Run[Any], write: Run[Any]) -> None:
+    def __init__(self, read: TransactionRunner, write: TransactionRunner) -> None:
         self._read = read
         self._write = write
 
@@ -126,16 +123,14 @@ class SqlWebhookStore:
             row = conn.execute(select(webhooks).where(webhooks.c.id == webhook_id)).first()
             return None if row is None else _webhook(row)
 
-        result: Webhook | None = await self._read(body)
-        return result
+        return await self._read(body)
 
     async def all(self) -> list[Webhook]:
         def body(conn: Connection) -> list[Webhook]:
             rows = conn.execute(select(webhooks).order_by(webhooks.c.created_at, webhooks.c.id))
             return [_webhook(row) for row in rows]
 
-        result: list[Webhook] = await self._read(body)
-        return result
+        return await self._read(body)
 
     async def update(self, webhook_id: str, now_ms: int, **fields: Any) -> Webhook | None:
         assert set(fields) <= CHANGEABLE, set(fields) - CHANGEABLE
@@ -156,8 +151,7 @@ class SqlWebhookStore:
             row = conn.execute(select(webhooks).where(webhooks.c.id == webhook_id)).first()
             return None if row is None else _webhook(row)
 
-        result: Webhook | None = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def remove(self, webhook_id: str) -> bool:
         def body(conn: Connection) -> bool:
@@ -166,8 +160,7 @@ class SqlWebhookStore:
             )
             return bool(conn.execute(delete(webhooks).where(webhooks.c.id == webhook_id)).rowcount)
 
-        result: bool = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def acquire(self, webhook_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
         free = or_(
@@ -184,8 +177,7 @@ class SqlWebhookStore:
             )
             return bool(taken.rowcount)
 
-        result: bool = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def release(self, webhook_id: str, owner: str) -> None:
         await self._write(
@@ -255,8 +247,7 @@ class SqlWebhookStore:
                     )
             return True
 
-        result: bool = await self._write(body)
-        return result
+        return await self._write(body)
 
     async def attempts(self, webhook_id: str, limit: int) -> list[DeliveryAttempt]:
         def body(conn: Connection) -> list[DeliveryAttempt]:
@@ -282,5 +273,4 @@ class SqlWebhookStore:
                 for row in rows
             ]
 
-        result: list[DeliveryAttempt] = await self._read(body)
-        return result
+        return await self._read(body)
