@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.fanout.measure import Result
-from ratewire.observability.latency import STAGES
+from ratewire.observability.latency import COMMIT_PARTS, STAGES
 
 
 def print_table(results: list[Result]) -> None:
@@ -132,7 +132,8 @@ def print_budget(results: list[Result]) -> None:
     table.add_column("stage")
     for r in with_budget:
         table.add_column(r.target, justify="right")
-    keys = [k for k in (*STAGES, "gc0", "gc1", "gc2") if any(k in r.budget for r in with_budget)]
+    kinds = (*STAGES, *COMMIT_PARTS, "gc0", "gc1", "gc2")
+    keys = [k for k in kinds if any(k in r.budget for r in with_budget)]
     for key in keys:
         cells = []
         for r in with_budget:

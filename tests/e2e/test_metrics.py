@@ -120,6 +120,12 @@ async def test_metrics_follow_connections_subscriptions_writes_and_refusals(
         for stage in ("relay", "encode", "first_write", "fan_out")
     )
     assert 0 < budget <= value(after, "ratewire_commit_to_send_seconds_sum")
+    # The commit's parts (SQLite here): each rating write once, together within its commit.
+    parts = ("commit_queue", "commit_transaction", "commit_wake")
+    for part in parts:
+        assert value(after, "ratewire_delivery_stage_seconds_count", stage=part) == WRITES
+    in_parts = sum(value(after, "ratewire_delivery_stage_seconds_sum", stage=p) for p in parts)
+    assert 0 < in_parts <= value(after, "ratewire_delivery_stage_seconds_sum", stage="commit")
     assert value(after, "ratewire_gc_pause_seconds_count", generation="0") > 0
     # watcher: the global and game topics; other: the game topic.
     assert value(after, "ratewire_deliveries_total") >= 3 * WRITES

@@ -26,6 +26,10 @@ from typing import Any
 from ratewire.domain import RatingEvent
 
 STAGES = ("commit", "relay", "encode", "first_write", "fan_out")
+#: The parts of ``commit`` the SQL stores time per write (RatingStore.observe_commits): the
+#: wait for its batch, the batch's transaction (its fsync included), and the wait for the
+#: loop after it; the rest of ``commit`` is the request's task resuming after its answer.
+COMMIT_PARTS = ("commit_queue", "commit_transaction", "commit_wake")
 #: Fine enough at the low end to tell 0.2 ms from 1 ms, wide enough for a GC-sized tail.
 STAGE_BUCKETS = (
     0.00005,

@@ -33,7 +33,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ratewire.observability.latency import STAGE_BUCKETS, STAGES
+from ratewire.observability.latency import COMMIT_PARTS, STAGE_BUCKETS, STAGES
 
 #: Set by ``serve --workers`` for its workers (prometheus-client reads it at import).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -320,13 +320,14 @@ class Metrics:
         stages = Histogram(
             "ratewire_delivery_stage_seconds",
             "Seconds each stage from a write's request to its last socket write took, once per "
-            "event: commit, relay, encode, first_write, fan_out (the latency budget)",
+            "event: commit, relay, encode, first_write, fan_out (the latency budget); on the "
+            "SQL stores also commit's parts: commit_queue, commit_transaction, commit_wake",
             ("stage",),
             registry=self.registry,
             buckets=STAGE_BUCKETS,
         )
         # Children looked up once: observe_stage runs five times per event.
-        self._stage_children = {stage: stages.labels(stage) for stage in STAGES}
+        self._stage_children = {stage: stages.labels(stage) for stage in (*STAGES, *COMMIT_PARTS)}
         gc_pauses = Histogram(
             "ratewire_gc_pause_seconds",
             "Seconds each garbage collection paused the process, by generation",

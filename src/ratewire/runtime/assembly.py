@@ -73,6 +73,8 @@ class Parts:
         self._build_storage_and_broker()
         self.metrics = Metrics(self._metric_sources(), multiprocess_dir_from_env())
         self.delivery_timer = DeliveryTimer(self.metrics.observe_stage)
+        if self.store is not None:
+            self.store.observe_commits(self.metrics.observe_stage)
         self.gc_pauses = GcPauses(self.metrics.observe_gc_pause)
         self._build_write_side()
         self._build_realtime_side()

@@ -8,7 +8,7 @@ each topic's history on a single node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -168,6 +168,11 @@ class RatingStore(Protocol):
 
     def use_audit(self, chain: AuditChain | None) -> None:
         """Record every change in the audit log, sealed with ``chain`` (None: no audit log)."""
+
+    def observe_commits(self, observe: Callable[[str, float], None]) -> None:
+        """Report the parts of each write's commit as ``observe(part, seconds)``
+        (``commit_queue``, ``commit_transaction``, ``commit_wake``), where the store has them:
+        the SQL stores' group commit; the others report nothing."""
 
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
         """Append ``records`` to the audit chain, in order, in one transaction."""

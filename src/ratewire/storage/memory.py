@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from ratewire.audit import GENESIS, AuditChain, AuditContext, AuditEntry, AuditQuery, AuditRecord
@@ -241,6 +241,9 @@ class MemoryStore(PairUpsert):
 
     def use_audit(self, chain: AuditChain | None) -> None:
         self._audit_chain = chain
+
+    def observe_commits(self, observe: Callable[[str, float], None]) -> None:
+        """Nothing to report: a write here is a dict update."""
 
     def _audit(self, records: Sequence[AuditRecord]) -> None:
         chain = self._audit_chain

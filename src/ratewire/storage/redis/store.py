@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -531,6 +531,9 @@ class RedisStore(PairUpsert):
 
     def use_audit(self, chain: AuditChain | None) -> None:
         self.audit.chain = chain
+
+    def observe_commits(self, observe: Callable[[str, float], None]) -> None:
+        """Not reported: a write is one script call, no queue or writer thread of ours."""
 
     async def append_audit(self, records: Sequence[AuditRecord]) -> None:
         if self.audit.chain is None or not records:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ratewire.storage")
 GROUP_COMMIT_MAX = 64  # writes per transaction at most
 _T = TypeVar("_T")
+#: observe(part, seconds) for each write: its wait in the queue, its batch's transaction, and
+#: the loop's wake-up after it (ratewire.observability.latency.COMMIT_PARTS).
+ObserveCommit = Callable[[str, float], None]
 
 
 class PairTaken(Exception):
@@ -100,18 +104,24 @@ class GroupCommit:
         #: The chain's head within the running transaction (bodies seal their entries on it).
         self.audit_cursor = AuditCursor(run)
         self._audit_head_written: tuple[int, str] | None = None
-        # (body, its caller's future, whether the body runs on the driver path)
-        self._queued: list[tuple[Callable[[Any], Any], asyncio.Future[Any], bool]] = []
+        # (body, its caller's future, whether the body runs on the driver path, when it was
+        # queued: 0.0 if it is not timed)
+        self._queued: list[tuple[Callable[[Any], Any], asyncio.Future[Any], bool, float]] = []
+        #: Where each write's commit parts are reported (None: not timed).
+        self.observe: ObserveCommit | None = None
+        #: perf_counter() when the writer thread's last transaction began and ended.
+        self._transaction_times = (0.0, 0.0)
         self._deadlock_retries: dict[asyncio.Future[Any], int] = {}
         self._batcher: asyncio.Task[None] | None = None
 
-    async def run(self, body: Callable[[Any], _T], driver: bool = False) -> _T:
+    async def run(self, body: Callable[[Any], _T], driver: bool = False, timed: bool = False) -> _T:
         """Queue ``body`` for the next write transaction and wait for its commit; its result,
-        or what it raised. ``driver``: on PostgreSQL, run it on asyncpg."""
+        or what it raised. ``driver``: on PostgreSQL, run it on asyncpg. ``timed``: report its
+        commit's parts to :attr:`observe`."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         on_driver = driver and (self.pg_pool is not None or self._sqlite_connect is not None)
-        self._queued.append((body, done, on_driver))
+        self._queued.append((body, done, on_driver, time.perf_counter() if timed else 0.0))
         if self._batcher is None or self._batcher.done():
             self._batcher = loop.create_task(self._commit_batches())
         result: _T = await done
@@ -162,12 +172,16 @@ class GroupCommit:
                 size += 1
             batch = self._queued[:size]
             del self._queued[:size]
+            started = time.perf_counter()
+            self._transaction_times = (started, started)
             try:
-                outcomes = await self._run_batch([body for body, _, _ in batch], driver)
+                outcomes = await self._run_batch([body for body, _, _, _ in batch], driver)
             except Exception as exc:  # nothing of the batch is stored (for one write: its error)
                 outcomes = [(False, exc)] * len(batch)
+            if self.observe is not None:
+                self._observe_parts(batch, started)
             retry = []
-            for (body, done, _), (succeeded, value) in zip(batch, outcomes, strict=True):
+            for (body, done, _, _), (succeeded, value) in zip(batch, outcomes, strict=True):
                 if done.done():
                     continue  # the caller went away; its write still committed (or not)
                 if succeeded:
@@ -176,14 +190,31 @@ class GroupCommit:
                     # Batches of two instances can lock game rows in opposite orders; the
                     # victim's write rolled back to its savepoint: run it again, first.
                     self._deadlock_retries[done] = self._deadlock_retries.get(done, 0) + 1
-                    retry.append((body, done, driver))
+                    retry.append((body, done, driver, 0.0))  # timed once, the first time
                 else:
                     self._deadlock_retries.pop(done, None)
                     done.set_exception(value)
             self._queued[:0] = retry
-            for _, done, _ in batch:
+            for _, done, _, _ in batch:
                 if done.done():
                     self._deadlock_retries.pop(done, None)
+
+    def _observe_parts(self, batch: list[tuple[Any, Any, bool, float]], started: float) -> None:
+        """Report each write's queue wait, its batch's transaction and the wake-up after it.
+        On a writer thread the transaction is the thread's own span and the wake-up the time
+        until this task ran again; on the loop (PostgreSQL, MariaDB) the wake-up is in the
+        transaction's span."""
+        assert self.observe is not None
+        resumed = time.perf_counter()
+        began, ended = self._transaction_times
+        if ended <= began:  # not on a writer thread
+            began, ended = started, resumed
+        observe = self.observe
+        for _, _, _, queued_at in batch:
+            if queued_at:
+                observe("commit_queue", started - queued_at)
+                observe("commit_transaction", ended - began)
+                observe("commit_wake", resumed - ended)
 
     async def _run_batch(
         self, bodies: list[Callable[[Any], Any]], driver: bool = False
@@ -199,10 +230,12 @@ class GroupCommit:
             engine = self._sqlite_writer
 
             def transaction() -> list[tuple[bool, Any]]:
+                began = time.perf_counter()
                 with engine.begin() as conn:
                     outcomes = self._apply(conn, bodies)
                 if self.checkpoints is not None:
                     self.checkpoints.committed()
+                self._transaction_times = (began, time.perf_counter())
                 return outcomes
 
             return await loop.run_in_executor(self._sqlite_thread, transaction)
@@ -226,6 +259,7 @@ class GroupCommit:
         IMMEDIATE``, the commit's bookkeeping) the same transaction cost about 0.2 ms more of
         the writer thread, every one of them on the write's path (see docs/benchmarks.md)."""
         db = self._sqlite_connection()
+        began = time.perf_counter()
         statement = "BEGIN IMMEDIATE"
         try:
             db.execute(statement)
@@ -241,6 +275,7 @@ class GroupCommit:
                 raise
         except sqlite3.Error as exc:
             raise wrapped_sqlite_error(statement, (), exc) from exc
+        self._transaction_times = (began, time.perf_counter())
         return outcomes
 
     def close(self) -> None:

@@ -6,9 +6,8 @@ last the single global head row. Because every write ends on the global row, the
 offset (``seq``) is the commit order, and the relay can follow it without gaps; because the
 global row is taken last, it is held only for the event insert and the commit.
 
-This module holds the store's lifecycle and its writes; the schema, the dialects'
-differences, the group-commit transactions and the reads each have a module of their own
-(``schema``, ``dialects``, ``batches``, ``reads``).
+This module holds the store's lifecycle and its writes; the schema, the dialects' differences,
+the group commit and the reads have modules of their own (``schema``, ``dialects``, ...).
 """
 
 from __future__ import annotations
@@ -194,16 +193,21 @@ class SqlStore(SqlReads, PairUpsert):
 
     # -- running operations ----------------------------------------------------------------
 
-    async def _write(self, body: Callable[[Connection], _T], *, driver: bool = False) -> _T:
+    async def _write(
+        self, body: Callable[[Connection], _T], *, driver: bool = False, rating: bool = False
+    ) -> _T:
         """Run ``body`` in one write transaction (retried on a deadlock). ``driver``: the body
         touches the connection only through ``self._run``, so on PostgreSQL it may run on
-        asyncpg directly (the rating writes and audit appends)."""
+        asyncpg directly (rating writes, whose commits are timed, and audit appends)."""
         try:
-            return await self._commits.run(body, driver)
+            return await self._commits.run(body, driver, timed=rating)
         except IntegrityError:
             raise
         except (OSError, DBAPIError) as exc:
             raise self._unavailable(exc) from exc
+
+    def observe_commits(self, observe: Callable[[str, float], None]) -> None:
+        self._commits.observe = observe
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -230,7 +234,8 @@ class SqlStore(SqlReads, PairUpsert):
                 )
         except StorageUnavailable as exc:
             reason = str(exc).removeprefix(f"{self.dialect}: ")
-            raise StorageUnavailable(f"cannot open {self._safe_url()}: {reason}") from exc
+            safe_url = make_url(self.url).render_as_string(hide_password=True)
+            raise StorageUnavailable(f"cannot open {safe_url}: {reason}") from exc
         self.epoch = str(epoch)
         if int(version or 0) > SCHEMA_VERSION:
             raise StorageUnavailable(
@@ -251,9 +256,6 @@ class SqlStore(SqlReads, PairUpsert):
             return await self.upgrade_schema()
         refuse_if_behind(await self.schema_state())
         return None
-
-    def _safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
 
     async def close(self) -> None:
         await self._commits.drain()  # writes already queued are committed and answered first
@@ -447,7 +449,7 @@ class SqlStore(SqlReads, PairUpsert):
             return WriteResult(rating, event, True)
 
         try:
-            return await self._write(body, driver=True)
+            return await self._write(body, driver=True, rating=True)
         except (IntegrityError, PairTaken):
             existing = await self._pair_id(draft.game_id, draft.user_id)
             raise AlreadyExists(draft.game_id, draft.user_id, existing) from None
@@ -486,7 +488,7 @@ class SqlStore(SqlReads, PairUpsert):
             return WriteResult(new, self._record(conn, "updated", old, new, now, audit))
 
         try:
-            return await self._write(body, driver=True)
+            return await self._write(body, driver=True, rating=True)
         except NoChange as unchanged:
             return WriteResult(unchanged.rating, None)
 
@@ -515,7 +517,7 @@ class SqlStore(SqlReads, PairUpsert):
             self._run.execute(conn, self._sql.delete_rating, {"rid": rating_id})
             return WriteResult(old, self._record(conn, "deleted", old, None, now, audit))
 
-        return await self._write(body, driver=True)
+        return await self._write(body, driver=True, rating=True)
 
     async def prune_history(self, keep_per_topic: int, older_than: datetime) -> int:
         game_head = (
