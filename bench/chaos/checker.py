@@ -16,23 +16,21 @@ The rules, each a ``rule`` name in a violation:
 - ``subscriber-order``: a subscriber saw each topic's offsets in increasing order, each once,
   with no hole that the server did not report as a gap;
 - ``subscriber-content``: what a subscriber saw at an offset is the topic's event there;
-- ``audit``: ``ratewire audit verify`` passed and the log has one change entry per event.
+- ``audit``: ``ratewire audit verify`` passed and the log has one change entry per event;
+- ``consumer-start``, ``consumer-owed``, ``consumer-acked-once``, ``consumer-delivery``: a
+  durable consumer's members were given every event after its start until an ack covered it,
+  and never an acked one again (:mod:`bench.chaos.consumer_checker`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.chaos.consumer_checker import ConsumerCounts, check_consumer
 from bench.chaos.history import History, HistoryEvent
-
-
-@dataclass
-class Violation:
-    rule: str
-    detail: str
-    excerpt: list[Any] = field(default_factory=list)
+from bench.chaos.violation import Violation
 
 
 @dataclass
@@ -43,6 +41,7 @@ class Verdict:
     frames_checked: int
     gaps_reported: int
     events: int
+    consumers: ConsumerCounts = field(default_factory=ConsumerCounts)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -52,6 +51,7 @@ class Verdict:
             "frames_checked": self.frames_checked,
             "gaps_reported": self.gaps_reported,
             "events": self.events,
+            **{f"consumer_{name}": n for name, n in asdict(self.consumers).items()},
         }
 
 
@@ -80,6 +80,11 @@ def check(history: History) -> Verdict:
     violations += _store(history, global_events)
     frames, gaps, found = _subscribers(history)
     violations += found
+    consumers = ConsumerCounts()
+    for group in history.consumers:
+        counts, found = check_consumer(group, topics.get(group.topic, []))
+        consumers.add(counts)
+        violations += found
     final = history.final
     if final.audit_verify_exit != 0:
         violations.append(
@@ -100,6 +105,7 @@ def check(history: History) -> Verdict:
         frames_checked=frames,
         gaps_reported=gaps,
         events=len(global_events),
+        consumers=consumers,
     )
 
 

@@ -1,5 +1,6 @@
 """What a chaos run records: every write and its answer (or the lack of one), every frame a
-subscriber received, every fault, and the final state read back afterwards. Plain data, so a
+subscriber received, what each member of a durable consumer was given and what its acks were
+answered, every fault, and the final state read back afterwards. Plain data, so a
 history can be saved as JSON, read back and fed to the checker again."""
 
 from __future__ import annotations
@@ -72,6 +73,78 @@ class Subscriber:
 
 
 @dataclass
+class Membership:
+    """One connection of a consumer's member: from its ``subscribe`` to its end."""
+
+    member: str
+    #: Numbers the member's connections, from 1; deliveries and answers name it.
+    session: int
+    #: When the ``subscribe`` was sent: the server cannot have claimed anything for this
+    #: membership before it.
+    sent: float
+    #: From the ``subscribed`` answer (None: none came before the connection ended).
+    answered: float | None = None
+    ack_floor: int | None = None
+    created: bool | None = None
+    #: ``"recovered": false``: history no longer reached the floor; ``first_offset`` is the
+    #: first offset it could still deliver.
+    recovered: bool = True
+    first_offset: int | None = None
+    #: How it ended: "crash" (the member dropped it, unacked events and all), "lost" (the
+    #: network or the server did), or "" while it lasted to the end of the run.
+    ended: str = ""
+
+
+@dataclass
+class Delivery:
+    """One ``rating_update`` with ``consumer`` a member received."""
+
+    member: str
+    session: int
+    offset: int
+    delivery: int
+    event: str
+    rating_id: str
+    version: int
+    at: float
+
+
+@dataclass
+class AckAnswer:
+    """One ``acked`` answer: the offsets it names are acked, and so is all at or below
+    ``ack_floor``; ``refused`` names offsets the server says were never delivered."""
+
+    member: str
+    session: int
+    offsets: list[int]
+    ack_floor: int
+    refused: list[int]
+    at: float
+
+
+@dataclass
+class ConsumerGroup:
+    """The members of one durable consumer and everything they saw."""
+
+    name: str
+    topic: str
+    members: list[str]
+    memberships: list[Membership] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    answers: list[AckAnswer] = field(default_factory=list)
+    #: Acks that had no answer (the connection ended first) or were answered with an error.
+    acks_unanswered: int = 0
+    #: GET /consumers/{name}?topic= after the quiet period (None: it could not be read).
+    final_ack_floor: int | None = None
+    final_pending: int | None = None
+
+    @property
+    def start_offset(self) -> int | None:
+        """The floor the consumer was created at (events after it are owed)."""
+        return next((m.ack_floor for m in self.memberships if m.created), None)
+
+
+@dataclass
 class Fault:
     kind: str
     target: str
@@ -118,6 +191,7 @@ class History:
     users: list[str]
     writes: list[Write] = field(default_factory=list)
     subscribers: list[Subscriber] = field(default_factory=list)
+    consumers: list[ConsumerGroup] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     final: FinalState = field(default_factory=FinalState)
 
@@ -142,6 +216,17 @@ class History:
                     }
                 )
                 for s in data["subscribers"]
+            ],
+            consumers=[
+                ConsumerGroup(
+                    **{
+                        **c,
+                        "memberships": [Membership(**m) for m in c["memberships"]],
+                        "deliveries": [Delivery(**d) for d in c["deliveries"]],
+                        "answers": [AckAnswer(**a) for a in c["answers"]],
+                    }
+                )
+                for c in data.get("consumers", [])  # histories saved before consumers
             ],
             faults=[Fault(**f) for f in data["faults"]],
             final=FinalState(

@@ -1,5 +1,6 @@
-"""One chaos run: start the topology, run writers, subscribers and the nemesis for a while,
-heal everything, let the subscribers catch up, read the final state, and check the history."""
+"""One chaos run: start the topology, run writers, subscribers, a durable consumer's members and
+the nemesis for a while, heal everything, let the subscribers and the consumer catch up, read
+the final state, and check the history."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import asyncpg
 import httpx
 
 from bench.chaos.checker import Verdict, check
-from bench.chaos.history import FinalState, History, HistoryEvent, Subscriber
+from bench.chaos.consumer_members import ConsumerMember
+from bench.chaos.history import ConsumerGroup, FinalState, History, HistoryEvent, Subscriber
 from bench.chaos.nemesis import Nemesis
 from bench.chaos.topology import Topology
 from bench.chaos.workload import RawSubscriber, SdkSubscriber, Writer
@@ -31,6 +33,10 @@ WRITERS = 4
 USERS_PER_WRITER = 3
 GAMES = ["g0", "g1", "g2", "g3"]
 QUIET_SECONDS = 40
+#: The durable consumer on rating.global, its members, and the token sub they share.
+CONSUMER = "chaos-workers"
+CONSUMER_MEMBERS = 3
+CONSUMER_OWNER = "agent-fleet"
 
 
 async def run(
@@ -58,6 +64,7 @@ async def run(
         proxies, followers = await _subscribers(topology, history, users)
         tasks += [asyncio.create_task(f.run()) for f in followers]
         await asyncio.wait_for(asyncio.gather(*(f.subscribed.wait() for f in followers)), 30)
+        members = await _consumer_members(topology, history, proxies, rng, tasks)
         ids = itertools.count(1)
         writers = [
             Writer(
@@ -90,8 +97,10 @@ async def run(
         for writer in writers:
             writer.stopped.set()
         await asyncio.gather(*writer_tasks)
+        for member in members:
+            member.calm.set()  # no more crashes; everything given is acked
         await _heal(topology, proxies)
-        progress("healed; waiting for the subscribers to catch up")
+        progress("healed; waiting for the subscribers and the consumer to catch up")
         await _quiet(topology, history)
         history.final = await _final_state(topology, history)
     finally:
@@ -131,6 +140,50 @@ async def _subscribers(
         follower_type = SdkSubscriber if kind == "sdk" else RawSubscriber
         followers.append(follower_type(record, url, f"watcher{number}"))
     return proxies, followers
+
+
+async def _consumer_members(
+    topology: Topology,
+    history: History,
+    proxies: list[TcpProxy],
+    rng: random.Random,
+    tasks: list[asyncio.Task[Any]],
+) -> list[ConsumerMember]:
+    """The consumer's members, each behind a TCP proxy of its own (the nemesis cuts them as
+    it cuts subscribers) in front of HAProxy's ``/ws``: the ``all`` instances, which have the
+    database consumers need. The first creates the consumer before the others join, and
+    before any write, so every event of the run is owed to it."""
+    assert topology.haproxy is not None
+    group = ConsumerGroup(CONSUMER, "rating.global", [f"m{n}" for n in range(CONSUMER_MEMBERS)])
+    history.consumers.append(group)
+    members = []
+    for name in group.members:
+        proxy = TcpProxy(topology.haproxy.http_port)
+        await proxy.restore()
+        proxies.append(proxy)
+        url = f"ws://127.0.0.1:{proxy.port}/ws"
+        members.append(
+            ConsumerMember(group, name, url, CONSUMER_OWNER, random.Random(rng.random()))
+        )
+    for member in members:
+        tasks.append(asyncio.create_task(member.run()))
+        await asyncio.wait_for(member.joined.wait(), 30)
+    return members
+
+
+async def _consumer_status(http: httpx.AsyncClient, group: ConsumerGroup) -> dict[str, Any] | None:
+    """``GET /consumers/{name}?topic=`` as its owner (None: no answer)."""
+    headers = {"Authorization": f"Bearer {token(CONSUMER_OWNER)}"}
+    try:
+        answer = await http.get(
+            f"/consumers/{group.name}", params={"topic": group.topic}, headers=headers
+        )
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    status: dict[str, Any] = answer.json()
+    return status
 
 
 async def _heal(topology: Topology, proxies: list[TcpProxy]) -> None:
@@ -195,6 +248,9 @@ async def _quiet(topology: Topology, history: History) -> None:
                 last = max((f.offset for f in sub.frames), default=0)
                 last = max([last, *(g.offset for g in sub.gaps)])
                 behind += last < head
+            for group in history.consumers:
+                status = await _consumer_status(http, group)
+                behind += status is None or status["lag"] > 0 or status["pending"] > 0
             if not behind:
                 return
             await asyncio.sleep(0.5)
@@ -229,6 +285,10 @@ async def _final_state(topology: Topology, history: History) -> FinalState:
             cursor = page.get("nextCursor")
             if not cursor:
                 break
+        for group in history.consumers:
+            status = await _consumer_status(http, group)
+            if status is not None:
+                group.final_ack_floor, group.final_pending = status["ackFloor"], status["pending"]
         for game in history.games:
             summary = (await http.get(f"/games/{game}/summary")).json()
             histogram = [int(summary["histogram"][str(score)]) for score in range(1, 6)]
@@ -276,6 +336,9 @@ def report(history: History, verdict: Verdict, nemesis: Nemesis | None) -> dict[
         "longest_recovery_seconds": recoveries,
         "burst_broken_handshakes": 0 if nemesis is None else nemesis.broken_handshakes,
         "subscriber_connections": {s.name: s.connections for s in history.subscribers},
+        "consumer_member_connections": dict(
+            Counter(m.member for c in history.consumers for m in c.memberships)
+        ),
         "violation_details": [
             {"seed": history.seed, "rule": v.rule, "detail": v.detail, "excerpt": v.excerpt}
             for v in verdict.violations
@@ -306,6 +369,13 @@ def human_summary(result: dict[str, Any]) -> str:
             f"{k} {v:.2f} s" for k, v in sorted(result["longest_recovery_seconds"].items())
         ),
         f"  broken handshakes in connection bursts: {result['burst_broken_handshakes']}",
+        f"  consumer: {result['consumer_deliveries']} deliveries "
+        f"({result['consumer_redeliveries']} redeliveries) over "
+        f"{result['consumer_memberships']} memberships ({result['consumer_crashes']} crashed); "
+        f"{result['consumer_offsets_acked']} of {result['consumer_offsets_owed']} owed offsets "
+        f"acked in {result['consumer_ack_answers']} answers ({result['consumer_acks_unanswered']} "
+        f"acks unanswered); {result['consumer_in_flight_at_ack']} deliveries in flight when "
+        f"acked; {result['consumer_violations']} consumer violations",
         f"  violations: {result['violations']}",
     ]
     for violation in result["violation_details"][:20]:

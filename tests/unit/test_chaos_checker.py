@@ -1,6 +1,7 @@
 """The chaos checker catches what it claims: fed recorded histories with a duplicate, a hole,
-a reordering, a lost acknowledged write, a write made twice, a wrong summary and a broken
-audit log, it reports each, under its rule; fed the clean history, nothing."""
+a reordering, a lost acknowledged write, a write made twice, a wrong summary, a broken audit
+log, and a durable consumer that lost, redelivered or double-counted work, it reports each,
+under its rule; fed the clean history, nothing."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from collections.abc import Callable
 import pytest
 from bench.chaos.checker import check
 from bench.chaos.history import (
+    AckAnswer,
+    ConsumerGroup,
+    Delivery,
     Frame,
     Gap,
     History,
     HistoryEvent,
+    Membership,
     Subscriber,
     Write,
 )
@@ -54,7 +59,81 @@ def _clean() -> History:
         Subscriber("s0", "raw", "main", "rating.global", 0, frames),
         Subscriber("s1", "sdk", "guide", "rating.game.g1", 0, copy.deepcopy(frames)),
     ]
+    history.consumers = [_consumer_group(events)]
     return history
+
+
+def _consumer_group(events: list[HistoryEvent]) -> ConsumerGroup:
+    """Two members share the five events: m0 crashes holding offset 5, which comes back to
+    it (delivery 2) once it has joined again."""
+
+    def given(member: str, session: int, offset: int, delivery: int, at: float) -> Delivery:
+        event = events[offset - 1]
+        return Delivery(
+            member, session, offset, delivery, event.event, event.rating_id, event.version, at
+        )
+
+    group = ConsumerGroup("workers", "rating.global", ["m0", "m1"])
+    group.memberships = [
+        Membership("m0", 1, 0.0, 0.1, 0, True, ended="crash"),
+        Membership("m1", 1, 0.2, 0.3, 0, False),
+        Membership("m0", 2, 2.0, 2.1, 4, False),
+    ]
+    group.deliveries = [
+        given("m0", 1, 1, 1, 1.0),
+        given("m0", 1, 2, 1, 1.0),
+        given("m1", 1, 3, 1, 1.1),
+        given("m1", 1, 4, 1, 1.1),
+        given("m0", 1, 5, 1, 1.2),
+        given("m0", 2, 5, 2, 2.5),
+    ]
+    group.answers = [
+        AckAnswer("m0", 1, [1, 2], 2, [], 1.5),
+        AckAnswer("m1", 1, [3, 4], 4, [], 1.6),
+        AckAnswer("m0", 2, [5], 5, [], 3.0),
+    ]
+    group.final_ack_floor, group.final_pending = 5, 0
+    return group
+
+
+def _consumer_redelivered_after_ack(h: History) -> None:
+    group = h.consumers[0]
+    group.memberships.append(Membership("m1", 2, 3.5))  # joined after offset 3's ack...
+    group.deliveries.append(copy.deepcopy(group.deliveries[2]))
+    group.deliveries[-1].session, group.deliveries[-1].delivery = 2, 2  # ...and given it
+
+
+def _consumer_given_below_its_floor(h: History) -> None:
+    again = copy.deepcopy(h.consumers[0].deliveries[3])
+    again.member, again.session, again.delivery = "m0", 2, 2  # m0 joined again at floor 4
+    h.consumers[0].deliveries.append(again)
+
+
+def _consumer_never_acked(h: History) -> None:
+    group = h.consumers[0]
+    group.answers[-1] = AckAnswer("m0", 2, [], 4, [], 3.0)
+    group.final_ack_floor, group.final_pending = 4, 1
+
+
+def _consumer_never_delivered(h: History) -> None:
+    h.consumers[0].deliveries = [d for d in h.consumers[0].deliveries if d.offset != 3]
+
+
+def _consumer_created_twice(h: History) -> None:
+    h.consumers[0].memberships[2].created = True
+    h.consumers[0].memberships[2].ack_floor = 0
+
+
+def _consumer_delivery_count_twice(h: History) -> None:
+    h.consumers[0].deliveries[-1].delivery = 1
+
+
+def _consumer_ack_refused(h: History) -> None:
+    h.consumers[0].answers[1].refused = [4]
+
+
+def _consumer_wrong_event(h: History) -> None:
+    h.consumers[0].deliveries[0].version = 7
 
 
 def _duplicate(h: History) -> None:
@@ -108,6 +187,14 @@ def _audit(h: History) -> None:
         (_wrong_summary, "summary"),
         (_topic_hole, "topic-gapless"),
         (_audit, "audit"),
+        (_consumer_redelivered_after_ack, "consumer-acked-once"),
+        (_consumer_given_below_its_floor, "consumer-acked-once"),
+        (_consumer_ack_refused, "consumer-acked-once"),
+        (_consumer_never_acked, "consumer-owed"),
+        (_consumer_never_delivered, "consumer-owed"),
+        (_consumer_created_twice, "consumer-start"),
+        (_consumer_delivery_count_twice, "consumer-delivery"),
+        (_consumer_wrong_event, "consumer-delivery"),
     ],
 )
 def test_each_kind_of_damage_is_reported(damage: Callable[[History], None], rule: str) -> None:
@@ -126,6 +213,20 @@ def test_a_clean_history_and_a_reported_gap_pass() -> None:
     history.subscribers[0].gaps.append(Gap(1, 3, 0.0))  # ...and the server said so
     verdict = check(history)
     assert verdict.violations == [] and verdict.gaps_reported == 1
+
+
+def test_a_delivery_already_in_flight_when_its_ack_was_answered_passes() -> None:
+    """m1 acked offset 3 (answered at 1.6) while the server, its claim run out, had already
+    given it again to m1's live connection: delivery 2 arrives at 1.7. Allowed, and counted."""
+    history = _clean()
+    late = copy.deepcopy(history.consumers[0].deliveries[2])
+    late.delivery, late.at = 2, 1.7
+    history.consumers[0].deliveries.append(late)
+    verdict = check(history)
+    assert verdict.violations == []
+    counts = verdict.consumers
+    assert (counts.deliveries, counts.redeliveries, counts.in_flight_at_ack) == (7, 2, 1)
+    assert (counts.offsets_owed, counts.offsets_acked, counts.crashes) == (5, 5, 1)
 
 
 def test_a_history_survives_its_json_form() -> None:
