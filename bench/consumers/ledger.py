@@ -19,6 +19,8 @@ class MemberLedger:
     subscribed_at: int = -1
     #: (offset, delivery, received ns, send time ns or 0) per rating_update, in order.
     deliveries: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: Per rating_update, in the same order: the rating's ``createdAt`` (ns, to the ms).
+    created: list[int] = field(default_factory=list)
     #: (ns, offsets) per ack frame sent, and per ``acked`` answer.
     acks_sent: list[tuple[int, list[int]]] = field(default_factory=list)
     acks_confirmed: list[tuple[int, list[int]]] = field(default_factory=list)
@@ -30,8 +32,9 @@ class MemberLedger:
         for line in path.read_text().splitlines():
             kind, _, rest = line.partition(" ")
             if kind == "D":
-                offset, delivery, received, sent = map(int, rest.split())
+                offset, delivery, received, sent, created = map(int, rest.split())
                 ledger.deliveries.append((offset, delivery, received, sent))
+                ledger.created.append(created)
             elif kind in ("A", "C"):
                 at, _, offsets = rest.partition(" ")
                 entry = (int(at), [int(o) for o in offsets.split(",") if o])
@@ -68,6 +71,11 @@ class Counts:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    #: The same from the rating's ``createdAt`` (stamped by the server as the write came in,
+    #: before its commit; to the millisecond): what the server adds, without the time a POST
+    #: waited on the writer's side.
+    created_p50_ms: float = 0.0
+    created_p99_ms: float = 0.0
     #: Distinct offsets of measured writes the server confirmed acked, and over how long
     #: (first measured write to the last confirmation).
     acked: int = 0
@@ -87,7 +95,8 @@ class Counts:
     errors: list[str] = field(default_factory=list)
 
 
-def _quantile_ms(ordered: list[int], fraction: float) -> float:
+def quantile_ms(ordered: list[int], fraction: float) -> float:
+    """The ``fraction`` quantile of ``ordered`` (ns, ascending) in ms; 0 for none."""
     if not ordered:
         return 0.0
     return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6, 2)
@@ -130,8 +139,18 @@ def count(
         received - sent for _, delivery, received, sent in deliveries if delivery == 1 and sent
     )
     counts.first_deliveries = len(latencies)
-    counts.p50_ms, counts.p99_ms = _quantile_ms(latencies, 0.50), _quantile_ms(latencies, 0.99)
+    counts.p50_ms, counts.p99_ms = quantile_ms(latencies, 0.50), quantile_ms(latencies, 0.99)
     counts.max_ms = round(latencies[-1] / 1e6, 2) if latencies else 0.0
+    from_created = sorted(
+        received - created
+        for ledger in ledgers
+        for (_, delivery, received, sent), created in zip(
+            ledger.deliveries, ledger.created, strict=True
+        )
+        if delivery == 1 and sent
+    )
+    counts.created_p50_ms = quantile_ms(from_created, 0.50)
+    counts.created_p99_ms = quantile_ms(from_created, 0.99)
     timed = {offset for offset, _, _, sent in deliveries if sent}  # not the warm-up's
     measured = [at for offset, at in confirmed_at.items() if offset in timed]
     counts.acked = len(measured)

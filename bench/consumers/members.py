@@ -6,7 +6,9 @@ written (an unbuffered ``write``: in the kernel, so SIGKILL cannot lose it) befo
 acts on it, and an ack is logged before its frame is sent. Lines, space-separated:
 
     S <offset>                           subscribed; the consumer's ackFloor then
-    D <offset> <delivery> <recv_ns> <sent_ns>  a rating_update (sent_ns 0: a warm-up write)
+    D <offset> <delivery> <recv_ns> <sent_ns> <created_ns>
+                                         a rating_update (sent_ns 0: a warm-up write;
+                                         created_ns: its createdAt, to the millisecond)
     A <ns> <offset,offset,...>           an ack frame about to be sent
     C <ns> <offset,offset,...>           the server's ``acked`` answer (the ack is stored)
     E <frame>                            an error frame from the server
@@ -19,6 +21,7 @@ import contextlib
 import json
 import os
 import time
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -75,9 +78,11 @@ def member_worker(
             message = json.loads(payload)
             kind = message.get("type")
             if kind == "rating_update":
-                comment = message["data"].get("comment") or ""
+                data = message["data"]
+                comment = data.get("comment") or ""
                 sent = int(comment[2:]) if comment.startswith("t=") else 0
-                ledger.write(f"D {message['offset']} {message['delivery']} {now} {sent}")
+                created = int(datetime.fromisoformat(data["createdAt"]).timestamp() * 1e9)
+                ledger.write(f"D {message['offset']} {message['delivery']} {now} {sent} {created}")
                 unacked.append(message["offset"])
             elif kind == "acked":
                 offsets = message["offsets"]

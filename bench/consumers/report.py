@@ -19,6 +19,9 @@ MEDIAN_OF = {
     "acked_per_s": ("acked_per_s",),
     "p50_ms": ("counts", "p50_ms"),
     "p99_ms": ("counts", "p99_ms"),
+    "created_p50_ms": ("counts", "created_p50_ms"),
+    "created_p99_ms": ("counts", "created_p99_ms"),
+    "post_p50_ms": ("post_p50_ms",),
     "spread": ("counts", "spread"),
     "redelivery_last_ms": ("counts", "redelivery_last_ms"),
     "server_cpu_ms_per_event": ("server_cpu_ms_per_event",),
@@ -54,12 +57,13 @@ def print_table(results: list[Result]) -> None:
     table = Table(
         title=f"durable consumer: {settings.members} members on rating.global, "
         f"{settings.writes_per_s:g} writes/s offered, {settings.backend} "
-        "(latency: write sent to first delivery)"
+        "(latency: write sent, or the rating's createdAt, to first delivery)"
     )
     for column in (
-        "run", "writes", "acked/s", "p50 ms", "p99 ms", "max ms", "per member", "spread",
+        "run", "writes", "acked/s", "p50 ms", "p99 ms", "max ms", "from created p50/p99",
+        "POST p50/p99", "per member", "spread",
         "held at kill", "redelivered in ms", "lost", "acked after ack", "redeliveries",
-        "CPU ms/event",
+        "CPU ms/event", "load",
     ):  # fmt: skip
         table.add_column(column, justify="right")
     for index, result in enumerate(results, 1):
@@ -72,6 +76,8 @@ def print_table(results: list[Result]) -> None:
             f"{c['p50_ms']:.2f}",
             f"{c['p99_ms']:.2f}",
             f"{c['max_ms']:.1f}",
+            f"{c['created_p50_ms']:.1f}/{c['created_p99_ms']:.1f}",
+            f"{result.post_p50_ms:.1f}/{result.post_p99_ms:.1f}",
             "/".join(map(str, c["per_member"])),
             f"{100 * c['spread']:.1f}%",
             f"{c['held_redelivered']}/{c['held_at_kill']}",
@@ -82,6 +88,7 @@ def print_table(results: list[Result]) -> None:
             str(c["delivered_after_ack"]),
             str(c["redeliveries"]),
             f"{result.server_cpu_ms_per_event:.2f}",
+            f"{result.load_average:.1f}",
         )
     Console(width=200).print(table)
     if len(results) > 1:

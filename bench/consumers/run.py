@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bench.consumers.ledger import MemberLedger, count
+from bench.consumers.ledger import MemberLedger, count, quantile_ms
 from bench.consumers.members import member_worker
 from bench.fanout.measure import cpu_seconds
 from bench.fanout.publisher import Published, publish
@@ -64,6 +64,10 @@ class Result:
     settings: Settings
     writes_ok: int = 0
     writes_failed: int = 0
+    #: The POSTs' round trips (send to answer): when they grow, the writes, not the
+    #: consumer, set the latency from send time.
+    post_p50_ms: float = 0.0
+    post_p99_ms: float = 0.0
     #: Untimed writes before the measured ones (their events are the consumer's too).
     warm_up_writes: int = 0
     #: The consumer at the end, as the server reports it (GET /consumers/{name}).
@@ -78,6 +82,8 @@ class Result:
     server_cpu_s: float = 0.0
     server_cpu_ms_per_event: float = 0.0
     client_cpu_s: float = 0.0
+    #: The machine's 1-minute load average as the run began (others share these 2 cores).
+    load_average: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -205,7 +211,7 @@ def _stop_members(processes: list[mp.process.BaseProcess], pipes: list[Connectio
 
 def run_one(settings: Settings) -> Result:
     """One run against a server started for it, stopped after."""
-    result = Result(settings)
+    result = Result(settings, load_average=os.getloadavg()[0])
     target = start_server(settings.backend)
     workdir = Path(tempfile.mkdtemp(prefix="bench-consumers-"))
     processes: list[mp.process.BaseProcess] = []
@@ -227,6 +233,9 @@ def run_one(settings: Settings) -> Result:
         result.client_cpu_s = round(cpu_seconds(client_pids) - client_before, 3)
         _stop_members(processes, pipes)
         result.writes_ok, result.writes_failed = published.ok, published.failed
+        round_trips = sorted(published.post_ns)
+        result.post_p50_ms = quantile_ms(round_trips, 0.50)
+        result.post_p99_ms = quantile_ms(round_trips, 0.99)
         result.ack_floor, result.pending = status["ackFloor"], status["pending"]
         result.head = status["ackFloor"] + status["lag"]
         result.drained = not (status["lag"] or status["pending"])

@@ -14,6 +14,7 @@ def _member(
     """Joined at offset 0; ``deliveries``: (offset, delivery, received ms), each written at 0."""
     ledger = MemberLedger(subscribed_at=0)
     ledger.deliveries = [(o, d, at * MS, 1) for o, d, at in deliveries]
+    ledger.created = [2 * MS for _ in deliveries]
     if acked:
         ledger.acks_sent = [(confirmed_at - MS, acked)]
         ledger.acks_confirmed = [(confirmed_at, acked)]
@@ -27,6 +28,7 @@ def test_every_offset_acked_once_is_a_clean_count() -> None:
     )  # fmt: skip
     assert counts.per_member == [2, 1] and counts.acked == 3
     assert (counts.p50_ms, counts.max_ms) == (20.0, 30.0)
+    assert counts.created_p50_ms == 18.0
 
 
 def test_an_offset_no_member_acked_is_lost() -> None:
