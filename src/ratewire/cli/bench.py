@@ -1,4 +1,4 @@
-"""``ratewire bench fanout | rest``: the benchmarks of bench/, from a source checkout.
+"""``ratewire bench fanout | consumers | rest``: the benchmarks of bench/, from a source checkout.
 
 bench/ is not in the wheel (pyproject packages src/ only): it is development tooling that
 needs the checkout around it (bench/peers' Node server, bench/results, the wrk scripts). So
@@ -64,6 +64,36 @@ def bench_fanout(
     if expression is not None:
         argv += ["--filter", expression]
     _run_in_checkout("fanout", argv + (["--json-out", str(json_out)] if json_out else []))
+
+
+@bench.command("consumers")
+@click.option("--writes-per-s", type=click.FloatRange(min=1), default=500, show_default=True)
+@click.option("--members", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=1), default=20, show_default=True)
+@click.option("--ack-wait-ms", type=click.IntRange(min=100), default=30_000, show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["sqlite", "postgresql"]),
+    default="sqlite",
+    show_default=True,
+)
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json-out", type=click.Path(path_type=Path), default=None)
+def bench_consumers(
+    writes_per_s: float,
+    members: int,
+    seconds: float,
+    ack_wait_ms: int,
+    backend: str,
+    runs: int,
+    json_out: Path | None,
+) -> None:
+    """M members of one durable consumer on rating.global: acked/s, latency, redelivery after
+    a member is SIGKILLed, every offset counted (more options: python -m bench.consumers -h)."""
+    argv = ["--writes-per-s", str(writes_per_s), "--members", str(members)]
+    argv += ["--seconds", str(seconds), "--ack-wait-ms", str(ack_wait_ms)]
+    argv += ["--backend", backend, "--runs", str(runs)]
+    _run_in_checkout("consumers", argv + (["--json-out", str(json_out)] if json_out else []))
 
 
 @bench.command("rest")
