@@ -207,3 +207,7 @@ class RatingEvent:
     user_offset: int
     data: dict[str, Any]
     occurred_at: datetime = field(compare=False)
+    #: Wall-clock seconds when this instance's service took the write, to the microsecond
+    #: (``occurred_at`` is cut to the millisecond the wire carries, which added 0-1 ms to a
+    #: commit timed from it); 0.0 for an event read back or from another instance.
+    began_at: float = field(default=0.0, compare=False)

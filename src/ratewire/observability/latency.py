@@ -3,8 +3,9 @@ budget of one event, stage by stage, and the garbage collector's pauses that cut
 
 Stages, each timed once per event (never per subscriber):
 
-- ``commit``: the service took the write (the event's ``occurred_at``) -> the store's
-  transaction committed and the request's task resumed;
+- ``commit``: the service took the write (the event's ``began_at``, or ``occurred_at`` cut to
+  the millisecond for an event that has none) -> the store's transaction committed and the
+  request's task resumed;
 - ``relay``: committed -> the event reached this instance's hub (the relay's hand-off, or in a
   cluster the broker's round trip; events committed by another instance have no local commit
   time and skip ``commit`` and ``relay``);
@@ -70,7 +71,8 @@ class DeliveryTimer:
     def committed(self, event: RatingEvent) -> None:
         """The service committed ``event`` (an after-commit step, before the relay's)."""
         now = time.time()
-        self._observe("commit", max(0.0, now - event.occurred_at.timestamp()))
+        began = event.began_at or event.occurred_at.timestamp()
+        self._observe("commit", max(0.0, now - began))
         if event.seq <= self._delivered_through:
             # Delivered before its request resumed (the relay's poll or the broker found it in
             # the outbox first): nothing was left to wait for.

@@ -5,8 +5,9 @@ path: ratewire.runtime.delivery)."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ratewire.audit import AuditContext
 from ratewire.broker.base import EventHandler
@@ -75,10 +76,13 @@ class RatingService:
             steps = (lambda event: cache.saw(event.game_id, event.game_offset), *steps)
         self._after_commit = steps
 
-    def _committed(self, result: WriteResult) -> WriteResult:
+    def _committed(self, result: WriteResult, began: float) -> WriteResult:
+        """Run the after-commit steps on ``result``'s event, which learns ``began`` (when the
+        write was taken, for the commit stage's timing)."""
         if result.event is not None:
+            event = replace(result.event, began_at=began)
             for step in self._after_commit:
-                step(result.event)
+                step(event)
         return result
 
     @staticmethod
@@ -102,7 +106,8 @@ class RatingService:
         self, principal: Principal, draft: RatingDraft, audit: AuditContext | None = None
     ) -> WriteResult:
         self._check_owner(principal, draft.user_id)
-        return self._committed(await self.store.create(draft, utc_now(), audit))
+        began = time.time()
+        return self._committed(await self.store.create(draft, utc_now(), audit), began)
 
     async def upsert(
         self,
@@ -112,7 +117,9 @@ class RatingService:
         audit: AuditContext | None = None,
     ) -> WriteResult:
         self._check_owner(principal, draft.user_id)
-        return self._committed(await self.store.upsert(draft, expected_version, utc_now(), audit))
+        began = time.time()
+        written = await self.store.upsert(draft, expected_version, utc_now(), audit)
+        return self._committed(written, began)
 
     async def get(self, rating_id: str) -> Rating:
         return await self.store.get(rating_id)
@@ -126,9 +133,9 @@ class RatingService:
         audit: AuditContext | None = None,
     ) -> WriteResult:
         await self._check_owner_of(principal, rating_id)
-        return self._committed(
-            await self.store.update(rating_id, changes, expected_version, utc_now(), audit)
-        )
+        began = time.time()
+        written = await self.store.update(rating_id, changes, expected_version, utc_now(), audit)
+        return self._committed(written, began)
 
     async def delete(
         self,
@@ -138,9 +145,9 @@ class RatingService:
         audit: AuditContext | None = None,
     ) -> WriteResult:
         await self._check_owner_of(principal, rating_id)
-        return self._committed(
-            await self.store.delete(rating_id, expected_version, utc_now(), audit)
-        )
+        began = time.time()
+        written = await self.store.delete(rating_id, expected_version, utc_now(), audit)
+        return self._committed(written, began)
 
     async def list_ratings(
         self, game_id: str | None, user_id: str | None, limit: int, cursor: str | None
