@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.fanout.measure import cpu_seconds
 from bench.servers import ROOT, start_cluster, start_ratewire, start_redis_storage, token
 
 WRK_DIR = ROOT / "bench" / "wrk"
@@ -47,6 +48,8 @@ class Measurement:
     max_ms: float
     errors: int
     requests: int
+    #: The server's CPU (user + system, every process of the target) per request, in ms.
+    server_cpu_ms_per_request: float = 0.0
 
 
 def wrk(
@@ -74,7 +77,9 @@ def wrk(
     return result
 
 
-def measured(backend: str, audit: bool, endpoint: str, raw: dict[str, int]) -> Measurement:
+def measured(
+    backend: str, audit: bool, endpoint: str, raw: dict[str, int], cpu_s: float = 0.0
+) -> Measurement:
     errors = sum(
         raw[k] for k in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")
     )
@@ -88,6 +93,7 @@ def measured(backend: str, audit: bool, endpoint: str, raw: dict[str, int]) -> M
         max_ms=raw["max_us"] / 1000,
         errors=errors,
         requests=raw["requests"],
+        server_cpu_ms_per_request=round(1e3 * cpu_s / raw["requests"], 3) if raw["requests"] else 0,
     )
 
 
@@ -139,9 +145,12 @@ def run_rest(
             with console.status(
                 f"{backend_label}: {endpoint} for {seconds:g} s, {connections} connections"
             ):
+                pids = target.pids()
+                cpu_before = cpu_seconds(pids)
                 raw = wrk(base, script, args, seconds, connections)
+                cpu_s = cpu_seconds(pids) - cpu_before
             runs[endpoint] = raw
-            return measured(backend, audit, endpoint, raw)
+            return measured(backend, audit, endpoint, raw, cpu_s)
 
         runs: dict[str, dict[str, int]] = {}
         some_rating = httpx.post(
@@ -248,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "p99 ms",
         "max ms",
         "errors",
+        "CPU ms/req",
     ):
         table.add_column(column, justify="right")
     healthz = {
@@ -264,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{m.p99_ms:.2f}",
             f"{m.max_ms:.1f}",
             str(m.errors),
+            f"{m.server_cpu_ms_per_request:.3f}",
         )
     Console(width=140).print(table)
     if args.json_out is not None:
