@@ -76,26 +76,6 @@ async def test_claims_hand_each_offset_to_one_member_and_redeliver_when_due(
     )
 
 
-async def test_claims_for_several_members_at_once_are_taken_in_turn(store: RatingStore) -> None:
-    consumers = store.consumers
-    await consumers.create(consumer())
-    assert await consumers.claim(KEY, "a", 1, 6, NOW) == ([Claim(1, 1)], 1)
-    # a's claim came due: the first member takes it back first, then new offsets, in turn.
-    taken = await consumers.claim_each(KEY, [("b", 2), ("c", 2), ("d", 5)], 6, NOW + 1001)
-    assert taken == (
-        [[Claim(1, 2), Claim(2, 1)], [Claim(3, 1), Claim(4, 1)], [Claim(5, 1), Claim(6, 1)]],
-        6,
-    )
-    # Each holds what it was handed: a member's release frees its claims only.
-    assert await consumers.release(KEY, "c") == 2
-    assert await consumers.claim_each(KEY, [("d", 5)], 6, NOW + 1002) == (
-        [[Claim(3, 2), Claim(4, 2)]],
-        6,
-    )
-    gone = ConsumerKey("7", "none", "rating.global")
-    assert await consumers.claim_each(gone, [("a", 1), ("b", 1)], 5, NOW) == ([[], []], 0)
-
-
 async def test_acks_move_the_floor_and_refuse_offsets_never_delivered(store: RatingStore) -> None:
     consumers = store.consumers
     await consumers.create(consumer())

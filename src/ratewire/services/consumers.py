@@ -57,10 +57,6 @@ MAX_ACK_OFFSETS = 1000
 #: looked for when nothing else wakes the pump.
 POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 5.0
-#: The pump's passes are at least this far apart: below 100 events/s each event still gets a
-#: pass of its own at once; above, the events of 10 ms share one claim transaction (a pass per
-#: delivered batch held a SQLite node with a consumer to ~90 writes/s: docs/benchmarks.md).
-MIN_PASS_SECONDS = 0.01
 #: How often the lag and pending counts /metrics shows are read again.
 STATS_SECONDS = 5.0
 #: How often a waiting REST fetch looks whether its caller hung up.
@@ -207,14 +203,11 @@ class ConsumerService:
                 await task
 
     async def _run(self) -> None:
-        last_retention = last_stats = last_pass = 0.0
+        last_retention = last_stats = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            if (early := last_pass + MIN_PASS_SECONDS - time.monotonic()) > 0:
-                await asyncio.sleep(early)  # what arrives meanwhile joins this pass
             self._wake.clear()
-            last_pass = time.monotonic()
             for key, group in list(self._groups.items()):
                 try:
                     await self._pump(group)
@@ -245,37 +238,37 @@ class ConsumerService:
         shift = group.turn % len(ready)
         ready = ready[shift:] + ready[:shift]
         ready.sort(key=lambda m: m.unacked(now))  # fewest unacked first; stable: in turn
-        # New events are split fairly; with none, claims that came due go to whoever has room
-        # (there is no telling how many there are).
-        backlog = head - group.cursor
-        fair = math.ceil(backlog / len(ready)) if backlog > 0 else 0
-        wants = [(m, m.spare(now) if not fair else min(m.spare(now), fair)) for m in ready]
-        wants = [(member, share) for member, share in wants if share > 0]  # else it closed
-        if not wants:
-            return
-        # Every member's claims in one transaction: one commit a pass, not one a member.
-        taken, group.cursor = await self._store.claim_each(
-            group.consumer.key, [(m.member_id, share) for m, share in wants], head, now
-        )
-        if not any(taken) and group.cursor < head:
-            # A live consumer's cursor reaches the head when nothing is held back: this one
-            # was deleted (DELETE /consumers, retention). Its members get nothing more (an
-            # ack answers that there is no such consumer; subscribing creates it anew).
-            self._groups.pop(group.consumer.key, None)
-            return
-        # New events left, or as many due claims as asked: there may be more, so another pass
-        # follows at once (members' room changed since this one began).
-        more = group.cursor < head or any(
-            backlog <= 0 and len(claims) == share
-            for (_, share), claims in zip(wants, taken, strict=True)
-        )
-        claimed = sorted((c for claims in taken for c in claims), key=lambda c: c.offset)
-        items = {item.offset: item for item in await self._events(group, claimed, now)}
-        for (member, _), claims in zip(wants, taken, strict=True):
-            given = [items[c.offset] for c in claims if c.offset in items]
-            if given and member in group.members:
-                member.deliver(group.consumer, given, now)
-            elif given:  # it left while the claim was made: another member takes them now
+        more = False
+        for member in ready:
+            spare = member.spare(now)
+            backlog = head - group.cursor
+            # New events are split fairly; with none, claims that came due go to whoever has
+            # room (there is no telling how many there are).
+            share = (
+                spare
+                if len(ready) == 1 or backlog <= 0
+                else min(spare, math.ceil(backlog / len(ready)))
+            )
+            if share <= 0:
+                continue  # it closed meanwhile
+            claims, group.cursor = await self._store.claim(
+                group.consumer.key, member.member_id, share, head, now
+            )
+            if not claims and group.cursor < head:
+                # A live consumer's cursor reaches the head when nothing is held back: this
+                # one was deleted (DELETE /consumers, retention). Its members get nothing more
+                # (an ack answers that there is no such consumer; subscribing creates it anew).
+                self._groups.pop(group.consumer.key, None)
+                return
+            if not claims:
+                break
+            # New events left, or as many due claims as asked: there may be more, so another
+            # pass follows at once (members' room changed since this one began).
+            more = more or group.cursor < head or (backlog <= 0 and len(claims) == share)
+            items = await self._events(group, claims, now)
+            if items and member in group.members:
+                member.deliver(group.consumer, items, now)
+            elif items:  # it left while the claim was made: another member takes them now
                 await self._store.release(group.consumer.key, member.member_id)
                 more = True
         if more:

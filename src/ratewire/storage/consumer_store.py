@@ -95,13 +95,6 @@ class ConsumerStore(Protocol):
         ``head``. Each is held until ``now_ms + ack_wait_ms``. Returns the claims (in offset
         order) and the cursor after them; nothing if the consumer is gone."""
 
-    async def claim_each(
-        self, key: ConsumerKey, wants: Sequence[tuple[str, int]], head: int, now_ms: int
-    ) -> tuple[list[list[Claim]], int]:
-        """:meth:`claim` for each ``(member, most)`` of ``wants`` in turn, in one transaction
-        where the backend has them (a pass of the pump serves every member here with one
-        commit, not one each). The claims of each, and the cursor after them all."""
-
     async def ack(self, key: ConsumerKey, offsets: Sequence[int], now_ms: int) -> AckOutcome:
         """Mark ``offsets`` acked (dropping their claims, whoever holds them) and move the
         floor past every acked offset right above it."""
@@ -112,23 +105,6 @@ class ConsumerStore(Protocol):
 
     async def remove_idle(self, before_ms: int) -> list[ConsumerKey]:
         """Delete the consumers no member touched since ``before_ms``; returns them."""
-
-
-async def claim_in_turn(
-    store: ConsumerStore,
-    key: ConsumerKey,
-    wants: Sequence[tuple[str, int]],
-    head: int,
-    now_ms: int,
-) -> tuple[list[list[Claim]], int]:
-    """:meth:`ConsumerStore.claim_each` as one :meth:`~ConsumerStore.claim` per member, for a
-    backend where a claim costs no commit of its own (memory, a Redis script call)."""
-    taken: list[list[Claim]] = []
-    cursor = 0
-    for member, most in wants:
-        claims, cursor = await store.claim(key, member, most, head, now_ms)
-        taken.append(claims)
-    return taken, cursor
 
 
 def consumer_id(key: ConsumerKey) -> str:
@@ -210,11 +186,6 @@ class MemoryConsumerStore:
         cursor = max(consumer.cursor, fresh.stop - 1)
         state.consumer = replace(consumer, cursor=cursor, active_at=now_ms)
         return sorted(claims, key=lambda c: c.offset), cursor
-
-    async def claim_each(
-        self, key: ConsumerKey, wants: Sequence[tuple[str, int]], head: int, now_ms: int
-    ) -> tuple[list[list[Claim]], int]:
-        return await claim_in_turn(self, key, wants, head, now_ms)
 
     async def ack(self, key: ConsumerKey, offsets: Sequence[int], now_ms: int) -> AckOutcome:
         state = self._consumers.get(key)

@@ -12,7 +12,6 @@ from ratewire.storage.consumer_store import (
     Claim,
     Consumer,
     ConsumerKey,
-    claim_in_turn,
     consumer_id,
     split_acks,
 )
@@ -197,11 +196,6 @@ class RedisConsumerStore(RedisSideStore):
             return [], 0
         taken = [Claim(int(out[i]), int(out[i + 1])) for i in range(1, len(out), 2)]
         return sorted(taken, key=lambda c: c.offset), int(out[0])
-
-    async def claim_each(
-        self, key: ConsumerKey, wants: Sequence[tuple[str, int]], head: int, now_ms: int
-    ) -> tuple[list[list[Claim]], int]:
-        return await claim_in_turn(self, key, wants, head, now_ms)
 
     async def ack(self, key: ConsumerKey, offsets: Sequence[int], now_ms: int) -> AckOutcome:
         cid = consumer_id(key)

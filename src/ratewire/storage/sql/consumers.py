@@ -283,20 +283,6 @@ class SqlConsumerStore:
         cid = consumer_id(key)
         return await self._write(lambda conn: _claim(conn, cid, member, most, head, now_ms))
 
-    async def claim_each(
-        self, key: ConsumerKey, wants: Sequence[tuple[str, int]], head: int, now_ms: int
-    ) -> tuple[list[list[Claim]], int]:
-        cid = consumer_id(key)
-
-        def body(conn: Connection) -> tuple[list[list[Claim]], int]:
-            taken, cursor = [], 0
-            for member, most in wants:
-                claims, cursor = _claim(conn, cid, member, most, head, now_ms)
-                taken.append(claims)
-            return taken, cursor
-
-        return await self._write(body)
-
     async def ack(self, key: ConsumerKey, offsets: Sequence[int], now_ms: int) -> AckOutcome:
         cid = consumer_id(key)
         return await self._write(lambda conn: _ack(conn, cid, offsets, now_ms))
