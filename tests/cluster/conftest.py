@@ -21,8 +21,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgresql]
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    yield from running_redis(tmp_path)
+
+
+def running_redis(tmp_path: Path, **options: Any) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (``options`` as RedisServer takes them), stopped after;
+    one that cannot start skips the test, or fails it with CI=true."""
     try:
-        server = RedisServer(tmp_path)
+        server = RedisServer(tmp_path, **options)
     except (RuntimeError, OSError) as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"cannot start redis-server: {exc} (CI=true: cluster tests must run)")

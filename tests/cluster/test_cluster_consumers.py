@@ -7,14 +7,13 @@ relaying the outbox, a broker restart and a broker wipe."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio
-from tests.cluster.conftest import ClusterFactory
+from tests.cluster.conftest import ClusterFactory, running_redis
 from tests.cluster.test_cluster import lease_holder
 from tests.support.consumers import WAIT, AckingMember, AckLedger, collect, member
 from tests.support.nats_server import NatsServer
@@ -163,14 +162,7 @@ async def test_a_consumer_keeps_its_promise_when_the_relay_holder_is_sigkilled(
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """This module's Redis keeps its data on disk, so a restart is not a wipe (FLUSHALL is)."""
-    try:
-        server = RedisServer(tmp_path, appendonly=True, appendfsync="always")
-    except (RuntimeError, OSError) as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot start redis-server: {exc} (CI=true: cluster tests must run)")
-        pytest.skip(f"cannot start redis-server: {exc}")
-    yield server
-    server.stop()
+    yield from running_redis(tmp_path, appendonly=True, appendfsync="always")
 
 
 async def wipe(broker_server: RedisServer | NatsServer) -> None:
