@@ -25,6 +25,11 @@ from bench.fanout.measure import cpu_seconds
 from bench.fanout.publisher import Published, publish
 from bench.servers import Target, _fresh_postgres, start_ratewire, token
 
+#: Writes in flight at most (and HTTP connections): an open-loop publisher with thousands of
+#: waiting tasks on 8 connections collapsed to 80-94 writes/s while the server, closed-loop,
+#: took over 1,000 with the same consumer (docs/benchmarks.md, 2026-12-08).
+PUBLISHER_CONNECTIONS = 32
+
 TOPIC = "rating.global"
 CONSUMER = "bench"
 #: Every member is this token ``sub``: members of one consumer share its owner.
@@ -171,7 +176,11 @@ async def _measure(
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
         started_ns, started = time.time_ns(), time.monotonic()
         writes = asyncio.create_task(
-            publish(target.post_url, game, settings.writes_per_s, settings.seconds)
+            publish(
+                *(target.post_url, game, settings.writes_per_s, settings.seconds),
+                connections=PUBLISHER_CONNECTIONS,
+                most_in_flight=PUBLISHER_CONNECTIONS,
+            )
         )
         killer = asyncio.create_task(kill_member_0()) if victim_pid else None
         while not writes.done():

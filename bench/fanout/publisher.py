@@ -33,18 +33,25 @@ async def publish(
     *,
     timed: bool = True,
     event_filter: str | None = None,
+    connections: int = 8,
+    most_in_flight: int | None = None,
 ) -> Published:
     """POST ratings for ``seconds``; at ``rate``/s, or flat out with a few connections. Each
     carries its send time in ``comment`` unless not ``timed`` (a warm-up). With
     ``event_filter``, ``passing`` counts the writes whose ``created`` event on the game's topic
-    passes it (evaluated here with ratewire's filters; one reading ``offset`` sees 0)."""
+    passes it (evaluated here with ratewire's filters; one reading ``offset`` sees 0).
+
+    ``most_in_flight``: at most that many writes wait for their answer; the next waits for a
+    slot, so a server slower than ``rate`` sets the pace instead of a queue of thousands of
+    tasks (which made this publisher itself the bottleneck: bench.consumers, 2026-12-08)."""
     passes = _passes(event_filter, f"rating.game.{game}")
     headers = {"Authorization": f"Bearer {token('publisher', 'ratings:write:any')}"}
     stats = Published()
     sent = 0
     run_id = f"{os.getpid()}x{time.time_ns()}"
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    slots = asyncio.Semaphore(most_in_flight) if most_in_flight else None
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as http:
 
         async def one(index: int) -> None:
@@ -60,6 +67,9 @@ async def publish(
             except httpx.HTTPError:
                 stats.failed += 1
                 return
+            finally:
+                if slots is not None:
+                    slots.release()
             stats.post_ns.append(time.time_ns() - sent_at)
             if response.status_code == 201:
                 stats.ok += 1
@@ -71,6 +81,8 @@ async def publish(
             tasks = []
             start = time.monotonic()
             while time.monotonic() < deadline:
+                if slots is not None:
+                    await slots.acquire()
                 tasks.append(asyncio.create_task(one(sent)))
                 sent += 1
                 await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
